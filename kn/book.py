@@ -1,0 +1,78 @@
+"""Running chapters and building the book.
+
+`run_chapter(name, profile)` executes book/<name>.ipynb in place with papermill (its parameters
+cell gets `profile`); the chapter writes its result files to book/results/<name>/<profile>/.
+`build_book()` builds _build/html with Jupyter Book without executing anything, after checking that
+every notebook in the table of contents has executed outputs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kn.data.records import DataError
+from kn.profiles import check_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK = ROOT / "book"
+log = logging.getLogger(__name__)
+
+
+def chapters(root: Path = ROOT) -> list[str]:
+    """Notebook chapters named in _toc.yml, in order."""
+    names = []
+    for line in (root / "_toc.yml").read_text().splitlines():
+        line = line.strip()
+        if line.startswith(("- file:", "root:")):
+            name = line.split(":", 1)[1].strip()
+            if (root / f"{name}.ipynb").is_file():
+                names.append(Path(name).name)
+    return names
+
+
+def results_dir(chapter: str, profile: str, book: Path = BOOK) -> Path:
+    return book / "results" / chapter / check_profile(profile)
+
+
+def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None, book: Path = BOOK) -> Path:
+    """Execute one chapter with papermill; by default the executed notebook replaces the chapter."""
+    import papermill
+    check_profile(profile)
+    src = book / f"{chapter}.ipynb"
+    if not src.is_file():
+        raise DataError(f"chapter: no notebook {chapter!r}; allowed: {', '.join(chapters()) or 'none'}")
+    out = Path(output) if output else src
+    t0 = time.perf_counter()
+    papermill.execute_notebook(str(src), str(out), parameters={"profile": profile}, cwd=str(book),
+                               kernel_name="python3", progress_bar=False, log_output=False)
+    log.info("ran %s at profile %s in %.1f s", chapter, profile, time.perf_counter() - t0)
+    return out
+
+
+def unexecuted(root: Path = ROOT) -> list[str]:
+    """Chapters in the table of contents whose code cells have no executed output."""
+    bad = []
+    for name in chapters(root):
+        path = next(root.glob(f"**/{name}.ipynb"))
+        nb = json.loads(path.read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code" and c["source"]]
+        if any(c.get("execution_count") is None for c in code):
+            bad.append(name)
+    return bad
+
+
+def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
+    """Build _build/html from the committed notebooks; fails if any chapter is unexecuted."""
+    bad = unexecuted(root)
+    if bad:
+        raise DataError(f"book: chapters without executed output: {', '.join(bad)}; run `kn run CHAPTER --profile P` first")
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
+    if warnings_as_errors:
+        cmd += ["-W", "-n", "--keep-going"]
+    subprocess.run(cmd, check=True)
+    return root / "_build" / "html" / "index.html"

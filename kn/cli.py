@@ -1,0 +1,118 @@
+"""The `kn` command: parses arguments and calls the library, nothing more.
+
+    kn data bios --kind bioS --n 1000 --augment multi5+permute --seed 0 --out data/bios
+    kn data biod --n 1000 --k 4 --c 2 --d 100 --l 2 --t 50 --out data/biod
+    kn data injection --n-paragraphs 40 --out data/injection
+    kn data rewrite --bios data/bios/bios.jsonl --model path/to/local/causal-lm --out data/bior.jsonl
+    kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
+    kn book                        # build _build/html from the committed chapters
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Optional
+
+import typer
+
+from kn.data.records import DataError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="kn: knowledge storage, extraction and capacity on synthetic data.")
+data_app = typer.Typer(no_args_is_help=True, help="Generate datasets.")
+app.add_typer(data_app, name="data")
+
+
+def _summary(path, **fields):
+    typer.echo(json.dumps({"out": str(path), **fields}))
+
+
+@data_app.command("bios")
+def data_bios(kind: str = typer.Option("bioS", help="bioS | bioR"),
+              n: int = typer.Option(1000, help="number of people"),
+              augment: str = typer.Option("single", help="single | multiM | permute[P] | fullname, joined with '+'"),
+              seed: int = 0,
+              out: str = typer.Option(..., help="output folder"),
+              train_fraction: float = typer.Option(0.5, help="share of people whose QAs are trained on"),
+              vocab_size: int = 4096,
+              n_celebrity: int = typer.Option(0, help="Result 6: celebrities added beside the n (minority) people"),
+              celebrity_augment: str = "multi5+permute"):
+    """Biographies, QA, tokenizer and token arrays (bioS or bioR-style)."""
+    from kn.data.dataset import BiosConfig, make_dataset
+    cfg = BiosConfig(kind, n, augment, seed, train_fraction, vocab_size, n_celebrity, celebrity_augment)
+    ds = make_dataset(cfg, out)
+    _summary(out, people=len(ds.people), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)))
+
+
+@data_app.command("biod")
+def data_biod(n: int = 1000, k: int = 4, c: int = 2, d: int = 100, l: int = 2, t: int = 50,  # noqa: E741
+              seed: int = 0, domain_token: bool = False, out: str = typer.Option(..., help="output folder")):
+    """bioD(N, K, C, D, L, T) of Part 3.3."""
+    from kn.data.biod import BioDConfig, generate_biod, write_biod
+    biod = generate_biod(BioDConfig(n=n, k=k, c=c, d=d, l=l, t=t, seed=seed, domain_token=domain_token))
+    write_biod(biod, out)
+    _summary(out, people=n)
+
+
+@data_app.command("injection")
+def data_injection(n_paragraphs: int = 40, n_paraphrases: int = 10, n_probes: int = 5, seed: int = 0,
+                   out: str = typer.Option(..., help="output folder")):
+    """Fictional-knowledge paragraphs with paraphrases and probes (Chang et al.)."""
+    from kn.data.injection import InjectionConfig, generate_injection, write_injection
+    records = generate_injection(InjectionConfig(n_paragraphs=n_paragraphs, n_paraphrases=n_paraphrases,
+                                                 n_probes=n_probes, seed=seed))
+    write_injection(records, out)
+    _summary(out, paragraphs=len(records))
+
+
+@data_app.command("rewrite")
+def data_rewrite(bios: str = typer.Option(..., help="bioS bios.jsonl to rewrite"),
+                 model: str = typer.Option(..., help="local Hugging Face causal-LM folder"),
+                 out: str = typer.Option(..., help="output JSONL"),
+                 seed: int = 0, device: str = "cpu", limit: Optional[int] = None):
+    """bioR by a local rewrite model: keeps outputs that still hold all six values."""
+    from kn.data.bior import rewrite_with_model
+    from kn.data.records import load_bios, write_jsonl
+    records = load_bios(bios)[:limit]
+    kept, dropped = rewrite_with_model(records, model, seed=seed, device=device)
+    write_jsonl(kept, out)
+    _summary(out, kept=len(kept), dropped=dropped)
+
+
+@app.command("run")
+def run(chapter: str = typer.Argument(..., help="chapter name (book/<name>.ipynb) or 'all'"),
+        profile: str = typer.Option("smoke", help="smoke | cpu | gpu | paper")):
+    """Execute a chapter with papermill into the book, writing its result files beside it."""
+    from kn.book import chapters, run_chapter
+    for name in chapters() if chapter == "all" else [chapter]:
+        typer.echo(f"{name}: {run_chapter(name, profile)}")
+
+
+@app.command("book")
+def book(strict: bool = typer.Option(True, help="treat Sphinx warnings as errors")):
+    """Build _build/html from the committed, executed chapters (executes nothing)."""
+    from kn.book import build_book
+    typer.echo(str(build_book(warnings_as_errors=strict)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: a DataError (bad parameter or file) is one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+    except DataError as e:
+        typer.echo(f"kn: error: {e}", err=True)
+        return 2
+    except Exception as e:  # click usage errors (unknown option, bad type) have their own message
+        import click
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""A biography dataset on disk: people, biographies, QA, tokenizer and token arrays.
+
+`build_bios(cfg)` makes everything a Part 3.1 experiment reads; `write_bios(ds, out)` saves it:
+
+    out/bios.jsonl      one biography per line (kn.data.records schema)
+    out/qa.jsonl        six QAs per person with split "train" | "test"
+    out/tokenizer/      byte-level BPE trained on this corpus (AutoTokenizer.from_pretrained)
+    out/tokens.npz      bios_* and qa_* arrays: ids, offsets, person, spans (kn.tokenize.Encoded)
+    out/meta.json       config, counts, seed, git commit, hardware, wall time (kn.results);
+                        the only file that differs between two runs with the same config
+
+`load_encoded(out, "bios")` reads the token arrays back.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kn.data.bios import bio_records, make_bios, parse_augment
+from kn.data.compose import concat
+from kn.data.people import People, check_count, populations, sample_people
+from kn.data.qa import make_qa, qa_records, split_people
+from kn.data.records import ATTRIBUTES, DataError, write_jsonl
+from kn.results import write_json
+from kn.tokenize import Encoded, encode_documents, encode_records, train_tokenizer
+
+KINDS = ("bioS", "bioR")
+
+
+@dataclass(frozen=True)
+class BiosConfig:
+    kind: str = "bioS"            # bioS | bioR
+    n: int = 1000                 # people (the plain group when n_celebrity > 0)
+    augment: str = "single"       # bioS augmentation of the plain / minority group
+    seed: int = 0
+    train_fraction: float = 0.5   # share of people whose QAs are train_people
+    vocab_size: int = 4096
+    n_celebrity: int = 0          # Result 6: extra people with celebrity_augment biographies
+    celebrity_augment: str = "multi5+permute"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DataError(f"kind: got {self.kind!r}; allowed: {', '.join(KINDS)}")
+        check_count("n", self.n, 1)
+        check_count("seed", self.seed)
+        check_count("n_celebrity", self.n_celebrity)
+        parse_augment(self.augment)
+        parse_augment(self.celebrity_augment)
+        if self.kind == "bioR" and self.augment != "single" and not self.augment.startswith("multi"):
+            raise DataError(f"augment: bioR takes 'single' or 'multiM', got {self.augment!r}")
+        split_people(1, self.train_fraction)
+
+
+@dataclass
+class BiosDataset:
+    config: BiosConfig
+    people: People                # everyone, in person-id order (celebrities first)
+    groups: list[str]             # per person: plain | celebrity | minority
+    is_train: np.ndarray          # per person: QA in train_people
+    bios: list[dict]
+    qa: list[dict]
+    tokenizer: object
+    bios_tokens: Encoded
+    qa_tokens: Encoded
+
+
+def _bior_multi(augment: str) -> int:
+    return parse_augment(augment).multi
+
+
+def build_bios(cfg: BiosConfig) -> BiosDataset:
+    """Generate people, biographies, QA and the tokenizer, and encode everything."""
+    if cfg.n_celebrity:
+        celeb, plain = populations(cfg.n_celebrity, cfg.n, cfg.seed)
+        groups_parts = [("celebrity", celeb, cfg.celebrity_augment), ("minority", plain, cfg.augment)]
+    else:
+        groups_parts = [("plain", sample_people(cfg.n, cfg.seed), cfg.augment)]
+    bios, docs, group_of = [], [], []
+    for g, (group, people, augment) in enumerate(groups_parts):
+        if cfg.kind == "bioS" or group == "celebrity":
+            d = make_bios(people, augment, cfg.seed + g)
+            docs.append(d)
+            bios += bio_records(d, people, group=group)
+        else:
+            from kn.data.bior import generate_bior
+            bios += generate_bior(people, cfg.seed + g, n_per_person=_bior_multi(augment))
+        group_of += [group] * len(people)
+    everyone = People(**{f: np.concatenate([getattr(p, f) for _, p, _ in groups_parts])
+                         for f in People.__dataclass_fields__})
+    is_train = split_people(len(everyone), cfg.train_fraction, cfg.seed)
+    if cfg.n_celebrity:  # Result 6: QA finetuning on celebrities only, evaluation on the minority
+        is_train = np.array([g == "celebrity" for g in group_of])
+    qa_docs = make_qa(everyone)
+    qa = qa_records(qa_docs, everyone, is_train)
+    tokenizer = train_tokenizer((r["text"] for r in bios + qa), vocab_size=cfg.vocab_size)
+    if cfg.kind == "bioS":
+        bios_tokens = encode_documents(concat(docs) if len(docs) > 1 else docs[0], tokenizer)
+    else:
+        bios_tokens = encode_records(bios, tokenizer, keys=("name",) + ATTRIBUTES)
+    return BiosDataset(cfg, everyone, group_of, is_train, bios, qa, tokenizer,
+                       bios_tokens, encode_documents(qa_docs, tokenizer))
+
+
+def save_encoded(enc: Encoded, prefix: str) -> dict:
+    arrays = {f"{prefix}_ids": enc.ids, f"{prefix}_offsets": enc.offsets, f"{prefix}_person": enc.person}
+    arrays.update({f"{prefix}_span_{k}": v for k, v in enc.spans.items()})
+    return arrays
+
+
+def load_encoded(out: str | Path, prefix: str) -> Encoded:
+    """Read `bios` or `qa` token arrays written by `write_bios`."""
+    path = Path(out) / "tokens.npz"
+    if not path.is_file():
+        raise DataError(f"out: no tokens.npz in {str(out)!r}; build the dataset with `kn data bios`")
+    z = np.load(path)
+    spans = {k[len(prefix) + 6:]: z[k] for k in z.files if k.startswith(f"{prefix}_span_")}
+    return Encoded(z[f"{prefix}_ids"], z[f"{prefix}_offsets"], z[f"{prefix}_person"], spans)
+
+
+def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(ds.bios, out / "bios.jsonl")
+    write_jsonl(ds.qa, out / "qa.jsonl")
+    ds.tokenizer.save_pretrained(str(out / "tokenizer"))
+    with open(out / "tokens.npz", "wb") as f:  # np.savez: no timestamps, so files are byte-identical
+        np.savez(f, **save_encoded(ds.bios_tokens, "bios"), **save_encoded(ds.qa_tokens, "qa"))
+    write_json(out / "meta.json", config=asdict(ds.config), seed=ds.config.seed, wall_time=wall_time,
+               counts={"people": len(ds.people), "bios": len(ds.bios), "qa": len(ds.qa),
+                       "bio_tokens": int(len(ds.bios_tokens.ids)), "vocab_size": len(ds.tokenizer),
+                       "train_people": int(ds.is_train.sum()), "test_people": int((~ds.is_train).sum())})
+    return out
+
+
+def make_dataset(cfg: BiosConfig, out: str | Path) -> BiosDataset:
+    """Build and write; the wall time goes into meta.json."""
+    t0 = time.perf_counter()
+    ds = build_bios(cfg)
+    write_bios(ds, out, wall_time=time.perf_counter() - t0)
+    return ds
