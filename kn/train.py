@@ -1,0 +1,426 @@
+"""Training (papers.md, Part 3.1 "Models and training"): pretraining, mixed training, QA finetuning.
+
+  pretrain  packed 512-token windows of biographies, re-shuffled every pass
+  mixed     every window is all-bio or all-QA (train_people's QAs); qa_fraction of windows are QA
+  finetune  QAs of train_people, one per row, loss on the answer and its closing '.', full or LoRA
+            (peft: rank r on the attention's query/key/value projection, rank r' on the embedding)
+
+Training length is counted in exposures: passes over every biography (pretrain, mixed) or over
+every train QA (finetune). AdamW, linear warmup then cosine to min_lr_ratio * lr. Device
+placement, bf16 autocast and data parallel come from `accelerate` (`accelerate launch` works);
+torch.compile is used on GPU. A checkpoint (every `checkpoint_every` steps and on SIGTERM/SIGINT)
+is a `save_pretrained` folder plus state.pt (trainable weights, optimizer, scheduler, RNG, step),
+written under a temporary name then renamed; `resume=True` continues bit-exactly on CPU.
+Entry points: `TrainConfig`, `load_config`, `train`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kn.data.dataset import load_encoded
+from kn.data.records import DataError
+from kn.models import ModelConfig, build_model, n_params
+from kn.results import write_json
+from kn.tokenize import Encoded, load_tokenizer, pack, ragged_gather
+
+MODES = ("pretrain", "mixed", "finetune")
+IGNORE = -100
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str                          # dataset folder made by `kn data bios`
+    out: str                           # run folder: model/, checkpoint/, metrics.jsonl, train.json
+    mode: str = "pretrain"             # pretrain | mixed | finetune
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: str | None = None            # finetune: the pretrained model folder
+    exposures: float = 100.0           # passes over every biography (finetune: every train QA)
+    qa_fraction: float = 0.8           # mixed: share of windows that are QA
+    batch_size: int = 32               # windows (or QAs) per optimizer step
+    window: int = 512
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: float = 0.05               # < 1: fraction of the steps; >= 1: steps
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    lora_rank: int = 0                 # finetune: 0 = full finetune
+    lora_embed_rank: int = 0
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda
+    compile: str = "auto"              # auto (GPU only) | on | off
+    checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
+    log_every: int = 20
+    max_steps: int | None = None       # stop early (e.g. to test resume); the schedule is unchanged
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", ModelConfig(**self.model))
+        if self.mode not in MODES:
+            raise DataError(f"mode: got {self.mode!r}; allowed: {', '.join(MODES)}")
+        if self.mode == "finetune" and not self.init:
+            raise DataError("init: finetune needs the pretrained model folder (init = '.../model')")
+        checks = {"exposures": self.exposures > 0, "batch_size": self.batch_size >= 1, "window": self.window >= 8,
+                  "lr": self.lr > 0, "qa_fraction": 0 <= self.qa_fraction < 1, "lora_rank": self.lora_rank >= 0,
+                  "lora_embed_rank": self.lora_embed_rank >= 0, "warmup": self.warmup >= 0,
+                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "log_every": self.log_every >= 1,
+                  "checkpoint_every": self.checkpoint_every >= 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise DataError(f"{name}: got {getattr(self, name)!r}; see TrainConfig for the allowed range")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise DataError(f"device: got {self.device!r}; allowed: auto, cpu, cuda")
+        if self.compile not in ("auto", "on", "off"):
+            raise DataError(f"compile: got {self.compile!r}; allowed: auto, on, off")
+        if self.window > self.model.context:
+            raise DataError(f"window: {self.window} exceeds the model context {self.model.context}")
+
+
+def load_config(path: str | Path, **overrides) -> TrainConfig:
+    """A TrainConfig from a TOML file (top-level keys plus a [model] table)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"config: no such file {str(path)!r}")
+    raw = tomllib.loads(path.read_text()) | overrides
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise DataError(f"config: unknown keys {sorted(unknown)}; allowed: {sorted(known)}")
+    try:
+        return TrainConfig(**raw)
+    except TypeError as e:
+        raise DataError(f"config: {e}") from None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class Batches:
+    """Deterministic batches: the rows of step t are a function of (seed, t) only, so a resumed run
+    sees exactly the data an uninterrupted one would."""
+
+    def __init__(self, cfg: TrainConfig, eos_id: int, pad_id: int):
+        self.cfg, self.eos, self.pad = cfg, eos_id, pad_id
+        self.bios = load_encoded(cfg.data, "bios") if cfg.mode != "finetune" else None
+        qa = load_encoded(cfg.data, "qa") if cfg.mode != "pretrain" else None
+        self.qa = train_qas(cfg.data, qa) if qa is not None else None
+        if cfg.mode == "finetune":
+            self.rows_per_epoch = len(self.qa)
+        else:
+            n_bio = int(self.bios.lengths().sum() + len(self.bios)) // cfg.window
+            self.n_bio = n_bio
+            self.rows_per_epoch = int(round(n_bio / (1 - cfg.qa_fraction))) if cfg.mode == "mixed" else n_bio
+        if self.rows_per_epoch < cfg.batch_size:
+            raise DataError(f"batch_size: {cfg.batch_size} exceeds the {self.rows_per_epoch} rows of one pass over the data")
+        self.steps_per_epoch = self.rows_per_epoch // cfg.batch_size
+        self.total_steps = max(1, int(round(cfg.exposures * self.steps_per_epoch)))
+        self._epoch, self._rows = None, None
+
+    def epoch_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(input ids [R, T], labels [R, T]) of one pass, shuffled by (seed, epoch)."""
+        cfg, seed = self.cfg, self.cfg.seed * 100_003 + epoch
+        if cfg.mode == "finetune":
+            ids, labels = qa_rows(self.qa, self.eos, self.pad)
+            order = np.random.default_rng([seed, 4]).permutation(len(ids))
+            return ids[order], labels[order]
+        bio = pack(self.bios, self.eos, cfg.window, seed)
+        if cfg.mode == "pretrain":
+            return bio, bio
+        n_qa = self.rows_per_epoch - len(bio)
+        qa_windows, k = [], 0
+        while sum(len(w) for w in qa_windows) < n_qa:   # repack train QAs until there are enough
+            qa_windows.append(pack(self.qa, self.eos, cfg.window, seed * 7919 + k, drop_last=False))
+            k += 1
+        rows = np.concatenate([bio, *qa_windows])[: self.rows_per_epoch]
+        rows = rows[np.random.default_rng([seed, 5]).permutation(len(rows))]
+        return rows, rows
+
+    def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._rows = epoch, self.epoch_rows(epoch)
+        ids, labels = self._rows
+        sl = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
+        return ids[sl], labels[sl]
+
+
+def train_qas(data: str, qa: Encoded) -> Encoded:
+    """The QA documents of train_people (from qa.jsonl's split)."""
+    from kn.data.records import read_jsonl
+    keep = np.array([r["split"] == "train" for r in read_jsonl(Path(data) / "qa.jsonl")])
+    if len(keep) != len(qa):
+        raise DataError(f"data: qa.jsonl and tokens.npz disagree ({len(keep)} vs {len(qa)} QAs); rebuild the dataset")
+    idx = np.nonzero(keep)[0]
+    if not len(idx):
+        raise DataError("data: no QA of train_people (train_fraction is 0)")
+    lengths = qa.lengths()[idx]
+    ids = ragged_gather(qa.ids, qa.offsets[:-1][idx], lengths)
+    return Encoded(ids, np.concatenate([[0], np.cumsum(lengths)]), qa.person[idx],
+                   {k: v[idx] for k, v in qa.spans.items()})
+
+
+def qa_rows(qa: Encoded, eos_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """One QA per row after an EOS, right-padded; labels only on the answer and the token after it."""
+    lengths = qa.lengths()
+    width = int(lengths.max()) + 1
+    ids = np.full((len(qa), width), pad_id, dtype=np.int64)
+    labels = np.full((len(qa), width), IGNORE, dtype=np.int64)
+    ids[:, 0] = eos_id
+    cols = np.arange(width - 1)
+    inside = cols[None, :] < lengths[:, None]
+    ids[:, 1:][inside] = qa.ids
+    s, e = qa.spans["answer"][:, 0, 0], qa.spans["answer"][:, 0, 1]
+    answer = (cols[None, :] >= s[:, None]) & (cols[None, :] <= np.minimum(e, lengths - 1)[:, None])
+    labels[:, 1:][answer] = ids[:, 1:][answer]
+    return ids, labels
+
+
+# ----------------------------------------------------------------------------- model and optimizer
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    warm = cfg.warmup * total_steps if cfg.warmup < 1 else cfg.warmup
+    warm = max(1, int(warm))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def make_model(cfg: TrainConfig, vocab_size: int):
+    """A new model (pretrain, mixed) or the init model (finetune), LoRA-wrapped if asked."""
+    if cfg.mode != "finetune":
+        return build_model(replace(cfg.model, vocab_size=vocab_size), seed=cfg.seed)
+    from transformers import AutoModelForCausalLM
+    if not Path(cfg.init, "config.json").is_file():
+        raise DataError(f"init: no model (config.json) in {cfg.init!r}")
+    model = AutoModelForCausalLM.from_pretrained(cfg.init, attn_implementation="sdpa")
+    if cfg.lora_rank:
+        model = add_lora(model, cfg.lora_rank, cfg.lora_embed_rank)
+    return model
+
+
+def add_lora(model, rank: int, embed_rank: int = 0):
+    """peft LoRA: rank `rank` on the attention's query/value (GPT-NeoX fuses q, k, v in one matrix),
+    rank `embed_rank` on the input embedding."""
+    from peft import LoraConfig, get_peft_model
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    attn = ["query_key_value"] if "query_key_value" in names else ["q_proj", "v_proj"]
+    emb = "embed_in" if "embed_in" in names else "embed_tokens"
+    targets = attn + ([emb] if embed_rank else [])
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.0,
+                        rank_pattern={emb: embed_rank} if embed_rank else {},
+                        alpha_pattern={emb: 2 * embed_rank} if embed_rank else {})
+    return get_peft_model(model, config)
+
+
+def optimizer_for(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def trainable_state(model) -> dict:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """A from_pretrained folder (LoRA merged into a copy), written atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_save = model
+    if hasattr(model, "merge_and_unload"):
+        import copy
+        to_save = copy.deepcopy(model).merge_and_unload()
+    to_save.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, cfg: TrainConfig) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tokenizer, tmp / "model")
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    torch.save({"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": rng, "step": step}, tmp / "state.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2, default=str))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, opt, sched) -> int:
+    state = torch.load(path / "state.pt", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"])
+
+
+class StopFlag:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (then checkpoints)."""
+
+    def __init__(self):
+        self.set, self._old = False, {}
+
+    def __enter__(self):
+        if _main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def flops_per_token(cfg: ModelConfig, non_embedding_params: int, context: int) -> float:
+    """Training FLOPs per token: 6N plus attention 12 * layers * width * context (PaLM, App. B)."""
+    return 6 * non_embedding_params + 12 * cfg.n_layer * cfg.n_embd * context
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Run one training job; returns the summary also written to out/train.json."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.out)
+    tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer") if cfg.mode != "finetune" else load_tokenizer(cfg.init)
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+    batches = Batches(cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    model = make_model(cfg, len(tokenizer))
+    opt = optimizer_for(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, batches.total_steps))
+    start = 0
+    if resume and (out / "checkpoint" / "state.pt").is_file():
+        start = load_checkpoint(out / "checkpoint", model, opt, sched)
+        log.info("resumed %s at step %d", out, start)
+    elif acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").write_text("")
+    model, opt = acc.prepare(model, opt)
+    raw = acc.unwrap_model(model)
+    step_model = torch.compile(model) if cfg.compile == "on" or (cfg.compile == "auto" and use_cuda) else model
+    counts = n_params(raw)
+    fpt = flops_per_token(_config_of(raw), n_params(raw, trainable_only=False)["non_embedding"], cfg.window)
+    end = min(batches.total_steps, cfg.max_steps or batches.total_steps)
+    rank, world = acc.process_index, acc.num_processes
+
+    model.train()
+    t_start = time.perf_counter()
+    loss_sum, tokens_done, n_logged, window_t0 = torch.zeros((), device=acc.device), 0, 0, time.perf_counter()
+    history = []
+    bar = tqdm(total=end, initial=start, disable=not (progress and acc.is_main_process), desc=cfg.mode, unit="step")
+    with StopFlag() as stop:
+        step = start
+        while step < end and not stop.set:
+            ids, labels = batches(step)
+            ids, labels = ids[rank::world], labels[rank::world]        # data parallel: this rank's rows
+            x = torch.from_numpy(ids).to(acc.device, non_blocking=True).long()
+            y = torch.from_numpy(labels).to(acc.device, non_blocking=True).long()
+            mask = (x != tokenizer.pad_token_id) if cfg.mode == "finetune" else None
+            with acc.autocast():
+                loss = step_model(input_ids=x, attention_mask=mask, labels=y).loss
+            acc.backward(loss)
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            tokens_done += int(ids.size) * world
+            n_logged += 1
+            step += 1
+            if step % cfg.log_every == 0 or step == end:
+                mean = (loss_sum / n_logged).item()                       # the one host sync per log
+                dt = time.perf_counter() - window_t0
+                rec = {"step": step, "loss": mean, "lr": sched.get_last_lr()[0], "tokens_per_s": tokens_done / dt,
+                       "elapsed_s": time.perf_counter() - t_start}
+                history.append(rec)
+                if acc.is_main_process:
+                    with open(out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
+                loss_sum.zero_(); tokens_done, n_logged, window_t0 = 0, 0, time.perf_counter()
+            bar.update(1)
+            if acc.is_main_process and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:
+                save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, cfg)
+        interrupted = stop.set and step < end
+    bar.close()
+    wall = time.perf_counter() - t_start
+    if acc.is_main_process:
+        save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, cfg)
+        if not interrupted:
+            save_model(raw, tokenizer, out / "model")
+    tok_s = float(np.mean([h["tokens_per_s"] for h in history[1:]] or [h["tokens_per_s"] for h in history] or [0.0]))
+    summary = {"mode": cfg.mode, "steps": step, "total_steps": batches.total_steps, "interrupted": interrupted,
+               "final_loss": history[-1]["loss"] if history else None, "tokens_per_s": tok_s,
+               "n_params": counts, "flops_per_token": fpt, "mfu": mfu(tok_s * fpt, acc.device),
+               "device": str(acc.device), "world_size": world, "history": history}
+    if acc.is_main_process:
+        write_json(out / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=wall, **summary)
+    if interrupted:
+        log.info("stopped by signal at step %d; resume with resume=True", step)
+    return summary
+
+
+def _config_of(model) -> ModelConfig:
+    """Layers and width of a loaded model (what the FLOP count needs)."""
+    c = model.config
+    return ModelConfig(n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_embd=c.hidden_size,
+                       mlp_ratio=c.intermediate_size / c.hidden_size, vocab_size=c.vocab_size,
+                       context=c.max_position_embeddings)
+
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}  # dense bf16
+
+
+def mfu(flops_per_s: float, device) -> float | None:
+    """Model FLOPs utilisation against the bf16 dense peak of the GPU (None on CPU or unknown GPUs)."""
+    if torch.device(device).type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return None if peak is None else flops_per_s / peak
