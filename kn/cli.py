@@ -4,6 +4,7 @@
     kn data biod --n 1000 --k 4 --c 2 --d 100 --l 2 --t 50 --out data/biod
     kn data injection --n-paragraphs 40 --out data/injection
     kn data rewrite --bios data/bios/bios.jsonl --model path/to/local/causal-lm --out data/bior.jsonl
+    kn train --config run.toml [--resume]   # see kn.train.TrainConfig
     kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
     kn book                        # build _build/html from the committed chapters
 """
@@ -77,6 +78,15 @@ def data_rewrite(bios: str = typer.Option(..., help="bioS bios.jsonl to rewrite"
     kept, dropped = rewrite_with_model(records, model, seed=seed, device=device)
     write_jsonl(kept, out)
     _summary(out, kept=len(kept), dropped=dropped)
+
+
+@app.command("train")
+def train_cmd(config: str = typer.Option(..., help="TOML file: TrainConfig keys and a [model] table"),
+              resume: bool = typer.Option(False, help="continue from out/checkpoint")):
+    """Pretrain, mixed-train or QA-finetune one model (accelerate launch works too)."""
+    from kn.train import load_config, train
+    summary = train(load_config(config), resume=resume)
+    typer.echo(json.dumps({k: summary[k] for k in ("mode", "steps", "final_loss", "tokens_per_s", "n_params", "mfu")}))
 
 
 @app.command("run")

@@ -1,0 +1,131 @@
+"""kn.train: loss falls, resume equals an uninterrupted run bit for bit, SIGTERM checkpoints,
+saved models load with from_pretrained, configs are validated.   Run: pytest tests/test_train.py
+"""
+import json
+import os
+import signal
+import threading
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kn.data.dataset import BiosConfig, make_dataset
+from kn.data.records import DataError
+from kn.models import ModelConfig
+from kn.train import TrainConfig, load_config, qa_rows, train, train_qas
+from kn.data.dataset import load_encoded
+
+TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, context=64)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    make_dataset(BiosConfig(n=60, augment="multi2+permute", vocab_size=500), out)
+    return str(out)
+
+
+def cfg(data, out, **kw):
+    base = dict(data=data, out=str(out), model=TINY, window=64, batch_size=8, exposures=2, lr=3e-3, log_every=5)
+    return TrainConfig(**(base | kw))
+
+
+def weights(path):
+    return AutoModelForCausalLM.from_pretrained(str(path)).state_dict()
+
+
+def test_pretraining_loss_falls(data, tmp_path):
+    s = train(cfg(data, tmp_path / "run", exposures=4), progress=False)
+    losses = [h["loss"] for h in s["history"]]
+    assert losses[-1] < losses[0] - 1.0
+    assert s["steps"] == s["total_steps"] and (tmp_path / "run" / "model" / "config.json").is_file()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(s["history"]) and "tokens_per_s" in json.loads(lines[0])
+
+
+def test_resume_equals_uninterrupted(data, tmp_path):
+    full = train(cfg(data, tmp_path / "a", checkpoint_every=4), progress=False)
+    part = train(cfg(data, tmp_path / "b", checkpoint_every=4, max_steps=7), progress=False)
+    assert part["steps"] == 7
+    rest = train(cfg(data, tmp_path / "b", checkpoint_every=4), resume=True, progress=False)
+    assert rest["steps"] == full["steps"]
+    a, b = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = weights(tmp_path / "b" / "checkpoint" / "model")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_finishes(data, tmp_path):
+    config = cfg(data, tmp_path / "s", exposures=6, log_every=1)
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        first = train(config, progress=False)
+    finally:
+        timer.cancel()
+    assert first["interrupted"] and first["steps"] < first["total_steps"]
+    assert (tmp_path / "s" / "checkpoint" / "state.pt").is_file()
+    done = train(config, resume=True, progress=False)
+    assert not done["interrupted"] and done["steps"] == done["total_steps"]
+
+
+def test_mixed_and_finetune_full_and_lora(data, tmp_path):
+    pre = train(cfg(data, tmp_path / "pre"), progress=False)
+    mixed = train(cfg(data, tmp_path / "mix", mode="mixed", qa_fraction=0.5), progress=False)
+    assert mixed["total_steps"] > pre["total_steps"]  # half the windows are QA: twice the rows
+    ft = train(cfg(data, tmp_path / "ft", mode="finetune", init=str(tmp_path / "pre" / "model")), progress=False)
+    lora = train(cfg(data, tmp_path / "lora", mode="finetune", init=str(tmp_path / "pre" / "model"),
+                     lora_rank=2, lora_embed_rank=4), progress=False)
+    assert lora["n_params"]["all"] < ft["n_params"]["all"] / 10
+    merged = weights(tmp_path / "lora" / "model")
+    base = weights(tmp_path / "pre" / "model")
+    assert set(merged) == set(base)                                     # LoRA merged: a plain model
+    assert not torch.equal(merged["gpt_neox.layers.0.attention.query_key_value.weight"],
+                           base["gpt_neox.layers.0.attention.query_key_value.weight"])
+    assert torch.equal(merged["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"],
+                       base["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"])
+
+
+def test_qa_rows_label_only_the_answer(data):
+    qa = train_qas(data, load_encoded(data, "qa"))
+    ids, labels = qa_rows(qa, eos_id=0, pad_id=1)
+    for i in range(5):
+        s, e = qa.spans["answer"][i, 0]
+        labelled = (labels[i] != -100).nonzero()[0]
+        assert list(labelled) == list(range(s + 1, e + 2))                # answer tokens and the '.'
+        assert list(ids[i, 1:len(qa.doc(i)) + 1]) == list(qa.doc(i))
+
+
+@pytest.mark.parametrize("kw, field", [({"mode": "distill"}, "mode"), ({"mode": "finetune"}, "init"),
+                                       ({"exposures": 0}, "exposures"), ({"qa_fraction": 1.0}, "qa_fraction"),
+                                       ({"window": 1024}, "window"), ({"device": "tpu"}, "device")])
+def test_bad_config(data, tmp_path, kw, field):
+    with pytest.raises(DataError, match=f"^{field}"):
+        cfg(data, tmp_path, **kw)
+
+
+def test_batch_larger_than_data(data, tmp_path):
+    with pytest.raises(DataError, match="^batch_size"):
+        train(cfg(data, tmp_path / "x", batch_size=10_000), progress=False)
+
+
+def test_toml_config(tmp_path, data):
+    path = tmp_path / "run.toml"
+    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\nexposures = 3\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n')
+    c = load_config(path, window=64)
+    assert c.model.n_layer == 1 and c.exposures == 3
+    path.write_text('data = "x"\nout = "y"\nlearning_rate = 1\n')
+    with pytest.raises(DataError, match="unknown keys"):
+        load_config(path)
+
+
+def test_cli_train(tmp_path, data, capsys):
+    from kn.cli import main
+    path = tmp_path / "run.toml"
+    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\nexposures = 1\nwindow = 64\nbatch_size = 8\n'
+                    '[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n')
+    assert main(["train", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "pretrain"
+    path.write_text('data = "x"\nout = "y"\nmode = "distill"\n')
+    assert main(["train", "--config", str(path)]) == 2
