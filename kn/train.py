@@ -236,7 +236,8 @@ def optimizer_for(model, cfg: TrainConfig) -> torch.optim.Optimizer:
         if p.requires_grad:
             (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -320,6 +321,23 @@ def flops_per_token(cfg: ModelConfig, non_embedding_params: int, context: int) -
     return 6 * non_embedding_params + 12 * cfg.n_layer * cfg.n_embd * context
 
 
+def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool = False):
+    """One optimizer step as a function (x, labels, mask) -> detached loss; nothing syncs the host."""
+    forward = torch.compile(model) if compile else model
+
+    def step(x, y, mask=None):
+        with acc.autocast():
+            loss = forward(input_ids=x, attention_mask=mask, labels=y).loss
+        acc.backward(loss)
+        if grad_clip:
+            acc.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+    return step
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run one training job; returns the summary also written to out/train.json."""
     from accelerate import Accelerator
@@ -330,7 +348,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
     batches = Batches(cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    model = make_model(cfg, len(tokenizer))
+    model = make_model(cfg, len(tokenizer)).to(acc.device)
     opt = optimizer_for(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, batches.total_steps))
     start = 0
@@ -342,7 +360,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         (out / "metrics.jsonl").write_text("")
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
-    step_model = torch.compile(model) if cfg.compile == "on" or (cfg.compile == "auto" and use_cuda) else model
+    step_fn = training_step(model, opt, sched, acc, cfg.grad_clip,
+                            compile=cfg.compile == "on" or (cfg.compile == "auto" and use_cuda))
     counts = n_params(raw)
     fpt = flops_per_token(_config_of(raw), n_params(raw, trainable_only=False)["non_embedding"], cfg.window)
     end = min(batches.total_steps, cfg.max_steps or batches.total_steps)
@@ -361,15 +380,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             x = torch.from_numpy(ids).to(acc.device, non_blocking=True).long()
             y = torch.from_numpy(labels).to(acc.device, non_blocking=True).long()
             mask = (x != tokenizer.pad_token_id) if cfg.mode == "finetune" else None
-            with acc.autocast():
-                loss = step_model(input_ids=x, attention_mask=mask, labels=y).loss
-            acc.backward(loss)
-            if cfg.grad_clip:
-                acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
+            loss_sum += step_fn(x, y, mask)
             tokens_done += int(ids.size) * world
             n_logged += 1
             step += 1
