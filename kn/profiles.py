@@ -18,6 +18,17 @@ TABLES = {
         "gpu": {"n": 20000, "n_biod": 20000, "n_paragraphs": 120},
         "paper": {"n": 100000, "n_biod": 100000, "n_paragraphs": 120},
     },
+    # Part 3.1 experiments (Results 1-3, 6): people, model, training budget
+    "extraction": {
+        "smoke": {"n": 60, "vocab_size": 600, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 128},
+                  "window": 128, "batch_size": 8, "exposures": 4, "lr": 3e-3, "finetune_exposures": 2},
+        "cpu": {"n": 300, "vocab_size": 2048, "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "context": 128},
+                "window": 128, "batch_size": 16, "exposures": 200, "lr": 3e-3, "finetune_exposures": 30},
+        "gpu": {"n": 10000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
+                "window": 512, "batch_size": 64, "exposures": 200, "lr": 1e-3, "finetune_exposures": 20},
+        "paper": {"n": 100000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 512},
+                  "window": 512, "batch_size": 96, "exposures": 540, "lr": 1e-3, "finetune_exposures": 20},
+    },
 }
 
 

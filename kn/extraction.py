@@ -1,0 +1,146 @@
+"""Part 3.1, Results 1-3 and 6 (papers.md): is knowledge in biographies extractable by QA?
+
+  mixed              biographies and train_people's QAs in one training run (Result 1)
+  pretrain_finetune  pretrain on biographies, then QA finetune on train_people (Results 2-3, 6),
+                     full or LoRA
+Both report exact-match QA accuracy on train_people (in distribution) and test_people (out of
+distribution), per attribute, next to how well the biographies were memorized (FINDINGS trap 1)
+and the majority-guess baseline. Every stage is skipped when its output exists, so an interrupted
+experiment continues where it stopped. Entry points: `ExtractionConfig`, `from_profile`,
+`run_extraction`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from kn.data.bios import parse_augment
+from kn.data.dataset import BiosConfig, load_encoded, make_dataset
+from kn.data.records import ATTRIBUTES, DataError, read_jsonl
+from kn.models import ModelConfig
+from kn.profiles import settings
+from kn.results import write_json
+from kn.train import TrainConfig, train
+
+SETTINGS = ("mixed", "pretrain_finetune")
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    setting: str = "mixed"
+    data: BiosConfig = field(default_factory=BiosConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    exposures: float = 100.0          # times each person's knowledge is seen (paper: ~540)
+    qa_fraction: float = 0.8          # mixed only
+    batch_size: int = 16
+    window: int = 512
+    lr: float = 1e-3
+    finetune_exposures: float = 30.0  # passes over train_people's QAs
+    finetune_lr: float = 1e-3
+    finetune_batch_size: int = 16
+    lora_rank: int = 0
+    lora_embed_rank: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.setting not in SETTINGS:
+            raise DataError(f"setting: got {self.setting!r}; allowed: {', '.join(SETTINGS)}")
+        for name, cls in (("data", BiosConfig), ("model", ModelConfig)):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, cls(**getattr(self, name)))
+
+
+def from_profile(profile: str, **overrides) -> ExtractionConfig:
+    """The profile's settings for Part 3.1 experiments, with overrides (e.g. setting, augment)."""
+    s = settings("extraction", profile)
+    data = BiosConfig(n=s.pop("n"), vocab_size=s.pop("vocab_size"),
+                      augment=overrides.pop("augment", "single"), kind=overrides.pop("kind", "bioS"),
+                      n_celebrity=overrides.pop("n_celebrity", 0), seed=overrides.get("seed", 0))
+    model = ModelConfig(**s.pop("model"))
+    return ExtractionConfig(data=data, model=model, **(s | overrides))
+
+
+def _train_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) -> TrainConfig:
+    # exposures count how often each person's knowledge is seen: a multi5 corpus is passed over 1/5 as often
+    passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
+    base = dict(data=str(data), out=str(out), mode=mode, model=replace(cfg.model, context=max(cfg.model.context, cfg.window)),
+                exposures=passes, qa_fraction=cfg.qa_fraction, batch_size=cfg.batch_size,
+                window=cfg.window, lr=cfg.lr, seed=cfg.seed)
+    return TrainConfig(**(base | kw))
+
+
+def _stage(cfg: TrainConfig, progress: bool) -> dict:
+    """Train unless out/train.json already records a finished run; resumes a checkpoint."""
+    done = Path(cfg.out) / "train.json"
+    if not (done.is_file() and not json.loads(done.read_text()).get("interrupted")):
+        train(cfg, resume=True, progress=progress)
+    return json.loads(done.read_text())
+
+
+def _dataset(cfg: ExtractionConfig, path: Path) -> None:
+    meta = path / "meta.json"
+    if meta.is_file() and json.loads(meta.read_text())["provenance"]["config"] == asdict(cfg.data):
+        return
+    make_dataset(cfg.data, path)
+
+
+def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64) -> dict:
+    """QA accuracy (train_people / test_people), bio memorization and the majority baseline."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kn.evaluate import memorization, qa_accuracy
+    from kn.tokenize import load_tokenizer
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
+    tok = load_tokenizer(model_dir)
+    qa, bios = load_encoded(data, "qa"), load_encoded(data, "bios")
+    recs = list(read_jsonl(data / "qa.jsonl"))
+    attribute = np.array([ATTRIBUTES.index(r["attribute"]) for r in recs])
+    is_test = np.array([r["split"] == "test" for r in recs])
+    ids = (tok.eos_token_id, tok.pad_token_id)
+    acc = qa_accuracy(model, qa, attribute, is_test, *ids, batch_size=batch_size)
+    mem = memorization(model, bios, *ids, batch_size=batch_size)
+    return {"qa": acc, "memorization": mem, "majority_baseline": majority_baseline(recs)}
+
+
+def majority_baseline(qa_records: list[dict]) -> dict:
+    """Per attribute: accuracy of always answering the most common test_people value."""
+    out = {}
+    for attr in ATTRIBUTES:
+        answers = [r["answer"] for r in qa_records if r["attribute"] == attr and r["split"] == "test"]
+        _, counts = np.unique(answers, return_counts=True) if answers else (None, np.array([0]))
+        out[attr] = float(counts.max() / max(1, len(answers)))
+    return out
+
+
+def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True) -> dict:
+    """Dataset -> (mixed | pretrain -> finetune) -> evaluation; writes out/result.json."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    data = out / "data"
+    _dataset(cfg, data)
+    stages = {}
+    if cfg.setting == "mixed":
+        stages["mixed"] = _stage(_train_config(cfg, data, out / "mixed", "mixed"), progress)
+        final = memorized = out / "mixed" / "model"
+    else:
+        stages["pretrain"] = _stage(_train_config(cfg, data, out / "pretrain", "pretrain"), progress)
+        memorized = out / "pretrain" / "model"
+        ft = _train_config(cfg, data, out / "finetune", "finetune", init=str(memorized),
+                           exposures=cfg.finetune_exposures, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
+                           lora_rank=cfg.lora_rank, lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
+        stages["finetune"] = _stage(ft, progress)
+        final = out / "finetune" / "model"
+    result = evaluate_model(final, data)
+    if memorized != final:
+        result["memorization"] = evaluate_model(memorized, data)["memorization"]
+    result["training"] = {k: {f: v.get(f) for f in ("steps", "final_loss", "tokens_per_s", "n_params", "mfu", "device")}
+                          for k, v in stages.items()}
+    result["train_wall_s"] = {k: (v.get("provenance") or {}).get("wall_time_s") for k, v in stages.items()}
+    write_json(out / "result.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t0, **result)
+    return result
