@@ -55,13 +55,16 @@ class ExtractionConfig:
 
 
 def from_profile(profile: str, **overrides) -> ExtractionConfig:
-    """The profile's settings for Part 3.1 experiments, with overrides (e.g. setting, augment)."""
-    s = settings("extraction", profile)
-    data = BiosConfig(n=s.pop("n"), vocab_size=s.pop("vocab_size"),
-                      augment=overrides.pop("augment", "single"), kind=overrides.pop("kind", "bioS"),
-                      n_celebrity=overrides.pop("n_celebrity", 0), seed=overrides.get("seed", 0))
-    model = ModelConfig(**s.pop("model"))
-    return ExtractionConfig(data=data, model=model, **(s | overrides))
+    """The profile's settings for Part 3.1 experiments, with overrides: dataset keys (n, kind,
+    augment, n_celebrity), `model` (a ModelConfig) or any ExtractionConfig field."""
+    s = settings("extraction", profile) | {k: v for k, v in overrides.items() if k not in DATA_KEYS}
+    data = {"n": s.pop("n"), "vocab_size": s.pop("vocab_size"), "seed": s.get("seed", 0)}
+    data |= {k: v for k, v in overrides.items() if k in DATA_KEYS}
+    model = s.pop("model")
+    return ExtractionConfig(data=BiosConfig(**data), model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)
+
+
+DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction")
 
 
 def _train_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) -> TrainConfig:

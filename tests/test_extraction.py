@@ -7,7 +7,6 @@ import pytest
 
 from kn.data.records import ATTRIBUTES, DataError
 from kn.extraction import ExtractionConfig, from_profile, run_extraction
-from kn.models import ModelConfig
 
 
 @pytest.mark.parametrize("setting", ["mixed", "pretrain_finetune"])
@@ -25,14 +24,14 @@ def test_smoke_pipeline_and_skipping_done_stages(setting, tmp_path):
     assert (tmp_path / "data" / "tokens.npz").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_mixed_training_extracts_held_out_people(tmp_path):
-    """Result 1 in miniature: test_people's answers were never trained on, yet come out."""
-    cfg = from_profile("smoke", setting="mixed", augment="multi5+permute", exposures=60, lr=3e-3,
-                       model=ModelConfig(n_layer=2, n_head=4, n_embd=128, context=128), qa_fraction=0.5)
-    cfg = cfg.__class__(**{**cfg.__dict__, "data": cfg.data.__class__(**{**cfg.data.__dict__, "n": 100})})
+    """Result 1 in miniature (the cpu profile, ~2 min on 2 cores): test_people's answers were never
+    trained on, yet come out once the biographies are memorized."""
+    cfg = from_profile("cpu", setting="mixed", augment="multi5+permute")
     r = run_extraction(cfg, tmp_path, progress=False)
     test, base = r["qa"]["test"]["per_attribute"], r["majority_baseline"]
-    assert r["qa"]["train"]["mean"] > 0.5
+    assert r["qa"]["train"]["mean"] > 0.5 and r["memorization"]["mean"] > 0.9
     assert r["qa"]["test"]["mean"] > 3 * sum(base.values()) / len(base)
     assert sum(test[a] > base[a] for a in ATTRIBUTES) >= 4
 
