@@ -42,6 +42,13 @@ def results_dir(chapter: str, profile: str) -> Path:
     return root / chapter / check_profile(profile)
 
 
+def runs_dir(chapter: str, profile: str) -> Path:
+    """Scratch space of a chapter's runs (datasets, checkpoints, models): runs/<chapter>/<profile>/,
+    or under $KN_RUNS_ROOT. Not committed; a re-run reuses what is there."""
+    root = Path(os.environ.get("KN_RUNS_ROOT", ROOT / "runs"))
+    return root / chapter / check_profile(profile)
+
+
 def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None, book: Path = BOOK) -> Path:
     """Execute one chapter with papermill; by default the executed notebook replaces the chapter."""
     import papermill

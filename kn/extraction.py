@@ -7,7 +7,7 @@ Both report exact-match QA accuracy on train_people (in distribution) and test_p
 distribution), per attribute, next to how well the biographies were memorized (FINDINGS trap 1)
 and the majority-guess baseline. Every stage is skipped when its output exists, so an interrupted
 experiment continues where it stopped. Entry points: `ExtractionConfig`, `from_profile`,
-`run_extraction`.
+`run_extraction`, `run_suite` (several named runs of one chapter).
 """
 from __future__ import annotations
 
@@ -147,3 +147,18 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
     result["train_wall_s"] = {k: (v.get("provenance") or {}).get("wall_time_s") for k, v in stages.items()}
     write_json(out / "result.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t0, **result)
     return result
+
+
+def run_suite(chapter: str, profile: str, configs: dict, progress: bool = True) -> dict:
+    """Run named experiments of a chapter: models and data under runs/<chapter>/<profile>/<name>/
+    (not committed), each result.json copied to the chapter's results folder. Returns name -> result."""
+    from kn.book import results_dir, runs_dir
+    out = {}
+    for name, cfg in configs.items():
+        run_extraction(cfg, runs_dir(chapter, profile) / name, progress=progress)
+        src = runs_dir(chapter, profile) / name / "result.json"
+        dst = results_dir(chapter, profile) / f"{name}.json"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(src.read_text())
+        out[name] = json.loads(dst.read_text())
+    return out
