@@ -85,11 +85,11 @@ def build_model(cfg: ModelConfig, seed: int = 0):
     auto = AutoModelForMaskedLM if cfg.arch == "bert" else AutoModelForCausalLM
     model = auto.from_config(hf_config(cfg), attn_implementation="sdpa")
     if cfg.mlp_width == 0:
-        _remove_mlp_bias(model)
+        remove_mlp_bias(model)
     return model
 
 
-def _remove_mlp_bias(model) -> None:
+def remove_mlp_bias(model) -> None:
     """With no MLP (mlp_ratio 0) the zero-width layers leave only an output bias: fix it at zero."""
     for name, p in model.named_parameters():
         if "mlp" in name and p.numel() and name.endswith("bias") and "4h_to_h" in name:

@@ -31,7 +31,7 @@ import torch
 
 from kn.data.dataset import load_encoded
 from kn.data.records import DataError
-from kn.models import ModelConfig, build_model, n_params
+from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
 from kn.results import write_json
 from kn.tokenize import Encoded, load_tokenizer, pack, ragged_gather
 
@@ -210,6 +210,8 @@ def make_model(cfg: TrainConfig, vocab_size: int):
     if not Path(cfg.init, "config.json").is_file():
         raise DataError(f"init: no model (config.json) in {cfg.init!r}")
     model = AutoModelForCausalLM.from_pretrained(cfg.init, attn_implementation="sdpa")
+    if getattr(model.config, "intermediate_size", 1) == 0:
+        remove_mlp_bias(model)          # attention-only stays attention-only when finetuned
     if cfg.lora_rank:
         model = add_lora(model, cfg.lora_rank, cfg.lora_embed_rank)
     return model
