@@ -21,6 +21,8 @@ from kn.profiles import check_profile
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 log = logging.getLogger(__name__)
+# Keep library progress bars and a widget warning out of the book's pages (kn's own bars are off there).
+CHAPTER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
 
 
 def chapters(root: Path = ROOT) -> list[str]:
@@ -57,6 +59,7 @@ def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None
     if not src.is_file():
         raise DataError(f"chapter: no notebook {chapter!r}; allowed: {', '.join(chapters()) or 'none'}")
     out = Path(output) if output else src
+    os.environ.update(CHAPTER_ENV)   # inherited by the kernel
     t0 = time.perf_counter()
     papermill.execute_notebook(str(src), str(out), parameters={"profile": profile}, cwd=str(book),
                                kernel_name="python3", progress_bar=False, log_output=False)

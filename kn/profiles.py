@@ -30,6 +30,14 @@ TABLES = {
         "paper": {"n": 100000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 512},
                   "window": 512, "batch_size": 96, "exposures": 540, "lr": 1e-3, "finetune_exposures": 20},
     },
+    # Part 3.1 Results 4-5: probe settings (rank 0 = no embedding update: at a few hundred people the
+    # paper's rank-2/16 updates memorize the train_people instead of reading the model)
+    "probing": {
+        "smoke": {"rank_p": 0, "rank_q": 0, "epochs": 5},
+        "cpu": {"rank_p": 0, "rank_q": 0, "epochs": 40},
+        "gpu": {"rank_p": 2, "rank_q": 16, "epochs": 20},
+        "paper": {"rank_p": 2, "rank_q": 16, "epochs": 20},
+    },
 }
 
 
