@@ -1,0 +1,162 @@
+"""Part 3.1, Result 7 (papers.md): a bidirectional model (BERT-like, whole-word masked LM).
+
+Pretraining masks whole words of the packed biography windows (a word starts at a token that
+begins with a space); QA finetuning shows "question Answer:" followed by one [MASK] per answer
+token and the closing '.', and trains the model to fill the masks with the answer; evaluation fills
+the masks of test_people's questions and scores exact match of all answer tokens (the answer's
+length is given, which only helps the model). The paper: extraction stays poor (<= ~40%) even with
+augmentation, except birth date and major. Entry points: `BidirectionalConfig`, `run_bidirectional`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kn.data.bios import parse_augment
+from kn.data.dataset import BiosConfig, load_encoded, make_dataset
+from kn.data.records import ATTRIBUTES, DataError, read_jsonl
+from kn.models import ModelConfig, build_model, n_params
+from kn.results import write_json
+from kn.tokenize import Encoded, load_tokenizer, pack
+from kn.train import IGNORE, TrainConfig, lr_lambda, optimizer_for, train_qas, training_step
+
+
+@dataclass(frozen=True)
+class BidirectionalConfig:
+    data: BiosConfig = field(default_factory=BiosConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(arch="bert"))
+    exposures: float = 100.0          # times each person's knowledge is seen in pretraining
+    mask_rate: float = 0.15           # share of words masked
+    batch_size: int = 16
+    window: int = 128
+    lr: float = 1e-3
+    finetune_exposures: float = 30.0
+    finetune_lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model.arch != "bert":
+            raise DataError(f"model: a bidirectional run needs arch 'bert', got {self.model.arch!r}")
+        if not 0 < self.mask_rate < 1:
+            raise DataError(f"mask_rate: got {self.mask_rate!r}; allowed: a number in (0, 1)")
+
+
+def word_starts(tokenizer) -> np.ndarray:
+    """Boolean [V]: the token starts a word (byte-level 'Ġ' prefix) or is punctuation on its own."""
+    starts = np.zeros(len(tokenizer), dtype=bool)
+    for tok, i in tokenizer.get_vocab().items():
+        starts[i] = tok.startswith("Ġ") or not tok[:1].isalnum()
+    return starts
+
+
+def mask_words(ids: np.ndarray, starts: np.ndarray, rate: float, mask_id: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-word masking of windows [R, T]: each word masked with probability `rate`, all its tokens."""
+    word = np.cumsum(starts[ids], axis=1)                                   # word index per token
+    chosen = rng.random((ids.shape[0], int(word.max()) + 1)) < rate
+    masked = np.take_along_axis(chosen, word, axis=1)
+    return np.where(masked, mask_id, ids), np.where(masked, ids, IGNORE)
+
+
+def qa_mask_rows(qa: Encoded, pad_id: int, mask_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """QA rows with the answer tokens replaced by [MASK]; labels are the answer tokens."""
+    lengths = qa.lengths()
+    ids = np.full((len(qa), int(lengths.max())), pad_id, dtype=np.int64)
+    cols = np.arange(ids.shape[1])
+    inside = cols[None, :] < lengths[:, None]
+    ids[inside] = qa.ids
+    s, e = qa.spans["answer"][:, 0, 0], qa.spans["answer"][:, 0, 1]
+    answer = (cols[None, :] >= s[:, None]) & (cols[None, :] < e[:, None])
+    return np.where(answer, mask_id, ids), np.where(answer, ids, IGNORE)
+
+
+def _fit(model, rows_for_epoch, steps_per_epoch: int, epochs: float, cfg: BidirectionalConfig, lr: float, pad_id: int):
+    """Train on rows_for_epoch(e) -> (ids, labels); returns the final mean loss."""
+    from accelerate import Accelerator
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    tcfg = TrainConfig(data=".", out=".", model=cfg.model, window=cfg.window, lr=lr, seed=cfg.seed)
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    model = model.to(acc.device)
+    opt = optimizer_for(model, tcfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, total))
+    model, opt = acc.prepare(model, opt)
+    step = training_step(model, opt, sched, acc)
+    model.train()
+    losses = []
+    for t in range(total):
+        epoch, i = divmod(t, steps_per_epoch)
+        if i == 0:
+            ids, labels = rows_for_epoch(epoch)
+        sl = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+        x = torch.from_numpy(ids[sl]).to(acc.device).long()
+        losses.append(step(x, torch.from_numpy(labels[sl]).to(acc.device).long(), x != pad_id))
+    return float(torch.stack(losses[-steps_per_epoch:]).mean()), acc.unwrap_model(model)
+
+
+@torch.no_grad()
+def fill_accuracy(model, ids: np.ndarray, labels: np.ndarray, pad_id: int, batch_size: int = 128) -> np.ndarray:
+    """Per row: every masked answer token predicted exactly."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(ids), batch_size):
+        x = torch.from_numpy(ids[i:i + batch_size]).to(device).long()
+        y = torch.from_numpy(labels[i:i + batch_size]).to(device).long()
+        pred = model(input_ids=x, attention_mask=x != pad_id).logits.argmax(-1)
+        out.append(((pred == y) | (y == IGNORE)).all(dim=1).cpu())
+    return torch.cat(out).numpy()
+
+
+def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
+    """Dataset -> whole-word MLM pretraining -> masked QA finetuning -> exact match; out/result.json."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    data = out / "data"
+    if not (data / "meta.json").is_file():
+        make_dataset(cfg.data, data)
+    tok = load_tokenizer(data / "tokenizer")
+    pad, mask = tok.pad_token_id, tok.mask_token_id
+    model = build_model(replace(cfg.model, vocab_size=len(tok), context=max(cfg.model.context, cfg.window)), seed=cfg.seed)
+    bios, starts = load_encoded(data, "bios"), word_starts(tok)
+
+    def bio_rows(epoch):
+        windows = pack(bios, tok.eos_token_id, cfg.window, cfg.seed * 100_003 + epoch)
+        return mask_words(windows, starts, cfg.mask_rate, mask, np.random.default_rng([cfg.seed, epoch, 6]))
+    n_windows = len(bio_rows(0)[0])
+    passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
+    pre_loss, model = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, pad)
+
+    qa_all = load_encoded(data, "qa")
+    train_qa = train_qas(str(data), qa_all)
+    tr_ids, tr_labels = qa_mask_rows(train_qa, pad, mask)
+
+    def qa_epoch(epoch):
+        order = np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(tr_ids))
+        return tr_ids[order], tr_labels[order]
+    ft_loss, model = _fit(model, qa_epoch, max(1, len(tr_ids) // cfg.batch_size), cfg.finetune_exposures, cfg,
+                          cfg.finetune_lr, pad)
+    recs = list(read_jsonl(data / "qa.jsonl"))
+    ids, labels = qa_mask_rows(qa_all, pad, mask)
+    exact = fill_accuracy(model, ids, labels, pad)
+    attribute = np.array([ATTRIBUTES.index(r["attribute"]) for r in recs])
+    result = {"qa": {}, "pretrain_loss": pre_loss, "finetune_loss": ft_loss, "n_params": n_params(model)}
+    for split in ("train", "test"):
+        sel = np.array([r["split"] == split for r in recs])
+        per = {a: float(exact[sel & (attribute == k)].mean()) for k, a in enumerate(ATTRIBUTES)}
+        result["qa"][split] = {"mean": float(np.mean(list(per.values()))), "per_attribute": per}
+    write_json(out / "result.json", config=json.loads(json.dumps(asdict(cfg), default=str)), seed=cfg.seed,
+               wall_time=time.perf_counter() - t0, **result)
+    return result
+
+
+def from_profile(profile: str, augment: str = "single", seed: int = 0) -> BidirectionalConfig:
+    """The Part 3.1 extraction profile's people, model size and budget, with a BERT-like model."""
+    from kn.extraction import from_profile as extraction_profile
+    e = extraction_profile(profile, setting="pretrain_finetune", augment=augment, seed=seed)
+    return BidirectionalConfig(data=e.data, model=replace(e.model, arch="bert"), exposures=e.exposures,
+                               batch_size=e.batch_size, window=e.window, lr=e.lr,
+                               finetune_exposures=e.finetune_exposures, finetune_lr=e.finetune_lr, seed=seed)

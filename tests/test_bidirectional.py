@@ -1,0 +1,51 @@
+"""kn.bidirectional: whole-word masking, masked QA rows, and a smoke MLM pretrain -> finetune run.
+Run: pytest tests/test_bidirectional.py
+"""
+import numpy as np
+import pytest
+
+from kn.bidirectional import BidirectionalConfig, mask_words, qa_mask_rows, run_bidirectional, word_starts
+from kn.data.dataset import BiosConfig, build_bios
+from kn.data.records import ATTRIBUTES, DataError
+from kn.models import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return build_bios(BiosConfig(n=30, vocab_size=500))
+
+
+def test_masks_whole_words(ds):
+    tok = ds.tokenizer
+    starts = word_starts(tok)
+    ids = np.array([ds.bios_tokens.doc(i)[:40] for i in range(5)])
+    masked, labels = mask_words(ids, starts, 0.3, tok.mask_token_id, np.random.default_rng(0))
+    assert (masked == tok.mask_token_id).any() and ((labels != -100) == (masked == tok.mask_token_id)).all()
+    for row, lab in zip(ids, labels):
+        word = np.cumsum(starts[row])
+        for w in np.unique(word):             # a word is masked entirely or not at all
+            assert len(set((lab[word == w] != -100).tolist())) == 1
+
+
+def test_qa_rows_mask_exactly_the_answer(ds):
+    tok = ds.tokenizer
+    ids, labels = qa_mask_rows(ds.qa_tokens, tok.pad_token_id, tok.mask_token_id)
+    for i in range(12):
+        s, e = ds.qa_tokens.spans["answer"][i, 0]
+        assert (ids[i, s:e] == tok.mask_token_id).all() and list(labels[i, s:e]) == list(ds.qa_tokens.doc(i)[s:e])
+        assert tok.decode(labels[i, s:e]).strip() == ds.qa[i]["answer"]
+
+
+def test_smoke_run(tmp_path):
+    cfg = BidirectionalConfig(data=BiosConfig(n=40, augment="multi2", vocab_size=500),
+                              model=ModelConfig(arch="bert", n_layer=2, n_head=2, n_embd=64, context=64),
+                              exposures=4, window=64, batch_size=8, finetune_exposures=2)
+    r = run_bidirectional(cfg, tmp_path)
+    assert set(r["qa"]["test"]["per_attribute"]) == set(ATTRIBUTES)
+    assert 0 <= r["qa"]["train"]["mean"] <= 1 and np.isfinite(r["pretrain_loss"])
+    assert (tmp_path / "result.json").is_file()
+
+
+def test_needs_bert():
+    with pytest.raises(DataError, match="^model"):
+        BidirectionalConfig(model=ModelConfig(arch="gpt2"))
