@@ -51,6 +51,13 @@ def _test_mean(name: str) -> Callable[[Path], tuple[float, str]]:
     return measure
 
 
+def _test_mean_plain(name: str) -> Callable[[Path], tuple[float, str]]:
+    def measure(folder):
+        value = 100 * _load(folder, name)["qa"]["test"]["mean"]
+        return value, f"{value:.1f}% test_people"
+    return measure
+
+
 def _at_least(good: float, some: float) -> Callable[[float], str]:
     return lambda x: "reproduced" if x >= good else "partly" if x >= some else "not reproduced"
 
@@ -84,6 +91,8 @@ CLAIMS = [
           "augmentation", _test_mean("multi5+permute LoRA"), _at_least(80, 25)),
     Claim("Part 3.1, R5", "Q-probing from the name: near chance for single, high for multi5+permute",
           "0.2% vs 73-99.7%", "probing", _q_probe_gap, _at_least(50, 10)),
+    Claim("Part 3.1, R7", "A bidirectional (masked-LM) model extracts poorly even with multi5+permute",
+          "<= ~40%", "bidirectional", _test_mean_plain("multi5+permute"), _at_most(40, 60)),
     Claim("Part 3.1, R6", "Celebrities with augmented bios lift a plain minority",
           f"{paper.CELEBRITY['single'][0]}% -> {paper.CELEBRITY['single'][1]}%", "celebrity", _celebrity_gain,
           _at_least(30, 10)),
