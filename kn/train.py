@@ -4,6 +4,7 @@
   mixed     every window is all-bio or all-QA (train_people's QAs); qa_fraction of windows are QA
   finetune  QAs of train_people, one per row, loss on the answer and its closing '.', full or LoRA
             (peft: rank r on the attention's query/key/value projection, rank r' on the embedding)
+A bioD folder (Part 3.3) pretrains on biographies re-rendered every epoch, junk mixed in if asked.
 
 Training length is counted in exposures: passes over every biography (pretrain, mixed) or over
 every train QA (finetune). AdamW, linear warmup then cosine to min_lr_ratio * lr. Device
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs, mix, render
 from kn.data.dataset import load_encoded
 from kn.data.records import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str                          # dataset folder made by `kn data bios`
+    data: str                          # dataset folder made by `kn data bios` or kn.capacity.write_biod_dataset
     out: str                           # run folder: model/, checkpoint/, metrics.jsonl, train.json
     mode: str = "pretrain"             # pretrain | mixed | finetune
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -109,11 +111,22 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
 
 class Batches:
     """Deterministic batches: the rows of step t are a function of (seed, t) only, so a resumed run
-    sees exactly the data an uninterrupted one would."""
+    sees exactly the data an uninterrupted one would.
+
+    A bioD folder (meta.json "kind": "bioD", written by kn.capacity.write_biod_dataset) is
+    re-rendered every epoch (sentence order re-drawn), with fresh junk at its junk_ratio; one
+    epoch is then one exposure of every useful biography.
+    """
 
     def __init__(self, cfg: TrainConfig, eos_id: int, pad_id: int):
         self.cfg, self.eos, self.pad = cfg, eos_id, pad_id
-        self.bios = load_encoded(cfg.data, "bios") if cfg.mode != "finetune" else None
+        self.biod, self.junk_ratio = load_biod(cfg.data) or (None, 0.0)
+        if self.biod is not None and cfg.mode != "pretrain":
+            raise DataError(f"mode: a bioD folder trains in pretrain mode only, got {cfg.mode!r}")
+        if cfg.mode == "finetune":
+            self.bios = None
+        else:
+            self.bios = self.docs(0) if self.biod is not None else load_encoded(cfg.data, "bios")
         qa = load_encoded(cfg.data, "qa") if cfg.mode != "pretrain" else None
         self.qa = train_qas(cfg.data, qa) if qa is not None else None
         if cfg.mode == "finetune":
@@ -135,7 +148,7 @@ class Batches:
             ids, labels = qa_rows(self.qa, self.eos, self.pad)
             order = np.random.default_rng([seed, 4]).permutation(len(ids))
             return ids[order], labels[order]
-        bio = pack(self.bios, self.eos, cfg.window, seed)
+        bio = pack(self.docs(epoch) if self.biod is not None else self.bios, self.eos, cfg.window, seed)
         if cfg.mode == "pretrain":
             return bio, bio
         n_qa = self.rows_per_epoch - len(bio)
@@ -147,6 +160,18 @@ class Batches:
         rows = rows[np.random.default_rng([seed, 5]).permutation(len(rows))]
         return rows, rows
 
+    def docs(self, epoch: int) -> Encoded:
+        """bioD: the documents of one epoch (useful, plus junk), without their trailing <eos>,
+        which `pack` puts back: no double EOS."""
+        useful = render(self.biod, epoch)
+        if self.junk_ratio > 0:
+            cfg, seed = self.biod.cfg, self.cfg.seed * 100_003 + epoch
+            junk = junk_docs(cfg, junk_count(cfg, useful.n_tokens, self.junk_ratio) + 1, epoch)
+            useful = mix(useful, junk, self.junk_ratio, seed)
+        keep = np.ones(len(useful.ids), dtype=bool)
+        keep[useful.offsets[1:] - 1] = False                       # every document's last token is <eos>
+        return Encoded(useful.ids[keep], useful.offsets - np.arange(len(useful.offsets)), useful.person)
+
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
@@ -154,6 +179,15 @@ class Batches:
         ids, labels = self._rows
         sl = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
         return ids[sl], labels[sl]
+
+
+def load_biod(data: str) -> tuple[BioD, float] | None:
+    """(bioD, junk_ratio) of a folder whose meta.json has "kind": "bioD"; None for other folders."""
+    path = Path(data) / "meta.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    if meta.get("kind") != "bioD":
+        return None
+    return generate_biod(BioDConfig(**meta["biod"])), float(meta.get("junk_ratio", 0.0))
 
 
 def train_qas(data: str, qa: Encoded) -> Encoded:

@@ -1,0 +1,402 @@
+"""Knowledge capacity (papers.md, Part 3.3): the bit-complexity lower bound, bits per parameter,
+the capacity law and post-training quantization.
+
+- Bounds (Theorem 3.2), in bits, from natural-log losses summed over the tokens of a field:
+  `biod_bound(sizes, losses)`, `bios_bound(n, loss_name, loss_value)`; `max_bits` is the bioD
+  bound at zero loss. Each term of a bound is clipped at 0 (our choice; papers.md states the plain
+  sum): a term lower-bounds the information about one independent part of the data (the names,
+  the values, the diversity sets), which is never negative, so max(0, term) is still a lower
+  bound and the summed form is never negative, even for losses above chance.
+- Losses: `biod_losses(model, biod)` teacher-forces every biography after <eos>, one forward per
+  batch; `bios_losses` wraps kn.evaluate.field_losses. Capacity ratio = bits / parameters, for all
+  and for non-embedding parameters (kn.models.n_params).
+- Runs: `write_biod_dataset(cfg, out, junk_ratio)` writes a folder that kn.train re-renders every
+  epoch (junk re-drawn, Results 10-11; BioDConfig.domain_token, Result 12); `run_bound(run, bits)`
+  computes the bound of a trained run, fake-quantized to `bits` if given; `capacity_point(point)`
+  builds the data, trains and measures one point; `capacity_sweep` runs points via kn.sweep.
+- The law: `fit_capacity(rows, exposures)` fits bits = ratio * params through the origin over the
+  capacity-bound rows, with a t-interval on the slope.
+- Quantization (Result 8): `quantize_tensor`, `dequantize`, `quantize_model` (round to nearest,
+  symmetric, per output channel).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import tempfile
+import time
+from dataclasses import asdict
+from functools import partial
+from numbers import Real
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kn.data.biod import EOS, BioD, BioDConfig, bound_inputs, field_masks, generate_biod, make_tokenizer, render, \
+    to_records, vocabulary
+from kn.data.records import DataError, write_jsonl
+from kn.models import ModelConfig, n_params
+from kn.results import read_json, write_json
+from kn.sweep import point_key, run_sweep
+
+LN2 = math.log(2)
+N0_BIOS = 400 * 400 * 1000                                  # bioS names: first x middle x last
+S0_BIOS = 2 * (12 * 28 * 200) * 200 * 300 * 100 * 263       # pronoun, date, city, univ, major, employer
+QUANT_BITS = (8, 4)                                          # Result 8
+
+# ----------------------------------------------------------------------------- bounds (Theorem 3.2)
+
+
+def _check_loss(name: str, v) -> float:
+    if not isinstance(v, Real) or isinstance(v, bool) or not v >= 0:
+        raise DataError(f"{name}: got {v!r}; allowed: a summed loss in nats, >= 0")
+    return float(v)
+
+
+def _log2_pow_minus(t: int, l: int, d: int) -> float:
+    """log2(T^L - D) without forming T^L; -inf when D >= T^L."""
+    a = l * math.log2(t)
+    x = math.log2(d) - a                                     # log2(D / T^L)
+    return -math.inf if x >= 0 else a + math.log2(-math.expm1(x * LN2))
+
+
+def _clip(bits: float) -> float:
+    return max(0.0, bits)
+
+
+def biod_bound(sizes: dict, losses: dict) -> dict:
+    """Theorem 3.2 for bioD, each term clipped at 0:
+
+        N log2((N0 - N) / e^loss_name) + N K log2(D^C / e^loss_value)
+        + K D log2((T^L - D) / (D e^loss_value1))
+
+    sizes: N0, N, K, C, D, L, T (kn.data.biod.bound_inputs); losses: loss_name (per person),
+    loss_value and loss_value1 (per (person, attribute)). Returns bits and its three terms.
+    """
+    n0, n, k, c, d, l, t = (sizes[key] for key in ("N0", "N", "K", "C", "D", "L", "T"))
+    name, value, value1 = (_check_loss(key, losses[key]) for key in ("loss_name", "loss_value", "loss_value1"))
+    terms = {"bits_name": n * (math.log2(n0 - n) - name / LN2) if n0 > n else -math.inf,
+             "bits_value": n * k * (c * math.log2(d) - value / LN2),
+             "bits_diversity": k * d * (_log2_pow_minus(t, l, d) - math.log2(d) - value1 / LN2)}
+    terms = {key: _clip(v) for key, v in terms.items()}
+    return {"bits": sum(terms.values()), **terms}
+
+
+def max_bits(sizes: dict) -> float:
+    """The bioD bound at zero loss: N log2(N0 - N) + N K C log2 D + K D log2((T^L - D) / D)."""
+    return biod_bound(sizes, {"loss_name": 0.0, "loss_value": 0.0, "loss_value1": 0.0})["bits"]
+
+
+def bios_bound(n: int, loss_name: float, loss_value: float, loss_pronoun: float | None = None,
+               n0: int = N0_BIOS, s0: int = S0_BIOS) -> dict:
+    """Theorem 3.2's bioS(N) form, N log2(N0 / e^loss_name) + N log2(S0 / e^loss_value), each term
+    clipped at 0, with per-person losses.
+
+    loss_value sums the six attribute values (company_city too: it follows from the employer, so
+    its loss only lowers the bound). S0 counts the pronoun (factor 2); without `loss_pronoun` our
+    losses do not cover it, so the factor 2 is dropped rather than credited for free.
+    """
+    value = _check_loss("loss_value", loss_value)
+    if loss_pronoun is None:
+        s0 = s0 / 2
+    else:
+        value += _check_loss("loss_pronoun", loss_pronoun)
+    terms = {"bits_name": _clip(n * (math.log2(n0) - _check_loss("loss_name", loss_name) / LN2)),
+             "bits_value": _clip(n * (math.log2(s0) - value / LN2)), "bits_diversity": 0.0}
+    return {"bits": sum(terms.values()), **terms}
+
+
+def bios_max_bits(n: int, pronoun: bool = False) -> float:
+    """The bioS bound at zero loss."""
+    return bios_bound(n, 0.0, 0.0, 0.0 if pronoun else None)["bits"]
+
+
+# ----------------------------------------------------------------------------- losses from a model
+
+
+def _device(model, device) -> torch.device:
+    return torch.device(device) if device is not None else next(model.parameters()).device
+
+
+def masked_nll_sums(model, x: np.ndarray, targets: np.ndarray, masks: list[np.ndarray], batch_size: int = 64,
+                    device=None) -> np.ndarray:
+    """Summed NLL (nats) of targets [B, T] under each boolean mask [B, T], one forward per batch; [len(masks)]."""
+    device, out = _device(model, device), np.zeros(len(masks))
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(x), batch_size):
+            ids = torch.as_tensor(x[s:s + batch_size], dtype=torch.long, device=device)
+            tgt = torch.as_tensor(targets[s:s + batch_size], dtype=torch.long, device=device)
+            logits = model(input_ids=ids).logits.float()                     # [b, T, V]
+            nll = torch.logsumexp(logits, -1) - logits.gather(-1, tgt[..., None])[..., 0]
+            for i, m in enumerate(masks):
+                out[i] += float((nll * torch.as_tensor(m[s:s + batch_size], device=device)).sum())
+    return out
+
+
+def biod_losses(model, biod: BioD, epoch: int = 0, batch_size: int = 64, device=None) -> dict:
+    """Mean summed losses (nats, Theorem 3.2) on the biographies of `epoch`, each fed after <eos>
+    as in training: loss_name over the first name occurrence, per person; loss_value (all chunks)
+    and loss_value1 (first chunk), per (person, attribute). Teacher forcing conditions each value
+    on the name and the attribute written before it (and on the sentences before)."""
+    docs, cfg = render(biod, epoch), biod.cfg
+    width = int(docs.lengths()[0])                           # every biography has doc_length tokens
+    targets = docs.ids.reshape(-1, width)
+    x = np.concatenate([np.full((len(targets), 1), EOS, dtype=targets.dtype), targets[:, :-1]], axis=1)
+    masks = field_masks(docs)
+    sums = masked_nll_sums(model, x, targets, [masks[k].reshape(-1, width) for k in ("name1", "value", "value1")],
+                           batch_size, device)
+    return {"loss_name": float(sums[0] / cfg.n), "loss_value": float(sums[1] / (cfg.n * cfg.k)),
+            "loss_value1": float(sums[2] / (cfg.n * cfg.k))}
+
+
+def bios_losses(model, data: str | Path, batch_size: int = 64, device=None) -> dict:
+    """Per-person loss_name and loss_value (nats) on a bioS folder's biographies (field_losses),
+    averaged over each person's biographies, then over people."""
+    from kn.data.dataset import load_encoded
+    from kn.evaluate import field_losses
+    from kn.tokenize import load_tokenizer
+    tok = load_tokenizer(Path(data) / "tokenizer")
+    out = field_losses(model, load_encoded(data, "bios"), tok.eos_token_id, tok.pad_token_id, batch_size, device)
+    _, person = np.unique(out["person"], return_inverse=True)
+    count = np.bincount(person)
+    return {k: float(np.mean(np.bincount(person, out[k]) / count)) for k in ("loss_name", "loss_value")}
+
+
+# ----------------------------------------------------------------------------- data folders and runs
+
+
+def write_biod_dataset(cfg: BioDConfig, out: str | Path, junk_ratio: float = 0.0, records: bool = False) -> Path:
+    """A bioD training folder: meta.json ("kind": "bioD", the BioDConfig, junk_ratio, sizes) and
+    tokenizer/. kn.train regenerates the bioD from the config and re-renders it every epoch, with
+    junk_ratio junk tokens per useful token; records=True also writes biod.jsonl (epoch 0)."""
+    if not isinstance(junk_ratio, Real) or isinstance(junk_ratio, bool) or not junk_ratio >= 0:
+        raise DataError(f"junk_ratio: got {junk_ratio!r}; allowed: a number >= 0 (junk tokens per useful token)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    make_tokenizer(cfg).save_pretrained(str(out / "tokenizer"))
+    if records:
+        write_jsonl(to_records(generate_biod(cfg)), out / "biod.jsonl")
+    write_json(out / "meta.json", config=asdict(cfg), seed=cfg.seed, kind="bioD", biod=asdict(cfg),
+               junk_ratio=float(junk_ratio), **bound_inputs(cfg), doc_length=cfg.doc_length(),
+               n_tokens=cfg.n * cfg.doc_length(), vocab_size=len(vocabulary(cfg)))
+    return out
+
+
+def _load_model(path: Path, device):
+    from transformers import AutoModelForCausalLM
+    if not (path / "config.json").is_file():
+        raise DataError(f"run: no trained model (model/config.json) in {str(path.parent)!r}")
+    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="sdpa")
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device)
+
+
+def run_bound(run: str | Path, bits: int | None = None, batch_size: int = 64, device=None,
+              embeddings: bool = True) -> dict:
+    """The bound of a trained run folder (kn.train out/), on its own training data; with `bits`,
+    of its model fake-quantized to that many bits (Result 8). Returns losses, bits and its terms,
+    max_bits, n_params (all, non-embedding) and the capacity ratios."""
+    from kn.train import load_biod
+    run = Path(run)
+    data = read_json(run / "train.json")["provenance"]["config"]["data"]
+    model = _load_model(run / "model", device)
+    if bits is not None:
+        model = quantize_model(model, bits, embeddings)
+    loaded = load_biod(data)
+    if loaded is not None:
+        sizes = bound_inputs(loaded[0].cfg)
+        losses = biod_losses(model, loaded[0], batch_size=batch_size)
+        bound, top = biod_bound(sizes, losses), max_bits(sizes)
+    else:
+        n = read_json(Path(data) / "meta.json")["counts"]["people"]
+        losses = {**bios_losses(model, data, batch_size), "loss_value1": math.nan}
+        bound, top = bios_bound(n, losses["loss_name"], losses["loss_value"]), bios_max_bits(n)
+    counts = n_params(model, trainable_only=False)
+    return {**losses, **bound, "max_bits": top, "n_params": counts["all"],
+            "n_params_non_embedding": counts["non_embedding"], "ratio": bound["bits"] / counts["all"],
+            "ratio_non_embedding": bound["bits"] / max(1, counts["non_embedding"])}
+
+
+# ----------------------------------------------------------------------------- sweep points
+
+POINT_DEFAULTS = {
+    "data": "bioD",                                          # bioD | bioS
+    "n": 1000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100,  # bioD(N, K, C, D, L, T); bioS uses n only
+    "n_first": 400, "n_middle": 400, "n_last": 1000,         # bioD name pools, N0 = their product
+    "junk_ratio": 0.0, "domain_token": False,                # Results 10-12 (bioD)
+    "augment": "multi5+permute", "vocab_size": 4096,         # bioS only
+    "arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "mlp_ratio": None,  # None: 4 (gpt2), 8/3 (gated)
+    "exposures": 100, "batch_size": 32, "window": 512, "lr": 1e-3, "weight_decay": 0.1, "warmup": 0.05,
+    "seed": 0,                                               # data and training
+    "quantize": False,                                       # also measure int8 and int4 (Result 8)
+}
+
+
+def normalise_point(point: dict) -> dict:
+    """`point` over POINT_DEFAULTS, checked, mlp_ratio resolved: every point has the same keys."""
+    unknown = set(point) - set(POINT_DEFAULTS)
+    if unknown:
+        raise DataError(f"point: unknown keys {sorted(unknown)}; allowed: {sorted(POINT_DEFAULTS)}")
+    p = POINT_DEFAULTS | point
+    if p["data"] not in ("bioD", "bioS"):
+        raise DataError(f"data: got {p['data']!r}; allowed: bioD, bioS")
+    if p["data"] == "bioS" and (p["junk_ratio"] or p["domain_token"]):
+        raise DataError("junk_ratio: junk and the domain token are bioD options; use data='bioD'")
+    if p["mlp_ratio"] is None:
+        p["mlp_ratio"] = 8 / 3 if p["arch"] in ("llama", "mistral") else 4.0
+    return p
+
+
+def run_folder(point: dict, runs_dir: str | Path) -> Path:
+    """The folder of `point` under runs_dir: data/ and run/, named by the point's hash."""
+    p = normalise_point(point)
+    digest = hashlib.sha1(point_key(p).encode()).hexdigest()[:12]
+    return Path(runs_dir) / f"{p['data']}-n{p['n']}-{p['arch']}-{p['n_layer']}-{p['n_head']}-{p['n_embd']}-{digest}"
+
+
+def _make_data(p: dict, out: Path) -> None:
+    if (out / "meta.json").is_file():
+        return                                               # deterministic in the point: reuse
+    if p["data"] == "bioD":
+        cfg = BioDConfig(n=p["n"], k=p["k"], c=p["c"], d=p["d"], l=p["l"], t=p["t"], n_first=p["n_first"],
+                         n_middle=p["n_middle"], n_last=p["n_last"], seed=p["seed"], domain_token=p["domain_token"])
+        write_biod_dataset(cfg, out, p["junk_ratio"])
+    else:
+        from kn.data.dataset import BiosConfig, make_dataset
+        make_dataset(BiosConfig(n=p["n"], augment=p["augment"], seed=p["seed"], vocab_size=p["vocab_size"]), out)
+
+
+def _train_config(p: dict, folder: Path, device: str):
+    from kn.train import TrainConfig
+    model = ModelConfig(arch=p["arch"], n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
+                        mlp_ratio=p["mlp_ratio"], context=p["window"])
+    return TrainConfig(data=str(folder / "data"), out=str(folder / "run"), model=model, exposures=p["exposures"],
+                       batch_size=p["batch_size"], window=p["window"], lr=p["lr"], weight_decay=p["weight_decay"],
+                       warmup=p["warmup"], seed=p["seed"], device=device)
+
+
+def _measure(folder: Path, p: dict, device: str, batch_size: int) -> dict:
+    """run_bound of the trained run, plus bits and ratio at int8 and int4 (NaN unless quantize)."""
+    dev = None if device == "auto" else device
+    out = run_bound(folder / "run", None, batch_size, dev)
+    for b in QUANT_BITS:
+        q = run_bound(folder / "run", b, batch_size, dev) if p["quantize"] else {"bits": math.nan, "ratio": math.nan}
+        out |= {f"bits_int{b}": q["bits"], f"ratio_int{b}": q["ratio"]}
+    return out
+
+
+def _finished(run: Path) -> dict | None:
+    """The train.json summary of a run that already finished (e.g. a sweep stopped while measuring)."""
+    done = read_json(run / "train.json") if (run / "train.json").is_file() else {}
+    ok = done and not done["interrupted"] and done["steps"] == done["total_steps"]
+    return done if ok and (run / "model" / "config.json").is_file() else None
+
+
+def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str = "auto",
+                   eval_batch_size: int = 256) -> dict:
+    """One point of the law: build its data, train (resuming an interrupted run), measure the
+    bound. Keys: POINT_DEFAULTS. Returns flat numbers: losses, bits and terms, max_bits, n_params
+    (all, non-embedding), ratios (also int8/int4 with quantize), steps, final_loss, tokens_per_s,
+    train_s, wall_s. runs_dir=None trains in a temporary folder that is removed afterwards."""
+    from kn.train import train
+    t0 = time.perf_counter()
+    p = normalise_point(point)
+    with tempfile.TemporaryDirectory(prefix="kn-capacity-") as tmp:
+        folder = run_folder(p, runs_dir if runs_dir is not None else tmp)
+        _make_data(p, folder / "data")
+        t1 = time.perf_counter()
+        summary = _finished(folder / "run") or train(_train_config(p, folder, device), resume=True, progress=False)
+        train_s = time.perf_counter() - t1
+        out = _measure(folder, p, device, eval_batch_size)
+    return {**out, "steps": summary["steps"], "final_loss": summary["final_loss"],
+            "tokens_per_s": summary["tokens_per_s"], "train_s": train_s, "wall_s": time.perf_counter() - t0}
+
+
+def capacity_sweep(points: list[dict], results_csv: str | Path, workers: int = 1, executor: str = "local",
+                   runs_dir: str | Path | None = None, device: str = "auto", **sweep_kw) -> list[dict]:
+    """kn.sweep.run_sweep over capacity_point: one CSV row per finished point, done points skipped.
+    Points are normalised first, so every row has the same columns."""
+    fn = partial(capacity_point, runs_dir=None if runs_dir is None else str(runs_dir), device=device)
+    return run_sweep([normalise_point(p) for p in points], fn, results_csv, executor=executor, workers=workers,
+                     **sweep_kw)
+
+
+# ----------------------------------------------------------------------------- the law
+
+
+def capacity_rows(rows: list[dict], exposures: float | None = None, max_fraction: float = 0.5,
+                  bits: str = "bits") -> list[dict]:
+    """Rows of the capacity-bound regime: at `exposures` (all if None) and with
+    bits <= max_fraction * max_bits, i.e. models that could not store even that share of the data's
+    information (bigger models sit on the max_bits plateau, where bits/params only falls)."""
+    keep = []
+    for r in rows:
+        if exposures is not None and float(r["exposures"]) != float(exposures):
+            continue
+        if float(r[bits]) <= max_fraction * float(r["max_bits"]):
+            keep.append(r)
+    return keep
+
+
+def fit_capacity(rows: list[dict], exposures: float | None = None, params: str = "n_params", bits: str = "bits",
+                 max_fraction: float = 0.5, level: float = 0.95) -> dict:
+    """Least squares bits = ratio * params through the origin over `capacity_rows`, with a
+    `level` t-interval on the slope (n - 1 degrees of freedom). params: n_params (all) or
+    n_params_non_embedding; bits: bits, bits_int8 or bits_int4. Returns ratio, ci_low, ci_high, n_points."""
+    from scipy import stats
+    pts = capacity_rows(rows, exposures, max_fraction, bits)
+    x = np.array([float(r[params]) for r in pts])
+    y = np.array([float(r[bits]) for r in pts])
+    if len(x) < 2 or not np.all(np.isfinite(y)):
+        raise DataError(f"rows: {len(x)} capacity-bound rows with finite {bits!r} at exposures={exposures}; "
+                        f"the fit needs at least 2 (raise max_fraction={max_fraction} or add smaller models)")
+    sxx = float(x @ x)
+    ratio = float(x @ y) / sxx
+    resid = y - ratio * x
+    se = math.sqrt(float(resid @ resid) / (len(x) - 1) / sxx)
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * se
+    return {"ratio": ratio, "ci_low": ratio - half, "ci_high": ratio + half, "n_points": len(x)}
+
+
+# ----------------------------------------------------------------------------- quantization (Result 8)
+
+
+def quantize_tensor(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest symmetric quantization per output channel (row) of w [out, in]:
+    scale = max|w_row| / (2^(bits-1) - 1), q = round(w / scale) in int8; |w - q scale| <= scale / 2."""
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise DataError(f"bits: got {bits!r}; allowed: an integer 2..8 (8 = int8, 4 = int4)")
+    if w.ndim != 2:
+        raise DataError(f"w: got shape {tuple(w.shape)}; allowed: a matrix [out, in]")
+    qmax = 2 ** (bits - 1) - 1
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / qmax).clamp(min=torch.finfo(torch.float32).tiny)   # [out]
+    q = torch.round(w / scale[:, None]).clamp(-qmax, qmax).to(torch.int8)
+    return q, scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Float weights q * scale (per row)."""
+    return q.float() * scale[:, None]
+
+
+def quantize_model(model, bits: int, embeddings: bool = True):
+    """A copy of `model` with every Linear weight (and, with embeddings, the token embedding, one
+    channel per token) fake-quantized: quantized to `bits`, then dequantized into float weights.
+    Norms and biases stay as they are (a few parameters per channel)."""
+    model = copy.deepcopy(model)
+    skip = set() if embeddings else {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    out_emb = model.get_output_embeddings()
+    if not embeddings and out_emb is not None:
+        skip.add(id(out_emb.weight))
+    done = set()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) and id(m.weight) not in skip | done:
+                done.add(id(m.weight))
+                m.weight.copy_(dequantize(*quantize_tensor(m.weight, bits)).to(m.weight.dtype))
+    return model

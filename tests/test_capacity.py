@@ -1,0 +1,205 @@
+"""kn.capacity and bioD training in kn.train: the Theorem 3.2 bounds on hand-computed cases, the
+full bound at zero loss and ~0 bits at chance, quantization round-trips, a bioD folder re-rendered
+per epoch (no double EOS, junk ratio, bit-exact resume), a two-point sweep end to end and the law's
+fit with its interval.   Run: OMP_NUM_THREADS=1 pytest tests/test_capacity.py
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kn.capacity import (N0_BIOS, S0_BIOS, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
+                         dequantize, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
+                         write_biod_dataset)
+from kn.data.biod import DOMAIN, EOS, JUNK_PERSON, BioDConfig
+from kn.data.records import DataError
+from kn.models import ModelConfig, build_model
+from kn.sweep import read_rows
+from kn.train import Batches, TrainConfig, train
+
+SIZES = {"N0": 100, "N": 10, "K": 2, "C": 2, "D": 4, "L": 2, "T": 5}
+TINY_BIOD = dict(n=40, k=2, c=1, d=4, l=1, t=8, n_first=10, n_middle=10, n_last=10)
+TINY = ModelConfig(n_layer=1, n_head=2, n_embd=16, context=32)
+
+
+def losses(name, value, value1):
+    return {"loss_name": name, "loss_value": value, "loss_value1": value1}
+
+
+# ---- bounds ----------------------------------------------------------------------------------
+
+
+def test_biod_bound_by_hand():
+    b = biod_bound(SIZES, losses(1.0, 0.5, 0.2))
+    name = 10 * math.log2(90 / math.e ** 1.0)
+    value = 10 * 2 * math.log2(4 ** 2 / math.e ** 0.5)
+    diversity = 2 * 4 * math.log2((5 ** 2 - 4) / (4 * math.e ** 0.2))
+    assert b["bits_name"] == pytest.approx(name) and b["bits_value"] == pytest.approx(value)
+    assert b["bits_diversity"] == pytest.approx(diversity)
+    assert b["bits"] == pytest.approx(name + value + diversity)
+    clipped = biod_bound(SIZES, losses(10.0, 0.5, 0.2))       # 90 / e^10 < 1: the name term is clipped
+    assert clipped["bits_name"] == 0 and clipped["bits"] == pytest.approx(value + diversity)
+
+
+def test_zero_loss_gives_the_full_bound():
+    full = 10 * math.log2(90) + 10 * 2 * 2 * math.log2(4) + 2 * 4 * math.log2((5 ** 2 - 4) / 4)
+    assert biod_bound(SIZES, losses(0, 0, 0))["bits"] == pytest.approx(full) == max_bits(SIZES)
+
+
+def test_chance_gives_zero_and_never_negative():
+    chance = losses(math.log(90), 2 * math.log(4), math.log(21 / 4))
+    assert biod_bound(SIZES, chance)["bits"] == pytest.approx(0, abs=1e-9)
+    huge = {"N0": 10 ** 12, "N": 10 ** 6, "K": 8, "C": 10, "D": 10 ** 6, "L": 50, "T": 1000}   # T^L = 1e150
+    assert biod_bound(huge, losses(1e6, 1e6, 1e6))["bits"] == 0
+    assert max_bits(huge) == pytest.approx(1e6 * math.log2(10 ** 12 - 10 ** 6) + 8e7 * math.log2(1e6)
+                                           + 8e6 * (150 * math.log2(10) - math.log2(1e6)), rel=1e-12)
+    assert biod_bound({**SIZES, "D": 25}, losses(0, 0, 0))["bits_diversity"] == 0   # D = T^L: nothing to learn
+    with pytest.raises(DataError, match="^loss_value"):
+        biod_bound(SIZES, losses(1.0, -1.0, 0.0))
+
+
+def test_bios_bound():
+    assert S0_BIOS == 2 * 67200 * 200 * 300 * 100 * 263 and N0_BIOS == 160_000_000
+    b = bios_bound(100, 3.0, 20.0)                            # no pronoun loss: S0 / 2
+    by_hand = 100 * math.log2(N0_BIOS / math.e ** 3) + 100 * math.log2(S0_BIOS / 2 / math.e ** 20)
+    assert b["bits"] == pytest.approx(by_hand)
+    with_pronoun = bios_bound(100, 3.0, 20.0, loss_pronoun=0.0)
+    assert with_pronoun["bits"] == pytest.approx(b["bits"] + 100)   # the pronoun adds 1 bit per person
+    assert bios_bound(100, 1e9, 1e9)["bits"] == 0
+
+
+# ---- quantization ----------------------------------------------------------------------------
+
+
+def test_quantize_round_trip():
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    errs = {}
+    for bits in (8, 4):
+        q, scale = quantize_tensor(w, bits)
+        assert q.dtype == torch.int8 and int(q.abs().max()) == 2 ** (bits - 1) - 1
+        err = (dequantize(q, scale) - w).abs()
+        assert torch.all(err.amax(dim=1) <= scale / 2 + 1e-7)
+        errs[bits] = float(torch.linalg.norm(dequantize(q, scale) - w) / torch.linalg.norm(w))
+    assert errs[8] < 1e-2 and errs[8] < errs[4] < 0.2
+    with pytest.raises(DataError, match="^bits"):
+        quantize_tensor(w, 16)
+
+
+def test_quantized_model_forward_is_close_for_int8():
+    model = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=50, context=32)).eval()
+    q8, q4 = quantize_model(model, 8), quantize_model(model, 4)
+    x = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, l8, l4 = (m(input_ids=x).logits for m in (model, q8, q4))
+    assert (l8 - ref).abs().max() < 0.05 * ref.abs().max() and (l8 - ref).abs().max() < (l4 - ref).abs().max()
+    w = q8.gpt_neox.layers[0].mlp.dense_h_to_4h.weight
+    _, scale = quantize_tensor(w, 8)
+    assert torch.allclose(w / scale[:, None], torch.round(w / scale[:, None]), atol=1e-3)    # on the int8 grid
+    assert not torch.equal(w, model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight)            # the original is kept
+    assert torch.equal(q8.gpt_neox.final_layer_norm.weight, model.gpt_neox.final_layer_norm.weight)
+    keep = quantize_model(model, 4, embeddings=False)
+    assert torch.equal(keep.get_input_embeddings().weight, model.get_input_embeddings().weight)
+
+
+# ---- training on a bioD folder ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def biod_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("biod")
+    plain = write_biod_dataset(BioDConfig(**TINY_BIOD), root / "plain")
+    junk = write_biod_dataset(BioDConfig(**TINY_BIOD, domain_token=True), root / "junk", junk_ratio=3.0)
+    return str(plain), str(junk)
+
+
+def cfg(data, out, **kw):
+    base = dict(data=data, out=str(out), model=TINY, window=32, batch_size=4, exposures=2, lr=3e-3, log_every=5)
+    return TrainConfig(**(base | kw))
+
+
+def test_batches_rerender_every_epoch(biod_data, tmp_path):
+    b = Batches(cfg(biod_data[0], tmp_path), EOS, 1)
+    d0, d1 = b.docs(0), b.docs(1)
+    assert len(d0) == TINY_BIOD["n"] and sorted(d0.person) == sorted(d1.person)
+    by_person = [{p: sorted(d.doc(i)) for i, p in enumerate(d.person)} for d in (d0, d1)]
+    assert by_person[0] == by_person[1]                                   # same tokens per biography
+    assert any(not np.array_equal(d0.doc(i), d1.doc(list(d1.person).index(p))) for i, p in enumerate(d0.person))
+    r0, r1 = b.epoch_rows(0)[0], b.epoch_rows(1)[0]
+    assert r0.shape == r1.shape and not np.array_equal(r0, r1)
+    for rows in (r0, r1):
+        stream = rows.ravel()
+        assert not np.any((stream[1:] == EOS) & (stream[:-1] == EOS))    # no double EOS
+    assert b.total_steps == 2 * b.steps_per_epoch                         # one epoch = one exposure
+
+
+def test_junk_ratio_and_domain_token(biod_data, tmp_path):
+    b = Batches(cfg(biod_data[1], tmp_path), EOS, 1)
+    d0, d1 = b.docs(0), b.docs(1)
+    junk = d0.person == JUNK_PERSON
+    lengths = d0.lengths() + 1                                            # + the EOS pack puts back
+    ratio = lengths[junk].sum() / lengths[~junk].sum()
+    assert abs(ratio - 3.0) < lengths.max() / lengths[~junk].sum()       # to within one document
+    assert np.all(d0.ids[d0.offsets[:-1][~junk]] == DOMAIN) and not np.any(d0.ids[d0.offsets[:-1][junk]] == DOMAIN)
+    j0 = sorted(tuple(d0.doc(i)) for i in np.nonzero(junk)[0])
+    j1 = sorted(tuple(d1.doc(i)) for i in np.nonzero(d1.person == JUNK_PERSON)[0])
+    assert j0 != j1                                                       # junk re-drawn every epoch
+    with pytest.raises(DataError, match="^mode"):
+        Batches(cfg(biod_data[1], tmp_path, mode="mixed"), EOS, 1)
+
+
+def test_biod_resume_is_bit_exact(biod_data, tmp_path):
+    full = train(cfg(biod_data[1], tmp_path / "a", checkpoint_every=3), progress=False)
+    train(cfg(biod_data[1], tmp_path / "b", checkpoint_every=3, max_steps=4), progress=False)
+    rest = train(cfg(biod_data[1], tmp_path / "b", checkpoint_every=3), resume=True, progress=False)
+    assert rest["steps"] == full["steps"] > 6
+    a, b = (AutoModelForCausalLM.from_pretrained(str(tmp_path / r / "model")).state_dict() for r in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- sweep and the law -----------------------------------------------------------------------
+
+
+def test_two_point_sweep_and_fit(tmp_path):
+    base = dict(TINY_BIOD, n_layer=1, n_head=2, exposures=3, window=32, batch_size=4, lr=3e-3, quantize=True)
+    points = [dict(base, n_embd=16), dict(base, n_embd=32)]
+    csv, runs = tmp_path / "capacity.csv", tmp_path / "runs"
+    rows = capacity_sweep(points, csv, runs_dir=runs)
+    assert len(rows) == 2 and capacity_sweep(points, csv, runs_dir=runs) == []
+    table = read_rows(csv)
+    for r in table:
+        assert 0 <= r["bits"] <= r["max_bits"] and r["n_params_non_embedding"] < r["n_params"]
+        assert r["ratio"] == pytest.approx(r["bits"] / r["n_params"]) and r["tokens_per_s"] > 0
+        assert r["loss_name"] > 0 and r["loss_value1"] <= r["loss_value"]
+    again = run_bound(run_folder(points[0], runs) / "run", bits=8)
+    assert again["bits"] == pytest.approx(next(r for r in table if r["n_embd"] == 16)["bits_int8"], rel=1e-6)
+    fit = fit_capacity(table, exposures=3, max_fraction=1.0)
+    assert fit["n_points"] == 2 and fit["ci_low"] <= fit["ratio"] <= fit["ci_high"]
+
+
+def test_bios_point(tmp_path):
+    point = dict(data="bioS", n=30, augment="single", vocab_size=400, n_layer=1, n_head=2, n_embd=16,
+                 exposures=1, window=32, batch_size=4)
+    r = capacity_point(point, runs_dir=tmp_path)
+    assert r["max_bits"] == pytest.approx(bios_max_bits(30)) and 0 <= r["bits"] <= r["max_bits"]
+    assert r["loss_name"] > 0 and r["loss_value"] > r["loss_name"] and math.isnan(r["loss_value1"])
+    again = capacity_point(point, runs_dir=tmp_path)                      # a finished run is not retrained
+    assert again["steps"] == r["steps"] and again["bits"] == pytest.approx(r["bits"])
+    with pytest.raises(DataError, match="^junk_ratio"):
+        capacity_point(dict(point, junk_ratio=1.0))
+    with pytest.raises(DataError, match="^point"):
+        capacity_point(dict(point, layers=3))
+
+
+def test_fit_capacity_recovers_a_planted_ratio():
+    rng = np.random.default_rng(0)
+    params = np.geomspace(1e4, 1e6, 12)
+    rows = [{"exposures": 1000, "n_params": p, "bits": 2 * p * (1 + 0.03 * rng.standard_normal()), "max_bits": 8 * p}
+            for p in params]
+    rows += [{"exposures": 1000, "n_params": 1e7, "bits": 1e6, "max_bits": 1e6},      # plateau: not capacity-bound
+             {"exposures": 100, "n_params": 1e5, "bits": 1e5, "max_bits": 1e7}]       # other exposures
+    fit = fit_capacity(rows, exposures=1000)
+    assert fit["n_points"] == 12 and fit["ci_low"] < 2 < fit["ci_high"] and fit["ci_high"] - fit["ci_low"] < 0.1
+    with pytest.raises(DataError, match="^rows"):
+        fit_capacity(rows, exposures=300)
