@@ -30,7 +30,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from kn.data.records import DataError, write_jsonl
-from kn.tokenize import ragged_gather
+from kn.tokenize import Encoded, ragged_gather
 
 SPECIALS = ("<eos>", "<pad>", "<domain>", "<unk>")
 STRUCTURE = ("'s", "ID", "is", ",", ".")
@@ -106,22 +106,10 @@ class BioD:
 
 
 @dataclass
-class TokenDocs:
-    """Token documents: ids (flat int32), offsets [B + 1], mask (int8 field codes, same length
-    as ids), person [B] (JUNK_PERSON for junk)."""
-    ids: np.ndarray
-    offsets: np.ndarray
-    mask: np.ndarray
-    person: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def doc(self, i: int) -> np.ndarray:
-        return self.ids[self.offsets[i]:self.offsets[i + 1]]
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+class TokenDocs(Encoded):
+    """Token documents (kn.tokenize.Encoded) plus `mask`: int8 field codes, one per token.
+    `person` is JUNK_PERSON for junk documents."""
+    mask: np.ndarray = None
 
     @property
     def n_tokens(self) -> int:
@@ -239,7 +227,7 @@ def documents(cfg: BioDConfig, sents: np.ndarray, order: np.ndarray, person: np.
     ids[:, start:-1] = np.take_along_axis(sents, order[:, :, None], axis=1).reshape(b, -1)
     doc_mask = np.concatenate([[OTHER] * start, np.tile(sentence_mask(cfg), cfg.k), [OTHER]]).astype(np.int8)
     offsets = np.arange(b + 1, dtype=np.int64) * ids.shape[1]
-    return TokenDocs(ids.ravel(), offsets, np.tile(doc_mask, b), np.asarray(person, dtype=np.int64))
+    return TokenDocs(ids=ids.ravel(), offsets=offsets, mask=np.tile(doc_mask, b), person=np.asarray(person, dtype=np.int64))
 
 
 def sentence_order(cfg: BioDConfig, epoch: int, person: np.ndarray) -> np.ndarray:
@@ -288,8 +276,8 @@ def junk_count(cfg: BioDConfig, useful_tokens: int, ratio: float) -> int:
 def concat_docs(parts: list[TokenDocs]) -> TokenDocs:
     """The documents of `parts`, one after the other."""
     lengths = np.concatenate([p.lengths() for p in parts])
-    return TokenDocs(np.concatenate([p.ids for p in parts]), np.concatenate([[0], np.cumsum(lengths)]),
-                     np.concatenate([p.mask for p in parts]), np.concatenate([p.person for p in parts]))
+    return TokenDocs(ids=np.concatenate([p.ids for p in parts]), offsets=np.concatenate([[0], np.cumsum(lengths)]),
+                     mask=np.concatenate([p.mask for p in parts]), person=np.concatenate([p.person for p in parts]))
 
 
 def mix(useful: TokenDocs, junk: TokenDocs, ratio: float, seed: int = 0) -> TokenDocs:
@@ -303,12 +291,13 @@ def mix(useful: TokenDocs, junk: TokenDocs, ratio: float, seed: int = 0) -> Toke
         raise DataError(f"junk: {int(ends[-1]) if len(ends) else 0} junk tokens, fewer than ratio*useful = "
                         f"{target:.0f}; make more with junk_docs(cfg, junk_count(cfg, useful.n_tokens, ratio))")
     m = int(np.argmin(np.abs(np.concatenate([[0], ends]) - target)))  # junk docs to take
-    both = concat_docs([useful, TokenDocs(junk.ids[:junk.offsets[m]], junk.offsets[:m + 1],
-                                          junk.mask[:junk.offsets[m]], junk.person[:m])])
+    both = concat_docs([useful, TokenDocs(ids=junk.ids[:junk.offsets[m]], offsets=junk.offsets[:m + 1],
+                                          mask=junk.mask[:junk.offsets[m]], person=junk.person[:m])])
     order = np.random.default_rng([seed, _MIX]).permutation(len(both))
     lengths = both.lengths()[order]
     pick = ragged_gather(np.arange(both.n_tokens), both.offsets[:-1][order], lengths)
-    return TokenDocs(both.ids[pick], np.concatenate([[0], np.cumsum(lengths)]), both.mask[pick], both.person[order])
+    return TokenDocs(ids=both.ids[pick], offsets=np.concatenate([[0], np.cumsum(lengths)]), mask=both.mask[pick],
+                     person=both.person[order])
 
 
 def field_masks(docs: TokenDocs) -> dict:
