@@ -400,3 +400,12 @@ def quantize_model(model, bits: int, embeddings: bool = True):
                 done.add(id(m.weight))
                 m.weight.copy_(dequantize(*quantize_tensor(m.weight, bits)).to(m.weight.dtype))
     return model
+
+
+def profile_points(profile: str, seed: int = 0, **extra) -> list[dict]:
+    """The capacity sweep of a profile (kn.profiles "capacity"): every size at every exposure."""
+    from kn.profiles import settings
+    s = settings("capacity", profile)
+    return [{**s["data"], "n_layer": l, "n_head": h, "n_embd": d, "exposures": e, "window": s["window"],
+             "batch_size": s["batch_size"], "lr": s["lr"], "seed": seed, **extra}
+            for e in s["exposures"] for l, h, d in s["sizes"]]

@@ -38,6 +38,21 @@ TABLES = {
         "gpu": {"rank_p": 2, "rank_q": 16, "epochs": 20},
         "paper": {"rank_p": 2, "rank_q": 16, "epochs": 20},
     },
+    # Part 3.3: the capacity sweep. sizes are (n_layer, n_head, n_embd); data are bioD settings
+    # (small name pools at small scale, so that token embeddings do not dwarf the model)
+    "capacity": {
+        "smoke": {"sizes": [(1, 2, 16), (1, 2, 32)], "exposures": [10], "window": 64, "batch_size": 16, "lr": 3e-3,
+                  "data": {"n": 200, "k": 2, "c": 1, "d": 20, "l": 1, "t": 50, "n_first": 10, "n_middle": 10, "n_last": 20}},
+        "cpu": {"sizes": [(1, 2, 16), (1, 2, 24), (1, 2, 32), (1, 2, 48)], "exposures": [100], "window": 128,
+                "batch_size": 32, "lr": 3e-3,
+                "data": {"n": 4000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 40, "n_middle": 40, "n_last": 100}},
+        "gpu": {"sizes": [(2, 2, 128), (2, 4, 256), (4, 4, 256), (4, 6, 384), (6, 8, 512), (8, 8, 512)],
+                "exposures": [100, 1000], "window": 512, "batch_size": 128, "lr": 1e-3,
+                "data": {"n": 200000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 400, "n_middle": 400, "n_last": 1000}},
+        "paper": {"sizes": [(l, h, 64 * h) for l, h in [(2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 16)]],
+                  "exposures": [100, 1000], "window": 512, "batch_size": 96, "lr": 1e-3,
+                  "data": {"n": 10_000_000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 400, "n_middle": 400, "n_last": 1000}},
+    },
 }
 
 
