@@ -64,7 +64,24 @@ def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None
     papermill.execute_notebook(str(src), str(out), parameters={"profile": profile}, cwd=str(book),
                                kernel_name="python3", progress_bar=False, log_output=False)
     log.info("ran %s at profile %s in %.1f s", chapter, profile, time.perf_counter() - t0)
+    if bad := figure_problems(out):
+        raise DataError("; ".join(bad))
     return out
+
+
+def figure_problems(path: Path) -> list[str]:
+    """Figure cells (mystnb `figure` metadata) that show other than exactly one output: myst-nb names
+    every output after the figure, so a stray `Text(...)` result gives a duplicate target."""
+    nb = json.loads(Path(path).read_text())
+    bad = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or "figure" not in cell["metadata"].get("mystnb", {}):
+            continue
+        shown = [o for o in cell.get("outputs", []) if o["output_type"] in ("execute_result", "display_data")
+                 and not any(k.startswith("application/papermill") for k in o.get("data", {}))]
+        if len(shown) != 1:
+            bad.append(f"{Path(path).stem} cell {i}: figure cell shows {len(shown)} outputs, allowed: 1")
+    return bad
 
 
 def unexecuted(root: Path = ROOT) -> list[str]:
@@ -84,6 +101,8 @@ def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
     bad = unexecuted(root)
     if bad:
         raise DataError(f"book: chapters without executed output: {', '.join(bad)}; run `kn run CHAPTER --profile P` first")
+    if bad := [p for name in chapters(root) for p in figure_problems(next(root.glob(f"**/{name}.ipynb")))]:
+        raise DataError("book: " + "; ".join(bad))
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
     if warnings_as_errors:

@@ -54,3 +54,14 @@ def test_unknown_chapter_and_profile():
         run_chapter("no_such_chapter", "smoke")
     with pytest.raises(DataError, match="^profile"):
         run_chapter(chapters()[0], "huge")
+
+
+def test_book_refuses_figure_cell_with_two_outputs(tmp_path):
+    root = copy_book(tmp_path)
+    nb = root / "book" / "probing.ipynb"
+    book = nbformat.read(nb, as_version=4)
+    cell = next(c for c in book.cells if "figure" in c.metadata.get("mystnb", {}))
+    cell.outputs.insert(0, nbformat.v4.new_output("execute_result", {"text/plain": "Text(0, 0.5, 'y')"}, execution_count=1))
+    nbformat.write(book, nb)
+    with pytest.raises(DataError, match="figure cell shows 2 outputs"):
+        build_book(root)
