@@ -24,7 +24,7 @@ Metrics (pure functions of a trajectory; papers.md, Chang et al.):
           the scenario (theta before any injection), t_LAM that of the last injection
   fit   R = a - b log t (least squares); the x-intercept t* = exp(a / b) is the paper's
         learnability threshold: a fact not seen again within ~t* steps is forgotten entirely.
-Entry points: `DynamicsConfig`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
+Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
 `pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`,
 `fit_forgetting`, `summarize`, `Trajectories`, `save_trajectories`, `load_trajectories`.
 """
@@ -549,6 +549,16 @@ def summarize(traj: Trajectories, cfg: DynamicsConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- experiments
+
+
+def from_profile(profile: str, **overrides) -> DynamicsConfig:
+    """The profile's settings (kn.profiles "dynamics"): background size n and vocab_size, `model`
+    (a dict or ModelConfig) and any DynamicsConfig field; overrides replace them."""
+    from kn.profiles import settings
+    s = settings("dynamics", profile) | overrides
+    data = BiosConfig(n=s.pop("n"), vocab_size=s.pop("vocab_size"), seed=s.get("seed", 0))
+    model = s.pop("model")
+    return DynamicsConfig(data=data, model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)
 
 
 def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True) -> dict:

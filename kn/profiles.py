@@ -53,6 +53,39 @@ TABLES = {
                   "exposures": [100, 1000], "window": 512, "batch_size": 96, "lr": 1e-3,
                   "data": {"n": 10_000_000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 400, "n_middle": 400, "n_last": 1000}},
     },
+    # Chang et al.: background bioS, base model, continued pretraining with injections (kn.dynamics)
+    "dynamics": {
+        "smoke": {"n": 50, "vocab_size": 600, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
+                  "n_paragraphs": 2, "n_probes": 3, "pretrain_exposures": 6, "pretrain_lr": 3e-3, "batch_size": 8,
+                  "window": 320, "lr": 1e-2, "n_steps": 30, "t0": 4, "n_injections": 3, "gap": 6, "lam_window": 4},
+        "cpu": {"n": 400, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
+                "n_paragraphs": 4, "n_probes": 5, "pretrain_exposures": 40, "pretrain_lr": 3e-3, "batch_size": 32,
+                "window": 256, "lr": 1e-3, "n_steps": 320, "t0": 40, "n_injections": 4, "gap": 40, "lam_window": 20,
+                "eval_every": 2},
+        "gpu": {"n": 5000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
+                "n_paragraphs": 20, "n_probes": 5, "pretrain_exposures": 20, "pretrain_lr": 1e-3, "batch_size": 96,
+                "window": 512, "lr": 4e-4, "n_steps": 1600, "t0": 100, "n_injections": 10, "gap": 100, "lam_window": 50},
+        "paper": {"n": 100000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 1024},
+                  "n_paragraphs": 40, "n_probes": 5, "pretrain_exposures": 20, "pretrain_lr": 1e-3, "batch_size": 256,
+                  "window": 1024, "lr": 4e-4, "n_steps": 2000, "t0": 100, "n_injections": 10, "gap": 100, "lam_window": 50},
+    },
+    # Xu & Chen: one-layer models (kn.onelayer). Lists are the sweep's axes, values are fixed.
+    "onelayer": {
+        "smoke": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2], "train_fraction": [0.5],
+                  "finetune": ["full"], "n": 24, "n_embd": 32, "n_head": 2, "vocab_size": 400, "window": 64,
+                  "batch_size": 8, "lr": 3e-3, "exposures": 2, "finetune_exposures": 1, "finetune_batch_size": 8},
+        "cpu": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 5], "train_fraction": [0.25, 0.75],
+                "finetune": ["full", "lora1"], "n": 100, "n_embd": 128, "n_head": 4, "vocab_size": 2048,
+                "window": 128, "batch_size": 16, "lr": 3e-3, "exposures": 100, "finetune_exposures": 30},
+        "gpu": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2, 5], "train_fraction": [0.1, 0.25, 0.5, 0.75],
+                "finetune": ["full", "lora1", "lora2", "lora8"], "n": 2000, "n_embd": 256, "n_head": 4,
+                "vocab_size": 4096, "window": 256, "batch_size": 64, "lr": 1e-3, "exposures": 200,
+                "finetune_exposures": 20, "finetune_batch_size": 64},
+        "paper": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2, 5, 10], "train_fraction": [0.1, 0.25, 0.5, 0.75, 0.9],
+                  "finetune": ["full", "lora1", "lora2", "lora8"], "n": 10000, "n_embd": 512, "n_head": 8,
+                  "vocab_size": 8192, "window": 512, "batch_size": 96, "lr": 1e-3, "exposures": 540,
+                  "finetune_exposures": 20, "finetune_batch_size": 64},
+    },
 }
 
 

@@ -1,0 +1,256 @@
+"""One-layer transformers acquire and extract knowledge (Xu & Chen 2025; papers.md, last section).
+
+A one-layer model, attention + MLP (arch "attn_mlp", mlp_ratio 4) or attention only ("attn_only",
+mlp_ratio 0), is pretrained on biographies (the knowledge statements) with data multiplicity M
+(bioS multiM: M differently worded biographies per person), then QA-finetuned on train_people (the
+fine-tuning set, a train_fraction share of the people), fully ("full") or with LoRA of rank r on
+the attention's query/key/value ("loraR"). Extraction is exact-match QA accuracy on test_people,
+whose QAs were never trained on. The stages are kn.extraction's (pretrain_finetune); this module
+adds the grid, pretraining shared between points, and the spectrum of the finetuning update
+W_ft - W_pre per matrix (the paper: dominated by one direction, `rank1_share`).
+
+Run folders under runs_dir:
+  pretrain/<name>/  one pretraining (data/, pretrain/) per (arch, multiplicity, model, data size,
+                    pretraining budget, seed); built under a file lock, so parallel points wait
+  points/<name>/    one per point: data/ (the point's split), pretrain -> symlink to the shared
+                    pretrain/, finetune/, result.json (kn.extraction's layout)
+Sharing across train_fraction and finetuning is exact: the split only decides which QAs are
+finetuned on; the biographies, their tokens and the tokenizer (trained on all biographies and
+QAs, whatever their split) do not depend on it. `onelayer_point` checks that the point's bio
+tokens and tokenizer equal the shared ones before it links.
+
+Entry points: `onelayer_point` (one point -> flat dict), `onelayer_points`, `onelayer_sweep`,
+`update_spectrum`, `rank1_share`, `matrix_shares`; kn.profiles' "onelayer" table sizes the grid.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+
+from kn.data.dataset import BiosConfig
+from kn.data.records import DataError
+from kn.extraction import ExtractionConfig, _dataset, _stage, _train_config, run_extraction
+from kn.models import ModelConfig
+from kn.profiles import settings
+
+ARCHS = {"attn_mlp": 4.0, "attn_only": 0.0}        # arch -> mlp_ratio of the one layer
+_FINETUNE = re.compile(r"^(full|lora([1-9]\d*))$")
+AXES = ("train_fraction", "finetune", "arch", "multiplicity")   # grid axes, outermost first
+
+# A point: these keys, each optional but runs_dir. Defaults are the cpu profile's fixed values.
+DEFAULTS = {
+    "arch": "attn_mlp", "multiplicity": 1, "train_fraction": 0.5, "finetune": "full",
+    "augment_extra": "",                      # more bioS augmentations: "permute", "fullname", joined by '+'
+    "n": 100, "n_embd": 128, "n_head": 4, "vocab_size": 2048, "window": 128,
+    "batch_size": 16, "lr": 3e-3, "exposures": 100.0,                       # pretraining
+    "finetune_exposures": 30.0, "finetune_lr": 1e-3, "finetune_batch_size": 16,
+    "seed": 0, "runs_dir": None,
+}
+# Point keys that do not change the pretraining (so points differing only in these share it)
+FINETUNE_KEYS = ("train_fraction", "finetune", "finetune_exposures", "finetune_lr", "finetune_batch_size", "runs_dir")
+SHARED_FRACTION = 0.5   # the split written into the shared pretraining's dataset (never trained on)
+
+# Matrices whose update spectrum the sweep reports: short name -> GPT-NeoX parameter name part
+MATRICES = {"qkv": "attention.query_key_value", "attn_out": "attention.dense", "mlp_in": "mlp.dense_h_to_4h",
+            "mlp_out": "mlp.dense_4h_to_h", "embed": "embed_in"}
+
+# ----------------------------------------------------------------------------- points
+
+
+def check_point(point: dict) -> dict:
+    """The point with defaults filled in; DataError naming the key for unknown keys or bad values."""
+    unknown = set(point) - set(DEFAULTS)
+    if unknown:
+        raise DataError(f"point: unknown keys {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}")
+    p = DEFAULTS | point
+    if p["arch"] not in ARCHS:
+        raise DataError(f"arch: got {p['arch']!r}; allowed: {', '.join(ARCHS)}")
+    if not isinstance(p["finetune"], str) or not _FINETUNE.match(p["finetune"]):
+        raise DataError(f"finetune: got {p['finetune']!r}; allowed: 'full' or 'loraR' with R >= 1 (lora1, lora8)")
+    m = p["multiplicity"]
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise DataError(f"multiplicity: got {m!r}; allowed: an integer >= 1")
+    if not isinstance(p["runs_dir"], (str, os.PathLike)):
+        raise DataError(f"runs_dir: got {p['runs_dir']!r}; allowed: a folder path (string)")
+    return p
+
+
+def lora_rank(finetune: str) -> int:
+    """'full' -> 0, 'lora8' -> 8."""
+    return int(_FINETUNE.match(finetune).group(2) or 0)
+
+
+def point_config(point: dict) -> ExtractionConfig:
+    """The kn.extraction config (pretrain_finetune) of a point."""
+    p = check_point(point)
+    model = ModelConfig(n_layer=1, n_head=p["n_head"], n_embd=p["n_embd"], mlp_ratio=ARCHS[p["arch"]],
+                        vocab_size=p["vocab_size"], context=p["window"])
+    augment = "+".join(filter(None, [f"multi{p['multiplicity']}", p["augment_extra"]]))
+    data = BiosConfig(n=p["n"], augment=augment, seed=p["seed"], train_fraction=p["train_fraction"],
+                      vocab_size=p["vocab_size"])
+    keys = ("exposures", "batch_size", "window", "lr", "finetune_exposures", "finetune_lr", "finetune_batch_size", "seed")
+    return ExtractionConfig(setting="pretrain_finetune", data=data, model=model,
+                            lora_rank=lora_rank(p["finetune"]), **{k: p[k] for k in keys})
+
+
+def _folder_name(p: dict, keys: list[str], label: str) -> str:
+    """Readable prefix plus a hash of the keys' values (the folder changes when any of them does)."""
+    digest = hashlib.sha1(json.dumps({k: p[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{label}-{digest}"
+
+
+def point_dirs(point: dict) -> tuple[Path, Path]:
+    """(shared pretraining folder, point folder) under the point's runs_dir."""
+    p = check_point(point)
+    root = Path(p["runs_dir"])
+    pre_keys = sorted(k for k in p if k not in FINETUNE_KEYS)
+    pt_keys = sorted(k for k in p if k != "runs_dir")
+    pre = _folder_name(p, pre_keys, f"{p['arch']}-m{p['multiplicity']}")
+    pt = _folder_name(p, pt_keys, f"{p['arch']}-m{p['multiplicity']}-tf{p['train_fraction']}-{p['finetune']}")
+    return root / "pretrain" / pre, root / "points" / pt
+
+
+# ----------------------------------------------------------------------------- shared pretraining
+
+
+@contextmanager
+def _lock(path: Path):
+    """An exclusive file lock (parallel points wait for the one building a shared pretraining)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def shared_pretrain(cfg: ExtractionConfig, folder: Path) -> Path:
+    """Pretrain once in folder (dataset with SHARED_FRACTION, then pretrain/); returns folder."""
+    base = replace(cfg, data=replace(cfg.data, train_fraction=SHARED_FRACTION))
+    with _lock(folder.with_name(folder.name + ".lock")):
+        _dataset(base, folder / "data")
+        _stage(_train_config(base, folder / "data", folder / "pretrain", "pretrain"), progress=False)
+    return folder
+
+
+def same_corpus(data_a: Path, data_b: Path) -> bool:
+    """Whether two dataset folders hold the same bio tokens and the same tokenizer."""
+    tok = [json.loads((d / "tokenizer" / "tokenizer.json").read_text()) for d in (data_a, data_b)]
+    if tok[0] != tok[1]:
+        return False
+    with np.load(data_a / "tokens.npz") as a, np.load(data_b / "tokens.npz") as b:
+        names = [k for k in a.files if k.startswith("bios_")]
+        return sorted(names) == sorted(k for k in b.files if k.startswith("bios_")) and \
+            all(np.array_equal(a[k], b[k]) for k in names)
+
+
+def _link_pretrain(cfg: ExtractionConfig, shared: Path, out: Path) -> None:
+    """Build the point's dataset, check it against the shared one, link out/pretrain to it."""
+    _dataset(cfg, out / "data")
+    if not same_corpus(out / "data", shared / "data"):
+        raise DataError(f"runs_dir: the dataset in {str(out)!r} differs from the shared pretraining's "
+                        f"{str(shared)!r} in its biographies or tokenizer; delete both and rerun")
+    link = out / "pretrain"
+    if not link.exists():
+        os.symlink(os.path.relpath(shared / "pretrain", out), link)
+
+
+# ----------------------------------------------------------------------------- update spectrum
+
+
+def _weights(model_dir: str | Path) -> dict:
+    """Parameters of a saved model by name, float32 on the CPU (tied weights once)."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    return {n: p.detach().float().cpu() for n, p in model.named_parameters()}
+
+
+def update_spectrum(pretrained_dir: str | Path, finetuned_dir: str | Path) -> dict:
+    """Singular values (descending, numpy) of W_ft - W_pre for every non-empty 2-D parameter."""
+    import torch
+    pre, ft = _weights(pretrained_dir), _weights(finetuned_dir)
+    out = {}
+    for name, w in pre.items():
+        if w.ndim == 2 and w.numel():
+            if name not in ft or ft[name].shape != w.shape:
+                raise DataError(f"finetuned_dir: no parameter {name!r} of shape {tuple(w.shape)} in {str(finetuned_dir)!r}")
+            out[name] = torch.linalg.svdvals(ft[name] - w).numpy()
+    return out
+
+
+def rank1_share(singular_values) -> float:
+    """s1^2 / sum s^2: the share of the update's squared Frobenius norm in its top direction
+    (1 for a rank-1 update; NaN for no update)."""
+    s = np.asarray(singular_values, dtype=np.float64)
+    total = float((s ** 2).sum())
+    return float(s.max() ** 2 / total) if total > 0 else float("nan")
+
+
+def matrix_shares(spectrum: dict) -> dict:
+    """rank1_<matrix> for each of MATRICES (NaN where the model has no such matrix, e.g. attn_only's MLP)."""
+    out = {}
+    for short, part in MATRICES.items():
+        names = [n for n in spectrum if part in n]
+        out[f"rank1_{short}"] = rank1_share(spectrum[names[0]]) if len(names) == 1 else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------- one point, the sweep
+
+
+def _flat(result: dict) -> dict:
+    """The numbers a sweep row keeps from kn.extraction's result."""
+    qa, tr = result["qa"], result["training"]
+    base = result["majority_baseline"]
+    return {"acc_train": qa["train"]["mean"], "acc_test": qa["test"]["mean"],
+            "first_token_train": qa["train"]["first_token"], "first_token_test": qa["test"]["first_token"],
+            "majority_baseline": float(np.mean(list(base.values()))),
+            "memorization": result["memorization"]["mean"],
+            "pretrain_loss": tr["pretrain"]["final_loss"], "finetune_loss": tr["finetune"]["final_loss"],
+            "n_params": tr["pretrain"]["n_params"]["all"],
+            "n_params_non_embedding": tr["pretrain"]["n_params"]["non_embedding"],
+            "finetune_trainable_params": tr["finetune"]["n_params"]["all"]}
+
+
+def onelayer_point(point: dict) -> dict:
+    """Run one point (shared pretraining, the point's finetuning, evaluation); a flat dict of
+    accuracies (train_people, test_people), memorization, final losses, n_params (with
+    embeddings; also without) and the rank-1 share of the finetuning update per matrix."""
+    t0 = time.perf_counter()
+    cfg = point_config(point)
+    shared, out = point_dirs(point)
+    shared_pretrain(cfg, shared)
+    _link_pretrain(cfg, shared, out)
+    result = run_extraction(cfg, out, progress=False)
+    shares = matrix_shares(update_spectrum(out / "pretrain" / "model", out / "finetune" / "model"))
+    return _flat(result) | shares | {"wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def onelayer_points(profile: str, runs_dir: str | Path, **overrides) -> list[dict]:
+    """The profile's grid as points (AXES order, outermost first, so the first points need distinct
+    pretrainings); overrides replace table entries (a list for an axis, a value otherwise)."""
+    s = settings("onelayer", profile) | overrides
+    axes = {a: s.pop(a) for a in AXES if isinstance(s.get(a), list)}
+    fixed = s | {"runs_dir": str(runs_dir)}
+    return [check_point(fixed | dict(zip(axes, values))) for values in product(*axes.values())]
+
+
+def onelayer_sweep(profile: str, results_csv: str | Path, workers: int = 1, executor: str = "local",
+                   runs_dir: str | Path | None = None, **sweep_kw) -> list[dict]:
+    """Run the profile's grid through kn.sweep.run_sweep (done points skipped); returns the rows
+    written by this call. runs_dir defaults to kn.book.runs_dir("onelayer", profile)."""
+    from kn.book import runs_dir as chapter_runs
+    from kn.sweep import run_sweep
+    points = onelayer_points(profile, runs_dir or chapter_runs("onelayer", profile))
+    return run_sweep(points, onelayer_point, results_csv, executor=executor, workers=workers, **sweep_kw)
