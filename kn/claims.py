@@ -78,6 +78,103 @@ def _q_probe_gap(folder):
     return q("multi5+permute") - q("single"), f"Q-probe {q('single'):.1f}% (single) vs {q('multi5+permute'):.1f}% (multi5+permute)"
 
 
+def _capacity_ratio(exposures: int, bits: str = "bits") -> Callable[[Path], tuple[float, str]]:
+    def measure(folder):
+        fit = _load(folder, "fit")["fits"][f"{bits}@{exposures}"]
+        if "ratio" not in fit:
+            raise FileNotFoundError(fit.get("error", "no fit"))
+        return fit["ratio"], (f"{fit['ratio']:.2f} bits/param (95% CI {fit['ci_low']:.2f}-{fit['ci_high']:.2f}, "
+                              f"{fit['n_points']} models)")
+    return measure
+
+
+def _int8_kept(folder):
+    fits = _load(folder, "fit")["fits"]
+    key = next((k for k in sorted(fits) if k.startswith("bits@") and "ratio" in fits[k]), None)
+    if key is None or "ratio" not in fits.get(key.replace("bits@", "bits_int8@"), {}):
+        raise FileNotFoundError("no int8 fit")
+    full, int8 = fits[key]["ratio"], fits[key.replace("bits@", "bits_int8@")]["ratio"]
+    kept = 100 * int8 / full if full > 0 else float("nan")
+    return kept, f"{int8:.2f} of {full:.2f} bits/param kept by int8 ({kept:.0f}%)"
+
+
+def _dynamics(folder, stage="late"):
+    return _load(folder, "dynamics")["stages"][stage]
+
+
+def _bump(folder):
+    e = _dynamics(folder)["once"]["memorization"]["effectivity"]["mean"]
+    return e, f"effectivity {e:+.3f} nats (memorization probes, injected once)"
+
+
+def _effectivity_stage_ratio(folder):
+    e = {s: float(np.mean([k["effectivity"]["mean"] for sc in _dynamics(folder, s).values() for k in sc.values()]))
+         for s in ("early", "late")}
+    ratio = e["late"] / e["early"] if e["early"] > 0 else float("nan")
+    return ratio, f"effectivity {e['early']:.3f} (early base) vs {e['late']:.3f} (late base): ratio {ratio:.2f}"
+
+
+def _power_law(folder):
+    fit = _dynamics(folder)["once"]["memorization"]["retainability"]["fit"]
+    if fit is None:
+        return float("nan"), "no fit (too few retained points)"
+    return fit["r2"] if fit["slope_ci"][1] < 0 else 0.0, (f"slope {fit['slope']:.3f} per log-step "
+                                                          f"(CI {fit['slope_ci'][0]:.3f} to {fit['slope_ci'][1]:.3f}), R^2 {fit['r2']:.2f}")
+
+
+def _decay(fit):
+    return float("nan") if fit is None else fit["b"]
+
+
+def _duplicated_forgets_faster(folder):
+    d = _dynamics(folder)
+    b = {s: _decay(d[s]["memorization"]["retainability"]["fit"]) for s in ("duplicated", "paraphrased")}
+    return b["duplicated"] - b["paraphrased"], (f"decay b {b['duplicated']:.3f} (duplicated) vs "
+                                                f"{b['paraphrased']:.3f} (paraphrased)")
+
+
+def _batch_forgets_slower(folder):
+    fits = _load(folder, "batch_sizes")["fits"]
+    small, big = sorted(fits, key=int)
+    b = {k: _decay(fits[k]["once"]["memorization"]) for k in (small, big)}
+    return b[small] - b[big], f"decay b {b[small]:.3f} (batch {small}) vs {b[big]:.3f} (batch {big}) per log-step"
+
+
+def _onelayer_rows(folder):
+    from kn.sweep import read_rows
+    return read_rows(folder / "sweep.csv")
+
+
+def _onelayer_mean(rows, **match):
+    sel = [float(r["acc_test"]) for r in rows if all(r[k] == v for k, v in match.items())]
+    return 100 * float(np.mean(sel)) if sel else float("nan")
+
+
+def _mlp_gap(folder):
+    rows = _onelayer_rows(folder)
+    best = {"multiplicity": max(r["multiplicity"] for r in rows), "train_fraction": max(r["train_fraction"] for r in rows),
+            "finetune": "full"}
+    mlp, att = _onelayer_mean(rows, arch="attn_mlp", **best), _onelayer_mean(rows, arch="attn_only", **best)
+    return mlp - att, f"{mlp:.1f}% (attention+MLP) vs {att:.1f}% (attention only), held-out"
+
+
+def _low_rank_gap(folder):
+    rows = _onelayer_rows(folder)
+    best = {"arch": "attn_mlp", "multiplicity": max(r["multiplicity"] for r in rows),
+            "train_fraction": max(r["train_fraction"] for r in rows)}
+    lora = sorted({r["finetune"] for r in rows} - {"full"})
+    if not lora:
+        raise FileNotFoundError("no low-rank points")
+    full, low = _onelayer_mean(rows, finetune="full", **best), _onelayer_mean(rows, finetune=lora[0], **best)
+    return low - full, f"{low:.1f}% ({lora[0]}) vs {full:.1f}% (full), held-out"
+
+
+def _rank1(folder):
+    rows = [r for r in _onelayer_rows(folder) if r["finetune"] == "full" and r["arch"] == "attn_mlp"]
+    share = 100 * float(np.nanmean([float(r["rank1_qkv"]) for r in rows]))
+    return share, f"top direction holds {share:.0f}% of the attention (qkv) update's squared norm"
+
+
 CLAIMS = [
     Claim("Part 3.1, R1", "Mixed training extracts knowledge of held-out people (bioS single)",
           f"{paper.PART31_MEAN['R1 mixed, bioS single']}%", "mixed_training", _test_mean("single"), _at_least(70, 20)),
@@ -96,6 +193,28 @@ CLAIMS = [
     Claim("Part 3.1, R6", "Celebrities with augmented bios lift a plain minority",
           f"{paper.CELEBRITY['single'][0]}% -> {paper.CELEBRITY['single'][1]}%", "celebrity", _celebrity_gain,
           _at_least(30, 10)),
+    Claim("Part 3.3, R4", "At 100 exposures GPT-2 stores about 1 bit per parameter",
+          f"~{paper.BITS_PER_PARAM[100]:g} bits/param", "capacity", _capacity_ratio(100), _at_least(0.7, 0.3)),
+    Claim("Part 3.3, R1", "At 1000 exposures GPT-2 stores about 2 bits per parameter",
+          f"~{paper.BITS_PER_PARAM[1000]:g} bits/param", "capacity", _capacity_ratio(1000), _at_least(1.5, 0.7)),
+    Claim("Part 3.3, R8", "int8 quantization keeps the stored bits", "2 of 2 bits/param", "capacity", _int8_kept,
+          _at_least(90, 60)),
+    Claim("Chang et al.", "Each exposure to a fact gives a bump in its log-probability", "bump, then decay",
+          "dynamics", _bump, _at_least(0.05, 0.0)),
+    Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base)", "no increase",
+          "dynamics", _effectivity_stage_ratio, _at_most(1.2, 1.5)),
+    Claim("Chang et al.", "Forgetting follows a power law: retainability falls linearly in log t",
+          "R ~ -a log t", "dynamics", _power_law, _at_least(0.5, 0.2)),
+    Claim("Chang et al.", "Duplicated injection is forgotten faster than paraphrased", "faster decay",
+          "dynamics", _duplicated_forgets_faster, _at_least(0.02, 0.0)),
+    Claim("Chang et al.", "Larger batches forget more slowly", "batch 2048 vs 128",
+          "dynamics", _batch_forgets_slower, _at_least(0.02, 0.0)),
+    Claim("Xu & Chen", "One layer of attention + MLP extracts held-out facts; attention alone does not",
+          "MLP needed", "onelayer", _mlp_gap, _at_least(20, 5)),
+    Claim("Xu & Chen", "Low-rank finetuning extracts about as well as full finetuning", "holds for both",
+          "onelayer", _low_rank_gap, lambda x: "reproduced" if x >= -10 else "partly" if x >= -30 else "not reproduced"),
+    Claim("Xu & Chen", "The finetuning update is dominated by one direction", "rank-1 dominated",
+          "onelayer", _rank1, _at_least(50, 25)),
 ]
 
 
@@ -110,7 +229,7 @@ def claims_table() -> list[dict]:
             try:
                 value, text = c.measure(results_dir(c.chapter, profile))
                 row.update(ours=text, verdict=c.verdict(value))
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, KeyError) as err:   # result file or entry missing at this profile
+                row["ours"] = f"not measured: {err}"
         rows.append(row)
     return rows

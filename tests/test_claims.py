@@ -38,3 +38,51 @@ def test_q_probe_claim(tmp_path, monkeypatch):
     write(tmp_path, "probing", "cpu", "multi5+permute", {"q": {"whole": {a: 0.9 for a in ATTRIBUTES}}})
     row = next(r for r in claims_table() if r["source"] == "Part 3.1, R5")
     assert row["verdict"] == "reproduced" and "1.0%" in row["ours"]
+
+
+def by_chapter(chapter):
+    return [r for r in claims_table() if r["chapter"] == chapter]
+
+
+def test_capacity_claims(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    fits = {"bits@100": {"ratio": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n_points": 4},
+            "bits_int8@100": {"ratio": 0.45, "ci_low": 0.4, "ci_high": 0.5, "n_points": 4},
+            "bits@1000": {"error": "too few capacity-bound rows"}}
+    write(tmp_path, "capacity", "cpu", "fit", {"fits": fits})
+    rows = {r["source"]: r for r in by_chapter("capacity")}
+    assert rows["Part 3.3, R4"]["verdict"] == "reproduced" and "0.90 bits/param" in rows["Part 3.3, R4"]["ours"]
+    assert rows["Part 3.3, R1"]["verdict"] == "not run" and "too few" in rows["Part 3.3, R1"]["ours"]
+    assert rows["Part 3.3, R8"]["verdict"] == "not reproduced"            # int8 kept only half
+
+
+def kinds(e, fit):
+    return {"memorization": {"effectivity": {"mean": e}, "retainability": {"fit": fit}}}
+
+
+def test_dynamics_claims(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    decaying = {"slope": -0.3, "slope_ci": [-0.4, -0.2], "r2": 0.8, "b": 0.3}
+    slow = dict(decaying, b=0.1)
+    late = {"once": kinds(0.5, decaying), "duplicated": kinds(0.8, decaying), "paraphrased": kinds(0.4, slow)}
+    early = {s: kinds(0.6, decaying) for s in late}
+    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": {"early": early, "late": late}})
+    write(tmp_path, "dynamics", "cpu", "batch_sizes", {"fits": {"16": {"once": {"memorization": slow}},
+                                                               "8": {"once": {"memorization": decaying}}}})
+    verdicts = [r["verdict"] for r in by_chapter("dynamics")]
+    assert verdicts == ["reproduced"] * 5                                  # bump, no gain, power law, dup, batch
+
+
+def test_onelayer_claims(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    folder = tmp_path / "onelayer" / "cpu"
+    folder.mkdir(parents=True)
+    lines = ["arch,multiplicity,train_fraction,finetune,acc_test,rank1_qkv"]
+    for arch, acc in [("attn_mlp", 0.6), ("attn_only", 0.05)]:
+        for ft, drop in [("full", 0.0), ("lora1", 0.5)]:
+            lines.append(f"{arch},5,0.75,{ft},{acc - drop * acc},0.2")
+    lines.append("attn_mlp,1,0.25,full,0.0,0.2")                             # not the best setting: ignored
+    (folder / "sweep.csv").write_text("\n".join(lines) + "\n")
+    rows = by_chapter("onelayer")
+    assert [r["verdict"] for r in rows] == ["reproduced", "partly", "not reproduced"]
+    assert "60.0% (attention+MLP) vs 5.0% (attention only)" in rows[0]["ours"]
