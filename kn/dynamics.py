@@ -26,7 +26,7 @@ Metrics (pure functions of a trajectory; papers.md, Chang et al.):
         learnability threshold: a fact not seen again within ~t* steps is forgotten entirely.
 Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
 `pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`,
-`fit_forgetting`, `summarize`, `Trajectories`, `save_trajectories`, `load_trajectories`.
+`fit_forgetting`, `summarize`, `Trajectories`, `save_trajectories`, `load_trajectories`, `mean_curves`.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ from kn.tokenize import encode_records, load_tokenizer, train_tokenizer
 SCENARIOS = ("once", "duplicated", "paraphrased")
 STAGES = ("early", "late")
 COLUMNS = ("step", "paragraph", "scenario", "kind", "probe", "logprob")
+MAX_LOG_T = float(np.log(1e9))   # a fitted t* beyond 1e9 steps is reported as None (no forgetting)
 
 
 @dataclass(frozen=True)
@@ -409,6 +410,14 @@ def load_trajectories(path: str | Path) -> Trajectories:
                         np.array([r["kind"] for r in first]), np.array([int(r["probe"]) for r in first]))
 
 
+def mean_curves(traj: Trajectories) -> dict[str, dict[str, tuple[list, list]]]:
+    """scenario -> kind -> (steps, mean l over its probes at each step), as plain lists: the reduced
+    trajectories a chapter plots and keeps when the full table is too large to commit."""
+    steps, present = traj.steps.tolist(), set(zip(traj.scenario.tolist(), traj.kind.tolist()))
+    return {s: {k: (steps, traj.select(s, k).mean(axis=1).tolist()) for k in PROBE_KINDS if (s, k) in present}
+            for s in SCENARIOS if any(s == x for x, _ in present)}
+
+
 # ----------------------------------------------------------------------------- continued pretraining
 
 
@@ -505,7 +514,8 @@ def fit_forgetting(t, R) -> dict:
 
     Returns a, b (the decay), slope (= -b) with its 95% interval, r2, n, and the x-intercept
     t* = exp(a / b): the paper's learnability threshold, the steps after which the acquired
-    knowledge is fully forgotten (None when the fit does not decay)."""
+    knowledge is fully forgotten (None when the fit does not decay, or decays so slowly that t*
+    lies beyond e^MAX_LOG_T steps)."""
     from scipy import stats
     t, R = np.asarray(t, dtype=float), np.asarray(R, dtype=float)
     ok = np.isfinite(R) & (t > 0)
@@ -516,13 +526,7 @@ def fit_forgetting(t, R) -> dict:
     b = -fit.slope
     return {"a": float(fit.intercept), "b": float(b), "slope": float(fit.slope),
             "slope_ci": [float(fit.slope - half), float(fit.slope + half)], "r2": float(fit.rvalue ** 2),
-            "n": int(ok.sum()), "x_intercept": float(np.exp(fit.intercept / b)) if b > 0 else None}
-
-
-def _nanmean(x: np.ndarray, axis=None):
-    ok = np.isfinite(x)
-    n = ok.sum(axis=axis)
-    return np.where(n > 0, np.where(ok, x, 0).sum(axis=axis) / np.maximum(n, 1), np.nan)
+            "n": int(ok.sum()), "x_intercept": float(np.exp(fit.intercept / b)) if 0 < b and fit.intercept / b < MAX_LOG_T else None}
 
 
 def _scenario_summary(traj: Trajectories, scenario: str, kind: str, inj: tuple, window: int) -> dict:
@@ -530,8 +534,9 @@ def _scenario_summary(traj: Trajectories, scenario: str, kind: str, inj: tuple, 
     E = [effectivity(steps, l, t, window) for t in inj]
     lam = np.concatenate([local_max(steps, l, t, window) - t for t in inj])
     horizon = int(steps[-1] - (inj[-1] + window))
-    t, R = retainability(steps, l, local_max(steps, l, inj[-1], window), inj[0], horizon)
-    curve = _nanmean(R, axis=1)
+    mean = l.mean(axis=1)      # R of the probes' mean log-prob: per-probe ratios explode where a gain is ~0
+    t, R = retainability(steps, mean, local_max(steps, mean, inj[-1], window), inj[0], horizon)
+    curve = np.where(np.isfinite(R), R, np.nan)
     try:
         fit = fit_forgetting(t, curve)
     except DataError:
@@ -543,7 +548,7 @@ def _scenario_summary(traj: Trajectories, scenario: str, kind: str, inj: tuple, 
 
 def summarize(traj: Trajectories, cfg: DynamicsConfig) -> dict:
     """scenario -> kind -> effectivity (mean, per injection), t_LAM - t_i stats, retainability
-    after the last injection (mean curve over probes and its power-law fit)."""
+    after the last injection (of the mean log-prob over probes) and its power-law fit."""
     return {s: {k: _scenario_summary(traj, s, k, inj, cfg.lam_window) for k in PROBE_KINDS}
             for s, inj in injection_steps(cfg).items()}
 
@@ -602,12 +607,26 @@ def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, factor: int = 
     bases = pretrain_base(cfg, out / "data", out / "base", progress)
     fits = {}
     for c in (cfg, big):
-        traj, _ = continue_pretraining(c, out / "data", bases["late"], records, progress)
+        if c is cfg and _has_late_run(cfg, out):       # run_dynamics already ran batch B from the late base
+            traj = load_trajectories(out / "trajectories_late.csv")
+        else:
+            traj, _ = continue_pretraining(c, out / "data", bases["late"], records, progress)
         save_trajectories(traj, out / f"trajectories_batch{c.batch_size}.csv")
         fits[c.batch_size] = {s: {k: _with_tokens(v["retainability"]["fit"], c.batch_size * c.window)
                                   for k, v in kinds.items()} for s, kinds in summarize(traj, c).items()}
     write_json(out / "batch_sizes.json", config=asdict(cfg), seed=cfg.seed, factor=factor, fits=fits)
     return fits
+
+
+def _has_late_run(cfg: DynamicsConfig, out: Path) -> bool:
+    """Whether out holds run_dynamics' late-base trajectories for cfg (same settings but stages)."""
+    done = out / "dynamics.json"
+    if not (done.is_file() and (out / "trajectories_late.csv").is_file()):
+        return False
+    ran = read_json(done)["provenance"]["config"]
+    want = json.loads(json.dumps(asdict(cfg), default=str))
+    return "late" in ran.get("stages", ()) and {k: v for k, v in ran.items() if k != "stages"} == \
+        {k: v for k, v in want.items() if k != "stages"}
 
 
 def _with_tokens(fit: dict | None, tokens_per_step: int) -> dict | None:

@@ -13,8 +13,8 @@ import torch
 from kn.data.dataset import BiosConfig
 from kn.data.records import DataError
 from kn.dynamics import (COLUMNS, SCENARIOS, DynamicsConfig, InjectedStream, Injection, compare_batch_sizes,
-                         effectivity, fit_forgetting, injection_steps, load_trajectories, local_max, make_stream,
-                         retainability, run_dynamics, scaled)
+                         Trajectories, effectivity, fit_forgetting, injection_steps, load_trajectories, local_max,
+                         make_stream, mean_curves, retainability, run_dynamics, scaled)
 from kn.models import ModelConfig
 from kn.tokenize import load_tokenizer
 from kn.train import Batches
@@ -84,6 +84,8 @@ def test_power_law_fit_recovers_a_planted_slope():
     assert fit["x_intercept"] == pytest.approx(np.exp(9), rel=0.25)
     with pytest.raises(DataError, match="R:"):
         fit_forgetting([1, 2], [0.5, np.nan])
+    flat = fit_forgetting(t, 0.9 - 1e-4 * np.log(t))          # t* = e^9000: no forgetting within reach
+    assert flat["b"] > 0 and flat["x_intercept"] is None
 
 
 # ----------------------------------------------------------------------------- config and injection
@@ -189,3 +191,16 @@ def test_compare_batch_sizes_at_equal_tokens(smoke):
     assert set(fits) == {8, 16} and set(fits[8]) == set(SCENARIOS)
     with pytest.raises(DataError, match="^t0:"):
         scaled(DynamicsConfig(**(SMOKE | dict(t0=5))), 2)
+
+
+def test_mean_curves_average_each_scenario_and_kind():
+    """Four probes in two scenarios and two kinds; the duplicated/semantic pair averages to -2."""
+    traj = Trajectories(np.array([0, 2]), np.array([[-1.0, -3.0, -4.0, -5.0], [-0.5, -3.5, -2.0, -6.0]]),
+                        paragraph=np.array([0, 1, 1, 0]), scenario=np.array(["duplicated", "duplicated", "once", "once"]),
+                        kind=np.array(["semantic", "semantic", "memorization", "semantic"]), probe=np.zeros(4, int))
+    curves = mean_curves(traj)
+    assert list(curves) == ["once", "duplicated"]                      # SCENARIOS order, present ones only
+    assert curves["duplicated"]["semantic"] == ([0, 2], [-2.0, -2.0])
+    assert curves["once"]["memorization"] == ([0, 2], [-4.0, -2.0]) and curves["once"]["semantic"][1] == [-5.0, -6.0]
+    assert list(curves["duplicated"]) == ["semantic"]                 # a kind without probes is left out
+
