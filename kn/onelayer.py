@@ -30,6 +30,7 @@ import json
 import os
 import re
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from itertools import product
@@ -230,10 +231,12 @@ def onelayer_point(point: dict) -> dict:
     t0 = time.perf_counter()
     cfg = point_config(point)
     shared, out = point_dirs(point)
-    shared_pretrain(cfg, shared)
-    _link_pretrain(cfg, shared, out)
-    result = run_extraction(cfg, out, progress=False)
-    shares = matrix_shares(update_spectrum(out / "pretrain" / "model", out / "finetune" / "model"))
+    with warnings.catch_warnings():   # attn_only's zero-width MLP layers warn at every init
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        shared_pretrain(cfg, shared)
+        _link_pretrain(cfg, shared, out)
+        result = run_extraction(cfg, out, progress=False)
+        shares = matrix_shares(update_spectrum(out / "pretrain" / "model", out / "finetune" / "model"))
     return _flat(result) | shares | {"wall_s": round(time.perf_counter() - t0, 2)}
 
 
@@ -247,10 +250,10 @@ def onelayer_points(profile: str, runs_dir: str | Path, **overrides) -> list[dic
 
 
 def onelayer_sweep(profile: str, results_csv: str | Path, workers: int = 1, executor: str = "local",
-                   runs_dir: str | Path | None = None, **sweep_kw) -> list[dict]:
-    """Run the profile's grid through kn.sweep.run_sweep (done points skipped); returns the rows
-    written by this call. runs_dir defaults to kn.book.runs_dir("onelayer", profile)."""
+                   runs_dir: str | Path | None = None, seed: int = 0, **sweep_kw) -> list[dict]:
+    """Run the profile's grid (at `seed`) through kn.sweep.run_sweep (done points skipped); returns
+    the rows written by this call. runs_dir defaults to kn.book.runs_dir("onelayer", profile)."""
     from kn.book import runs_dir as chapter_runs
     from kn.sweep import run_sweep
-    points = onelayer_points(profile, runs_dir or chapter_runs("onelayer", profile))
+    points = onelayer_points(profile, runs_dir or chapter_runs("onelayer", profile), seed=seed)
     return run_sweep(points, onelayer_point, results_csv, executor=executor, workers=workers, **sweep_kw)

@@ -26,8 +26,13 @@ EXECUTORS = ("local", "submitit")
 log = logging.getLogger(__name__)
 
 
+SCRATCH_KEYS = ("runs_dir",)   # where a point keeps its files: not part of its identity
+
+
 def point_key(point: dict) -> str:
-    return json.dumps(point, sort_keys=True, separators=(",", ":"), default=str)
+    """The point as sorted JSON, without SCRATCH_KEYS (a sweep continued from another checkout skips done points)."""
+    return json.dumps({k: v for k, v in point.items() if k not in SCRATCH_KEYS}, sort_keys=True,
+                      separators=(",", ":"), default=str)
 
 
 def done_keys(path: str | Path) -> set[str]:
@@ -48,7 +53,7 @@ def _parse(v: str):
     try:
         return json.loads(v)
     except (json.JSONDecodeError, TypeError):
-        return v
+        return float(v) if v in ("nan", "inf", "-inf") else v
 
 
 def _row(point: dict, result: dict) -> dict:
