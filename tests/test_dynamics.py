@@ -8,7 +8,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
 from kn.data.dataset import BiosConfig
 from kn.data.records import DataError
@@ -24,15 +23,6 @@ TINY = ModelConfig(n_layer=2, n_head=2, n_embd=64, context=320)
 SMOKE = dict(data=BiosConfig(n=50, vocab_size=600), model=TINY, n_paragraphs=2, n_probes=3, pretrain_exposures=6,
              pretrain_lr=3e-3, batch_size=8, window=320, lr=1e-2, n_steps=30, t0=4, n_injections=3, gap=6,
              lam_window=4, stages=("late",), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models on a busy 2-core CPU run ~10x faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,6 @@ from kn.sweep import read_rows, run_sweep
 TINY = {"n_embd": 32, "n_head": 2, "vocab_size": 64, "window": 16, "runs_dir": "unused"}
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models on a busy 2-core CPU run ~10x faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(arch):
     return build_model(point_config(TINY | {"arch": arch}).model)
 

@@ -19,16 +19,8 @@ from kn.probing import (ProbeConfig, ProbeData, fit_linear_probe, load_probe_dat
                         q_probe)
 from kn.train import TrainConfig, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(steps=4, batch_size=16, progress=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a busy CPU (~50x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
