@@ -290,7 +290,15 @@ def save_model(model, tokenizer, path: Path) -> None:
     to_save = model
     if hasattr(model, "merge_and_unload"):
         import copy
-        to_save = copy.deepcopy(model).merge_and_unload()
+        to_save = copy.deepcopy(model)
+        base = to_save.get_base_model()
+        head, emb = base.get_output_embeddings(), base.get_input_embeddings()
+        if head is not None and head.weight is getattr(emb, "base_layer", emb).weight and hasattr(emb, "base_layer"):
+            # The tied head was trained against the frozen embedding, not the LoRA-updated one: keep
+            # it apart, or merging the embedding update would move the head too.
+            head.weight = torch.nn.Parameter(head.weight.detach().clone())
+            base.config.tie_word_embeddings = False
+        to_save = to_save.merge_and_unload()
     to_save.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     shutil.rmtree(path, ignore_errors=True)

@@ -87,6 +87,24 @@ def test_mixed_and_finetune_full_and_lora(data, tmp_path):
                        base["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"])
 
 
+def test_merged_lora_model_computes_what_was_trained(data, tmp_path):
+    """An embedding LoRA with tied embeddings: the saved, merged model gives the trained model's logits."""
+    from kn.models import build_model
+    from kn.tokenize import load_tokenizer
+    from kn.train import add_lora, save_model
+    torch.manual_seed(0)
+    model = add_lora(build_model(TINY), rank=2, embed_rank=4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.3)                                         # a trained-looking update
+    x = torch.randint(0, TINY.vocab_size, (2, 16))
+    want = model(input_ids=x).logits
+    save_model(model, load_tokenizer(f"{data}/tokenizer"), tmp_path / "m")
+    got = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))(input_ids=x).logits
+    assert torch.allclose(got, want, atol=1e-4)
+
+
 def test_qa_rows_label_only_the_answer(data):
     qa = train_qas(data, load_encoded(data, "qa"))
     ids, labels = qa_rows(qa, eos_id=0, pad_id=1)
