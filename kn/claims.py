@@ -2,7 +2,8 @@
 
 Each claim names the chapter whose result files hold our measurement, a function that reads the
 number from them, and a rule that turns (ours, paper's) into a verdict: "reproduced", "partly",
-"not reproduced", or "not run" where no result file exists yet. For each chapter the largest
+"not reproduced", "inconclusive" where the measurement cannot test the claim (the text says why), or
+"not run" where no result file exists yet. For each chapter the largest
 profile with results is used (paper > gpu > cpu > smoke), and the table says which.
 """
 from __future__ import annotations
@@ -51,11 +52,13 @@ def _test_mean(name: str) -> Callable[[Path], tuple[float, str]]:
     return measure
 
 
-def _test_mean_plain(name: str) -> Callable[[Path], tuple[float, str]]:
-    def measure(folder):
-        value = 100 * _load(folder, name)["qa"]["test"]["mean"]
-        return value, f"{value:.1f}% test_people"
-    return measure
+def _bidirectional(folder):
+    r = _load(folder, "multi5+permute")["qa"]
+    test, train = 100 * r["test"]["mean"], 100 * r["train"]["mean"]
+    text = f"{test:.1f}% test_people, {train:.1f}% train_people"
+    if train < 50:   # finetuning could not even fit the people it saw: nothing was stored to extract
+        return float("nan"), text + " (the masked model did not learn the biographies: not a test)"
+    return test, text
 
 
 def _at_least(good: float, some: float) -> Callable[[float], str]:
@@ -189,7 +192,7 @@ CLAIMS = [
     Claim("Part 3.1, R5", "Q-probing from the name: near chance for single, high for multi5+permute",
           "0.2% vs 73-99.7%", "probing", _q_probe_gap, _at_least(50, 10)),
     Claim("Part 3.1, R7", "A bidirectional (masked-LM) model extracts poorly even with multi5+permute",
-          "<= ~40%", "bidirectional", _test_mean_plain("multi5+permute"), _at_most(40, 60)),
+          "<= ~40%", "bidirectional", _bidirectional, _at_most(40, 60)),
     Claim("Part 3.1, R6", "Celebrities with augmented bios lift a plain minority",
           f"{paper.CELEBRITY['single'][0]}% -> {paper.CELEBRITY['single'][1]}%", "celebrity", _celebrity_gain,
           _at_least(30, 10)),
@@ -228,7 +231,7 @@ def claims_table() -> list[dict]:
         if profile is not None:
             try:
                 value, text = c.measure(results_dir(c.chapter, profile))
-                row.update(ours=text, verdict=c.verdict(value))
+                row.update(ours=text, verdict=c.verdict(value) if np.isfinite(value) else "inconclusive")
             except (FileNotFoundError, KeyError) as err:   # result file or entry missing at this profile
                 row["ours"] = f"not measured: {err}"
         rows.append(row)

@@ -86,3 +86,11 @@ def test_onelayer_claims(tmp_path, monkeypatch):
     rows = by_chapter("onelayer")
     assert [r["verdict"] for r in rows] == ["reproduced", "partly", "not reproduced"]
     assert "60.0% (attention+MLP) vs 5.0% (attention only)" in rows[0]["ours"]
+
+
+def test_bidirectional_that_learned_nothing_is_inconclusive(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    write(tmp_path, "bidirectional", "cpu", "multi5+permute", {"qa": {"test": {"mean": 0.0}, "train": {"mean": 0.0}}})
+    assert by_chapter("bidirectional")[0]["verdict"] == "inconclusive"
+    write(tmp_path, "bidirectional", "cpu", "multi5+permute", {"qa": {"test": {"mean": 0.2}, "train": {"mean": 0.9}}})
+    assert by_chapter("bidirectional")[0]["verdict"] == "reproduced"
