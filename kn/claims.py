@@ -168,8 +168,9 @@ def _low_rank_gap(folder):
     lora = sorted({r["finetune"] for r in rows} - {"full"})
     if not lora:
         raise FileNotFoundError("no low-rank points")
-    full, low = _onelayer_mean(rows, finetune="full", **best), _onelayer_mean(rows, finetune=lora[0], **best)
-    return low - full, f"{low:.1f}% ({lora[0]}) vs {full:.1f}% (full), held-out"
+    full = _onelayer_mean(rows, finetune="full", **best)
+    low, rank = max((_onelayer_mean(rows, finetune=r, **best), r) for r in lora)   # the best low rank
+    return low - full, f"{low:.1f}% ({rank}, the best of {', '.join(lora)}) vs {full:.1f}% (full), held-out"
 
 
 def _rank1(folder):

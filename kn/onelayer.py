@@ -55,10 +55,12 @@ DEFAULTS = {
     "n": 100, "n_embd": 128, "n_head": 4, "vocab_size": 2048, "window": 128,
     "batch_size": 16, "lr": 3e-3, "exposures": 100.0,                       # pretraining
     "finetune_exposures": 30.0, "finetune_lr": 1e-3, "finetune_batch_size": 16,
+    "lora_lr": 1e-2,                          # finetune_lr of loraR points: a rank-1 update needs a larger step
     "seed": 0, "runs_dir": None,
 }
 # Point keys that do not change the pretraining (so points differing only in these share it)
-FINETUNE_KEYS = ("train_fraction", "finetune", "finetune_exposures", "finetune_lr", "finetune_batch_size", "runs_dir")
+FINETUNE_KEYS = ("train_fraction", "finetune", "finetune_exposures", "finetune_lr", "lora_lr", "finetune_batch_size",
+                 "runs_dir")
 SHARED_FRACTION = 0.5   # the split written into the shared pretraining's dataset (never trained on)
 
 # Matrices whose update spectrum the sweep reports: short name -> GPT-NeoX parameter name part
@@ -99,9 +101,10 @@ def point_config(point: dict) -> ExtractionConfig:
     augment = "+".join(filter(None, [f"multi{p['multiplicity']}", p["augment_extra"]]))
     data = BiosConfig(n=p["n"], augment=augment, seed=p["seed"], train_fraction=p["train_fraction"],
                       vocab_size=p["vocab_size"])
-    keys = ("exposures", "batch_size", "window", "lr", "finetune_exposures", "finetune_lr", "finetune_batch_size", "seed")
-    return ExtractionConfig(setting="pretrain_finetune", data=data, model=model,
-                            lora_rank=lora_rank(p["finetune"]), **{k: p[k] for k in keys})
+    keys = ("exposures", "batch_size", "window", "lr", "finetune_exposures", "finetune_batch_size", "seed")
+    rank = lora_rank(p["finetune"])
+    return ExtractionConfig(setting="pretrain_finetune", data=data, model=model, lora_rank=rank,
+                            finetune_lr=p["lora_lr"] if rank else p["finetune_lr"], **{k: p[k] for k in keys})
 
 
 def _folder_name(p: dict, keys: list[str], label: str) -> str:
