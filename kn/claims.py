@@ -83,7 +83,9 @@ def _q_probe_gap(folder):
 
 def _capacity_ratio(exposures: int, bits: str = "bits") -> Callable[[Path], tuple[float, str]]:
     def measure(folder):
-        fit = _load(folder, "fit")["fits"][f"{bits}@{exposures}"]
+        fit = _load(folder, "fit")["fits"].get(f"{bits}@{exposures}")
+        if fit is None:
+            raise FileNotFoundError(f"no {exposures}-exposure runs at this profile")
         if "ratio" not in fit:
             raise FileNotFoundError(fit.get("error", "no fit"))
         return fit["ratio"], (f"{fit['ratio']:.2f} bits/param (95% CI {fit['ci_low']:.2f}-{fit['ci_high']:.2f}, "
@@ -125,22 +127,26 @@ def _power_law(folder):
                                                           f"(CI {fit['slope_ci'][0]:.3f} to {fit['slope_ci'][1]:.3f}), R^2 {fit['r2']:.2f}")
 
 
-def _decay(fit):
-    return float("nan") if fit is None else fit["b"]
+def _faster_decay(fast: dict | None, slow: dict | None, names: tuple[str, str]) -> tuple[float, str]:
+    """2 if `fast` decays faster with disjoint 95% intervals, 1 if only its estimate is larger, else 0."""
+    if fast is None or slow is None:
+        return float("nan"), "no forgetting fit for one of them"
+    b = [-f["slope_ci"][::-1][k] for f in (fast, slow) for k in (0, 1)]      # decay b intervals, low to high
+    score = 2.0 if b[0] > b[3] else 1.0 if fast["b"] > slow["b"] else 0.0
+    return score, (f"decay b {fast['b']:.3f} [{b[0]:.3f}, {b[1]:.3f}] ({names[0]}) vs {slow['b']:.3f} "
+                   f"[{b[2]:.3f}, {b[3]:.3f}] ({names[1]})" + (", intervals overlap" if score == 1 else ""))
 
 
 def _duplicated_forgets_faster(folder):
-    d = _dynamics(folder)
-    b = {s: _decay(d[s]["memorization"]["retainability"]["fit"]) for s in ("duplicated", "paraphrased")}
-    return b["duplicated"] - b["paraphrased"], (f"decay b {b['duplicated']:.3f} (duplicated) vs "
-                                                f"{b['paraphrased']:.3f} (paraphrased)")
+    d = {s: _dynamics(folder)[s]["memorization"]["retainability"]["fit"] for s in ("duplicated", "paraphrased")}
+    return _faster_decay(d["duplicated"], d["paraphrased"], ("duplicated", "paraphrased"))
 
 
 def _batch_forgets_slower(folder):
     fits = _load(folder, "batch_sizes")["fits"]
     small, big = sorted(fits, key=int)
-    b = {k: _decay(fits[k]["once"]["memorization"]) for k in (small, big)}
-    return b[small] - b[big], f"decay b {b[small]:.3f} (batch {small}) vs {b[big]:.3f} (batch {big}) per log-step"
+    return _faster_decay(fits[small]["once"]["memorization"], fits[big]["once"]["memorization"],
+                         (f"batch {small}", f"batch {big}"))
 
 
 def _onelayer_rows(folder):
@@ -210,9 +216,9 @@ CLAIMS = [
     Claim("Chang et al.", "Forgetting follows a power law: retainability falls linearly in log t",
           "R ~ -a log t", "dynamics", _power_law, _at_least(0.5, 0.2)),
     Claim("Chang et al.", "Duplicated injection is forgotten faster than paraphrased", "faster decay",
-          "dynamics", _duplicated_forgets_faster, _at_least(0.02, 0.0)),
+          "dynamics", _duplicated_forgets_faster, _at_least(2, 1)),
     Claim("Chang et al.", "Larger batches forget more slowly", "batch 2048 vs 128",
-          "dynamics", _batch_forgets_slower, _at_least(0.02, 0.0)),
+          "dynamics", _batch_forgets_slower, _at_least(2, 1)),
     Claim("Xu & Chen", "One layer of attention + MLP extracts held-out facts; attention alone does not",
           "MLP needed", "onelayer", _mlp_gap, _at_least(20, 5)),
     Claim("Xu & Chen", "Low-rank finetuning extracts about as well as full finetuning", "holds for both",

@@ -63,7 +63,7 @@ def kinds(e, fit):
 def test_dynamics_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
     decaying = {"slope": -0.3, "slope_ci": [-0.4, -0.2], "r2": 0.8, "b": 0.3}
-    slow = dict(decaying, b=0.1)
+    slow = dict(decaying, b=0.1, slope=-0.1, slope_ci=[-0.15, -0.05])   # intervals apart from `decaying`
     late = {"once": kinds(0.5, decaying), "duplicated": kinds(0.8, decaying), "paraphrased": kinds(0.4, slow)}
     early = {s: kinds(0.6, decaying) for s in late}
     write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": {"early": early, "late": late}})
@@ -71,6 +71,10 @@ def test_dynamics_claims(tmp_path, monkeypatch):
                                                                "8": {"once": {"memorization": decaying}}}})
     verdicts = [r["verdict"] for r in by_chapter("dynamics")]
     assert verdicts == ["reproduced"] * 5                                  # bump, no gain, power law, dup, batch
+    late["paraphrased"] = kinds(0.4, dict(decaying, b=0.25))               # ordered, intervals overlap
+    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": {"early": early, "late": late}})
+    dup = next(r for r in by_chapter("dynamics") if "Duplicated" in r["claim"])
+    assert dup["verdict"] == "partly" and "overlap" in dup["ours"]
 
 
 def test_onelayer_claims(tmp_path, monkeypatch):
