@@ -4,7 +4,6 @@ saved models load with from_pretrained, configs are validated.   Run: pytest tes
 import json
 import os
 import signal
-import threading
 
 import pytest
 import torch
@@ -56,14 +55,23 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_sigterm_writes_a_checkpoint_and_resume_finishes(data, tmp_path):
+def test_sigterm_writes_a_checkpoint_and_resume_finishes(data, tmp_path, monkeypatch):
+    import kn.train
     config = cfg(data, tmp_path / "s", exposures=6, log_every=1)
-    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        first = train(config, progress=False)
-    finally:
-        timer.cancel()
+    real = kn.train.training_step
+
+    def sigterm_at_step_3(*args, **kw):          # the signal arrives mid-run, whatever the machine's speed
+        step, calls = real(*args, **kw), []
+
+        def wrapped(*a):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(*a)
+        return wrapped
+    monkeypatch.setattr(kn.train, "training_step", sigterm_at_step_3)
+    first = train(config, progress=False)
+    monkeypatch.setattr(kn.train, "training_step", real)
     assert first["interrupted"] and first["steps"] < first["total_steps"]
     assert (tmp_path / "s" / "checkpoint" / "state.pt").is_file()
     done = train(config, resume=True, progress=False)
