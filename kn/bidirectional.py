@@ -111,6 +111,29 @@ def fill_accuracy(model, ids: np.ndarray, labels: np.ndarray, pad_id: int, batch
     return torch.cat(out).numpy()
 
 
+def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
+    """(model, final loss) of the masked-LM pretraining: loaded from out/ when it holds a finished
+    pretraining with the same settings, else trained and saved there."""
+    from transformers import AutoModelForMaskedLM
+    keys = ("data", "model", "exposures", "mask_rate", "batch_size", "window", "lr", "seed")
+    settings = json.loads(json.dumps({k: getattr(cfg, k) for k in keys}, default=lambda o: asdict(o)))
+    done = out / "pretrain.json"
+    if done.is_file() and json.loads(done.read_text())["settings"] == settings:
+        return AutoModelForMaskedLM.from_pretrained(str(out / "model")), json.loads(done.read_text())["loss"]
+    model = build_model(replace(cfg.model, vocab_size=len(tok), context=max(cfg.model.context, cfg.window)), seed=cfg.seed)
+    bios, starts = load_encoded(data, "bios"), word_starts(tok)
+
+    def bio_rows(epoch):
+        windows = pack(bios, tok.eos_token_id, cfg.window, cfg.seed * 100_003 + epoch)
+        return mask_words(windows, starts, cfg.mask_rate, tok.mask_token_id, np.random.default_rng([cfg.seed, epoch, 6]))
+    n_windows = len(bio_rows(0)[0])
+    passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
+    loss, model = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, tok.pad_token_id)
+    model.save_pretrained(str(out / "model"))
+    done.write_text(json.dumps({"settings": settings, "loss": loss}))   # written last: marks it finished
+    return model, loss
+
+
 def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
     """Dataset -> whole-word MLM pretraining -> masked QA finetuning -> exact match; out/result.json."""
     out = Path(out)
@@ -120,15 +143,7 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
         make_dataset(cfg.data, data)
     tok = load_tokenizer(data / "tokenizer")
     pad, mask = tok.pad_token_id, tok.mask_token_id
-    model = build_model(replace(cfg.model, vocab_size=len(tok), context=max(cfg.model.context, cfg.window)), seed=cfg.seed)
-    bios, starts = load_encoded(data, "bios"), word_starts(tok)
-
-    def bio_rows(epoch):
-        windows = pack(bios, tok.eos_token_id, cfg.window, cfg.seed * 100_003 + epoch)
-        return mask_words(windows, starts, cfg.mask_rate, mask, np.random.default_rng([cfg.seed, epoch, 6]))
-    n_windows = len(bio_rows(0)[0])
-    passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
-    pre_loss, model = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, pad)
+    model, pre_loss = _pretrained(cfg, data, tok, out / "pretrain")
 
     qa_all = load_encoded(data, "qa")
     train_qa = train_qas(str(data), qa_all)
@@ -157,6 +172,7 @@ def from_profile(profile: str, augment: str = "single", seed: int = 0) -> Bidire
     """The Part 3.1 extraction profile's people, model size and budget, with a BERT-like model."""
     from kn.extraction import from_profile as extraction_profile
     e = extraction_profile(profile, setting="pretrain_finetune", augment=augment, seed=seed)
-    return BidirectionalConfig(data=e.data, model=replace(e.model, arch="bert"), exposures=e.exposures,
+    model = replace(e.model, arch="bert", mlp_ratio=e.model.mlp_ratio * 2 / 3)   # gated MLP: GPT-2's parameters
+    return BidirectionalConfig(data=e.data, model=model, exposures=e.exposures,
                                batch_size=e.batch_size, window=e.window, lr=e.lr,
                                finetune_exposures=e.finetune_exposures, finetune_lr=e.finetune_lr, seed=seed)

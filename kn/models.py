@@ -5,7 +5,10 @@ Hugging Face classes, configured rather than re-implemented:
            with sequential residual and a GELU MLP of width mlp_ratio * n_embd (mlp_ratio 0: no MLP)
   llama    LlamaForCausalLM (gated SiLU MLP, RMSNorm, rotary)
   mistral  MistralForCausalLM (gated MLP; grouped-query attention off at these sizes)
-  bert     BertForMaskedLM, bidirectional, for whole-word masked LM (Result 7)
+  bert     a BERT-like bidirectional encoder for whole-word masked LM (Result 7): ModernBertForMaskedLM,
+           i.e. rotary positions like our GPT-2 (learned absolute positions, as in the original BERT, kept
+           every small model on the unigram plateau: masked-token loss = unigram entropy for 2000 steps),
+           pre-norm, a gated GELU MLP of width mlp_width, global attention in every layer
 Names follow the paper: "GPT2-l-h" is l layers, h heads, 64h wide (`parse_name`). `n_params`
 reports parameters with and without embeddings.
 """
@@ -17,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from kn.data.records import DataError
+from kn.tokenize import SPECIAL_TOKENS
 
 ARCHS = ("gpt2", "llama", "mistral", "bert")
 
@@ -62,7 +66,7 @@ def parse_name(name: str, **overrides) -> ModelConfig:
 
 def hf_config(cfg: ModelConfig):
     """The transformers config object for `cfg` (SDPA attention, no dropout)."""
-    from transformers import BertConfig, GPTNeoXConfig, LlamaConfig, MistralConfig
+    from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig, ModernBertConfig
     common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
                   num_attention_heads=cfg.n_head, max_position_embeddings=cfg.context,
                   tie_word_embeddings=cfg.tie_embeddings)
@@ -74,8 +78,11 @@ def hf_config(cfg: ModelConfig):
         extra = {"sliding_window": None} if cfg.arch == "mistral" else {}
         return cls(**common, intermediate_size=cfg.mlp_width, num_key_value_heads=cfg.n_head,
                    attention_dropout=0.0, **extra)
-    return BertConfig(**common, intermediate_size=cfg.mlp_width, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0, type_vocab_size=1)
+    ids = {name.replace("_token", "_token_id"): i for i, name in enumerate(SPECIAL_TOKENS)}   # kn's tokenizers
+    return ModernBertConfig(**common, **ids, cls_token_id=ids["bos_token_id"], sep_token_id=ids["eos_token_id"],
+                            intermediate_size=cfg.mlp_width, hidden_activation="gelu",
+                            global_attn_every_n_layers=1, local_attention=cfg.context, attention_dropout=0.0,
+                            mlp_dropout=0.0, embedding_dropout=0.0, reference_compile=False)
 
 
 def build_model(cfg: ModelConfig, seed: int = 0):

@@ -378,7 +378,7 @@ def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool 
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        return loss.detach()
+        return loss.detach().clone()   # a fresh scalar: ModernBERT's detached loss kept every step's activations alive
     return step
 
 

@@ -1,6 +1,8 @@
 """kn.bidirectional: whole-word masking, masked QA rows, and a smoke MLM pretrain -> finetune run.
 Run: pytest tests/test_bidirectional.py
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,12 @@ def test_smoke_run(tmp_path):
     assert set(r["qa"]["test"]["per_attribute"]) == set(ATTRIBUTES)
     assert 0 <= r["qa"]["train"]["mean"] <= 1 and np.isfinite(r["pretrain_loss"])
     assert (tmp_path / "result.json").is_file()
+    stamp = (tmp_path / "pretrain" / "pretrain.json").stat().st_mtime_ns
+    again = run_bidirectional(replace(cfg, finetune_exposures=1), tmp_path)   # only finetuning changed
+    assert again["pretrain_loss"] == r["pretrain_loss"]
+    assert (tmp_path / "pretrain" / "pretrain.json").stat().st_mtime_ns == stamp
+    other = run_bidirectional(replace(cfg, lr=3e-3), tmp_path)                 # pretraining changed: retrained
+    assert (tmp_path / "pretrain" / "pretrain.json").stat().st_mtime_ns != stamp and np.isfinite(other["pretrain_loss"])
 
 
 def test_needs_bert():
