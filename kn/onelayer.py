@@ -48,7 +48,7 @@ ARCHS = {"attn_mlp": 4.0, "attn_only": 0.0}        # arch -> mlp_ratio of the on
 _FINETUNE = re.compile(r"^(full|lora([1-9]\d*))$")
 AXES = ("train_fraction", "finetune", "arch", "multiplicity")   # grid axes, outermost first
 
-# A point: these keys, each optional but runs_dir. Defaults are the cpu profile's fixed values.
+# A point: these keys, each optional but runs_dir (kn.profiles' "onelayer" table sets them per profile).
 DEFAULTS = {
     "arch": "attn_mlp", "multiplicity": 1, "train_fraction": 0.5, "finetune": "full",
     "augment_extra": "",                      # more bioS augmentations: "permute", "fullname", joined by '+'
