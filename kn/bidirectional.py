@@ -116,10 +116,11 @@ def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
     pretraining with the same settings, else trained and saved there."""
     from transformers import AutoModelForMaskedLM
     keys = ("data", "model", "exposures", "mask_rate", "batch_size", "window", "lr", "seed")
-    settings = json.loads(json.dumps({k: getattr(cfg, k) for k in keys}, default=lambda o: asdict(o)))
+    settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in keys}, default=str))
     done = out / "pretrain.json"
-    if done.is_file() and json.loads(done.read_text())["settings"] == settings:
-        return AutoModelForMaskedLM.from_pretrained(str(out / "model")), json.loads(done.read_text())["loss"]
+    saved = json.loads(done.read_text()) if done.is_file() else {}
+    if saved.get("settings") == settings:
+        return AutoModelForMaskedLM.from_pretrained(str(out / "model")), saved["loss"]
     model = build_model(replace(cfg.model, vocab_size=len(tok), context=max(cfg.model.context, cfg.window)), seed=cfg.seed)
     bios, starts = load_encoded(data, "bios"), word_starts(tok)
 

@@ -84,12 +84,16 @@ def figure_problems(path: Path) -> list[str]:
     return bad
 
 
+def notebook(name: str, root: Path = ROOT) -> Path:
+    """The notebook of chapter `name` under root."""
+    return next(root.glob(f"**/{name}.ipynb"))
+
+
 def unexecuted(root: Path = ROOT) -> list[str]:
     """Chapters in the table of contents whose code cells have no executed output."""
     bad = []
     for name in chapters(root):
-        path = next(root.glob(f"**/{name}.ipynb"))
-        nb = json.loads(path.read_text())
+        nb = json.loads(notebook(name, root).read_text())
         code = [c for c in nb["cells"] if c["cell_type"] == "code" and c["source"]]
         if any(c.get("execution_count") is None for c in code):
             bad.append(name)
@@ -101,7 +105,7 @@ def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
     bad = unexecuted(root)
     if bad:
         raise DataError(f"book: chapters without executed output: {', '.join(bad)}; run `kn run CHAPTER --profile P` first")
-    if bad := [p for name in chapters(root) for p in figure_problems(next(root.glob(f"**/{name}.ipynb")))]:
+    if bad := [p for name in chapters(root) for p in figure_problems(notebook(name, root))]:
         raise DataError("book: " + "; ".join(bad))
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]

@@ -96,9 +96,10 @@ def _capacity_ratio(exposures: int, bits: str = "bits") -> Callable[[Path], tupl
 def _int8_kept(folder):
     fits = _load(folder, "fit")["fits"]
     key = next((k for k in sorted(fits) if k.startswith("bits@") and "ratio" in fits[k]), None)
-    if key is None or "ratio" not in fits.get(key.replace("bits@", "bits_int8@"), {}):
+    quantized = fits.get(f"bits_int8@{key.removeprefix('bits@')}", {}) if key else {}
+    if "ratio" not in quantized:
         raise FileNotFoundError("no int8 fit")
-    full, int8 = fits[key]["ratio"], fits[key.replace("bits@", "bits_int8@")]["ratio"]
+    full, int8 = fits[key]["ratio"], quantized["ratio"]
     kept = 100 * int8 / full if full > 0 else float("nan")
     return kept, f"{int8:.2f} of {full:.2f} bits/param kept by int8 ({kept:.0f}%)"
 

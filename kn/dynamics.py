@@ -535,8 +535,7 @@ def _scenario_summary(traj: Trajectories, scenario: str, kind: str, inj: tuple, 
     lam = np.concatenate([local_max(steps, l, t, window) - t for t in inj])
     horizon = int(steps[-1] - (inj[-1] + window))
     mean = l.mean(axis=1)      # R of the probes' mean log-prob: per-probe ratios explode where a gain is ~0
-    t, R = retainability(steps, mean, local_max(steps, mean, inj[-1], window), inj[0], horizon)
-    curve = np.where(np.isfinite(R), R, np.nan)
+    t, curve = retainability(steps, mean, local_max(steps, mean, inj[-1], window), inj[0], horizon)
     try:
         fit = fit_forgetting(t, curve)
     except DataError:
@@ -623,10 +622,8 @@ def _has_late_run(cfg: DynamicsConfig, out: Path) -> bool:
     done = out / "dynamics.json"
     if not (done.is_file() and (out / "trajectories_late.csv").is_file()):
         return False
-    ran = read_json(done)["provenance"]["config"]
-    want = json.loads(json.dumps(asdict(cfg), default=str))
-    return "late" in ran.get("stages", ()) and {k: v for k, v in ran.items() if k != "stages"} == \
-        {k: v for k, v in want.items() if k != "stages"}
+    stages = tuple(read_json(done)["provenance"]["config"]["stages"])
+    return "late" in stages and _same_config(done, asdict(replace(cfg, stages=stages)))
 
 
 def _with_tokens(fit: dict | None, tokens_per_step: int) -> dict | None:
