@@ -1,12 +1,15 @@
 """Running chapters and building the book.
 
-`run_chapter(name, profile)` executes book/<name>.ipynb in place with papermill (its parameters
-cell gets `profile`); the chapter writes its result files to `results_dir(name, profile)`.
+`run_chapter(name, profile)` executes book/<name>.ipynb with papermill (its parameters cell gets
+`profile`) into book/<name>.<profile>.ipynb; at the book's profile (`book_profile` in _config.yml) the
+executed notebook then replaces the chapter, so a run at another profile or a failed run leaves the
+published page as it was. The chapter writes its result files to `results_dir(name, profile)`.
 `build_book()` builds _build/html with Jupyter Book without executing anything, after checking that
-every notebook in the table of contents has executed outputs.
+every notebook in the table of contents has executed outputs and ran at the book's profile.
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -52,21 +55,62 @@ def runs_dir(chapter: str, profile: str) -> Path:
 
 
 def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None, book: Path = BOOK) -> Path:
-    """Execute one chapter with papermill; by default the executed notebook replaces the chapter."""
+    """Execute one chapter with papermill into `output` (default book/<chapter>.<profile>.ipynb); at the
+    book's profile and without `output`, the executed notebook then replaces the chapter."""
     import papermill
     check_profile(profile)
     src = book / f"{chapter}.ipynb"
     if not src.is_file():
         raise DataError(f"chapter: no notebook {chapter!r}; allowed: {', '.join(chapters()) or 'none'}")
-    out = Path(output) if output else src
+    out = Path(output) if output else book / f"{chapter}.{profile}.ipynb"
     os.environ.update(CHAPTER_ENV)   # inherited by the kernel
     t0 = time.perf_counter()
-    papermill.execute_notebook(str(src), str(out), parameters={"profile": profile}, cwd=str(book),
-                               kernel_name="python3", progress_bar=False, log_output=False)
+    try:
+        papermill.execute_notebook(str(src), str(out), parameters={"profile": profile}, cwd=str(book),
+                                   kernel_name="python3", progress_bar=False, log_output=False)
+    except Exception:
+        log.error("%s failed at profile %s: the executed notebook is %s; %s is unchanged", chapter, profile, out, src)
+        raise
     log.info("ran %s at profile %s in %.1f s", chapter, profile, time.perf_counter() - t0)
+    hide_injected_parameters(out)
     if bad := figure_problems(out):
         raise DataError("; ".join(bad))
+    if output is None and profile == book_profile(book.parent):
+        os.replace(out, src)
+        return src
     return out
+
+
+def hide_injected_parameters(path: Path) -> None:
+    """Tag papermill's injected parameters cell `remove-cell`: the page shows the parameters cell once."""
+    nb = json.loads(Path(path).read_text())
+    for cell in nb["cells"]:
+        tags = cell["metadata"].get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell["metadata"]["tags"] = tags + ["remove-cell"]
+    Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def book_profile(root: Path = ROOT) -> str:
+    """The profile the published book ran at: `book_profile` in _config.yml (parse.myst_substitutions,
+    so the intro's text and this check read the same line)."""
+    import yaml
+    config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+    profile = (config.get("parse") or {}).get("myst_substitutions", {}).get("book_profile")
+    if profile is None:
+        raise DataError("book_profile: missing from _config.yml parse.myst_substitutions; allowed: a profile name")
+    return check_profile(profile)
+
+
+def notebook_profile(path: Path) -> str | None:
+    """The profile a notebook ran at: the last `profile = "..."` of its parameters and injected-parameters cells."""
+    profile = None
+    for cell in json.loads(Path(path).read_text())["cells"]:
+        if {"parameters", "injected-parameters"} & set(cell["metadata"].get("tags", [])):
+            for node in ast.parse("".join(cell["source"])).body:
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "profile" for t in node.targets):
+                    profile = ast.literal_eval(node.value)
+    return profile
 
 
 def figure_problems(path: Path) -> list[str]:
@@ -100,12 +144,22 @@ def unexecuted(root: Path = ROOT) -> list[str]:
     return bad
 
 
+def profile_problems(root: Path = ROOT) -> list[str]:
+    """Chapters that ran at another profile than the book's (a smoke page under a cpu intro)."""
+    want = book_profile(root)
+    return [f"{name} ran at profile {got!r}, the book is at {want!r} (_config.yml book_profile); "
+            f"run `kn run {name} --profile {want}`"
+            for name in chapters(root) if (got := notebook_profile(notebook(name, root))) != want]
+
+
 def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
     """Build _build/html from the committed notebooks; fails if any chapter is unexecuted."""
     bad = unexecuted(root)
     if bad:
         raise DataError(f"book: chapters without executed output: {', '.join(bad)}; run `kn run CHAPTER --profile P` first")
     if bad := [p for name in chapters(root) for p in figure_problems(notebook(name, root))]:
+        raise DataError("book: " + "; ".join(bad))
+    if bad := profile_problems(root):
         raise DataError("book: " + "; ".join(bad))
     exe = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]

@@ -1,12 +1,14 @@
-"""The book: every chapter executes at the smoke profile under papermill, and the committed book
-builds with Sphinx warnings as errors.    Run: pytest tests/test_book.py
+"""The book: every chapter executes at the smoke profile under papermill, the committed book builds
+with Sphinx warnings as errors, and a chapter run at another profile or a failed run leaves the
+published page alone.    Run: pytest tests/test_book.py
 """
 import shutil
 
 import nbformat
 import pytest
+from papermill.exceptions import PapermillExecutionError
 
-from kn.book import ROOT, build_book, chapters, run_chapter, unexecuted
+from kn.book import ROOT, book_profile, build_book, chapters, notebook_profile, run_chapter, unexecuted
 from kn.data.records import DataError
 
 
@@ -21,6 +23,7 @@ def copy_book(tmp_path):
 
 @pytest.mark.parametrize("chapter", chapters())
 def test_chapter_runs_at_smoke(chapter, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # the kernel's torch: one thread, as in the other tests
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
     monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
     out = run_chapter(chapter, "smoke", output=tmp_path / f"{chapter}.ipynb")
@@ -64,4 +67,53 @@ def test_book_refuses_figure_cell_with_two_outputs(tmp_path):
     cell.outputs.insert(0, nbformat.v4.new_output("execute_result", {"text/plain": "Text(0, 0.5, 'y')"}, execution_count=1))
     nbformat.write(book, nb)
     with pytest.raises(DataError, match="figure cell shows 2 outputs"):
+        build_book(root)
+
+
+def tiny_book(tmp_path, *code):
+    """A book of one chapter `tiny` (a parameters cell, then `code`) at profile cpu."""
+    (tmp_path / "_config.yml").write_text("parse:\n  myst_substitutions:\n    book_profile: cpu\n")
+    cells = [nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["parameters"]})]
+    cells += [nbformat.v4.new_code_cell(c) for c in code]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                        "display_name": "Python 3"}})
+    (tmp_path / "book").mkdir()
+    nbformat.write(nb, tmp_path / "book" / "tiny.ipynb")
+    return tmp_path / "book"
+
+
+def test_run_at_another_profile_is_written_beside(tmp_path):
+    book = tiny_book(tmp_path, "print(profile)")
+    before = (book / "tiny.ipynb").read_bytes()
+    out = run_chapter("tiny", "smoke", book=book)
+    assert out == book / "tiny.smoke.ipynb" and (book / "tiny.ipynb").read_bytes() == before
+    assert notebook_profile(out) == "smoke" and notebook_profile(book / "tiny.ipynb") == "cpu"
+    injected = next(c for c in nbformat.read(out, 4).cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "remove-cell" in injected.metadata.tags   # the page shows one `profile =` cell
+
+
+def test_run_at_book_profile_replaces_the_chapter(tmp_path):
+    book = tiny_book(tmp_path, "print(profile)")
+    assert run_chapter("tiny", "cpu", book=book) == book / "tiny.ipynb"
+    assert not (book / "tiny.cpu.ipynb").exists()
+    assert nbformat.read(book / "tiny.ipynb", 4).cells[-1].outputs[0].text == "cpu\n"
+
+
+def test_failed_run_leaves_the_chapter(tmp_path):
+    book = tiny_book(tmp_path, "raise ValueError('boom')")
+    before = (book / "tiny.ipynb").read_bytes()
+    with pytest.raises(PapermillExecutionError, match="boom"):
+        run_chapter("tiny", "cpu", book=book)
+    assert (book / "tiny.ipynb").read_bytes() == before
+
+
+def test_book_refuses_page_at_another_profile(tmp_path):
+    root = copy_book(tmp_path)
+    assert book_profile(root) == "cpu"
+    nb = root / "book" / "probing.ipynb"
+    book = nbformat.read(nb, as_version=4)
+    cell = next(c for c in book.cells if "injected-parameters" in c.metadata.get("tags", []))
+    cell.source = '# Parameters\nprofile = "smoke"\n'
+    nbformat.write(book, nb)
+    with pytest.raises(DataError, match="probing ran at profile 'smoke', the book is at 'cpu'"):
         build_book(root)
