@@ -1,6 +1,7 @@
 """The `kn` command: parses arguments and calls the library, nothing more.
 
     kn data bios --kind bioS --n 1000 --augment multi5+permute --seed 0 --out data/bios
+    kn data import other_bios.jsonl --out data/imported --skip-bad
     kn data biod --n 1000 --k 4 --c 2 --d 100 --l 2 --t 50 --out data/biod
     kn data injection --n-paragraphs 40 --out data/injection
     kn data rewrite --bios data/bios/bios.jsonl --model path/to/local/causal-lm --out data/bior.jsonl
@@ -43,6 +44,20 @@ def data_bios(kind: str = typer.Option("bioS", help="bioS | bioR"),
     cfg = BiosConfig(kind, n, augment, seed, train_fraction, vocab_size, n_celebrity, celebrity_augment)
     ds = make_dataset(cfg, out)
     _summary(out, people=len(ds.people), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)))
+
+
+@data_app.command("import")
+def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six attributes, one or more texts per record"),
+                out: str = typer.Option(..., help="output folder"),
+                seed: int = typer.Option(0, help="seed of the train_people / test_people split"),
+                train_fraction: float = typer.Option(0.5, help="share of people whose QAs are trained on"),
+                vocab_size: int = 4096,
+                skip_bad: bool = typer.Option(False, help="skip records that fail validation and count them")):
+    """A dataset folder (QA, tokenizer, token spans, meta) from biographies made elsewhere."""
+    from kn.data.importer import ImportConfig, import_bios
+    ds, skipped = import_bios(ImportConfig(file, seed, train_fraction, vocab_size, skip_bad), out)
+    _summary(out, people=len(ds.is_train), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)),
+             skipped=len(skipped))
 
 
 @data_app.command("biod")

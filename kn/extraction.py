@@ -45,6 +45,8 @@ class ExtractionConfig:
     lora_rank: int = 0
     lora_embed_rank: int = 0
     seed: int = 0
+    data_dir: str | None = None       # an existing dataset folder (kn data bios | kn data import) used
+                                      # instead of generating `data` under the run folder
 
     def __post_init__(self):
         if self.setting not in SETTINGS:
@@ -67,9 +69,16 @@ def from_profile(profile: str, **overrides) -> ExtractionConfig:
 DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction")
 
 
+def _bios_per_person(cfg: ExtractionConfig) -> float:
+    if cfg.data_dir is None:
+        return parse_augment(cfg.data.augment).per_person
+    counts = json.loads((Path(cfg.data_dir) / "meta.json").read_text())["counts"]
+    return counts["bios"] / counts["people"]
+
+
 def _train_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) -> TrainConfig:
     # exposures count how often each person's knowledge is seen: a multi5 corpus is passed over 1/5 as often
-    passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
+    passes = cfg.exposures / _bios_per_person(cfg)
     base = dict(data=str(data), out=str(out), mode=mode, model=replace(cfg.model, context=max(cfg.model.context, cfg.window)),
                 exposures=passes, qa_fraction=cfg.qa_fraction, batch_size=cfg.batch_size,
                 window=cfg.window, lr=cfg.lr, seed=cfg.seed)
@@ -85,6 +94,11 @@ def _stage(cfg: TrainConfig, progress: bool) -> dict:
 
 
 def _dataset(cfg: ExtractionConfig, path: Path) -> None:
+    if cfg.data_dir is not None:
+        missing = [f for f in ("meta.json", "bios.jsonl", "qa.jsonl", "tokens.npz", "tokenizer") if not (path / f).exists()]
+        if missing:
+            raise DataError(f"data_dir: {str(path)!r} lacks {missing}; make it with `kn data bios` or `kn data import`")
+        return
     meta = path / "meta.json"
     if meta.is_file() and json.loads(meta.read_text())["provenance"]["config"] == asdict(cfg.data):
         return
@@ -122,10 +136,11 @@ def majority_baseline(qa_records: list[dict]) -> dict:
 
 
 def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True) -> dict:
-    """Dataset -> (mixed | pretrain -> finetune) -> evaluation; writes out/result.json."""
+    """Dataset (generated under out/data, or cfg.data_dir as it is) -> (mixed | pretrain -> finetune)
+    -> evaluation; writes out/result.json."""
     out = Path(out)
     t0 = time.perf_counter()
-    data = out / "data"
+    data = Path(cfg.data_dir) if cfg.data_dir is not None else out / "data"
     _dataset(cfg, data)
     stages = {}
     if cfg.setting == "mixed":

@@ -57,7 +57,7 @@ class BiosConfig:
 @dataclass
 class BiosDataset:
     config: BiosConfig
-    people: People                # everyone, in person-id order (celebrities first)
+    people: People | None         # everyone, in person-id order (celebrities first); None when imported
     groups: list[str]             # per person: plain | celebrity | minority
     is_train: np.ndarray          # per person: QA in train_people
     bios: list[dict]
@@ -120,7 +120,8 @@ def load_encoded(out: str | Path, prefix: str) -> Encoded:
     return Encoded(z[f"{prefix}_ids"], z[f"{prefix}_offsets"], z[f"{prefix}_person"], spans)
 
 
-def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None) -> Path:
+def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None, **meta) -> Path:
+    """Write the folder; `meta` adds keys to meta.json (e.g. an import's skipped records)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(ds.bios, out / "bios.jsonl")
@@ -129,9 +130,9 @@ def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None)
     with open(out / "tokens.npz", "wb") as f:  # np.savez: no timestamps, so files are byte-identical
         np.savez(f, **save_encoded(ds.bios_tokens, "bios"), **save_encoded(ds.qa_tokens, "qa"))
     write_json(out / "meta.json", config=asdict(ds.config), seed=ds.config.seed, wall_time=wall_time,
-               counts={"people": len(ds.people), "bios": len(ds.bios), "qa": len(ds.qa),
+               counts={"people": len(ds.is_train), "bios": len(ds.bios), "qa": len(ds.qa),
                        "bio_tokens": int(len(ds.bios_tokens.ids)), "vocab_size": len(ds.tokenizer),
-                       "train_people": int(ds.is_train.sum()), "test_people": int((~ds.is_train).sum())})
+                       "train_people": int(ds.is_train.sum()), "test_people": int((~ds.is_train).sum())}, **meta)
     return out
 
 

@@ -2,7 +2,8 @@
 
 Text: "What is the birth city of Anya Briar Forger? Answer: Princeton, NJ." People are split into
 train_people (their QAs may be trained on) and test_people (held out: out-of-distribution
-extraction). Entry points: `split_people`, `make_qa`, `qa_records`.
+extraction). Entry points: `split_people`, `make_qa` / `qa_records` (kn's people) and
+`qa_documents` / `qa_records_of` (any people given as strings, e.g. imported biographies).
 """
 from __future__ import annotations
 
@@ -38,39 +39,55 @@ def split_people(n: int, train_fraction: float = 0.5, seed: int = 0) -> np.ndarr
     return is_train
 
 
-def make_qa(people: People, pools: Pools | None = None) -> Documents:
-    """Six QA documents per person (person-major, ATTRIBUTES order), as piece rows.
+def answer_piece(value: str) -> str:
+    """' <value>' as written before the closing '.': a value ending in '.' ('Acme Inc.') shares it."""
+    return " " + (value[:-1] if value.endswith(".") else value)
 
-    Spans: "name" and "answer" (the value after 'Answer:'). The prompt of a QA is every piece
-    before the answer; `meta["attribute"]` gives each row's attribute index.
+
+def qa_documents(ids: np.ndarray, names: list[str], values: dict[str, list[str]]) -> Documents:
+    """Six QA documents per person (person-major, ATTRIBUTES order), as piece rows, from strings:
+    person ids [N], names [N] and each attribute's values [N].
+
+    Spans: "name" and "answer" (the value after 'Answer:', without a final '.' of its own). The
+    prompt of a QA is every piece before the answer; `meta["attribute"]` gives each row's attribute.
     """
-    pools = pools or load_pools()
     table = PieceTable()
-    names = table.ids(" " + n for n in people.names(pools))
-    n, k = len(people), len(ATTRIBUTES)
+    name_ids = table.ids(" " + n for n in names)
+    n, k = len(names), len(ATTRIBUTES)
     rows = np.empty((n, k, 6), dtype=np.int64)
-    values = np.stack([table.ids(" " + v for v in people.values(a, pools)) for a in ATTRIBUTES], axis=1)
+    answers = np.stack([table.ids(answer_piece(v) for v in values[a]) for a in ATTRIBUTES], axis=1)
     for a, attr in enumerate(ATTRIBUTES):
         before, after = QUESTIONS[attr]
         rows[:, a] = [table.id(" " + before), 0, table.id(after), table.id(ANSWER), 0, table.id(".")]
-    rows[:, :, 1] = names[:, None]
-    rows[:, :, 4] = values
+    rows[:, :, 1] = name_ids[:, None]
+    rows[:, :, 4] = answers
     rows = rows.reshape(n * k, 6)
     col = lambda c: np.full((n * k, 1), c)  # noqa: E731
     spans = {"name": (col(1), rows[:, 1:2]), "answer": (col(4), rows[:, 4:5])}
-    return Documents(table.strings, rows, np.repeat(people.ids, k), spans,
+    return Documents(table.strings, rows, np.repeat(np.asarray(ids), k), spans,
                      meta={"kind": "qa", "attribute": np.tile(np.arange(k), n), "answer_col": 4})
 
 
-def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Pools | None = None) -> list[dict]:
-    """JSONL records: person, name, attribute, question, answer, split, text, spans."""
+def make_qa(people: People, pools: Pools | None = None) -> Documents:
+    """`qa_documents` of kn's own people (pool indices looked up as strings)."""
     pools = pools or load_pools()
-    names = people.names(pools)
-    values = {a: people.values(a, pools) for a in ATTRIBUTES}
+    return qa_documents(people.ids, people.names(pools), {a: people.values(a, pools) for a in ATTRIBUTES})
+
+
+def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Pools | None = None) -> list[dict]:
+    """JSONL records of `make_qa` documents (see `qa_records_of`)."""
+    pools = pools or load_pools()
+    return qa_records_of(docs, people.ids, people.names(pools), {a: people.values(a, pools) for a in ATTRIBUTES},
+                         is_train)
+
+
+def qa_records_of(docs: Documents, ids: np.ndarray, names: list[str], values: dict[str, list[str]],
+                  is_train: np.ndarray) -> list[dict]:
+    """JSONL records: person, name, attribute, question, answer, split, text, spans."""
     base = []
     for row, a in enumerate(docs.meta["attribute"].tolist()):
         i, attr = row // len(ATTRIBUTES), ATTRIBUTES[a]
-        base.append({"person": int(people.ids[i]), "name": names[i], "attribute": attr,
+        base.append({"person": int(ids[i]), "name": names[i], "attribute": attr,
                      "question": question(attr, names[i]), "answer": values[attr][i],
                      "split": "train" if is_train[i] else "test"})
     return docs.records(base)

@@ -5,28 +5,38 @@ elsewhere:
 
     {"person": 17,                      # person id, shared by all biographies of one person
      "name": "Anya Briar Forger",
-     "pronoun": "she",                  # "he" | "she" (optional in loaded files)
+     "pronoun": "she",                  # "he" | "she" | "they" (optional in loaded files)
      "group": "plain",                  # population: "plain" | "celebrity" | "minority"
      "attributes": {"birth_date": "October 2, 1996", "birth_city": "Princeton, NJ",
                     "university": "...", "major": "...", "company_name": "...",
                     "company_city": "..."},
      "text": "Anya Briar Forger was born on October 2, 1996. She ...",
-     "spans": {"name": [[0, 17]], "birth_date": [[30, 45]], ...}}
+     "spans": {"name": [[0, 17]], "birth_date": [[30, 45]], ...},
+     "extra": {"source": "..."}}        # only in loaded files: their other keys, as strings
 
 `spans[key]` lists the [start, end) character offsets of every place the name or the attribute value
 is written in `text`. In bioS, text[start:end] equals the value; in bioR it may be another surface
-form of it ("2nd October 1996", "MIT"). Entry points: `write_jsonl`, `read_jsonl`, `load_bios`
-(accepts the authors' generator records: name + six attributes + text, spans found by search).
+form of it ("2nd October 1996", "MIT"). A span never ends in ".": a value such as "Acme Inc." ends
+the sentence with its own full stop, and its span stops before it (kn.data.qa writes such an
+answer the same way). Entry points: `write_jsonl`, `read_jsonl`, `read_bios` / `load_bios`.
+
+`read_bios` also accepts records made by other generators: flat ones (name, the six attributes or
+their aliases and a text), a nested person dict ({"person": {"name": ..., "birth_date": ...},
+"texts": [...]}), several texts per record (each becomes one biography), spans given as [s, e] or
+[[s, e], ...] or found by search, a pronoun in any case. A bad record is one line naming its line
+number and field.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company_name", "company_city")
 
-# Keys used by other generators for the same six attributes (e.g. the authors' public code).
+# Keys used by other generators for the same six attributes (e.g. the authors' public code). An alias
+# is read only when the attribute is not given under its own name (otherwise it is kept in "extra").
 ATTRIBUTE_ALIASES = {
     "birthday": "birth_date", "birthdate": "birth_date", "b_date": "birth_date",
     "birthcity": "birth_city", "b_city": "birth_city",
@@ -34,6 +44,9 @@ ATTRIBUTE_ALIASES = {
     "company": "company_name", "company1name": "company_name", "employer": "company_name",
     "c_name": "company_name", "company1city": "company_city", "c_city": "company_city",
 }
+PRONOUNS = ("he", "she", "they")
+RECORD_KEYS = ("person", "person_id", "name", "pronoun", "group", "attributes", "text", "texts", "spans")
+_YEAR = re.compile(r"\d{3,4}")   # a birth date names its year; a day-of-month field ("2") does not
 
 
 class DataError(ValueError):
@@ -53,8 +66,8 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
     return n
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    """Yield the records of a JSONL file, with the line number in any error."""
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict | DataError]]:
+    """(line number, record) of a JSONL file; an unreadable line gives a DataError instead."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"path: no such JSONL file {str(path)!r}")
@@ -65,10 +78,19 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+                yield lineno, DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line")
+                continue
             if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield rec
+                rec = DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    """Yield the records of a JSONL file, with the line number in any error."""
+    for _, rec in jsonl_lines(path):
+        if isinstance(rec, DataError):
+            raise rec
+        yield rec
 
 
 def find_spans(text: str, value: str) -> list[list[int]]:
@@ -80,47 +102,214 @@ def find_spans(text: str, value: str) -> list[list[int]]:
     return spans
 
 
-def normalize_record(rec: dict, where: str = "record") -> dict:
-    """Return `rec` in kn's schema: aliases renamed, spans found where missing, all checked."""
-    attrs = rec.get("attributes")
-    if attrs is None:  # flat records: name + six attributes + text
-        attrs = {ATTRIBUTE_ALIASES.get(k, k): v for k, v in rec.items() if ATTRIBUTE_ALIASES.get(k, k) in ATTRIBUTES}
-    else:
-        attrs = {ATTRIBUTE_ALIASES.get(k, k): v for k, v in attrs.items()}
-    missing = [a for a in ATTRIBUTES if a not in attrs]
-    for key in ("name", "text"):
-        if not isinstance(rec.get(key), str):
-            raise DataError(f"{where}: field {key!r} must be a string; a biography record needs name, text and the six attributes {ATTRIBUTES}")
+def _short(value) -> str:
+    s = repr(value)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _bad(where: str, field: str, value, allowed: str) -> DataError:
+    return DataError(f"{where}: field {field!r}: got {_short(value)}; allowed: {allowed}")
+
+
+def _flatten(rec: dict, where: str) -> tuple[dict, object]:
+    """Lift a nested person dict to the top level; returns (fields, person id or None)."""
+    person = rec.get("person")
+    if not isinstance(person, dict):
+        pid = person if person is not None else rec.get("person_id")
+        return {k: v for k, v in rec.items() if k not in ("person", "person_id")}, pid
+    fields = {k: v for k, v in rec.items() if k != "person"}
+    for k, v in person.items():
+        if k in ("id", "person_id"):
+            continue
+        if k in fields and fields[k] != v:
+            raise _bad(where, f"person.{k}", v, f"the value given at the top level ({_short(fields[k])}) or only one of them")
+        fields[k] = v
+    pid = person.get("id", person.get("person_id", fields.pop("person_id", None)))
+    return fields, pid
+
+
+def _check_value(where: str, key: str, attr: str, value) -> str:
+    if attr == "birth_date" and not (isinstance(value, str) and _YEAR.search(value)):
+        raise _bad(where, key, value, f"a full birth date with its year as a string, e.g. 'October 2, 1996' (read as "
+                                      f"{attr}; a day-of-month, month or year field cannot stand for it)")
+    if not isinstance(value, str) or value.strip(". ") == "":
+        raise _bad(where, key, value, f"{attr} as a non-empty string")
+    return value
+
+
+def _attributes(fields: dict, where: str) -> tuple[dict, set]:
+    """The six attribute values (aliases resolved and checked) and the keys that gave them."""
+    nested = fields.get("attributes", {})
+    if not isinstance(nested, dict):
+        raise _bad(where, "attributes", nested, f"an object with the keys {ATTRIBUTES}")
+    given = {**{k: v for k, v in fields.items() if k != "attributes"}, **nested}
+    values, used = {}, set()
+    for attr in ATTRIBUTES:
+        if attr in nested and attr in fields and nested[attr] != fields[attr]:
+            raise _bad(where, attr, fields[attr], f"one value (attributes.{attr} says {_short(nested[attr])})")
+        keys = [attr] if attr in given else [k for k in given if ATTRIBUTE_ALIASES.get(k) == attr]
+        if len(keys) > 1:
+            raise DataError(f"{where}: fields {keys} all stand for {attr}; allowed: one of them")
+        if keys:
+            values[attr] = _check_value(where, keys[0], attr, given[keys[0]])
+            used.add(keys[0])
+    missing = [a for a in ATTRIBUTES if a not in values]
     if missing:
-        raise DataError(f"{where}: missing attributes {missing}; expected {ATTRIBUTES} (or the aliases {sorted(ATTRIBUTE_ALIASES)})")
-    text = rec["text"]
-    spans = rec.get("spans") or {}
-    spans = {ATTRIBUTE_ALIASES.get(k, k): v for k, v in spans.items()}
-    for key, value in [("name", rec["name"])] + [(a, attrs[a]) for a in ATTRIBUTES]:
-        if key not in spans:
-            spans[key] = find_spans(text, str(value))
-        if not spans[key]:
-            raise DataError(f"{where}: {key} {value!r} does not occur in the text and no span was given")
-        for s, e in spans[key]:
-            if not (0 <= s < e <= len(text)):
-                raise DataError(f"{where}: span {key} [{s}, {e}] lies outside the text (length {len(text)})")
-    out = {"person": rec.get("person"), "name": rec["name"], "pronoun": rec.get("pronoun"),
-           "group": rec.get("group", "plain"), "attributes": {a: str(attrs[a]) for a in ATTRIBUTES},
-           "text": text, "spans": {k: spans[k] for k in ("name",) + ATTRIBUTES}}
+        raise DataError(f"{where}: field {missing[0]!r}: missing (also missing: {missing[1:]}); a biography record "
+                        f"needs name, text and the six attributes {ATTRIBUTES} (or the aliases {sorted(ATTRIBUTE_ALIASES)})")
+    return values, used
+
+
+def _extra(fields: dict, used: set) -> dict:
+    """Keys kn does not read, kept as strings (JSON for non-strings)."""
+    items = [(k, v) for k, v in fields.items() if k not in RECORD_KEYS and k not in used]
+    items += [(f"attributes.{k}", v) for k, v in fields.get("attributes", {}).items() if k not in used]
+    return {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in items}
+
+
+def _texts(fields: dict, where: str) -> list[tuple[str, dict | None, str]]:
+    """(text, given spans or None, field name) for every text of a record."""
+    if "text" in fields and "texts" in fields:
+        raise DataError(f"{where}: fields 'text' and 'texts' both given; allowed: one of them")
+    key = "texts" if "texts" in fields else "text"
+    raw = fields.get(key)
+    allowed = "a string, or a non-empty list of strings or of {'text': ..., 'spans': {...}} objects"
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise _bad(where, key, raw, allowed)
+    spans = fields.get("spans")
+    if spans is not None and not isinstance(spans, (dict, list)):
+        raise _bad(where, "spans", spans, "an object key -> [s, e] or [[s, e], ...], or a list of them, one per text")
+    if isinstance(spans, dict):
+        if len(items) > 1:
+            raise _bad(where, "spans", spans, f"a list of {len(items)} span objects, one per text, when there are several texts")
+        spans = [spans]
+    if spans is not None and len(spans) != len(items):
+        raise _bad(where, "spans", spans, f"a list of {len(items)} span objects, one per text")
+    out = []
+    for i, item in enumerate(items):
+        name = key if isinstance(raw, str) else f"{key}[{i}]"
+        given = spans[i] if spans is not None else None
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            item, given = item["text"], item.get("spans", given)
+        if not isinstance(item, str) or not item.strip():
+            raise _bad(where, name, item, allowed)
+        if given is not None and not isinstance(given, dict):
+            raise _bad(where, f"spans of {name}", given, "an object key -> [s, e] or [[s, e], ...]")
+        out.append((item, given, name))
     return out
 
 
-def load_bios(path: str | Path) -> list[dict]:
-    """Read a biography JSONL (kn's or a flat name + attributes + text one) into kn's schema.
+def _trim(text: str, span: list[int]) -> list[int]:
+    """A span never ends in '.': the full stop after a value such as 'Acme Inc.' stays outside."""
+    s, e = span
+    return [s, e - 1] if e - s > 1 and text[e - 1] == "." else [s, e]
 
-    Records without a person id are numbered by first appearance of their name.
+
+def _given_spans(text: str, value, where: str, key: str) -> list[list[int]]:
+    """[s, e] or [[s, e], ...] -> checked, trimmed [[s, e], ...]."""
+    pair = lambda p: isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in p)  # noqa: E731
+    pairs = [value] if pair(value) else value
+    if not isinstance(pairs, list) or not pairs or not all(pair(p) for p in pairs):
+        raise _bad(where, key, value, "[start, end] or a list of [start, end] pairs (integers)")
+    for s, e in pairs:
+        if not (0 <= s < e <= len(text)):
+            raise _bad(where, key, [s, e], f"0 <= start < end <= {len(text)} (the text's length)")
+        if text[s].isspace() or text[e - 1].isspace():
+            raise _bad(where, key, [s, e], f"a span that starts and ends inside the value, not on a space "
+                                           f"(it covers {text[s:e]!r})")
+    return [_trim(text, p) for p in pairs]
+
+
+def _spans(text: str, given: dict | None, values: dict, where: str) -> dict:
+    """Spans of the name and every attribute: given ones checked, the rest found in the text."""
+    given = {ATTRIBUTE_ALIASES.get(k, k): v for k, v in (given or {}).items()}
+    spans = {k: _given_spans(text, v, where, f"spans.{k}") for k, v in given.items()}
+    for key, value in values.items():
+        if key not in spans:
+            spans[key] = [_trim(text, sp) for sp in find_spans(text, value)]
+        if not spans[key]:
+            raise _bad(where, key, value, "a value written in the text, or a span for it under 'spans'")
+    return {k: spans[k] for k in values} | {k: v for k, v in spans.items() if k not in values}
+
+
+def normalize_record(rec: dict, where: str = "record") -> list[dict]:
+    """The biographies of one record in kn's schema (one per text); person is the given id or None."""
+    fields, pid = _flatten(rec, where)
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (int, str))):
+        raise _bad(where, "person", pid, "an integer or string id, or a person object")
+    name = fields.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise _bad(where, "name", name, "a non-empty string")
+    pronoun = fields.get("pronoun")
+    if pronoun is not None and (not isinstance(pronoun, str) or pronoun.lower() not in PRONOUNS):
+        raise _bad(where, "pronoun", pronoun, f"{', '.join(PRONOUNS)} in any case")
+    group = fields.get("group", "plain")
+    if not isinstance(group, str):
+        raise _bad(where, "group", group, "a string such as 'plain'")
+    attrs, used = _attributes(fields, where)
+    extra = _extra(fields, used)
+    out = []
+    for text, given, field in _texts(fields, where):
+        rec_out = {"person": pid, "name": name, "pronoun": pronoun and pronoun.lower(), "group": group,
+                   "attributes": attrs, "text": text,
+                   "spans": _spans(text, given, {"name": name, **attrs}, f"{where}: {field}")}
+        out.append(rec_out | ({"extra": extra} if extra else {}))
+    return out
+
+
+class _People:
+    """Checks that the records of one person agree and that one name is one person."""
+
+    def __init__(self):
+        self.first: dict = {}      # person key -> (where, name, attributes)
+        self.by_name: dict = {}    # name -> person key
+
+    def check(self, key, rec: dict, where: str) -> None:
+        if key in self.first:
+            at, name, attrs = self.first[key]
+            for field, old, new in [("name", name, rec["name"])] + [(a, attrs[a], rec["attributes"][a]) for a in ATTRIBUTES]:
+                if old != new:
+                    raise _bad(where, field, new, f"{_short(old)}, as given for the same person at {at}")
+            return
+        if self.by_name.get(rec["name"], key) != key:
+            raise _bad(where, "name", rec["name"], "a name not already used by another person (names must be unique)")
+        self.first[key], self.by_name[rec["name"]] = (where, rec["name"], rec["attributes"]), key
+
+
+def read_bios(path: str | Path, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
+    """Biographies of a JSONL file in kn's schema, and the messages of records skipped (skip_bad).
+
+    Person ids: kept when every record gives an integer id; otherwise numbered by first appearance
+    of the id (or, without one, of the name), a given id kept as extra "source_person".
     """
-    records, ids = [], {}
-    for i, rec in enumerate(read_jsonl(path)):
-        rec = normalize_record(rec, where=f"{path}: record {i + 1}")
-        if rec["person"] is None:
-            rec["person"] = ids.setdefault(rec["name"], len(ids))
-        records.append(rec)
-    if not records:
-        raise DataError(f"path: {str(path)!r} holds no records")
-    return records
+    bios, skipped, keys, people = [], [], [], _People()
+    for lineno, rec in jsonl_lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            found = normalize_record(rec, where)
+            key = ("id", found[0]["person"]) if found[0]["person"] is not None else ("name", found[0]["name"])
+            people.check(key, found[0], where)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        bios += found
+        keys += [key] * len(found)
+    if not bios:
+        raise DataError(f"path: {str(path)!r} holds no readable biography records ({len(skipped)} skipped)")
+    if not all(k[0] == "id" and isinstance(k[1], int) for k in keys):
+        number = {}
+        for rec, key in zip(bios, keys):
+            if key[0] == "id":
+                rec.setdefault("extra", {})["source_person"] = str(key[1])
+            rec["person"] = number.setdefault(key, len(number))
+    return bios, skipped
+
+
+def load_bios(path: str | Path) -> list[dict]:
+    """Read a biography JSONL (kn's or another generator's) into kn's schema; a bad record is an error."""
+    return read_bios(path)[0]
