@@ -1,32 +1,55 @@
-"""Result files: JSON and CSV that carry their provenance.
+"""Result files: JSON and CSV that carry their provenance, written so that a crash loses nothing.
 
 Every file the book reads is written here, with the config, seed, git commit, hardware and wall
-time of the run that made it (STYLE.md, "Results"). Entry points: `provenance`, `write_json`,
-`read_json`, `append_csv`.
+time of the run that made it (STYLE.md, "Results"). A JSON is written under a temporary name, then
+renamed. When the `kn` package differs from its commit, the patch is kept beside the JSON as
+<name>.diff and the provenance names it with its sha256. A CSV grows one row at a time: each row
+is one write to a file opened for appending, under an fcntl lock, with its columns checked against
+the header; an unfinished last line (a crash mid-write) is dropped with a warning.
+Entry points: `provenance`, `write_json`, `read_json`, `append_csv`, `read_csv`, `folder_path`,
+`atomic_file`.
 """
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
+import io
 import json
+import logging
 import os
 import platform
 import subprocess
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kn.data.records import DataError
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The checkout's HEAD commit (with '-dirty' if the tree has changes), or None outside git."""
-    cwd = str(cwd or Path(__file__).resolve().parent)
+PACKAGE = Path(__file__).resolve().parent
+log = logging.getLogger(__name__)
+
+
+def _git(*args: str, cwd: Path = PACKAGE) -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        if head.returncode:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
+        r = subprocess.run(["git", *args], cwd=str(cwd), capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
+    return r.stdout if r.returncode in (0, 1) else None     # `diff --no-index` exits 1 on a difference
+
+
+def git_state(cwd: str | Path | None = None) -> dict:
+    """HEAD's commit and the patch of the package against it (tracked changes and untracked files
+    under the package folder; results written elsewhere in the tree do not count)."""
+    cwd = Path(cwd or PACKAGE)
+    head = _git("rev-parse", "HEAD", cwd=cwd)
+    if head is None:
+        return {"commit": None, "diff": ""}
+    diff = _git("diff", "HEAD", "--binary", "--", ".", cwd=cwd) or ""
+    for name in (_git("ls-files", "--others", "--exclude-standard", "--", ".", cwd=cwd) or "").split("\n"):
+        if name:
+            diff += _git("diff", "--no-index", "--binary", "--", "/dev/null", name, cwd=cwd) or ""
+    return {"commit": head.strip(), "diff": diff}
 
 
 def hardware() -> dict:
@@ -42,19 +65,52 @@ def hardware() -> dict:
     return info
 
 
-def provenance(config=None, seed=None, wall_time: float | None = None) -> dict:
-    return {"config": config, "seed": seed, "git_commit": git_commit(), "hardware": hardware(),
-            "wall_time_s": None if wall_time is None else round(wall_time, 3),
+def provenance(config=None, seed=None, wall_time: float | None = None, git: dict | None = None,
+               diff_file: str | None = None) -> dict:
+    """Config, seed, git commit (git_dirty, and the patch's file and sha256 when dirty), hardware, times."""
+    git = git_state() if git is None else git
+    dirty = bool(git["diff"])
+    return {"config": config, "seed": seed, "git_commit": git["commit"], "git_dirty": dirty,
+            "git_diff": diff_file if dirty else None,
+            "git_diff_sha256": hashlib.sha256(git["diff"].encode()).hexdigest() if dirty else None,
+            "hardware": hardware(), "wall_time_s": None if wall_time is None else round(wall_time, 3),
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def write_json(path: str | Path, config=None, seed=None, wall_time: float | None = None, **data) -> Path:
-    """Write `data` plus provenance to `path` (atomically: temp file, then rename)."""
+def folder_path(path: str | Path, name: str = "out") -> Path:
+    """`path` as a folder to write into; DataError naming `name` if it or a folder above it is a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**data, "provenance": provenance(config, seed, wall_time)}, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise DataError(f"{name}: {str(p)!r} is a file, so {str(path)!r} cannot be a folder; choose another path")
+    return path
+
+
+@contextmanager
+def atomic_file(path: str | Path):
+    """Yields a temporary path beside `path`; renamed onto `path` when the block ends without error."""
+    path = Path(path)
+    folder_path(path.parent, "path").mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, config=None, seed=None, wall_time: float | None = None, **data) -> Path:
+    """Write `data` plus provenance to `path` (atomically); a dirty package's patch goes to <name>.diff."""
+    path = Path(path)
+    git, diff = git_state(), path.with_suffix(".diff")
+    if git["diff"]:
+        with atomic_file(diff) as tmp:
+            tmp.write_text(git["diff"])
+    else:
+        diff.unlink(missing_ok=True)                       # a patch from an earlier, dirty write
+    record = {**data, "provenance": provenance(config, seed, wall_time, git, diff.name)}
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 
@@ -62,14 +118,59 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+# ----------------------------------------------------------------------------- CSV
+
+
+def _complete(data: bytes, path: Path) -> int:
+    """Length of `data` up to its last newline; warns about an unfinished last line past it."""
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping an unfinished last line (%d bytes, a write that stopped part-way): %r",
+                    path, len(data) - end, data[end:end + 80])
+    return end
+
+
+def _line(values: list) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return buf.getvalue().encode()
+
+
+def _columns(header: list[str], row: dict, path: Path) -> list:
+    """The row's values in header order; DataError if its keys are not the header's."""
+    new, missing = [k for k in row if k not in header], [k for k in header if k not in row]
+    if new or missing:
+        raise DataError(f"results: the row's columns differ from the header of {str(path)!r} "
+                        f"(new: {new}, missing: {missing}); write these rows to another CSV")
+    return [row[k] for k in header]
+
+
 def append_csv(path: str | Path, row: dict) -> Path:
-    """Append one row (writing the header for a new file); columns are the first row's keys."""
+    """Append one row (the header first for a new file) in one write, under an fcntl lock on the
+    file, then fsync: a crash leaves whole rows, plus at most an unfinished line that the next
+    append or read drops. Columns must be the header's (in any order)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    folder_path(path.parent, "results").mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(path, "rb") as f:
+            data = f.read()
+        end = _complete(data, path)
+        if end < len(data):
+            os.ftruncate(fd, end)
+        header = next(csv.reader(io.StringIO(data[:end].decode(), newline="")), None)
+        text = _line(list(row)) + _line(list(row.values())) if header is None else _line(_columns(header, row, path))
+        while text:
+            text = text[os.write(fd, text):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)                                        # also releases the lock
     return path
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """The rows of a CSV written by append_csv, as strings (an unfinished last line is left out)."""
+    path = Path(path)
+    data = path.read_bytes()
+    return list(csv.DictReader(io.StringIO(data[:_complete(data, path)].decode(), newline="")))

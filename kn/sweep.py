@@ -2,25 +2,31 @@
 
 A point is a dict of plain values; its key is the point as sorted JSON. `run_sweep(points, fn, csv)`
 calls the module-level function `fn(point) -> dict` for every point whose key is not yet in the
-CSV, and appends {key, **point, **fn(point)} as each one finishes, so a sweep can be stopped and
-continued in parts. Executors:
+CSV, and appends {key, **point, **fn(point)} as each one finishes (kn.results.append_csv: one
+locked write per row, columns checked against the header), so a sweep can be stopped and
+continued in parts. Before running a point a sweep claims it: an fcntl lock on
+<csv>.claims/<hash of the key>.lock, held until its row is written. Two sweeps on one CSV share
+the work: each skips the points the other has finished or holds, then waits for those it skipped
+and runs any whose holder died without writing a row. Executors:
   local     in this process, one after another (workers=1), or `workers` processes at once
             (several small models on one under-used GPU)
   submitit  one job per point through submitit: cluster="slurm" on a SLURM cluster, "local" to
-            test; the results are gathered and written here, so skipping works the same
+            test; the results are gathered and written here, so skipping and claims work the same
 """
 from __future__ import annotations
 
-import csv
+import fcntl
+import hashlib
 import json
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
 from kn.data.records import DataError
-from kn.results import append_csv
+from kn.results import append_csv, folder_path, read_csv
 
 EXECUTORS = ("local", "submitit")
 log = logging.getLogger(__name__)
@@ -37,16 +43,12 @@ def point_key(point: dict) -> str:
 
 def done_keys(path: str | Path) -> set[str]:
     path = Path(path)
-    if not path.is_file():
-        return set()
-    with open(path, newline="") as f:
-        return {row["key"] for row in csv.DictReader(f)}
+    return {row["key"] for row in read_csv(path)} if path.is_file() else set()
 
 
 def read_rows(path: str | Path) -> list[dict]:
     """The CSV's rows with numbers parsed back (JSON where it parses, else the string)."""
-    with open(path, newline="") as f:
-        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [{k: _parse(v) for k, v in row.items()} for row in read_csv(path)]
 
 
 def _parse(v: str):
@@ -60,42 +62,110 @@ def _row(point: dict, result: dict) -> dict:
     return {"key": point_key(point), **point, **result}
 
 
+# ----------------------------------------------------------------------------- claims
+
+
+def claims_folder(results: Path) -> Path:
+    return results.with_name(results.name + ".claims")
+
+
+def _claim(folder: Path, key: str, wait: bool) -> tuple[Path, int] | None:
+    """(lock file, open fd holding its lock) for `key`, or None if another process holds it and not
+    `wait`. Checked after locking to still be the file at its path (a releaser unlinks it first)."""
+    path = folder / (hashlib.sha1(key.encode()).hexdigest()[:20] + ".lock")
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:                           # the folder was removed in between
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return path, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)                                        # locked a file that was unlinked: retry
+
+
+def _release(claim: tuple[Path, int]) -> None:
+    path, fd = claim
+    path.unlink(missing_ok=True)
+    os.close(fd)
+    try:
+        path.parent.rmdir()                                 # the last claim gone: no folder left behind
+    except OSError:
+        pass
+
+
+def _claim_points(points: list[dict], results: Path, wait: bool) -> tuple[dict, list[dict]]:
+    """({key: (point, claim)} of the points now held here that have no row yet, the points held elsewhere)."""
+    held, busy = {}, []
+    for p in points:
+        claim = _claim(claims_folder(results), point_key(p), wait)
+        if claim is None:
+            busy.append(p)
+        else:
+            held[point_key(p)] = (p, claim)
+    done = done_keys(results)                               # read after claiming: a holder writes its row, then releases
+    for key in [k for k in held if k in done]:
+        _release(held.pop(key)[1])
+    return held, busy
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
 def run_sweep(points: list[dict], fn: Callable[[dict], dict], results: str | Path, executor: str = "local",
               workers: int = 1, folder: str | Path | None = None, cluster: str = "slurm",
               slurm: dict | None = None) -> list[dict]:
     """Run the points not yet in `results`; returns the rows written by this call."""
     if executor not in EXECUTORS:
         raise DataError(f"executor: got {executor!r}; allowed: {', '.join(EXECUTORS)}")
-    if not isinstance(workers, int) or workers < 1:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise DataError(f"workers: got {workers!r}; allowed: an integer >= 1")
-    done = done_keys(results)
-    todo = [p for p in points if point_key(p) not in done]
-    log.info("sweep %s: %d points, %d done, %d to run", results, len(points), len(points) - len(todo), len(todo))
+    results = Path(results)
+    folder_path(results.parent, "results")
+    unique = list({point_key(p): p for p in points}.values())
+    rows, pending, wait = [], unique, False
+    while pending:
+        held, pending = _claim_points(pending, results, wait)
+        log.info("sweep %s: %d points, %d to run here, %d held by another sweep", results, len(unique),
+                 len(held), len(pending))
+
+        def finish(p: dict, result: dict) -> None:
+            rows.append(_row(p, result))
+            append_csv(results, rows[-1])
+            _release(held.pop(rows[-1]["key"])[1])
+        try:
+            _run([p for p, _ in held.values()], fn, finish, executor, workers,
+                 folder or results.with_suffix(".jobs"), cluster, slurm or {})
+        finally:
+            for _, claim in held.values():
+                _release(claim)
+        wait = True                                          # then wait for the points another sweep held
+    return rows
+
+
+def _run(todo, fn, finish, executor, workers, folder, cluster, slurm) -> None:
+    """Run `todo`, calling finish(point, result) as each one ends."""
     if not todo:
-        return []
+        return
     if executor == "submitit":
-        return _submitit(todo, fn, results, folder or Path(results).with_suffix(".jobs"), cluster, slurm or {})
-    rows = []
-    if workers == 1:
+        import submitit
+        ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+        ex.update_parameters(**slurm)
+        for p, job in [(p, ex.submit(fn, p)) for p in todo]:
+            finish(p, job.result())
+    elif workers == 1:
         for p in todo:
-            rows.append(_row(p, fn(p)))
-            append_csv(results, rows[-1])
-        return rows
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(fn, p): p for p in todo}
-        for fut in as_completed(futures):
-            rows.append(_row(futures[fut], fut.result()))
-            append_csv(results, rows[-1])
-    return rows
-
-
-def _submitit(todo, fn, results, folder, cluster, slurm) -> list[dict]:
-    import submitit
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    ex.update_parameters(**slurm)
-    jobs = [(p, ex.submit(fn, p)) for p in todo]
-    rows = []
-    for p, job in jobs:
-        rows.append(_row(p, job.result()))
-        append_csv(results, rows[-1])
-    return rows
+            finish(p, fn(p))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(fn, p): p for p in todo}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
