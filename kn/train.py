@@ -10,21 +10,30 @@ Training length is counted in exposures: passes over every biography (pretrain, 
 every train QA (finetune). AdamW, linear warmup then cosine to min_lr_ratio * lr. Device
 placement, bf16 autocast and data parallel come from `accelerate` (`accelerate launch` works);
 torch.compile is used on GPU. A checkpoint (every `checkpoint_every` steps and on SIGTERM/SIGINT)
-is a `save_pretrained` folder plus state.pt (trainable weights, optimizer, scheduler, RNG, step),
-written under a temporary name then renamed; `resume=True` continues bit-exactly on CPU.
+is a `save_pretrained` folder plus state.pt (trainable weights, optimizer, scheduler, RNG, step)
+and state.json (step, config; written last), written under a temporary name and swapped in with
+the old one renamed aside, so a crash at any moment leaves a complete one that the next run
+recovers; `resume=True` continues bit-exactly on CPU, and refuses settings that differ from the
+checkpoint's. A run folder is locked (fcntl, out/train.lock) against a second writer, and a new
+run refuses a folder that holds a checkpoint or a model unless `overwrite=True`. LoRA's
+initialisation is drawn from the config's seed.
 Entry points: `TrainConfig`, `load_config`, `train`.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import signal
 import time
 import tomllib
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
+from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +43,12 @@ from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs,
 from kn.data.dataset import load_encoded
 from kn.data.records import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
-from kn.results import write_json
+from kn.results import atomic_file, folder_path, write_json
 from kn.tokenize import Encoded, load_tokenizer, pack, ragged_gather
 
 MODES = ("pretrain", "mixed", "finetune")
 IGNORE = -100
+MAX_EXPOSURES = 100_000    # the papers' longest runs are 1000 exposures; more is a typo that would train for weeks
 log = logging.getLogger(__name__)
 
 
@@ -69,19 +79,20 @@ class TrainConfig:
 
     def __post_init__(self):
         if isinstance(self.model, dict):
-            object.__setattr__(self, "model", ModelConfig(**self.model))
+            try:
+                object.__setattr__(self, "model", ModelConfig(**self.model))
+            except TypeError as e:
+                raise DataError(f"model: {e}") from None
+        if not isinstance(self.model, ModelConfig):
+            raise DataError(f"model: got {self.model!r}; allowed: a ModelConfig or a [model] table")
+        check_types(self)
         if self.mode not in MODES:
             raise DataError(f"mode: got {self.mode!r}; allowed: {', '.join(MODES)}")
         if self.mode == "finetune" and not self.init:
             raise DataError("init: finetune needs the pretrained model folder (init = '.../model')")
-        checks = {"exposures": self.exposures > 0, "batch_size": self.batch_size >= 1, "window": self.window >= 8,
-                  "lr": self.lr > 0, "qa_fraction": 0 <= self.qa_fraction < 1, "lora_rank": self.lora_rank >= 0,
-                  "lora_embed_rank": self.lora_embed_rank >= 0, "warmup": self.warmup >= 0,
-                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "log_every": self.log_every >= 1,
-                  "checkpoint_every": self.checkpoint_every >= 0}
-        for name, ok in checks.items():
+        for name, (ok, allowed) in self.ranges().items():
             if not ok:
-                raise DataError(f"{name}: got {getattr(self, name)!r}; see TrainConfig for the allowed range")
+                raise DataError(f"{name}: got {getattr(self, name)!r}; allowed: {allowed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise DataError(f"device: got {self.device!r}; allowed: auto, cpu, cuda")
         if self.compile not in ("auto", "on", "off"):
@@ -89,13 +100,51 @@ class TrainConfig:
         if self.window > self.model.context:
             raise DataError(f"window: {self.window} exceeds the model context {self.model.context}")
 
+    def ranges(self) -> dict:
+        """{field: (within range, what is allowed)}."""
+        return {"exposures": (0 < self.exposures <= MAX_EXPOSURES, f"a number > 0 and <= {MAX_EXPOSURES:,}"),
+                "batch_size": (self.batch_size >= 1, "an integer >= 1"), "window": (self.window >= 8, "an integer >= 8"),
+                "lr": (self.lr > 0, "a number > 0"), "qa_fraction": (0 <= self.qa_fraction < 1, "0 <= x < 1"),
+                "lora_rank": (self.lora_rank >= 0, "an integer >= 0 (0 = full finetune)"),
+                "lora_embed_rank": (self.lora_embed_rank >= 0, "an integer >= 0"),
+                "warmup": (self.warmup >= 0, "a number >= 0 (< 1: fraction of the steps, >= 1: steps)"),
+                "min_lr_ratio": (0 <= self.min_lr_ratio <= 1, "0 <= x <= 1"),
+                "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
+                "grad_clip": (self.grad_clip >= 0, "a number > 0, or 0 for no clipping"),
+                "seed": (self.seed >= 0, "an integer >= 0"), "log_every": (self.log_every >= 1, "an integer >= 1"),
+                "checkpoint_every": (self.checkpoint_every >= 0, "an integer >= 0 (0 = only at the end)"),
+                "max_steps": (self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or unset")}
+
+
+KINDS = {"int": ("batch_size", "window", "lora_rank", "lora_embed_rank", "seed", "checkpoint_every", "log_every",
+                 "max_steps"),
+         "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip"),
+         "str": ("data", "out", "mode", "device", "compile", "init")}
+OPTIONAL = ("init", "max_steps")
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """DataError naming the first field whose value is not an integer / finite number / string."""
+    test = {"int": lambda v: isinstance(v, Integral) and not isinstance(v, bool),
+            "number": lambda v: isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v),
+            "str": lambda v: isinstance(v, (str, os.PathLike))}
+    for kind, names in KINDS.items():
+        for name in names:
+            v = getattr(cfg, name)
+            if not (test[kind](v) or (v is None and name in OPTIONAL)):
+                allowed = {"int": "an integer", "number": "a finite number", "str": "a string"}[kind]
+                raise DataError(f"{name}: got {v!r}; allowed: {allowed}")
+
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
     """A TrainConfig from a TOML file (top-level keys plus a [model] table)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"config: no such file {str(path)!r}")
-    raw = tomllib.loads(path.read_text()) | overrides
+    try:
+        raw = tomllib.loads(path.read_text()) | overrides
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"config: {str(path)!r} is not valid TOML ({e})") from None
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(raw) - known
     if unknown:
@@ -247,13 +296,14 @@ def make_model(cfg: TrainConfig, vocab_size: int):
     if getattr(model.config, "intermediate_size", 1) == 0:
         remove_mlp_bias(model)          # attention-only stays attention-only when finetuned
     if cfg.lora_rank:
-        model = add_lora(model, cfg.lora_rank, cfg.lora_embed_rank)
+        model = add_lora(model, cfg.lora_rank, cfg.lora_embed_rank, seed=cfg.seed)
     return model
 
 
-def add_lora(model, rank: int, embed_rank: int = 0):
+def add_lora(model, rank: int, embed_rank: int = 0, seed: int = 0):
     """peft LoRA: rank `rank` on the attention's query/value (GPT-NeoX fuses q, k, v in one matrix),
-    rank `embed_rank` on the input embedding."""
+    rank `embed_rank` on the input embedding; the adapters' random init is drawn from `seed`
+    (torch's global RNG is left as it was)."""
     from peft import LoraConfig, get_peft_model
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     attn = ["query_key_value"] if "query_key_value" in names else ["q_proj", "v_proj"]
@@ -262,7 +312,9 @@ def add_lora(model, rank: int, embed_rank: int = 0):
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, lora_dropout=0.0,
                         rank_pattern={emb: embed_rank} if embed_rank else {},
                         alpha_pattern={emb: 2 * embed_rank} if embed_rank else {})
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def optimizer_for(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -283,9 +335,24 @@ def trainable_state(model) -> dict:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _aside(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{path.name}.{suffix}")
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Replace folder `path` by `tmp`: the old one is renamed aside first and deleted last, so at
+    every moment one complete folder exists under path, path.tmp or path.old (recover_checkpoint)."""
+    old = _aside(path, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_model(model, tokenizer, path: Path) -> None:
     """A from_pretrained folder (LoRA merged into a copy), written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _aside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     to_save = model
     if hasattr(model, "merge_and_unload"):
@@ -301,12 +368,12 @@ def save_model(model, tokenizer, path: Path) -> None:
         to_save = to_save.merge_and_unload()
     to_save.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    swap_in(tmp, path)
 
 
 def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, cfg: TrainConfig) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Model, state.pt, then state.json (the mark of a complete checkpoint) in path.tmp; swapped in."""
+    tmp = _aside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, tokenizer, tmp / "model")
@@ -314,12 +381,41 @@ def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, cfg: Tr
     torch.save({"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": rng, "step": step}, tmp / "state.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2, default=str))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    swap_in(tmp, path)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a complete checkpoint folder (its state.json is readable), else None."""
+    try:
+        return int(json.loads((path / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recover_checkpoint(path: Path) -> Path | None:
+    """After a crash mid-swap: the newest complete of path, path.tmp and path.old becomes `path`, the
+    rest is removed. Returns `path`, or None when there is no checkpoint; DataError for a broken one."""
+    names = [path, _aside(path, "tmp"), _aside(path, "old")]
+    steps = {p: checkpoint_step(p) for p in names}
+    best = max((p for p in names if steps[p] is not None), key=steps.get, default=None)
+    if best is None and path.exists():
+        raise DataError(f"checkpoint: {str(path)!r} is incomplete (no readable state.json); "
+                        "start again with overwrite=True (--overwrite)")
+    if best not in (None, path):
+        log.warning("recovered checkpoint %s (step %d) left by an interrupted save", best, steps[best])
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(best, path)
+    for p in names[1:]:
+        shutil.rmtree(p, ignore_errors=True)
+    return None if best is None else path
 
 
 def load_checkpoint(path: Path, model, opt, sched) -> int:
-    state = torch.load(path / "state.pt", weights_only=False)
+    try:
+        state = torch.load(path / "state.pt", weights_only=False)
+    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        raise DataError(f"checkpoint: {str(path / 'state.pt')!r} is empty or unreadable ({type(e).__name__}: "
+                        f"{str(e)[:80]}); start again with overwrite=True (--overwrite)") from None
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["trainable"].items():
@@ -330,6 +426,86 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return int(state["step"])
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+RUN_FILES = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "model", "model.tmp", "model.old", "metrics.jsonl",
+             "train.json", "train.diff")
+BOOKKEEPING = ("out", "max_steps", "log_every", "checkpoint_every", "device", "compile")   # may change on resume
+
+
+@contextmanager
+def run_lock(out: Path):
+    """Hold an fcntl lock on out/train.lock for the run; DataError if another process holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / "train.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataError(f"out: another process is training in {str(out)!r} (it holds train.lock); "
+                        "wait for it to finish or choose another folder") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _flat(config: dict) -> dict:
+    """A config as JSON values, one level of nesting spelled model.n_embd."""
+    config = json.loads(json.dumps(config, default=str))
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in config.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+
+def check_same_settings(checkpoint: Path, cfg: TrainConfig) -> None:
+    """DataError naming the settings that differ from the checkpoint's (BOOKKEEPING may differ)."""
+    saved = _flat(json.loads((checkpoint / "state.json").read_text())["config"])
+    now = _flat(asdict(cfg))
+    changed = [k for k in saved if k.split(".")[0] not in BOOKKEEPING and saved[k] != now.get(k)]
+    if changed:
+        diff = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
+        raise DataError(f"resume: the settings differ from the checkpoint's in {changed} ({diff}); resume with "
+                        "the checkpoint's settings, or start again with overwrite=True (--overwrite)")
+
+
+def prepare_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Make `out` ready: with overwrite, empty it of an earlier run; otherwise recover a checkpoint
+    left by a crash, refuse a folder holding a run unless resuming, and refuse changed settings."""
+    if overwrite:
+        for name in RUN_FILES:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        return
+    checkpoint = recover_checkpoint(out / "checkpoint")
+    held = f"a checkpoint at step {checkpoint_step(checkpoint)}" if checkpoint else \
+        "a model" if (out / "model").exists() else None
+    if held and not (resume and checkpoint):
+        what = "resume=True (--resume) to continue it, or " if checkpoint else ""
+        raise DataError(f"out: {str(out)!r} already holds {held}; pass {what}overwrite=True (--overwrite) to start again")
+    if checkpoint:
+        check_same_settings(checkpoint, cfg)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the metrics lines up to `step`: a killed run may have logged past its last checkpoint."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines(keepends=True)
+            if line.endswith("\n") and json.loads(line)["step"] <= step]
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(keep))
+
+
+def check_vocab(batches: "Batches", vocab_size: int) -> None:
+    """DataError if the token ids do not fit the tokenizer (tokens.npz from another dataset)."""
+    for name in ("bios", "qa"):
+        enc = getattr(batches, name)
+        if enc is not None and len(enc.ids) and int(enc.ids.max()) >= vocab_size:
+            raise DataError(f"data: {name} token ids reach {int(enc.ids.max())} but the tokenizer has {vocab_size} "
+                            "tokens: tokens.npz and tokenizer/ come from different datasets; rebuild the folder")
 
 
 class StopFlag:
@@ -382,25 +558,40 @@ def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool 
     return step
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Run one training job; returns the summary also written to out/train.json."""
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
+    """Run one training job; returns the summary also written to out/train.json. A folder holding
+    a checkpoint or a model needs resume=True (same settings) or overwrite=True (starts again)."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
-    out = Path(cfg.out)
-    tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer") if cfg.mode != "finetune" else load_tokenizer(cfg.init)
+    out = folder_path(cfg.out, "out")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+    with run_lock(out) if acc.is_main_process else nullcontext():
+        if acc.is_main_process:
+            prepare_run(out, cfg, resume, overwrite)
+        acc.wait_for_everyone()
+        checkpoint = out / "checkpoint" if resume and checkpoint_step(out / "checkpoint") is not None else None
+        return _train(cfg, acc, out, checkpoint, progress)
+
+
+def _train(cfg: TrainConfig, acc, out: Path, checkpoint: Path | None, progress: bool) -> dict:
+    """The loop of `train`, in a prepared and locked folder, from `checkpoint` or from step 0."""
+    from tqdm.auto import tqdm
+
+    use_cuda = acc.device.type == "cuda"
+    tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer") if cfg.mode != "finetune" else load_tokenizer(cfg.init)
     batches = Batches(cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    check_vocab(batches, len(tokenizer))
     model = make_model(cfg, len(tokenizer)).to(acc.device)
     opt = optimizer_for(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, batches.total_steps))
     start = 0
-    if resume and (out / "checkpoint" / "state.pt").is_file():
-        start = load_checkpoint(out / "checkpoint", model, opt, sched)
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, model, opt, sched)
+        if acc.is_main_process:
+            truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed %s at step %d", out, start)
     elif acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").write_text("")
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
