@@ -155,7 +155,8 @@ def _attributes(fields: dict, where: str) -> tuple[dict, set]:
             used.add(keys[0])
     missing = [a for a in ATTRIBUTES if a not in values]
     if missing:
-        raise DataError(f"{where}: field {missing[0]!r}: missing (also missing: {missing[1:]}); a biography record "
+        also = f" (also {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise DataError(f"{where}: field {missing[0]!r}: missing{also}; a biography record "
                         f"needs name, text and the six attributes {ATTRIBUTES} (or the aliases {sorted(ATTRIBUTE_ALIASES)})")
     return values, used
 
@@ -206,11 +207,14 @@ def _trim(text: str, span: list[int]) -> list[int]:
     return [s, e - 1] if e - s > 1 and text[e - 1] == "." else [s, e]
 
 
+def _is_pair(p) -> bool:
+    return isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in p)
+
+
 def _given_spans(text: str, value, where: str, key: str) -> list[list[int]]:
     """[s, e] or [[s, e], ...] -> checked, trimmed [[s, e], ...]."""
-    pair = lambda p: isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in p)  # noqa: E731
-    pairs = [value] if pair(value) else value
-    if not isinstance(pairs, list) or not pairs or not all(pair(p) for p in pairs):
+    pairs = [value] if _is_pair(value) else value
+    if not isinstance(pairs, list) or not pairs or not all(_is_pair(p) for p in pairs):
         raise _bad(where, key, value, "[start, end] or a list of [start, end] pairs (integers)")
     for s, e in pairs:
         if not (0 <= s < e <= len(text)):
@@ -249,12 +253,12 @@ def normalize_record(rec: dict, where: str = "record") -> list[dict]:
         raise _bad(where, "group", group, "a string such as 'plain'")
     attrs, used = _attributes(fields, where)
     extra = _extra(fields, used)
-    out = []
-    for text, given, field in _texts(fields, where):
-        rec_out = {"person": pid, "name": name, "pronoun": pronoun and pronoun.lower(), "group": group,
-                   "attributes": attrs, "text": text,
-                   "spans": _spans(text, given, {"name": name, **attrs}, f"{where}: {field}")}
-        out.append(rec_out | ({"extra": extra} if extra else {}))
+    out, texts = [], _texts(fields, where)
+    for text, given, field in texts:
+        at = where if len(texts) == 1 else f"{where}: {field}"
+        bio = {"person": pid, "name": name, "pronoun": pronoun and pronoun.lower(), "group": group,
+               "attributes": attrs, "text": text, "spans": _spans(text, given, {"name": name, **attrs}, at)}
+        out.append(bio | ({"extra": extra} if extra else {}))
     return out
 
 
