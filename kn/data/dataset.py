@@ -9,10 +9,13 @@
     out/meta.json       config, counts, seed, git commit, hardware, wall time (kn.results);
                         the only file that differs between two runs with the same config
 
-`load_encoded(out, "bios")` reads the token arrays back.
+`load_encoded(out, "bios")` reads the token arrays back. A folder that holds a dataset (its
+meta.json) is replaced only when asked (overwrite=True, `--overwrite`); meta.json goes first and
+comes back last, so a write that stopped part-way leaves a folder that readers refuse.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,10 +27,12 @@ from kn.data.compose import concat
 from kn.data.people import People, check_count, populations, sample_people
 from kn.data.qa import make_qa, qa_records, split_people
 from kn.data.records import ATTRIBUTES, DataError, write_jsonl
-from kn.results import write_json
+from kn.results import atomic_file, folder_path, write_json
 from kn.tokenize import Encoded, encode_documents, encode_records, train_tokenizer
 
 KINDS = ("bioS", "bioR")
+MIN_VOCAB = 300                 # kn.tokenize.train_tokenizer: 256 bytes, the specials and some merges
+DATASET_FILES = ("meta.json", "meta.diff", "tokens.npz", "bios.jsonl", "qa.jsonl", "biod.jsonl", "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class BiosConfig:
         check_count("n", self.n, 1)
         check_count("seed", self.seed)
         check_count("n_celebrity", self.n_celebrity)
+        check_count("vocab_size", self.vocab_size, MIN_VOCAB)
         parse_augment(self.augment)
         parse_augment(self.celebrity_augment)
         if self.kind == "bioR" and self.augment != "single" and not self.augment.startswith("multi"):
@@ -110,24 +116,48 @@ def save_encoded(enc: Encoded, prefix: str) -> dict:
     return arrays
 
 
+def check_dataset_out(out: str | Path, overwrite: bool = False) -> Path:
+    """`out` as a dataset folder to write: DataError if it is under a file, or already holds a
+    dataset (meta.json) and not `overwrite`."""
+    out = folder_path(out, "out")
+    if (out / "meta.json").exists() and not overwrite:
+        raise DataError(f"out: {str(out)!r} already holds a dataset (meta.json); pass --overwrite (overwrite=True) "
+                        "to replace it, or choose another folder")
+    return out
+
+
+def dataset_folder(out: str | Path, overwrite: bool = False) -> Path:
+    """`out` emptied of any dataset files (meta.json first), after check_dataset_out; other files stay."""
+    out = check_dataset_out(out, overwrite)
+    for name in DATASET_FILES:
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def load_encoded(out: str | Path, prefix: str) -> Encoded:
     """Read `bios` or `qa` token arrays written by `write_bios`."""
     path = Path(out) / "tokens.npz"
     if not path.is_file():
         raise DataError(f"out: no tokens.npz in {str(out)!r}; build the dataset with `kn data bios`")
+    if not (Path(out) / "meta.json").is_file():
+        raise DataError(f"out: no meta.json in {str(out)!r}: its dataset was not written to the end; "
+                        "build it again with --overwrite")
     z = np.load(path)
     spans = {k[len(prefix) + 6:]: z[k] for k in z.files if k.startswith(f"{prefix}_span_")}
     return Encoded(z[f"{prefix}_ids"], z[f"{prefix}_offsets"], z[f"{prefix}_person"], spans)
 
 
-def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None, **meta) -> Path:
-    """Write the folder; `meta` adds keys to meta.json (e.g. an import's skipped records)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(ds.bios, out / "bios.jsonl")
-    write_jsonl(ds.qa, out / "qa.jsonl")
+def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None, overwrite: bool = False,
+               **meta) -> Path:
+    """Write the folder, meta.json last; `meta` adds keys to meta.json (e.g. an import's skipped records)."""
+    out = dataset_folder(out, overwrite)
+    for name, records in (("bios.jsonl", ds.bios), ("qa.jsonl", ds.qa)):
+        with atomic_file(out / name) as tmp:
+            write_jsonl(records, tmp)
     ds.tokenizer.save_pretrained(str(out / "tokenizer"))
-    with open(out / "tokens.npz", "wb") as f:  # np.savez: no timestamps, so files are byte-identical
+    with atomic_file(out / "tokens.npz") as tmp, open(tmp, "wb") as f:  # np.savez: no timestamps, byte-identical
         np.savez(f, **save_encoded(ds.bios_tokens, "bios"), **save_encoded(ds.qa_tokens, "qa"))
     write_json(out / "meta.json", config=asdict(ds.config), seed=ds.config.seed, wall_time=wall_time,
                counts={"people": len(ds.is_train), "bios": len(ds.bios), "qa": len(ds.qa),
@@ -136,9 +166,10 @@ def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None,
     return out
 
 
-def make_dataset(cfg: BiosConfig, out: str | Path) -> BiosDataset:
-    """Build and write; the wall time goes into meta.json."""
+def make_dataset(cfg: BiosConfig, out: str | Path, overwrite: bool = False) -> BiosDataset:
+    """Build and write (`out` is checked first); the wall time goes into meta.json."""
+    check_dataset_out(out, overwrite)
     t0 = time.perf_counter()
     ds = build_bios(cfg)
-    write_bios(ds, out, wall_time=time.perf_counter() - t0)
+    write_bios(ds, out, wall_time=time.perf_counter() - t0, overwrite=overwrite)
     return ds
