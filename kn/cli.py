@@ -52,10 +52,11 @@ def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six
                 seed: int = typer.Option(0, help="seed of the train_people / test_people split"),
                 train_fraction: float = typer.Option(0.5, help="share of people whose QAs are trained on"),
                 vocab_size: int = 4096,
-                skip_bad: bool = typer.Option(False, help="skip records that fail validation and count them")):
+                skip_bad: bool = typer.Option(False, help="skip records that fail validation and count them"),
+                overwrite: bool = typer.Option(False, help="replace a dataset already in --out")):
     """A dataset folder (QA, tokenizer, token spans, meta) from biographies made elsewhere."""
     from kn.data.importer import ImportConfig, import_bios
-    ds, skipped = import_bios(ImportConfig(file, seed, train_fraction, vocab_size, skip_bad), out)
+    ds, skipped = import_bios(ImportConfig(file, seed, train_fraction, vocab_size, skip_bad), out, overwrite)
     _summary(out, people=len(ds.is_train), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)),
              skipped=len(skipped))
 

@@ -135,6 +135,9 @@ def test_skip_bad_counts_and_the_cli_reports_it(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["skipped"] == 5 and summary["bios"] == 1
     assert json.loads((tmp_path / "d" / "meta.json").read_text())["skipped"] == 5
+    again = ["data", "import", str(path), "--out", str(tmp_path / "d"), "--vocab-size", "300", "--skip-bad"]
+    assert main(again) == 2 and "overwrite" in capsys.readouterr().err      # an existing dataset is kept
+    assert main(again + ["--overwrite"]) == 0
 
 
 def test_full_stop_value_in_qa_and_tokens(tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kn.data.dataset import BiosDataset, write_bios
+from kn.data.dataset import BiosDataset, check_dataset_out, write_bios
 from kn.data.people import check_count
 from kn.data.qa import qa_documents, qa_records_of, split_people
 from kn.data.records import ATTRIBUTES, read_bios
@@ -63,9 +63,11 @@ def build_import(cfg: ImportConfig) -> tuple[BiosDataset, list[str]]:
     return ds, skipped
 
 
-def import_bios(cfg: ImportConfig, out) -> tuple[BiosDataset, list[str]]:
-    """Build and write the folder; meta.json also records the source and how many records were skipped."""
+def import_bios(cfg: ImportConfig, out, overwrite: bool = False) -> tuple[BiosDataset, list[str]]:
+    """Build and write the folder (`out` is checked first: an existing dataset is replaced only with
+    overwrite); meta.json also records how many records were skipped."""
+    check_dataset_out(out, overwrite)
     t0 = time.perf_counter()
     ds, skipped = build_import(cfg)
-    write_bios(ds, out, wall_time=time.perf_counter() - t0, kind="import", skipped=len(skipped))
+    write_bios(ds, out, wall_time=time.perf_counter() - t0, overwrite=overwrite, kind="import", skipped=len(skipped))
     return ds, skipped
