@@ -29,7 +29,9 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from kn.data.dataset import dataset_folder
 from kn.data.records import DataError, write_jsonl
+from kn.results import atomic_file
 from kn.tokenize import Encoded, ragged_gather
 
 SPECIALS = ("<eos>", "<pad>", "<domain>", "<unk>")
@@ -339,15 +341,17 @@ def bound_inputs(cfg: BioDConfig) -> dict:
     return {"N0": cfg.n0, "N": cfg.n, "K": cfg.k, "C": cfg.c, "D": cfg.d, "L": cfg.l, "T": cfg.t}
 
 
-def write_biod(biod: BioD, out_dir: str | Path) -> Path:
-    """Write biod.jsonl (epoch-0 biographies), meta.json and tokenizer/ into `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def write_biod(biod: BioD, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write biod.jsonl (epoch-0 biographies), tokenizer/ and, last, meta.json into `out_dir`; a
+    folder holding a dataset is replaced (all its dataset files) only with overwrite=True."""
+    out = dataset_folder(out_dir, overwrite)
     cfg = biod.cfg
-    n_records = write_jsonl(to_records(biod), out / "biod.jsonl")
+    with atomic_file(out / "biod.jsonl") as tmp:
+        n_records = write_jsonl(to_records(biod), tmp)
+    make_tokenizer(cfg).save_pretrained(str(out / "tokenizer"))
     meta = {"config": asdict(cfg), **bound_inputs(cfg), "n_records": n_records,
             "doc_length": cfg.doc_length(), "n_tokens": n_records * cfg.doc_length(),
             "vocab_size": len(vocabulary(cfg))}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    make_tokenizer(cfg).save_pretrained(str(out / "tokenizer"))
+    with atomic_file(out / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
