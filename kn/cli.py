@@ -5,9 +5,13 @@
     kn data biod --n 1000 --k 4 --c 2 --d 100 --l 2 --t 50 --out data/biod
     kn data injection --n-paragraphs 40 --out data/injection
     kn data rewrite --bios data/bios/bios.jsonl --model path/to/local/causal-lm --out data/bior.jsonl
-    kn train --config run.toml [--resume]   # see kn.train.TrainConfig
+    kn train --config run.toml [--resume | --overwrite]   # see kn.train.TrainConfig
     kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
     kn book                        # build _build/html from the committed chapters
+
+Exit codes: 0 done; 2 bad input (one line on stderr); 75 training stopped by SIGTERM/SIGINT
+after writing its checkpoint (rerun with --resume). Writing into a folder that already holds a
+dataset or a run needs --overwrite (or --resume for a run).
 """
 from __future__ import annotations
 
@@ -38,11 +42,12 @@ def data_bios(kind: str = typer.Option("bioS", help="bioS | bioR"),
               train_fraction: float = typer.Option(0.5, help="share of people whose QAs are trained on"),
               vocab_size: int = 4096,
               n_celebrity: int = typer.Option(0, help="Result 6: celebrities added beside the n (minority) people"),
-              celebrity_augment: str = "multi5+permute"):
+              celebrity_augment: str = "multi5+permute",
+              overwrite: bool = typer.Option(False, help="replace the dataset already in --out")):
     """Biographies, QA, tokenizer and token arrays (bioS or bioR-style)."""
     from kn.data.dataset import BiosConfig, make_dataset
     cfg = BiosConfig(kind, n, augment, seed, train_fraction, vocab_size, n_celebrity, celebrity_augment)
-    ds = make_dataset(cfg, out)
+    ds = make_dataset(cfg, out, overwrite=overwrite)
     _summary(out, people=len(ds.people), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)))
 
 
@@ -63,11 +68,14 @@ def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six
 
 @data_app.command("biod")
 def data_biod(n: int = 1000, k: int = 4, c: int = 2, d: int = 100, l: int = 2, t: int = 50,  # noqa: E741
-              seed: int = 0, domain_token: bool = False, out: str = typer.Option(..., help="output folder")):
+              seed: int = 0, domain_token: bool = False, out: str = typer.Option(..., help="output folder"),
+              overwrite: bool = typer.Option(False, help="replace the dataset already in --out")):
     """bioD(N, K, C, D, L, T) of Part 3.3."""
     from kn.data.biod import BioDConfig, generate_biod, write_biod
+    from kn.data.dataset import check_dataset_out
+    check_dataset_out(out, overwrite)
     biod = generate_biod(BioDConfig(n=n, k=k, c=c, d=d, l=l, t=t, seed=seed, domain_token=domain_token))
-    write_biod(biod, out)
+    write_biod(biod, out, overwrite=overwrite)
     _summary(out, people=n)
 
 
@@ -98,11 +106,15 @@ def data_rewrite(bios: str = typer.Option(..., help="bioS bios.jsonl to rewrite"
 
 @app.command("train")
 def train_cmd(config: str = typer.Option(..., help="TOML file: TrainConfig keys and a [model] table"),
-              resume: bool = typer.Option(False, help="continue from out/checkpoint")):
+              resume: bool = typer.Option(False, help="continue from out/checkpoint (same settings)"),
+              overwrite: bool = typer.Option(False, help="start again in an out folder that holds a run")):
     """Pretrain, mixed-train or QA-finetune one model (accelerate launch works too)."""
-    from kn.train import load_config, train
-    summary = train(load_config(config), resume=resume)
-    typer.echo(json.dumps({k: summary[k] for k in ("mode", "steps", "final_loss", "tokens_per_s", "n_params", "mfu")}))
+    from kn.train import EXIT_INTERRUPTED, load_config, train
+    summary = train(load_config(config), resume=resume, overwrite=overwrite)
+    typer.echo(json.dumps({k: summary[k] for k in ("mode", "steps", "interrupted", "final_loss", "tokens_per_s",
+                                                   "n_params", "mfu")}))
+    if summary["interrupted"]:
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 @app.command("run")
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: a DataError (bad parameter or file) is one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except DataError as e:
         typer.echo(f"kn: error: {e}", err=True)
         return 2
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.exceptions.Abort):
             return 1
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from kn.tokenize import Encoded, load_tokenizer, pack, ragged_gather
 
 MODES = ("pretrain", "mixed", "finetune")
 IGNORE = -100
+EXIT_INTERRUPTED = 75      # `kn train` exit code when a signal stopped it (sysexits EX_TEMPFAIL): checkpoint written
 MAX_EXPOSURES = 100_000    # the papers' longest runs are 1000 exposures; more is a typo that would train for weeks
 log = logging.getLogger(__name__)
 
