@@ -113,6 +113,14 @@ def notebook_profile(path: Path) -> str | None:
     return profile
 
 
+def markdown_table(header: list[str], rows: list[list]) -> "IPython.display.Markdown":
+    """A GFM table that a notebook displays as text/markdown (myst-nb renders it as a <table>);
+    `|` inside a cell is escaped."""
+    from IPython.display import Markdown
+    line = lambda cells: "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return Markdown("\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]))
+
+
 def figure_problems(path: Path) -> list[str]:
     """Figure cells (mystnb `figure` metadata) that show other than exactly one output: myst-nb names
     every output after the figure, so a stray `Text(...)` result gives a duplicate target."""

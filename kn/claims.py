@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from kn import paper
-from kn.book import results_dir
+from kn.book import markdown_table, results_dir
 from kn.data.records import ATTRIBUTES
 from kn.profiles import PROFILES
 
@@ -244,3 +244,10 @@ def claims_table() -> list[dict]:
                 row["ours"] = f"not measured: {err}"
         rows.append(row)
     return rows
+
+
+def claims_markdown(rows: list[dict]):
+    """The claims table as Markdown for a notebook to display (rendered as a table in the book)."""
+    return markdown_table(["source", "claim", "paper", "ours", "profile", "verdict"],
+                          [[r["source"], r["claim"], r["paper"], r["ours"] or "-", r["profile"] or "-",
+                            f"**{r['verdict']}**"] for r in rows])

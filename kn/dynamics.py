@@ -26,7 +26,8 @@ Metrics (pure functions of a trajectory; papers.md, Chang et al.):
         learnability threshold: a fact not seen again within ~t* steps is forgotten entirely.
 Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
 `pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`,
-`fit_forgetting`, `summarize`, `Trajectories`, `save_trajectories`, `load_trajectories`, `mean_curves`.
+`fit_forgetting`, `summarize`, `Trajectories`, `save_trajectories`, `load_trajectories`, `mean_curves`,
+`fit_table`.
 """
 from __future__ import annotations
 
@@ -416,6 +417,17 @@ def mean_curves(traj: Trajectories) -> dict[str, dict[str, tuple[list, list]]]:
     steps, present = traj.steps.tolist(), set(zip(traj.scenario.tolist(), traj.kind.tolist()))
     return {s: {k: (steps, traj.select(s, k).mean(axis=1).tolist()) for k in PROBE_KINDS if (s, k) in present}
             for s in SCENARIOS if any(s == x for x, _ in present)}
+
+
+def fit_table(batch: dict, scenarios=SCENARIOS):
+    """`compare_batch_sizes`' forgetting fits as Markdown for a notebook to display: one row per
+    scenario, probe kind and batch size; a cell is blank where there is no fit or no t*."""
+    from kn.book import markdown_table
+    cols = {"b": "b", "r2": "r²", "x_intercept": "t* (steps)", "x_intercept_tokens": "t* (tokens)"}
+    cell = lambda v: "" if v is None else f"{v:.3g}"
+    rows = [[s, k, B] + [cell((batch[B][s][k] or {}).get(c)) for c in cols]
+            for s in scenarios for k in PROBE_KINDS for B in sorted(batch)]
+    return markdown_table(["scenario", "kind", "batch", *cols.values()], rows)
 
 
 # ----------------------------------------------------------------------------- continued pretraining
