@@ -8,6 +8,7 @@
     kn train --config run.toml [--resume | --overwrite]   # see kn.train.TrainConfig
     kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
     kn book                        # build _build/html from the committed chapters
+    kn site                        # check the built pages in headless Chromium (screenshots in _build/screenshots)
 
 Exit codes: 0 done; 2 bad input (one line on stderr); 75 training stopped by SIGTERM/SIGINT
 after writing its checkpoint (rerun with --resume). Writing into a folder that already holds a
@@ -131,6 +132,18 @@ def book(strict: bool = typer.Option(True, help="treat Sphinx warnings as errors
     """Build _build/html from the committed, executed chapters (executes nothing)."""
     from kn.book import build_book
     typer.echo(str(build_book(warnings_as_errors=strict)))
+
+
+@app.command("site")
+def site(html: str = typer.Option("_build/html", help="the built book")):
+    """Open every page of the built book in headless Chromium and list what shows broken (exit 1 if any);
+    screenshots go to _build/screenshots."""
+    from kn.site import check_site
+    problems = check_site(html)
+    for page, found in problems.items():
+        typer.echo(f"{page}: {'ok' if not found else '; '.join(found)}")
+    if any(problems.values()):
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ def copy_book(tmp_path):
 
 @pytest.mark.parametrize("chapter", chapters())
 def test_chapter_runs_at_smoke(chapter, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # the kernel's torch: one thread, as in the other tests
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
     monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
     out = run_chapter(chapter, "smoke", output=tmp_path / f"{chapter}.ipynb")
