@@ -130,25 +130,53 @@ def run_sweep(points: list[dict], fn: Callable[[dict], dict], results: str | Pat
         raise DataError(f"workers: got {workers!r}; allowed: an integer >= 1")
     results = Path(results)
     folder_path(results.parent, "results")
-    unique = list({point_key(p): p for p in points}.values())
-    rows, pending, wait = [], unique, False
-    while pending:
-        held, pending = _claim_points(pending, results, wait)
-        log.info("sweep %s: %d points, %d to run here, %d held by another sweep", results, len(unique),
-                 len(held), len(pending))
-
-        def finish(p: dict, result: dict) -> None:
-            rows.append(_row(p, result))
-            append_csv(results, rows[-1])
-            _release(held.pop(rows[-1]["key"])[1])
-        try:
-            _run([p for p, _ in held.values()], fn, finish, executor, workers,
-                 folder or results.with_suffix(".jobs"), cluster, slurm or {})
-        finally:
-            for _, claim in held.values():
-                _release(claim)
-        wait = True                                          # then wait for the points another sweep held
+    unique, done = {point_key(p): p for p in points}, done_keys(results)
+    pending = [p for k, p in unique.items() if k not in done]
+    log.info("sweep %s: %d points, %d done, %d to run", results, len(unique), len(unique) - len(pending), len(pending))
+    rows, wait = [], False
+    while pending:                                           # a second pass waits for the points another sweep held
+        pending = (_sequential if executor == "local" and workers == 1 else _batch)(
+            pending, fn, results, rows, wait, executor, workers, folder or results.with_suffix(".jobs"), cluster,
+            slurm or {})
+        wait = True
     return rows
+
+
+def _finish(results: Path, rows: list, p: dict, result: dict) -> None:
+    rows.append(_row(p, result))
+    append_csv(results, rows[-1])
+
+
+def _sequential(pending, fn, results, rows, wait, *_) -> list[dict]:
+    """Claim, run and release one point at a time; returns the points held by another sweep."""
+    busy = []
+    for p in pending:
+        claim = _claim(claims_folder(results), point_key(p), wait)
+        if claim is None:
+            busy.append(p)
+            continue
+        try:
+            if point_key(p) not in done_keys(results):      # read after claiming: a holder writes, then releases
+                _finish(results, rows, p, fn(p))
+        finally:
+            _release(claim)
+    return busy
+
+
+def _batch(pending, fn, results, rows, wait, executor, workers, folder, cluster, slurm) -> list[dict]:
+    """Claim every free point, run them at once (processes or submitit jobs), release each as its row is
+    written; returns the points held by another sweep."""
+    held, busy = _claim_points(pending, results, wait)
+
+    def finish(p: dict, result: dict) -> None:
+        _finish(results, rows, p, result)
+        _release(held.pop(point_key(p))[1])
+    try:
+        _run([p for p, _ in held.values()], fn, finish, executor, workers, folder, cluster, slurm)
+    finally:
+        for _, claim in held.values():
+            _release(claim)
+    return busy
 
 
 def _run(todo, fn, finish, executor, workers, folder, cluster, slurm) -> None:
@@ -161,9 +189,6 @@ def _run(todo, fn, finish, executor, workers, folder, cluster, slurm) -> None:
         ex.update_parameters(**slurm)
         for p, job in [(p, ex.submit(fn, p)) for p in todo]:
             finish(p, job.result())
-    elif workers == 1:
-        for p in todo:
-            finish(p, fn(p))
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(fn, p): p for p in todo}

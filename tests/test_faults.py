@@ -1,0 +1,416 @@
+"""Fault injection (issue 12): each case of the issue, reproduced, must now lose nothing and say why.
+
+1 sweep CSVs: a truncated last line, rows with other columns, two sweeps on one CSV, a kill mid-write
+2 run folders: resume with other settings, a new run over an old one, a kill mid checkpoint swap,
+  a second writer
+3 LoRA: same seed, same losses whatever torch's global RNG state
+5 dataset folders: --out onto a dataset, bioD into a bioS folder, a rewrite that stops part-way
+6 bad values: one line naming the value, before any work
+7 interrupted train: exit code 75; metrics.jsonl after SIGKILL + resume; provenance of a dirty tree
+
+Kills are real (SIGKILL of a child process at the chosen moment).
+Run: OMP_NUM_THREADS=1 pytest tests/test_faults.py
+"""
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kn.data.records import DataError
+from kn.results import append_csv, read_csv, write_json
+from kn.sweep import claims_folder, point_key, read_rows, run_sweep
+
+POINTS = [{"x": x} for x in range(4)]
+
+
+def square(point):
+    return {"y": point["x"] ** 2, "tag": f"p{point['x']}"}
+
+
+def table(path):
+    return sorted((r["x"], r["y"], r["tag"]) for r in read_rows(path))
+
+
+WANT = [(x, x * x, f"p{x}") for x in range(4)]
+
+
+def child(script: str, *args) -> subprocess.CompletedProcess:
+    """Run `script` in a fresh Python (one thread) from the repository root."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[1], timeout=600)
+
+
+# ----------------------------------------------------------------------------- 1 sweep CSVs
+
+
+def test_truncated_last_line_is_dropped_and_the_point_rerun(tmp_path, caplog):
+    out = tmp_path / "r.csv"
+    run_sweep(POINTS, square, out)
+    out.write_bytes(out.read_bytes()[:-4])                  # the last row lost its tail: "...,p3\r\n" -> "...,"
+    assert len(read_rows(out)) == 3 and "unfinished last line" in caplog.text
+    rows = run_sweep(POINTS, square, out)
+    assert [r["x"] for r in rows] == [3]                    # not glued onto the cut row: rerun and appended
+    assert table(out) == WANT
+
+
+def test_row_with_other_columns_is_refused(tmp_path):
+    out = tmp_path / "r.csv"
+    append_csv(out, {"key": "a", "x": 1, "y": 2})
+    append_csv(out, {"y": 3, "key": "b", "x": 2})           # same columns in another order: written in header order
+    with pytest.raises(DataError, match=r"^results: .*new: \['z'\], missing: \['y'\]"):
+        append_csv(out, {"key": "c", "x": 3, "z": 4})
+    assert read_csv(out) == [{"key": "a", "x": "1", "y": "2"}, {"key": "b", "x": "2", "y": "3"}]
+
+
+def logged_square(point):
+    """square, logging (pid, x) of each call to calls.log beside the CSV (path in the point)."""
+    with open(point["log"], "a") as f:
+        f.write(f"{os.getpid()} {point['x']}\n")
+    time.sleep(0.4)
+    return {"y": point["x"] ** 2, "tag": f"p{point['x']}"}
+
+
+def test_two_sweeps_on_one_csv_run_each_point_once(tmp_path):
+    out, calls = tmp_path / "r.csv", tmp_path / "calls.log"
+    points = [{"x": x, "log": str(calls)} for x in range(8)]
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=run_sweep, args=(points, logged_square, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    lines = [line.split() for line in calls.read_text().splitlines()]
+    assert sorted(int(x) for _, x in lines) == list(range(8))          # each point computed once
+    assert len({pid for pid, _ in lines}) == 2                          # and the work was shared
+    assert sorted(r["key"] for r in read_csv(out)) == sorted(point_key(p) for p in points)
+    assert not claims_folder(out).exists()
+
+
+KILL_MID_ROW = r"""
+import os, signal, sys
+from kn.sweep import run_sweep
+real, rows = os.write, []
+def write(fd, data):                     # the third row: half of it reaches the file, then SIGKILL
+    rows.append(1)
+    if len(rows) == 3:
+        real(fd, data[:len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(fd, data)
+os.write = write
+square = lambda p: {"y": p["x"] ** 2, "tag": f"p{p['x']}"}
+run_sweep([{"x": x} for x in range(4)], square, sys.argv[1])
+"""
+
+
+def test_kill_mid_csv_write_loses_only_that_row(tmp_path):
+    out = tmp_path / "r.csv"
+    r = child(KILL_MID_ROW, out)
+    assert r.returncode == -signal.SIGKILL
+    assert not out.read_bytes().endswith(b"\n")             # a torn row is on disk
+    assert len(read_rows(out)) == 2
+    assert [r["x"] for r in run_sweep(POINTS, square, out)] == [2, 3]   # the killed point's claim died with it
+    assert table(out) == WANT and not claims_folder(out).exists()
+
+
+# ----------------------------------------------------------------------------- 2, 3, 6, 7 training
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from kn.data.dataset import BiosConfig, make_dataset
+    out = tmp_path_factory.mktemp("data")
+    make_dataset(BiosConfig(n=60, augment="multi2+permute", vocab_size=500), out)
+    return str(out)
+
+
+def cfg(data, out, **kw):
+    from kn.models import ModelConfig
+    from kn.train import TrainConfig
+    base = dict(data=data, out=str(out), model=ModelConfig(n_layer=1, n_head=2, n_embd=32, context=64), window=64,
+                batch_size=8, exposures=2, lr=3e-3, log_every=1, checkpoint_every=4)
+    return TrainConfig(**(base | kw))
+
+
+def weights(path):
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(str(path)).state_dict()
+
+
+def same_weights(a, b):
+    import torch
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def metric_steps(run):
+    return [json.loads(line)["step"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_with_changed_settings_is_refused(data, tmp_path, one_thread):
+    from kn.train import train
+    train(cfg(data, tmp_path / "r", max_steps=5), progress=False)
+    with pytest.raises(DataError, match=r"^resume: .*\['lr'\] \(lr: 0.003 -> 0.01\)"):
+        train(cfg(data, tmp_path / "r", lr=1e-2), resume=True, progress=False)
+    with pytest.raises(DataError, match=r"model.n_embd"):
+        train(cfg(data, tmp_path / "r", model={"n_layer": 1, "n_head": 2, "n_embd": 64, "context": 64}),
+              resume=True, progress=False)
+    done = train(cfg(data, tmp_path / "r", log_every=2), resume=True, progress=False)   # bookkeeping may change
+    assert done["steps"] == done["total_steps"]
+
+
+def test_new_run_over_a_checkpoint_is_refused_unless_overwrite(data, tmp_path, one_thread):
+    from kn.train import train
+    train(cfg(data, tmp_path / "r", max_steps=9), progress=False)
+    before = (tmp_path / "r" / "checkpoint" / "state.pt").read_bytes()
+    with pytest.raises(DataError, match=r"^out: .* already holds a checkpoint at step 9; pass resume=True"):
+        train(cfg(data, tmp_path / "r", max_steps=3), progress=False)
+    assert (tmp_path / "r" / "checkpoint" / "state.pt").read_bytes() == before
+    again = train(cfg(data, tmp_path / "r", max_steps=3), progress=False, overwrite=True)
+    assert again["steps"] == 3 and metric_steps(tmp_path / "r") == [1, 2, 3]
+
+
+def test_second_writer_is_locked_out(data, tmp_path, one_thread):
+    import fcntl
+    from kn.train import train
+    (tmp_path / "r").mkdir()
+    with open(tmp_path / "r" / "train.lock", "w") as f:       # another process training in this folder
+        fcntl.flock(f, fcntl.LOCK_EX)
+        with pytest.raises(DataError, match=r"^out: another process is training in"):
+            train(cfg(data, tmp_path / "r"), progress=False)
+    assert not (tmp_path / "r" / "checkpoint").exists()
+
+
+TRAIN_CHILD = r"""
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+import kn.train
+from kn.train import TrainConfig, train
+kill, kw = sys.argv[1], json.loads(sys.argv[2])
+if kill == "swap":      # SIGKILL after the old checkpoint went aside, before the new one is renamed in
+    real = os.replace
+    def replace(src, dst):
+        if str(src).endswith("checkpoint.tmp") and os.path.exists(str(dst) + ".old"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst)
+    os.replace = replace
+else:                   # SIGKILL before optimizer step `kill`
+    real, calls = kn.train.training_step, []
+    def training_step(*a, **k):
+        step = real(*a, **k)
+        def wrapped(*b):
+            calls.append(1)
+            if len(calls) == int(kill):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return step(*b)
+        return wrapped
+    kn.train.training_step = training_step
+train(TrainConfig(**kw), progress=False)
+"""
+
+
+def killed_run(data, out, kill):
+    from dataclasses import asdict
+    c = asdict(cfg(data, out))
+    r = child(TRAIN_CHILD, kill, json.dumps(c))
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+
+
+def test_kill_mid_checkpoint_swap_resumes_from_the_new_checkpoint(data, tmp_path, one_thread):
+    from kn.train import train
+    full = train(cfg(data, tmp_path / "full"), progress=False)
+    killed_run(data, tmp_path / "k", "swap")                                  # killed while saving step 8
+    run = tmp_path / "k"
+    assert not (run / "checkpoint").exists() and (run / "checkpoint.old").is_dir()
+    rest = train(cfg(data, run), resume=True, progress=False)
+    assert rest["history"][0]["step"] == 9                                    # not 0 (before), not 4 (the old one)
+    assert rest["steps"] == full["steps"] and same_weights(tmp_path / "full" / "model", run / "model")
+    assert not (run / "checkpoint.old").exists() and not (run / "checkpoint.tmp").exists()
+
+
+def test_metrics_have_no_duplicate_steps_after_sigkill_and_resume(data, tmp_path, one_thread):
+    from kn.train import train
+    killed_run(data, tmp_path / "k", 7)                # steps 1-6 logged, checkpoint at step 4
+    assert metric_steps(tmp_path / "k") == [1, 2, 3, 4, 5, 6]
+    done = train(cfg(data, tmp_path / "k"), resume=True, progress=False)
+    assert metric_steps(tmp_path / "k") == list(range(1, done["total_steps"] + 1))
+
+
+def test_same_seed_lora_finetunes_are_identical(data, tmp_path, one_thread):
+    import torch
+    from kn.train import train
+    train(cfg(data, tmp_path / "pre"), progress=False)
+    runs = []
+    for name, global_seed in (("a", 1), ("b", 2)):                            # torch's global RNG in two states
+        torch.manual_seed(global_seed)
+        runs.append(train(cfg(data, tmp_path / name, mode="finetune", init=str(tmp_path / "pre" / "model"),
+                              lora_rank=2, lora_embed_rank=2, seed=3), progress=False))
+    assert [h["loss"] for h in runs[0]["history"]] == [h["loss"] for h in runs[1]["history"]]
+    assert same_weights(tmp_path / "a" / "model", tmp_path / "b" / "model")
+    other = train(cfg(data, tmp_path / "c", mode="finetune", init=str(tmp_path / "pre" / "model"),
+                      lora_rank=2, lora_embed_rank=2, seed=4), progress=False)
+    assert [h["loss"] for h in other["history"]] != [h["loss"] for h in runs[0]["history"]]
+
+
+@pytest.mark.parametrize("kw, field", [({"max_steps": -5}, "max_steps"), ({"grad_clip": -1.0}, "grad_clip"),
+                                       ({"exposures": 1e12}, "exposures"), ({"seed": -1}, "seed"),
+                                       ({"batch_size": 8.5}, "batch_size"), ({"lr": float("nan")}, "lr"),
+                                       ({"log_every": True}, "log_every"), ({"model": {"width": 3}}, "model")])
+def test_nonsense_values_are_one_line_naming_them(data, tmp_path, kw, field):
+    with pytest.raises(DataError, match=f"^{field}: ") as e:
+        cfg(data, tmp_path, **kw)
+    assert "\n" not in str(e.value)
+
+
+def write_toml(path, data, out, **values):
+    values = {"data": str(data), "out": str(out), "exposures": 1, "window": 64, "batch_size": 8} | values
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) +
+                    "[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n")
+    return str(path)
+
+
+def cli(capsys, *argv):
+    from kn.cli import main
+    rc = main(list(argv))
+    return rc, capsys.readouterr()
+
+
+def test_cli_bad_files_are_one_line(data, tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('data = "x"\nout = \n')
+    rc, io = cli(capsys, "train", "--config", str(toml))
+    assert rc == 2 and io.err.startswith("kn: error: config: ") and "not valid TOML" in io.err
+    rc, io = cli(capsys, "train", "--config", write_toml(toml, data, tmp_path / "o", batch_size=8.5))
+    assert rc == 2 and io.err == "kn: error: batch_size: got 8.5; allowed: an integer\n"
+    rc, io = cli(capsys, "train", "--config", write_toml(toml, data, tmp_path / "o", seed=-1))
+    assert rc == 2 and io.err == "kn: error: seed: got -1; allowed: an integer >= 0\n"
+    (tmp_path / "file").write_text("")
+    rc, io = cli(capsys, "train", "--config", write_toml(toml, data, tmp_path / "file" / "run"))
+    assert rc == 2 and io.err.startswith("kn: error: out: ") and io.err.count("\n") == 1
+    rc, io = cli(capsys, "data", "bios", "--n", "20", "--out", str(tmp_path / "file" / "d"))
+    assert rc == 2 and io.err.startswith("kn: error: out: ") and "is a file" in io.err
+
+
+def test_empty_state_pt_is_one_line(data, tmp_path, capsys):
+    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", max_steps=2)
+    assert cli(capsys, "train", "--config", toml)[0] == 0
+    (tmp_path / "o" / "checkpoint" / "state.pt").write_bytes(b"")
+    rc, io = cli(capsys, "train", "--config", toml, "--resume")
+    assert rc == 2 and io.err.startswith("kn: error: checkpoint: ") and "empty or unreadable" in io.err
+
+
+def test_small_vocab_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    import kn.data.dataset
+
+    def no_build(cfg):
+        raise AssertionError("built the dataset before checking vocab_size")
+    monkeypatch.setattr(kn.data.dataset, "build_bios", no_build)
+    rc, io = cli(capsys, "data", "bios", "--n", "20", "--vocab-size", "10", "--out", str(tmp_path / "d"))
+    assert rc == 2 and io.err == "kn: error: vocab_size: got 10; allowed: an integer >= 300\n"
+    assert not (tmp_path / "d").exists()
+
+
+def test_interrupted_train_exits_75_and_resume_exits_0(data, tmp_path, capsys, monkeypatch):
+    import kn.train
+    real = kn.train.training_step
+
+    def sigterm_at_step_3(*args, **kw):
+        step, calls = real(*args, **kw), []
+
+        def wrapped(*a):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(*a)
+        return wrapped
+    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", exposures=3)
+    monkeypatch.setattr(kn.train, "training_step", sigterm_at_step_3)
+    rc, io = cli(capsys, "train", "--config", toml)
+    assert rc == kn.train.EXIT_INTERRUPTED == 75 and json.loads(io.out.splitlines()[-1])["interrupted"]
+    monkeypatch.setattr(kn.train, "training_step", real)
+    assert cli(capsys, "train", "--config", toml)[0] == 2                      # not silently restarted
+    assert cli(capsys, "train", "--config", toml, "--resume")[0] == 0
+
+
+# ----------------------------------------------------------------------------- 5 dataset folders
+
+
+def test_out_onto_a_dataset_is_refused_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert cli(capsys, "data", "bios", "--n", "20", "--vocab-size", "400", "--out", str(out))[0] == 0
+    before = (out / "bios.jsonl").read_bytes()
+    rc, io = cli(capsys, "data", "bios", "--n", "30", "--vocab-size", "400", "--out", str(out))
+    assert rc == 2 and "already holds a dataset" in io.err and (out / "bios.jsonl").read_bytes() == before
+    assert cli(capsys, "data", "bios", "--n", "30", "--vocab-size", "400", "--out", str(out), "--overwrite")[0] == 0
+    assert json.loads((out / "meta.json").read_text())["counts"]["people"] == 30
+
+
+def test_biod_into_a_bios_folder(data, tmp_path, capsys):
+    import shutil
+    from kn.train import train
+    out = tmp_path / "d"
+    shutil.copytree(data, out)
+    args = ["data", "biod", "--n", "20", "--k", "2", "--d", "10", "--t", "10", "--out", str(out)]
+    rc, io = cli(capsys, *args)
+    assert rc == 2 and "already holds a dataset" in io.err
+    assert cli(capsys, *args, "--overwrite")[0] == 0
+    assert not (out / "tokens.npz").exists() and not (out / "bios.jsonl").exists()   # no bioS ids left to train on
+    with pytest.raises(DataError, match="^out: no tokens.npz"):
+        train(cfg(str(out), tmp_path / "run"), progress=False)
+
+
+def test_rewrite_that_stops_part_way_is_refused_by_readers(tmp_path, monkeypatch):
+    import kn.data.dataset as dataset
+    from kn.data.dataset import BiosConfig, load_encoded, make_dataset
+    out = tmp_path / "d"
+    make_dataset(BiosConfig(n=20, vocab_size=400), out)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt                              # stopped while writing tokens.npz
+    monkeypatch.setattr(dataset.np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        make_dataset(BiosConfig(n=30, vocab_size=400), out, overwrite=True)
+    monkeypatch.undo()
+    assert not (out / "meta.json").exists() and not (out / "tokens.npz").exists()     # no 0-byte tokens.npz
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    make_dataset(BiosConfig(n=30, vocab_size=400), out)    # an unfinished folder needs no --overwrite
+    assert len(load_encoded(out, "bios")) == 30
+    (out / "meta.json").unlink()
+    with pytest.raises(DataError, match="^out: no meta.json .* not written to the end"):
+        load_encoded(out, "bios")
+
+
+# ----------------------------------------------------------------------------- 7 provenance
+
+
+def test_dirty_tree_keeps_its_diff(tmp_path, monkeypatch):
+    import kn.results
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "a.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "init"], check=True)
+    monkeypatch.setattr(kn.results, "PACKAGE", repo / "pkg")
+    (repo / "pkg" / "a.py").write_text("x = 2\n")
+    (repo / "pkg" / "new.py").write_text("y = 3\n")
+    (repo / "results.json").write_text("{}")                 # results elsewhere in the tree do not count
+    prov = json.loads(write_json(tmp_path / "out" / "r.json", value=1).read_text())["provenance"]
+    patch = (tmp_path / "out" / "r.diff").read_text()
+    assert prov["git_dirty"] and prov["git_diff"] == "r.diff" and len(prov["git_commit"]) == 40
+    assert prov["git_diff_sha256"] == hashlib.sha256(patch.encode()).hexdigest()
+    assert "+x = 2" in patch and "+y = 3" in patch and "results.json" not in patch
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "clean"], check=True)
+    prov = json.loads(write_json(tmp_path / "out" / "r.json", value=1).read_text())["provenance"]
+    assert not prov["git_dirty"] and prov["git_diff"] is None and not (tmp_path / "out" / "r.diff").exists()
