@@ -311,9 +311,9 @@ def test_empty_state_pt_is_one_line(data, tmp_path, capsys):
 def test_small_vocab_fails_before_any_work(tmp_path, capsys, monkeypatch):
     import kn.data.dataset
 
-    def no_build(cfg):
-        raise AssertionError("built the dataset before checking vocab_size")
-    monkeypatch.setattr(kn.data.dataset, "build_bios", no_build)
+    def no_work(*a, **k):
+        raise AssertionError("generated people before checking vocab_size")
+    monkeypatch.setattr(kn.data.dataset, "sample_people", no_work)
     rc, io = cli(capsys, "data", "bios", "--n", "20", "--vocab-size", "10", "--out", str(tmp_path / "d"))
     assert rc == 2 and io.err == "kn: error: vocab_size: got 10; allowed: an integer >= 300\n"
     assert not (tmp_path / "d").exists()

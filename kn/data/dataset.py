@@ -52,7 +52,6 @@ class BiosConfig:
         check_count("n", self.n, 1)
         check_count("seed", self.seed)
         check_count("n_celebrity", self.n_celebrity)
-        check_count("vocab_size", self.vocab_size, MIN_VOCAB)
         parse_augment(self.augment)
         parse_augment(self.celebrity_augment)
         if self.kind == "bioR" and self.augment != "single" and not self.augment.startswith("multi"):
@@ -79,6 +78,7 @@ def _bior_multi(augment: str) -> int:
 
 def build_bios(cfg: BiosConfig) -> BiosDataset:
     """Generate people, biographies, QA and the tokenizer, and encode everything."""
+    check_count("vocab_size", cfg.vocab_size, MIN_VOCAB)     # before the work, not after it in train_tokenizer
     if cfg.n_celebrity:
         celeb, plain = populations(cfg.n_celebrity, cfg.n, cfg.seed)
         groups_parts = [("celebrity", celeb, cfg.celebrity_augment), ("minority", plain, cfg.augment)]
