@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kn.data.biod import EOS, BioD, BioDConfig, bound_inputs, field_masks, generate_biod, make_tokenizer, render, \
+from kn.data.biod import ATTR0, EOS, BioD, BioDConfig, bound_inputs, field_masks, generate_biod, make_tokenizer, render, \
     to_records, vocabulary
 from kn.data.records import DataError, write_jsonl
 from kn.models import ModelConfig, n_params
@@ -45,6 +45,7 @@ LN2 = math.log(2)
 N0_BIOS = 400 * 400 * 1000                                  # bioS names: first x middle x last
 S0_BIOS = 2 * (12 * 28 * 200) * 200 * 300 * 100 * 263       # pronoun, date, city, univ, major, employer
 QUANT_BITS = (8, 4)                                          # Result 8
+STORED_BELOW_CHANCE = 0.9   # a point stores values when its value loss is at most 90% of chance
 
 # ----------------------------------------------------------------------------- bounds (Theorem 3.2)
 
@@ -85,8 +86,10 @@ def biod_bound(sizes: dict, losses: dict) -> dict:
 
 
 def max_bits(sizes: dict) -> float:
-    """The bioD bound at zero loss: N log2(N0 - N) + N K C log2 D + K D log2((T^L - D) / D)."""
-    return biod_bound(sizes, {"loss_name": 0.0, "loss_value": 0.0, "loss_value1": 0.0})["bits"]
+    """The bioD bound of a perfect model: N log2((N0 - N) / N) + N K C log2 D + K D log2((T^L - D) / D).
+    Values are then certain (zero loss), but a name is not: knowing which N names exist, the best
+    name loss is ln N (uniform over them), not 0, which would overstate the maximum by N log2 N."""
+    return biod_bound(sizes, {"loss_name": math.log(sizes["N"]), "loss_value": 0.0, "loss_value1": 0.0})["bits"]
 
 
 def bios_bound(n: int, loss_name: float, loss_value: float, loss_pronoun: float | None = None,
@@ -109,8 +112,8 @@ def bios_bound(n: int, loss_name: float, loss_value: float, loss_pronoun: float 
 
 
 def bios_max_bits(n: int, pronoun: bool = False) -> float:
-    """The bioS bound at zero loss."""
-    return bios_bound(n, 0.0, 0.0, 0.0 if pronoun else None)["bits"]
+    """The bioS bound of a perfect model: values at zero loss, names at ln n (as in `max_bits`)."""
+    return bios_bound(n, math.log(n), 0.0, 0.0 if pronoun else None)["bits"]
 
 
 # ----------------------------------------------------------------------------- losses from a model
@@ -139,17 +142,38 @@ def masked_nll_sums(model, x: np.ndarray, targets: np.ndarray, masks: list[np.nd
 def biod_losses(model, biod: BioD, epoch: int = 0, batch_size: int = 64, device=None) -> dict:
     """Mean summed losses (nats, Theorem 3.2) on the biographies of `epoch`, each fed after <eos>
     as in training: loss_name over the first name occurrence, per person; loss_value (all chunks)
-    and loss_value1 (first chunk), per (person, attribute). Teacher forcing conditions each value
-    on the name and the attribute written before it (and on the sentences before)."""
+    and loss_value1 (first chunk), per (person, attribute); loss_value_by_attribute, per person,
+    for each attribute k. Teacher forcing conditions each value on the name and the attribute
+    written before it (and on the sentences before)."""
     docs, cfg = render(biod, epoch), biod.cfg
     width = int(docs.lengths()[0])                           # every biography has doc_length tokens
     targets = docs.ids.reshape(-1, width)
     x = np.concatenate([np.full((len(targets), 1), EOS, dtype=targets.dtype), targets[:, :-1]], axis=1)
-    masks = field_masks(docs)
-    sums = masked_nll_sums(model, x, targets, [masks[k].reshape(-1, width) for k in ("name1", "value", "value1")],
+    masks = {k: v.reshape(-1, width) for k, v in field_masks(docs).items()}
+    attribute = attribute_of_tokens(cfg, targets)
+    by_attribute = [masks["value"] & (attribute == k) for k in range(cfg.k)]
+    sums = masked_nll_sums(model, x, targets, [masks[k] for k in ("name1", "value", "value1")] + by_attribute,
                            batch_size, device)
     return {"loss_name": float(sums[0] / cfg.n), "loss_value": float(sums[1] / (cfg.n * cfg.k)),
-            "loss_value1": float(sums[2] / (cfg.n * cfg.k))}
+            "loss_value1": float(sums[2] / (cfg.n * cfg.k)),
+            "loss_value_by_attribute": [float(v / cfg.n) for v in sums[3:]]}
+
+
+def attribute_of_tokens(cfg: BioDConfig, docs: np.ndarray) -> np.ndarray:
+    """The attribute index of every token of biographies [B, doc_length] (from the attribute word
+    of its sentence; -1 for <domain> and <eos>)."""
+    start, s = int(cfg.domain_token), cfg.sentence_length
+    body = docs[:, start:start + cfg.k * s].reshape(len(docs), cfg.k, s)
+    attr = np.repeat(body[:, :, 5] - ATTR0, s, axis=1)                    # word 5 of a sentence: the attribute
+    out = np.full(docs.shape, -1, dtype=np.int64)
+    out[:, start:start + cfg.k * s] = attr
+    return out
+
+
+def chance_value(sizes: dict) -> float:
+    """Loss (nats) of one value, per (person, attribute), for a model that knows the diversity sets
+    but nothing about the person: C ln D. A stored value sits below it."""
+    return sizes["C"] * math.log(sizes["D"])
 
 
 def bios_losses(model, data: str | Path, batch_size: int = 64, device=None) -> dict:
@@ -210,15 +234,17 @@ def run_bound(run: str | Path, bits: int | None = None, batch_size: int = 64, de
     if loaded is not None:
         sizes = bound_inputs(loaded[0].cfg)
         losses = biod_losses(model, loaded[0], batch_size=batch_size)
-        bound, top = biod_bound(sizes, losses), max_bits(sizes)
+        bound, top, chance = biod_bound(sizes, losses), max_bits(sizes), chance_value(sizes)
     else:
         n = read_json(Path(data) / "meta.json")["counts"]["people"]
         losses = {**bios_losses(model, data, batch_size), "loss_value1": math.nan}
         bound, top = bios_bound(n, losses["loss_name"], losses["loss_value"]), bios_max_bits(n)
+        chance = math.log(S0_BIOS / 2)                      # the six values of a person, pronoun left out
     counts = n_params(model, trainable_only=False)
-    return {**losses, **bound, "max_bits": top, "n_params": counts["all"],
-            "n_params_non_embedding": counts["non_embedding"], "ratio": bound["bits"] / counts["all"],
-            "ratio_non_embedding": bound["bits"] / max(1, counts["non_embedding"])}
+    return {**losses, **bound, "max_bits": top, "chance_value": chance,
+            "stores_values": losses["loss_value"] <= STORED_BELOW_CHANCE * chance,
+            "n_params": counts["all"], "n_params_non_embedding": counts["non_embedding"],
+            "ratio": bound["bits"] / counts["all"], "ratio_non_embedding": bound["bits"] / max(1, counts["non_embedding"])}
 
 
 # ----------------------------------------------------------------------------- sweep points
@@ -252,9 +278,10 @@ def normalise_point(point: dict) -> dict:
 
 
 def run_folder(point: dict, runs_dir: str | Path) -> Path:
-    """The folder of `point` under runs_dir: data/ and run/, named by the point's hash."""
+    """The folder of `point` under runs_dir: data/ and run/, named by the point's hash (`quantize`,
+    which changes only what is measured, left out: the model is shared)."""
     p = normalise_point(point)
-    digest = hashlib.sha1(point_key(p).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(point_key({k: v for k, v in p.items() if k != "quantize"}).encode()).hexdigest()[:12]
     return Path(runs_dir) / f"{p['data']}-n{p['n']}-{p['arch']}-{p['n_layer']}-{p['n_head']}-{p['n_embd']}-{digest}"
 
 
@@ -328,38 +355,62 @@ def capacity_sweep(points: list[dict], results_csv: str | Path, workers: int = 1
 # ----------------------------------------------------------------------------- the law
 
 
+def _stores_values(row: dict) -> bool:
+    v = row.get("stores_values", True)                      # rows without the flag: not checked
+    return v if isinstance(v, bool) else str(v) == "True"
+
+
 def capacity_rows(rows: list[dict], exposures: float | None = None, max_fraction: float = 0.5,
-                  bits: str = "bits") -> list[dict]:
-    """Rows of the capacity-bound regime: at `exposures` (all if None) and with
-    bits <= max_fraction * max_bits, i.e. models that could not store even that share of the data's
-    information (bigger models sit on the max_bits plateau, where bits/params only falls)."""
-    keep = []
-    for r in rows:
-        if exposures is not None and float(r["exposures"]) != float(exposures):
-            continue
-        if float(r[bits]) <= max_fraction * float(r["max_bits"]):
-            keep.append(r)
-    return keep
+                  bits: str = "bits", arch: str | None = None) -> list[dict]:
+    """Rows of the capacity-bound regime: at `exposures` and `arch` (all if None), storing values
+    (value loss below chance, where the row says), and with bits <= max_fraction * max_bits, i.e.
+    models that could not store even that share of the data's information (bigger models sit on
+    the max_bits plateau, where bits/params only falls)."""
+    return [r for r in _at(rows, exposures, arch)
+            if _stores_values(r) and float(r[bits]) <= max_fraction * float(r["max_bits"])]
+
+
+def _at(rows: list[dict], exposures: float | None, arch: str | None) -> list[dict]:
+    return [r for r in rows if (exposures is None or float(r["exposures"]) == float(exposures))
+            and (arch is None or r.get("arch", "gpt2") == arch)]
 
 
 def fit_capacity(rows: list[dict], exposures: float | None = None, params: str = "n_params", bits: str = "bits",
-                 max_fraction: float = 0.5, level: float = 0.95) -> dict:
+                 max_fraction: float = 0.5, level: float = 0.95, arch: str | None = None) -> dict:
     """Least squares bits = ratio * params through the origin over `capacity_rows`, with a
     `level` t-interval on the slope (n - 1 degrees of freedom). params: n_params (all) or
-    n_params_non_embedding; bits: bits, bits_int8 or bits_int4. Returns ratio, ci_low, ci_high, n_points."""
+    n_params_non_embedding; bits: bits, bits_int8 or bits_int4. Returns ratio, ci_low, ci_high,
+    n_points (fitted), n_rows (at these exposures) and n_storing_values (of those rows)."""
     from scipy import stats
-    pts = capacity_rows(rows, exposures, max_fraction, bits)
+    pts = capacity_rows(rows, exposures, max_fraction, bits, arch)
     x = np.array([float(r[params]) for r in pts])
     y = np.array([float(r[bits]) for r in pts])
     if len(x) < 2 or not np.all(np.isfinite(y)):
-        raise DataError(f"rows: {len(x)} capacity-bound rows with finite {bits!r} at exposures={exposures}; "
-                        f"the fit needs at least 2 (raise max_fraction={max_fraction} or add smaller models)")
+        raise DataError(f"rows: {len(x)} capacity-bound rows storing values with finite {bits!r} at "
+                        f"exposures={exposures}; the fit needs at least 2 (raise max_fraction={max_fraction} "
+                        f"or add smaller models)")
     sxx = float(x @ x)
     ratio = float(x @ y) / sxx
     resid = y - ratio * x
     se = math.sqrt(float(resid @ resid) / (len(x) - 1) / sxx)
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * se
-    return {"ratio": ratio, "ci_low": ratio - half, "ci_high": ratio + half, "n_points": len(x)}
+    at = _at(rows, exposures, arch)
+    return {"ratio": ratio, "ci_low": ratio - half, "ci_high": ratio + half, "n_points": len(x),
+            "n_rows": len(at), "n_storing_values": sum(_stores_values(r) for r in at)}
+
+
+def fit_all(rows: list[dict]) -> dict:
+    """Every fit the chapter reports: per arch and exposures, of bits, bits_int8 and bits_int4.
+    Keys "bits@100" (gpt2) or "llama:bits@100"; a fit that cannot be made holds its reason."""
+    fits = {}
+    for arch, e in sorted({(r.get("arch", "gpt2"), float(r["exposures"])) for r in rows}):
+        for bits in [b for b in ("bits", "bits_int8", "bits_int4") if all(b in r for r in rows)]:
+            key = f"{'' if arch == 'gpt2' else arch + ':'}{bits}@{e:g}"
+            try:
+                fits[key] = fit_capacity(rows, exposures=e, bits=bits, arch=arch)
+            except DataError as err:
+                fits[key] = {"error": str(err)}
+    return fits
 
 
 # ----------------------------------------------------------------------------- quantization (Result 8)
@@ -402,10 +453,50 @@ def quantize_model(model, bits: int, embeddings: bool = True):
     return model
 
 
-def profile_points(profile: str, seed: int = 0, **extra) -> list[dict]:
-    """The capacity sweep of a profile (kn.profiles "capacity"): every size at every exposure."""
+def _point(s: dict, size: tuple, exposures: float, seed: int, **extra) -> dict:
+    l, h, d, n = size
+    return {**s["data"], "n": n, "n_layer": l, "n_head": h, "n_embd": d, "exposures": exposures,
+            "window": s["window"], "seed": seed, **extra}
+
+
+def grid_points(profile: str, seed: int = 0) -> list[dict]:
+    """The profile's learning-rate x batch-size grid, on one size (kn.profiles "capacity")."""
     from kn.profiles import settings
     s = settings("capacity", profile)
-    return [{**s["data"], "n_layer": l, "n_head": h, "n_embd": d, "exposures": e, "window": s["window"],
-             "batch_size": s["batch_size"], "lr": s["lr"], "seed": seed, **extra}
-            for e in s["exposures"] for l, h, d in s["sizes"]]
+    g = s["grid"]
+    return [_point(s, g["size"], g["exposures"], seed, lr=lr, batch_size=b) for lr in g["lr"] for b in g["batch_size"]]
+
+
+def best_setting(rows: list[dict]) -> dict:
+    """lr and batch_size of the grid row that stored the most bits."""
+    best = max(rows, key=lambda r: float(r["bits"]))
+    return {"lr": float(best["lr"]), "batch_size": int(best["batch_size"])}
+
+
+def profile_points(profile: str, seed: int = 0, **extra) -> list[dict]:
+    """The capacity sweep of a profile (kn.profiles "capacity"): every arm's sizes at its exposures
+    (and arch), with `extra` (lr, batch_size from `best_setting`, quantize) on every point."""
+    from kn.profiles import settings
+    s = settings("capacity", profile)
+    return [_point(s, size, arm["exposures"], seed, **({"arch": arm["arch"]} if "arch" in arm else {}), **extra)
+            for arm in s["arms"] for size in arm["sizes"]]
+
+
+def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | None = None, seed: int = 0,
+                   workers: int = 1) -> dict:
+    """The chapter's whole experiment: the lr x batch grid (results/grid.csv), then the profile's
+    points at the best setting with int8/int4 measured (results/sweep.csv), then every fit
+    (results/fit.json). Finished points are skipped, so a stopped study continues. Returns grid,
+    best, rows and fits."""
+    from kn.sweep import read_rows
+    t0, results = time.perf_counter(), Path(results)
+    grid = grid_points(profile, seed)
+    capacity_sweep(grid, results / "grid.csv", runs_dir=runs_dir, workers=workers)
+    best = best_setting(read_rows(results / "grid.csv"))
+    points = profile_points(profile, seed, quantize=True, **best)
+    capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)
+    rows = read_rows(results / "sweep.csv")
+    fits = fit_all(rows)
+    write_json(results / "fit.json", config={"grid": grid, "points": points}, seed=seed,
+               wall_time=time.perf_counter() - t0, best=best, fits=fits)
+    return {"grid": read_rows(results / "grid.csv"), "best": best, "rows": rows, "fits": fits}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -19,6 +19,13 @@ from kn import paper
 from kn.book import markdown_table, results_dir
 from kn.data.records import ATTRIBUTES
 from kn.profiles import PROFILES
+
+
+class Interval(NamedTuple):
+    """A measured number with its 95% interval: the verdicts that take one read the interval."""
+    value: float
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
@@ -81,27 +88,68 @@ def _q_probe_gap(folder):
     return q("multi5+permute") - q("single"), f"Q-probe {q('single'):.1f}% (single) vs {q('multi5+permute'):.1f}% (multi5+permute)"
 
 
-def _capacity_ratio(exposures: int, bits: str = "bits") -> Callable[[Path], tuple[float, str]]:
+MIN_CAPACITY_POINTS = {100: 4, 1000: 3}   # value-storing, capacity-bound models a fit needs to count
+
+
+def _fit(folder: Path, key: str) -> dict:
+    fit = _load(folder, "fit")["fits"].get(key)
+    if fit is None:
+        raise FileNotFoundError(f"{key} not run at this profile")
+    if "ratio" not in fit:
+        raise FileNotFoundError(fit.get("error", "no fit"))
+    return fit
+
+
+def _fit_text(fit: dict) -> str:
+    stored = f", {fit['n_storing_values']} of {fit['n_rows']} store values" if "n_rows" in fit else ""
+    return (f"{fit['ratio']:.2f} bits/param (95% CI {fit['ci_low']:.2f}-{fit['ci_high']:.2f}, "
+            f"{fit['n_points']} models fitted{stored})")
+
+
+def _capacity_ratio(exposures: int) -> Callable[[Path], tuple[float, str]]:
+    """The fitted ratio, or NaN (inconclusive) when fewer than MIN_CAPACITY_POINTS models stored values."""
     def measure(folder):
-        fit = _load(folder, "fit")["fits"].get(f"{bits}@{exposures}")
-        if fit is None:
-            raise FileNotFoundError(f"no {exposures}-exposure runs at this profile")
-        if "ratio" not in fit:
-            raise FileNotFoundError(fit.get("error", "no fit"))
-        return fit["ratio"], (f"{fit['ratio']:.2f} bits/param (95% CI {fit['ci_low']:.2f}-{fit['ci_high']:.2f}, "
-                              f"{fit['n_points']} models)")
+        fit = _fit(folder, f"bits@{exposures}")
+        if fit["n_points"] < MIN_CAPACITY_POINTS[exposures]:
+            return float("nan"), _fit_text(fit) + f": fewer than {MIN_CAPACITY_POINTS[exposures]}, not a test"
+        return Interval(fit["ratio"], fit["ci_low"], fit["ci_high"]), _fit_text(fit)
     return measure
 
 
-def _int8_kept(folder):
-    fits = _load(folder, "fit")["fits"]
-    key = next((k for k in sorted(fits) if k.startswith("bits@") and "ratio" in fits[k]), None)
-    quantized = fits.get(f"bits_int8@{key.removeprefix('bits@')}", {}) if key else {}
-    if "ratio" not in quantized:
-        raise FileNotFoundError("no int8 fit")
-    full, int8 = fits[key]["ratio"], quantized["ratio"]
-    kept = 100 * int8 / full if full > 0 else float("nan")
-    return kept, f"{int8:.2f} of {full:.2f} bits/param kept by int8 ({kept:.0f}%)"
+def _near(target: float, tolerance: float = 0.3) -> Callable[[Interval], str]:
+    """'reproduced' when the interval meets target +- tolerance (relative), else 'not reproduced'."""
+    def verdict(x: Interval) -> str:
+        low, high = target * (1 - tolerance), target * (1 + tolerance)
+        return "reproduced" if x.high >= low and x.low <= high else "not reproduced"
+    return verdict
+
+
+def _quantized_kept(bits: int) -> Callable[[Path], tuple[float, str]]:
+    """% of the full-precision bits/param kept after int`bits`, at the first exposures with a fit."""
+    def measure(folder):
+        fits = _load(folder, "fit")["fits"]
+        key = next((k for k in sorted(fits) if k.startswith("bits@") and "ratio" in fits[k]), None)
+        quantized = fits.get(f"bits_int{bits}@{key.removeprefix('bits@')}", {}) if key else {}
+        if "ratio" not in quantized:
+            raise FileNotFoundError(f"no int{bits} fit")
+        full, q = fits[key]["ratio"], quantized["ratio"]
+        kept = 100 * q / full if full > 0 else float("nan")
+        return kept, f"{q:.2f} of {full:.2f} bits/param kept by int{bits} ({kept:.0f}%)"
+    return measure
+
+
+def _gated_gap(folder):
+    """GPT-2's 100-exposure fit over the gated (LLaMA) one's; NaN when the intervals overlap."""
+    gpt2, gated = _fit(folder, "bits@100"), _fit(folder, "llama:bits@100")
+    text = f"GPT-2 {_fit_text(gpt2)} vs LLaMA {_fit_text(gated)}"
+    apart = gpt2["ci_low"] > gated["ci_high"] or gated["ci_low"] > gpt2["ci_high"]
+    return (gpt2["ratio"] / gated["ratio"] if apart else float("nan")), text + ("" if apart else ": intervals overlap")
+
+
+def _not_run(what: str) -> Callable[[Path], tuple[float, str]]:
+    def measure(folder):
+        raise FileNotFoundError(f"{what}: not run at any profile yet")
+    return measure
 
 
 def _dynamics(folder, stage="late"):
@@ -205,11 +253,22 @@ CLAIMS = [
           f"{paper.CELEBRITY['single'][0]}% -> {paper.CELEBRITY['single'][1]}%", "celebrity", _celebrity_gain,
           _at_least(30, 10)),
     Claim("Part 3.3, R4", "At 100 exposures GPT-2 stores about 1 bit per parameter",
-          f"~{paper.BITS_PER_PARAM[100]:g} bits/param", "capacity", _capacity_ratio(100), _at_least(0.7, 0.3)),
+          f"~{paper.BITS_PER_PARAM[100]:g} bits/param", "capacity", _capacity_ratio(100), _near(paper.BITS_PER_PARAM[100])),
     Claim("Part 3.3, R1", "At 1000 exposures GPT-2 stores about 2 bits per parameter",
-          f"~{paper.BITS_PER_PARAM[1000]:g} bits/param", "capacity", _capacity_ratio(1000), _at_least(1.5, 0.7)),
-    Claim("Part 3.3, R8", "int8 quantization keeps the stored bits", "2 of 2 bits/param", "capacity", _int8_kept,
-          _at_least(90, 60)),
+          f"~{paper.BITS_PER_PARAM[1000]:g} bits/param", "capacity", _capacity_ratio(1000),
+          _near(paper.BITS_PER_PARAM[1000])),
+    Claim("Part 3.3, R5", "At 1000 exposures every architecture (LLaMA, Mistral, small MLP) reaches ~2",
+          "~2 bits/param each", "capacity", _not_run("other architectures at 1000 exposures"), _at_least(1.5, 0.7)),
+    Claim("Part 3.3, R6-7", "At 100 exposures the gated MLP (LLaMA) stores 1.3x less than GPT-2", "1.3x",
+          "capacity", _gated_gap, _at_least(1.15, 1.0)),
+    Claim("Part 3.3, R8", "int8 quantization keeps the stored bits", "2 of 2 bits/param", "capacity",
+          _quantized_kept(8), _at_least(90, 60)),
+    Claim("Part 3.3, R8", "int4 quantization loses most of them", f"~{paper.INT4_BITS_PER_PARAM:g} of 2 bits/param",
+          "capacity", _quantized_kept(4), lambda x: "reproduced" if 15 <= x <= 55 else "partly" if x < 80 else "not reproduced"),
+    Claim("Part 3.3, R10-11", "Junk data (7 junk : 1 useful token) cuts capacity ~20x at 100 exposures", "~20x",
+          "capacity", _not_run("junk data"), _at_least(5, 2)),
+    Claim("Part 3.3, R12", "A domain token before useful data recovers most of it", "20x -> 2x",
+          "capacity", _not_run("the domain token"), _at_least(5, 2)),
     Claim("Chang et al.", "Each exposure to a fact gives a bump in its log-probability", "bump, then decay",
           "dynamics", _bump, _at_least(0.05, 0.0)),
     Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base)", "no increase",
@@ -239,7 +298,8 @@ def claims_table() -> list[dict]:
         if profile is not None:
             try:
                 value, text = c.measure(results_dir(c.chapter, profile))
-                row.update(ours=text, verdict=c.verdict(value) if np.isfinite(value) else "inconclusive")
+                finite = np.isfinite(value.value if isinstance(value, Interval) else value)
+                row.update(ours=text, verdict=c.verdict(value) if finite else "inconclusive")
             except (FileNotFoundError, KeyError) as err:   # result file or entry missing at this profile
                 row["ours"] = f"not measured: {err}"
         rows.append(row)

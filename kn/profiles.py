@@ -38,21 +38,35 @@ TABLES = {
         "gpu": {"rank_p": 2, "rank_q": 16, "epochs": 20},
         "paper": {"rank_p": 2, "rank_q": 16, "epochs": 20},
     },
-    # Part 3.3: the capacity sweep. sizes are (n_layer, n_head, n_embd); data are bioD settings
-    # (small name pools at small scale, so that token embeddings do not dwarf the model)
+    # Part 3.3: the capacity sweep. `grid` picks lr and batch_size (kn.capacity.best_setting, on bits:
+    # capacity is measured on the training data itself); `arms` are the law's points, sizes as
+    # (n_layer, n_head, n_embd, N): N grows with the model so that the data hold >= 3x (100 exposures,
+    # ~1 bit/param) or 6x (1000, ~2 bits/param) the bits the paper expects it to store. bioD with L=1,
+    # C=4 (106 value bits in 61 tokens a person) and small name pools: values, not names, hold the bits
+    # and the embedding table stays a minority of the parameters.
     "capacity": {
-        "smoke": {"sizes": [(1, 2, 16), (1, 2, 32)], "exposures": [10], "window": 64, "batch_size": 16, "lr": 3e-3,
-                  "data": {"n": 200, "k": 2, "c": 1, "d": 20, "l": 1, "t": 50, "n_first": 10, "n_middle": 10, "n_last": 20}},
-        # lr measured on the 32-wide model: 3e-3 0.14, 1e-2 0.27, 3e-2 0.06 bits/param
-        "cpu": {"sizes": [(1, 2, 16), (1, 2, 24), (1, 2, 32), (1, 2, 48)], "exposures": [100], "window": 128,
-                "batch_size": 32, "lr": 1e-2,
-                "data": {"n": 4000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 40, "n_middle": 40, "n_last": 100}},
-        "gpu": {"sizes": [(2, 2, 128), (2, 4, 256), (4, 4, 256), (4, 6, 384), (6, 8, 512), (8, 8, 512)],
-                "exposures": [100, 1000], "window": 512, "batch_size": 128, "lr": 1e-3,
-                "data": {"n": 200000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 400, "n_middle": 400, "n_last": 1000}},
-        "paper": {"sizes": [(l, h, 64 * h) for l, h in [(2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 16)]],
-                  "exposures": [100, 1000], "window": 512, "batch_size": 96, "lr": 1e-3,
-                  "data": {"n": 10_000_000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 400, "n_middle": 400, "n_last": 1000}},
+        "smoke": {"data": {"k": 2, "c": 1, "d": 20, "l": 1, "t": 50, "n_first": 10, "n_middle": 10, "n_last": 20},
+                  "window": 64, "grid": {"size": (1, 2, 16, 200), "exposures": 10, "lr": [3e-3, 1e-2], "batch_size": [16]},
+                  "arms": [{"exposures": 10, "sizes": [(1, 2, 16, 200), (1, 2, 32, 200)]}]},
+        "cpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 32, "n_middle": 32, "n_last": 32},
+                "window": 128,
+                "grid": {"size": (2, 2, 32, 1000), "exposures": 100, "lr": [3e-3, 1e-2, 3e-2], "batch_size": [16, 32]},
+                "arms": [{"exposures": 100, "sizes": [(2, 2, 16, 300), (2, 2, 24, 600), (2, 2, 32, 1000),
+                                                      (2, 4, 48, 2000), (2, 4, 64, 3200)]},
+                         {"exposures": 1000, "sizes": [(2, 2, 12, 400), (2, 2, 16, 600), (2, 2, 20, 900)]},
+                         {"exposures": 100, "arch": "llama", "sizes": [(2, 2, 16, 300), (2, 2, 24, 600), (2, 2, 32, 1000)]}]},
+        # gpu: ~0.68G tokens at 100 exposures (one command), ~1G at 1000 (a second; the sweep resumes)
+        "gpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 100, "n_middle": 100, "n_last": 100},
+                "window": 512,
+                "grid": {"size": (2, 2, 96, 9000), "exposures": 100, "lr": [1e-3, 3e-3, 1e-2], "batch_size": [64]},
+                "arms": [{"exposures": 100, "sizes": [(2, 2, 64, 4000), (2, 2, 96, 9000), (2, 2, 128, 14000),
+                                                      (2, 4, 192, 31000), (2, 4, 256, 53000)]},
+                         {"exposures": 1000, "sizes": [(2, 2, 32, 3000), (2, 2, 48, 5000), (2, 2, 64, 8000)]}]},
+        "paper": {"data": {"k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 400, "n_middle": 400, "n_last": 1000},
+                  "window": 512, "grid": {"size": (4, 4, 256, 1_000_000), "exposures": 100, "lr": [1e-3], "batch_size": [96]},
+                  "arms": [{"exposures": e, "sizes": [(l, h, 64 * h, 10_000_000) for l, h in
+                                                      [(2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 16)]]}
+                           for e in (100, 1000)]},
     },
     # Chang et al.: background bioS, base model, continued pretraining with injections (kn.dynamics)
     "dynamics": {

@@ -10,10 +10,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kn.capacity import (N0_BIOS, S0_BIOS, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
-                         dequantize, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
+from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, best_setting, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
+                         dequantize, fit_all, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
+                         grid_points, normalise_point, profile_points,
                          write_biod_dataset)
-from kn.data.biod import DOMAIN, EOS, JUNK_PERSON, BioDConfig
+from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render
 from kn.data.records import DataError
 from kn.models import ModelConfig, build_model
 from kn.sweep import read_rows
@@ -45,7 +46,15 @@ def test_biod_bound_by_hand():
 
 def test_zero_loss_gives_the_full_bound():
     full = 10 * math.log2(90) + 10 * 2 * 2 * math.log2(4) + 2 * 4 * math.log2((5 ** 2 - 4) / 4)
-    assert biod_bound(SIZES, losses(0, 0, 0))["bits"] == pytest.approx(full) == max_bits(SIZES)
+    assert biod_bound(SIZES, losses(0, 0, 0))["bits"] == pytest.approx(full)
+
+
+def test_max_bits_counts_names_at_their_best_loss():
+    """A perfect model still draws a name uniformly from the N that exist: loss ln N, not 0."""
+    assert max_bits(SIZES) == pytest.approx(biod_bound(SIZES, losses(math.log(10), 0, 0))["bits"])
+    assert biod_bound(SIZES, losses(0, 0, 0))["bits"] - max_bits(SIZES) == pytest.approx(10 * math.log2(10))
+    assert max_bits({**SIZES, "N0": 15}) == pytest.approx(10 * 2 * 2 * 2 + 2 * 4 * math.log2(21 / 4))  # N0 - N < N
+    assert bios_max_bits(30) == pytest.approx(bios_bound(30, math.log(30), 0.0)["bits"])
 
 
 def test_chance_gives_zero_and_never_negative():
@@ -53,7 +62,7 @@ def test_chance_gives_zero_and_never_negative():
     assert biod_bound(SIZES, chance)["bits"] == pytest.approx(0, abs=1e-9)
     huge = {"N0": 10 ** 12, "N": 10 ** 6, "K": 8, "C": 10, "D": 10 ** 6, "L": 50, "T": 1000}   # T^L = 1e150
     assert biod_bound(huge, losses(1e6, 1e6, 1e6))["bits"] == 0
-    assert max_bits(huge) == pytest.approx(1e6 * math.log2(10 ** 12 - 10 ** 6) + 8e7 * math.log2(1e6)
+    assert max_bits(huge) == pytest.approx(1e6 * math.log2((10 ** 12 - 10 ** 6) / 1e6) + 8e7 * math.log2(1e6)
                                            + 8e6 * (150 * math.log2(10) - math.log2(1e6)), rel=1e-12)
     assert biod_bound({**SIZES, "D": 25}, losses(0, 0, 0))["bits_diversity"] == 0   # D = T^L: nothing to learn
     with pytest.raises(DataError, match="^loss_value"):
@@ -172,9 +181,14 @@ def test_two_point_sweep_and_fit(tmp_path):
         assert 0 <= r["bits"] <= r["max_bits"] and r["n_params_non_embedding"] < r["n_params"]
         assert r["ratio"] == pytest.approx(r["bits"] / r["n_params"]) and r["tokens_per_s"] > 0
         assert r["loss_name"] > 0 and r["loss_value1"] <= r["loss_value"]
+        assert np.mean(r["loss_value_by_attribute"]) == pytest.approx(r["loss_value"])   # K = 2 attributes
+        assert r["chance_value"] == pytest.approx(math.log(4))                          # C ln D
+        assert (r["stores_values"] == "True") == (r["loss_value"] <= 0.9 * r["chance_value"])
     again = run_bound(run_folder(points[0], runs) / "run", bits=8)
     assert again["bits"] == pytest.approx(next(r for r in table if r["n_embd"] == 16)["bits_int8"], rel=1e-6)
-    fit = fit_capacity(table, exposures=3, max_fraction=1.0)
+    with pytest.raises(DataError, match="^rows"):   # 3 exposures store no values: nothing to fit
+        fit_capacity(table, exposures=3, max_fraction=1.0)
+    fit = fit_capacity([dict(r, stores_values=True) for r in table], exposures=3, max_fraction=1.0)
     assert fit["n_points"] == 2 and fit["ci_low"] <= fit["ratio"] <= fit["ci_high"]
 
 
@@ -201,5 +215,46 @@ def test_fit_capacity_recovers_a_planted_ratio():
              {"exposures": 100, "n_params": 1e5, "bits": 1e5, "max_bits": 1e7}]       # other exposures
     fit = fit_capacity(rows, exposures=1000)
     assert fit["n_points"] == 12 and fit["ci_low"] < 2 < fit["ci_high"] and fit["ci_high"] - fit["ci_low"] < 0.1
+    at_chance = [{"exposures": 1000, "n_params": p, "bits": 0.3 * p, "max_bits": 8 * p, "stores_values": "False"}
+                 for p in (2e4, 5e4)]                                     # names only: flagged, left out
+    fit = fit_capacity(rows + at_chance, exposures=1000)
+    assert fit["n_points"] == 12 and fit["n_rows"] == 15 and fit["n_storing_values"] == 13
+    fits = fit_all(rows + [dict(r, arch="llama") for r in rows[:3]])
+    assert fits["bits@1000"]["n_points"] == 12 and "llama:bits@1000" in fits and "error" in fits["bits@100"]
     with pytest.raises(DataError, match="^rows"):
         fit_capacity(rows, exposures=300)
+
+
+def test_attribute_of_tokens_follows_each_sentence():
+    cfg = BioDConfig(**TINY_BIOD, domain_token=True)
+    biod = generate_biod(cfg)
+    docs = render(biod, epoch=1).ids.reshape(cfg.n, -1)
+    attr = attribute_of_tokens(cfg, docs)
+    s = cfg.sentence_length
+    assert (attr[:, 0] == -1).all() and (attr[:, -1] == -1).all()          # <domain>, <eos>
+    for j in range(cfg.k):                                                   # word 5 of sentence j names it
+        assert (attr[:, 1 + j * s: 1 + (j + 1) * s] == (docs[:, 1 + j * s + 5] - ATTR0)[:, None]).all()
+    assert sorted(np.unique(attr[:, 1:-1])) == list(range(cfg.k))
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_profile_points_hold_more_bits_than_the_models_can_store(profile):
+    """Each point's data hold >= 3x the bits the paper expects its model to store (1 bit/param at 100
+    exposures, 2 at 1000): otherwise the point measures the data, not the capacity."""
+    from kn.data.biod import vocabulary
+    for p in profile_points(profile, lr=1e-3, batch_size=32):
+        p = normalise_point(p)
+        cfg = BioDConfig(**{k: p[k] for k in ("n", "k", "c", "d", "l", "t", "n_first", "n_middle", "n_last")})
+        model = build_model(ModelConfig(arch=p["arch"], n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
+                                        mlp_ratio=p["mlp_ratio"], vocab_size=len(vocabulary(cfg)), context=64))
+        params = sum(t.numel() for t in model.parameters())
+        expected = {100: 1.0, 1000: 2.0}[p["exposures"]] * params
+        assert max_bits(bound_inputs(cfg)) >= 3 * expected, p
+        assert model.get_input_embeddings().weight.numel() < 0.5 * params, p   # embeddings a minority
+
+
+def test_best_setting_picks_the_most_bits():
+    rows = [{"lr": 1e-3, "batch_size": 16, "bits": 5.0}, {"lr": 1e-2, "batch_size": 32, "bits": 9.0},
+            {"lr": 3e-2, "batch_size": 16, "bits": 1.0}]
+    assert best_setting(rows) == {"lr": 1e-2, "batch_size": 32}
+    assert len(grid_points("cpu")) == 6 and {p["n_embd"] for p in grid_points("cpu")} == {32}

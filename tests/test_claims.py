@@ -46,14 +46,36 @@ def by_chapter(chapter):
 
 def test_capacity_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
-    fits = {"bits@100": {"ratio": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n_points": 4},
+    fits = {"bits@100": {"ratio": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n_points": 4, "n_rows": 5, "n_storing_values": 4},
             "bits_int8@100": {"ratio": 0.45, "ci_low": 0.4, "ci_high": 0.5, "n_points": 4},
+            "bits_int4@100": {"ratio": 0.3, "ci_low": 0.2, "ci_high": 0.4, "n_points": 4},
+            "llama:bits@100": {"ratio": 0.85, "ci_low": 0.7, "ci_high": 0.95, "n_points": 3},
             "bits@1000": {"error": "too few capacity-bound rows"}}
     write(tmp_path, "capacity", "cpu", "fit", {"fits": fits})
-    rows = {r["source"]: r for r in by_chapter("capacity")}
-    assert rows["Part 3.3, R4"]["verdict"] == "reproduced" and "0.90 bits/param" in rows["Part 3.3, R4"]["ours"]
-    assert rows["Part 3.3, R1"]["verdict"] == "not run" and "too few" in rows["Part 3.3, R1"]["ours"]
-    assert rows["Part 3.3, R8"]["verdict"] == "not reproduced"            # int8 kept only half
+    rows = {(r["source"], r["claim"][:4]): r for r in by_chapter("capacity")}
+    r4 = rows[("Part 3.3, R4", "At 1")]
+    assert r4["verdict"] == "reproduced" and "0.90 bits/param" in r4["ours"] and "4 of 5 store values" in r4["ours"]
+    assert rows[("Part 3.3, R1", "At 1")]["verdict"] == "not run" and "too few" in rows[("Part 3.3, R1", "At 1")]["ours"]
+    assert rows[("Part 3.3, R8", "int8")]["verdict"] == "not reproduced"            # int8 kept only half
+    int4 = rows[("Part 3.3, R8", "int4")]
+    assert int4["verdict"] == "reproduced" and "(33%)" in int4["ours"]             # 0.3 of 0.9, paper ~0.7 of 2
+    assert rows[("Part 3.3, R6-7", "At 1")]["verdict"] == "inconclusive"            # intervals overlap
+    for source in ("Part 3.3, R5", "Part 3.3, R10-11", "Part 3.3, R12"):
+        assert next(r for r in by_chapter("capacity") if r["source"] == source)["verdict"] == "not run"
+
+
+def test_capacity_claims_guard_and_interval(tmp_path, monkeypatch):
+    """Built to fail: too few value-storing models is inconclusive; an interval that misses 1 +- 30% is not."""
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    few = {"bits@100": {"ratio": 1.0, "ci_low": 0.9, "ci_high": 1.1, "n_points": 3, "n_rows": 5, "n_storing_values": 3}}
+    write(tmp_path, "capacity", "cpu", "fit", {"fits": few})
+    assert next(r for r in by_chapter("capacity") if r["source"] == "Part 3.3, R4")["verdict"] == "inconclusive"
+    low = {"bits@100": {"ratio": 0.3, "ci_low": 0.2, "ci_high": 0.69, "n_points": 5, "n_rows": 5, "n_storing_values": 5}}
+    write(tmp_path, "capacity", "cpu", "fit", {"fits": low})
+    assert next(r for r in by_chapter("capacity") if r["source"] == "Part 3.3, R4")["verdict"] == "not reproduced"
+    wide = dict(low["bits@100"], ci_high=0.71)                                          # the interval reaches 0.7
+    write(tmp_path, "capacity", "cpu", "fit", {"fits": {"bits@100": wide}})
+    assert next(r for r in by_chapter("capacity") if r["source"] == "Part 3.3, R4")["verdict"] == "reproduced"
 
 
 def kinds(e, fit):
