@@ -155,3 +155,24 @@ def test_cli_train(tmp_path, data, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "pretrain"
     path.write_text('data = "x"\nout = "y"\nmode = "distill"\n')
     assert main(["train", "--config", str(path)]) == 2
+
+
+def test_recover_checkpoint_keeps_the_newest_complete_one(tmp_path):
+    from kn.train import recover_checkpoint
+
+    def ckpt(name, step=None):
+        (tmp_path / name).mkdir()
+        if step is not None:                                   # state.json is written last: its absence = incomplete
+            (tmp_path / name / "state.json").write_text(json.dumps({"step": step}))
+    ckpt("checkpoint.old", 4)
+    ckpt("checkpoint.tmp", 8)                                  # killed after the old one went aside
+    assert recover_checkpoint(tmp_path / "checkpoint") == tmp_path / "checkpoint"
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    ckpt("checkpoint.tmp")                                     # killed while writing the next one
+    assert recover_checkpoint(tmp_path / "checkpoint") == tmp_path / "checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    (tmp_path / "checkpoint" / "state.json").unlink()
+    with pytest.raises(DataError, match="^checkpoint: .* incomplete"):
+        recover_checkpoint(tmp_path / "checkpoint")
+    assert recover_checkpoint(tmp_path / "none") is None
