@@ -111,7 +111,7 @@ def _claim_points(points: list[dict], results: Path, wait: bool) -> tuple[dict, 
             busy.append(p)
         else:
             held[point_key(p)] = (p, claim)
-    done = done_keys(results)                               # read after claiming: a holder writes its row, then releases
+    done = done_keys(results)                     # read after claiming: a holder writes its row, then releases
     for key in [k for k in held if k in done]:
         _release(held.pop(key)[1])
     return held, busy

@@ -104,7 +104,8 @@ class TrainConfig:
     def ranges(self) -> dict:
         """{field: (within range, what is allowed)}."""
         return {"exposures": (0 < self.exposures <= MAX_EXPOSURES, f"a number > 0 and <= {MAX_EXPOSURES:,}"),
-                "batch_size": (self.batch_size >= 1, "an integer >= 1"), "window": (self.window >= 8, "an integer >= 8"),
+                "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+                "window": (self.window >= 8, "an integer >= 8"),
                 "lr": (self.lr > 0, "a number > 0"), "qa_fraction": (0 <= self.qa_fraction < 1, "0 <= x < 1"),
                 "lora_rank": (self.lora_rank >= 0, "an integer >= 0 (0 = full finetune)"),
                 "lora_embed_rank": (self.lora_embed_rank >= 0, "an integer >= 0"),
@@ -485,7 +486,8 @@ def prepare_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> N
         "a model" if (out / "model").exists() else None
     if held and not (resume and checkpoint):
         what = "resume=True (--resume) to continue it, or " if checkpoint else ""
-        raise DataError(f"out: {str(out)!r} already holds {held}; pass {what}overwrite=True (--overwrite) to start again")
+        raise DataError(f"out: {str(out)!r} already holds {held}; pass {what}overwrite=True (--overwrite) "
+                        "to start again")
     if checkpoint:
         check_same_settings(checkpoint, cfg)
 
