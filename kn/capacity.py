@@ -500,3 +500,46 @@ def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | Non
     write_json(results / "fit.json", config={"grid": grid, "points": points}, seed=seed,
                wall_time=time.perf_counter() - t0, best=best, fits=fits)
     return {"grid": read_rows(results / "grid.csv"), "best": best, "rows": rows, "fits": fits}
+
+
+# ----------------------------------------------------------------------------- tables for the chapter
+
+
+def _flag(row: dict) -> str:
+    return "yes" if _stores_values(row) else "**no**"
+
+
+def model_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, lines) of every model: size, data, the bits split by term, value loss over chance,
+    bits/param in full precision and after int8/int4. For kn.book.markdown_table."""
+    header = ["arch", "exposures", "params (non-emb.)", "N", "bits: names", "values", "diversity", "of max",
+              "value loss / chance", "stores values", "bits/param", "int8", "int4"]
+    lines = []
+    for r in sorted(rows, key=lambda r: (r.get("arch", "gpt2"), r["exposures"], r["n_params"])):
+        p = float(r["n_params"])
+        lines.append([r.get("arch", "gpt2"), f"{r['exposures']:g}", f"{int(p):,} ({int(r['n_params_non_embedding']):,})",
+                      f"{int(r['n']):,}", f"{r['bits_name']:,.0f}", f"{r['bits_value']:,.0f}", f"{r['bits_diversity']:,.0f}",
+                      f"{r['bits'] / r['max_bits']:.0%}", f"{r['loss_value'] / r['chance_value']:.2f}", _flag(r),
+                      f"{r['bits'] / p:.3f}", f"{r['bits_int8'] / p:.3f}", f"{r['bits_int4'] / p:.3f}"])
+    return header, lines
+
+
+def grid_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """(header, lines) of the lr x batch grid, most bits first."""
+    header = ["lr", "batch_size", "bits", "value loss / chance", "bits/param"]
+    lines = [[f"{r['lr']:g}", str(r["batch_size"]), f"{r['bits']:,.0f}", f"{r['loss_value'] / r['chance_value']:.2f}",
+              f"{r['bits'] / r['n_params']:.3f}"] for r in sorted(rows, key=lambda r: -float(r["bits"]))]
+    return header, lines
+
+
+def fit_table(fits: dict) -> tuple[list[str], list[list]]:
+    """(header, lines) of every fit of `fit_all`: ratio with its interval, or why there is none."""
+    header = ["fit", "bits/param", "95% interval", "models fitted", "store values / run"]
+    lines = []
+    for key, f in fits.items():
+        if "ratio" in f:
+            lines.append([key, f"{f['ratio']:.3f}", f"{f['ci_low']:.3f} to {f['ci_high']:.3f}", str(f["n_points"]),
+                          f"{f['n_storing_values']} / {f['n_rows']}"])
+        else:
+            lines.append([key, "-", "-", "0", f["error"].split(";")[0]])
+    return header, lines

@@ -197,7 +197,7 @@ def prepare_data(cfg: DynamicsConfig, out: str | Path) -> list[dict]:
     ds = replace(ds, tokenizer=tok, bios_tokens=encode_records(ds.bios, tok, keys=("name",) + ATTRIBUTES),
                  qa_tokens=encode_records(ds.qa, tok))
     write_injection(records, out / "injection", inj)
-    write_bios(ds, out, wall_time=time.perf_counter() - t_start)
+    write_bios(ds, out, wall_time=time.perf_counter() - t_start, overwrite=True)   # another config: rebuild
     return records
 
 

@@ -102,7 +102,7 @@ def _dataset(cfg: ExtractionConfig, path: Path) -> None:
     meta = path / "meta.json"
     if meta.is_file() and json.loads(meta.read_text())["provenance"]["config"] == asdict(cfg.data):
         return
-    make_dataset(cfg.data, path)
+    make_dataset(cfg.data, path, overwrite=True)      # the run's own data, made for another config: rebuild
 
 
 def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64) -> dict:
