@@ -6,10 +6,11 @@ import shutil
 
 import nbformat
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 from papermill.exceptions import PapermillExecutionError
 
-from kn.book import ROOT, book_profile, build_book, chapters, notebook_profile, run_chapter, unexecuted
-from kn.data.records import DataError
+from kn.book import BOOK, ROOT, book_profile, build_book, chapters, notebook, notebook_profile, run_chapter, unexecuted
+from kn.errors import DataError
 
 
 def copy_book(tmp_path):
@@ -28,6 +29,18 @@ def test_chapter_runs_at_smoke(chapter, tmp_path, monkeypatch):
     out = run_chapter(chapter, "smoke", output=tmp_path / f"{chapter}.ipynb")
     assert out.is_file()
     assert any((tmp_path / "results" / chapter / "smoke").iterdir())
+
+
+@pytest.mark.parametrize("chapter", chapters())
+def test_install_cell_installs_from_the_clone(chapter):
+    """Each chapter opens with a cell that imports kn and, only where that fails, pip-installs the
+    clone it sits in (the cell runs in book/, so `..` is the repository)."""
+    cell = next(c for c in nbformat.read(notebook(chapter), 4).cells if "%pip install" in c.source)
+    code = TransformerManager().transform_cell(cell.source)
+    compile(code, chapter, "exec")
+    assert code.startswith("try:") and "import kn\nexcept ImportError:" in code
+    assert "run_line_magic('pip', 'install -q -r ../requirements.txt -e ..')" in code
+    assert (BOOK / ".." / "requirements.txt").is_file() and (BOOK / ".." / "pyproject.toml").is_file()
 
 
 def test_every_chapter_is_committed_executed():
