@@ -19,7 +19,8 @@ import torch
 
 from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
-from kn.data.records import ATTRIBUTES, DataError, read_jsonl
+from kn.data.records import ATTRIBUTES, read_jsonl
+from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params
 from kn.results import write_json
 from kn.tokenize import Encoded, load_tokenizer, pack

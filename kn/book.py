@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.profiles import check_profile
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,6 @@ import tempfile
 import time
 from dataclasses import asdict
 from functools import partial
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,8 @@ import torch
 
 from kn.data.biod import ATTR0, EOS, BioD, BioDConfig, bound_inputs, field_masks, generate_biod, make_tokenizer, render, \
     to_records, vocabulary
-from kn.data.records import DataError, write_jsonl
+from kn.data.records import write_jsonl
+from kn.errors import DataError, check_number
 from kn.models import ModelConfig, n_params
 from kn.results import read_json, write_json
 from kn.sweep import point_key, run_sweep
@@ -48,12 +48,6 @@ QUANT_BITS = (8, 4)                                          # Result 8
 STORED_BELOW_CHANCE = 0.9   # a point stores values when its value loss is at most 90% of chance
 
 # ----------------------------------------------------------------------------- bounds (Theorem 3.2)
-
-
-def _check_loss(name: str, v) -> float:
-    if not isinstance(v, Real) or isinstance(v, bool) or not v >= 0:
-        raise DataError(f"{name}: got {v!r}; allowed: a summed loss in nats, >= 0")
-    return float(v)
 
 
 def _log2_pow_minus(t: int, l: int, d: int) -> float:
@@ -77,7 +71,8 @@ def biod_bound(sizes: dict, losses: dict) -> dict:
     loss_value and loss_value1 (per (person, attribute)). Returns bits and its three terms.
     """
     n0, n, k, c, d, l, t = (sizes[key] for key in ("N0", "N", "K", "C", "D", "L", "T"))
-    name, value, value1 = (_check_loss(key, losses[key]) for key in ("loss_name", "loss_value", "loss_value1"))
+    keys = ("loss_name", "loss_value", "loss_value1")
+    name, value, value1 = (check_number(key, losses[key], unit="nats") for key in keys)
     terms = {"bits_name": n * (math.log2(n0 - n) - name / LN2) if n0 > n else -math.inf,
              "bits_value": n * k * (c * math.log2(d) - value / LN2),
              "bits_diversity": k * d * (_log2_pow_minus(t, l, d) - math.log2(d) - value1 / LN2)}
@@ -101,12 +96,12 @@ def bios_bound(n: int, loss_name: float, loss_value: float, loss_pronoun: float 
     its loss only lowers the bound). S0 counts the pronoun (factor 2); without `loss_pronoun` our
     losses do not cover it, so the factor 2 is dropped rather than credited for free.
     """
-    value = _check_loss("loss_value", loss_value)
+    value = check_number("loss_value", loss_value, unit="nats")
     if loss_pronoun is None:
         s0 = s0 / 2
     else:
-        value += _check_loss("loss_pronoun", loss_pronoun)
-    terms = {"bits_name": _clip(n * (math.log2(n0) - _check_loss("loss_name", loss_name) / LN2)),
+        value += check_number("loss_pronoun", loss_pronoun, unit="nats")
+    terms = {"bits_name": _clip(n * (math.log2(n0) - check_number("loss_name", loss_name, unit="nats") / LN2)),
              "bits_value": _clip(n * (math.log2(s0) - value / LN2)), "bits_diversity": 0.0}
     return {"bits": sum(terms.values()), **terms}
 
@@ -196,8 +191,7 @@ def write_biod_dataset(cfg: BioDConfig, out: str | Path, junk_ratio: float = 0.0
     """A bioD training folder: meta.json ("kind": "bioD", the BioDConfig, junk_ratio, sizes) and
     tokenizer/. kn.train regenerates the bioD from the config and re-renders it every epoch, with
     junk_ratio junk tokens per useful token; records=True also writes biod.jsonl (epoch 0)."""
-    if not isinstance(junk_ratio, Real) or isinstance(junk_ratio, bool) or not junk_ratio >= 0:
-        raise DataError(f"junk_ratio: got {junk_ratio!r}; allowed: a number >= 0 (junk tokens per useful token)")
+    check_number("junk_ratio", junk_ratio, unit="junk tokens per useful token")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     make_tokenizer(cfg).save_pretrained(str(out / "tokenizer"))

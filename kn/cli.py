@@ -23,7 +23,7 @@ from typing import Optional
 
 import typer
 
-from kn.data.records import DataError
+from kn.errors import DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="kn: knowledge storage, extraction and capacity on synthetic data.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate datasets.")

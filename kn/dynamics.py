@@ -45,8 +45,8 @@ import torch
 
 from kn.data.dataset import BiosConfig, build_bios, write_bios
 from kn.data.injection import MAX_PROBES, PROBE_KINDS, InjectionConfig, generate_injection, load_injection, write_injection
-from kn.data.people import check_count
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError, check_count
 from kn.models import ModelConfig
 from kn.results import read_json, write_json
 from kn.tokenize import encode_records, load_tokenizer, train_tokenizer

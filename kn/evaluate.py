@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError, check_count
 from kn.tokenize import Encoded, ragged_gather
 
 
@@ -27,11 +28,6 @@ def _device(model, device) -> torch.device:
         return torch.device(device)
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def _check_batch_size(batch_size) -> None:
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise DataError(f"batch_size: got {batch_size!r}; allowed: a positive integer")
 
 
 def doc_rows(enc: Encoded, idx: np.ndarray, eos_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,7 +75,7 @@ def _span_stats(nll, correct, spans: torch.Tensor, require_end: bool) -> torch.T
 def score_spans(model, enc: Encoded, keys: Sequence[str], eos_id: int, pad_id: int, batch_size: int = 64,
                 device=None, require_end: bool = False, all_occurrences: bool = False) -> dict:
     """{key: span_scores(...)} for several span keys with one forward pass per batch."""
-    _check_batch_size(batch_size)
+    check_count("batch_size", batch_size, 1)
     for k in keys:
         if k not in enc.spans:
             raise DataError(f"key: got {k!r}; allowed: {', '.join(enc.spans)}")
@@ -206,9 +202,8 @@ def greedy_generate(model, prompts: list[list[int]], eos_id: int, pad_id: int, m
     Returns the new tokens only; a row stops after emitting EOS (which it keeps). Plain and
     correct rather than fast: meant for showing outputs and cross-checking `exact`.
     """
-    _check_batch_size(batch_size)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise DataError(f"max_new_tokens: got {max_new_tokens!r}; allowed: a positive integer")
+    check_count("batch_size", batch_size, 1)
+    check_count("max_new_tokens", max_new_tokens, 1)
     seqs = [([eos_id] if prepend_eos else []) + [int(t) for t in p] for p in prompts]
     if any(len(s) == 0 for s in seqs):
         raise DataError("prompts: an empty prompt with prepend_eos=False; give at least one token")

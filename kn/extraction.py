@@ -20,7 +20,8 @@ import numpy as np
 
 from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
-from kn.data.records import ATTRIBUTES, DataError, read_jsonl
+from kn.data.records import ATTRIBUTES, read_jsonl
+from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.results import write_json

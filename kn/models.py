@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from kn.data.records import DataError
+from kn.errors import DataError
 
 ARCHS = ("gpt2", "llama", "mistral", "bert")
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from kn.data.dataset import BiosConfig
-from kn.data.records import DataError
+from kn.errors import DataError, check_count
 from kn.extraction import ExtractionConfig, _dataset, _stage, _train_config, run_extraction
 from kn.models import ModelConfig
 from kn.profiles import settings
@@ -80,9 +80,7 @@ def check_point(point: dict) -> dict:
         raise DataError(f"arch: got {p['arch']!r}; allowed: {', '.join(ARCHS)}")
     if not isinstance(p["finetune"], str) or not _FINETUNE.match(p["finetune"]):
         raise DataError(f"finetune: got {p['finetune']!r}; allowed: 'full' or 'loraR' with R >= 1 (lora1, lora8)")
-    m = p["multiplicity"]
-    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-        raise DataError(f"multiplicity: got {m!r}; allowed: an integer >= 1")
+    check_count("multiplicity", p["multiplicity"], 1)
     if not isinstance(p["runs_dir"], (str, os.PathLike)):
         raise DataError(f"runs_dir: got {p['runs_dir']!r}; allowed: a folder path (string)")
     return p

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kn.data.people import check_count
-from kn.data.records import ATTRIBUTES, DataError, read_jsonl
+from kn.data.records import ATTRIBUTES, read_jsonl
+from kn.errors import DataError, check_count, check_number
 from kn.evaluate import doc_rows
 from kn.tokenize import Encoded, ragged_gather
 
@@ -66,9 +66,7 @@ class ProbeConfig:
         check_count("batch_size", self.batch_size, 1)
         check_count("seed", self.seed)
         for name in ("epochs", "lr"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise DataError(f"{name}: got {v!r}; allowed: a number > 0")
+            check_number(name, getattr(self, name), strict=True)
 
 
 @dataclass

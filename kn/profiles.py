@@ -6,7 +6,7 @@ A profile is a small table of overrides per experiment; `settings(experiment, pr
 """
 from __future__ import annotations
 
-from kn.data.records import DataError
+from kn.errors import DataError
 
 PROFILES = ("smoke", "cpu", "gpu", "paper")
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kn.data.records import DataError
+from kn.errors import DataError
 
 PACKAGE = Path(__file__).resolve().parent
 log = logging.getLogger(__name__)

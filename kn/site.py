@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from kn.data.records import DataError
+from kn.errors import DataError
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -25,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from kn.data.records import DataError
+from kn.errors import DataError, check_count
 from kn.results import append_csv, folder_path, read_csv
 
 EXECUTORS = ("local", "submitit")
@@ -126,8 +126,7 @@ def run_sweep(points: list[dict], fn: Callable[[dict], dict], results: str | Pat
     """Run the points not yet in `results`; returns the rows written by this call."""
     if executor not in EXECUTORS:
         raise DataError(f"executor: got {executor!r}; allowed: {', '.join(EXECUTORS)}")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise DataError(f"workers: got {workers!r}; allowed: an integer >= 1")
+    check_count("workers", workers, 1)
     results = Path(results)
     folder_path(results.parent, "results")
     unique, done = {point_key(p): p for p in points}, done_keys(results)

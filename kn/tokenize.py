@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from kn.data.compose import Documents
-from kn.data.records import DataError
+from kn.errors import DataError
+
+if TYPE_CHECKING:   # a type only: kn.tokenize does not import kn.data at run time
+    from kn.data.compose import Documents
 
 SPECIAL_TOKENS = {"eos_token": "<eos>", "pad_token": "<pad>", "mask_token": "<mask>", "bos_token": "<bos>"}
 

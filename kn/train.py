@@ -41,7 +41,7 @@ import torch
 
 from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs, mix, render
 from kn.data.dataset import load_encoded
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
 from kn.results import atomic_file, folder_path, write_json
 from kn.tokenize import Encoded, load_tokenizer, pack, ragged_gather

@@ -8,7 +8,8 @@ import pytest
 
 from kn.bidirectional import BidirectionalConfig, mask_words, qa_mask_rows, run_bidirectional, word_starts
 from kn.data.dataset import BiosConfig, build_bios
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError
 from kn.models import ModelConfig
 
 

@@ -18,7 +18,7 @@ from kn.data.biod import (
     generate_biod, junk_count, junk_docs, make_tokenizer, mix, render, texts, to_records,
     write_biod,
 )
-from kn.data.records import DataError
+from kn.errors import DataError
 
 CFG = BioDConfig(n=300, k=4, c=2, d=20, l=2, t=30, n_first=10, n_middle=10, n_last=20, seed=1)
 

@@ -18,7 +18,8 @@ from kn.data.bior import (
 from kn.data.bios import bio_records, make_bios
 from kn.data.people import sample_people
 from kn.data.pools import load_pools
-from kn.data.records import ATTRIBUTES, DataError, find_spans
+from kn.data.records import ATTRIBUTES, find_spans
+from kn.errors import DataError
 
 _SENTENCE_END = re.compile(r"(?<!Mr)(?<!Ms)\. ")
 

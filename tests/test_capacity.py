@@ -15,7 +15,7 @@ from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, best_setting, bi
                          grid_points, normalise_point, profile_points,
                          write_biod_dataset)
 from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.models import ModelConfig, build_model
 from kn.sweep import read_rows
 from kn.train import Batches, TrainConfig, train

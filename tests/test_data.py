@@ -16,7 +16,8 @@ from kn.data.dataset import BiosConfig, build_bios, load_encoded, make_dataset
 from kn.data.people import populations, sample_people
 from kn.data.pools import load_pools
 from kn.data.qa import make_qa, qa_records, split_people
-from kn.data.records import ATTRIBUTES, DataError, load_bios, read_jsonl, write_jsonl
+from kn.data.records import ATTRIBUTES, load_bios, read_jsonl, write_jsonl
+from kn.errors import DataError
 
 PRONOUN_WORDS = re.compile(r"\b(he|she|his|her|him|hers|himself|herself)\b", re.IGNORECASE)
 

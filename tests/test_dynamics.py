@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kn.data.dataset import BiosConfig
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.dynamics import (COLUMNS, SCENARIOS, DynamicsConfig, InjectedStream, Injection, compare_batch_sizes,
                          Trajectories, effectivity, fit_forgetting, injection_steps, load_trajectories, local_max,
                          make_stream, mean_curves, retainability, run_dynamics, scaled)

@@ -15,7 +15,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from kn.data.bios import make_bios
 from kn.data.people import sample_people
 from kn.data.qa import make_qa
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError
 from kn.evaluate import (doc_rows, field_losses, greedy_generate, majority_baseline, memorization, qa_accuracy,
                          score_spans, span_scores)
 from kn.tokenize import encode_documents, train_tokenizer

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError
 from kn.extraction import ExtractionConfig, from_profile, run_extraction
 
 

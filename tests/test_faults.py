@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.results import append_csv, read_csv, write_json
 from kn.sweep import claims_folder, point_key, read_rows, run_sweep
 

@@ -11,7 +11,8 @@ from kn.data.bios import bio_records, make_bios
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
 from kn.data.importer import ImportConfig, build_import, import_bios
 from kn.data.people import sample_people
-from kn.data.records import ATTRIBUTES, DataError, load_bios, read_bios, write_jsonl
+from kn.data.records import ATTRIBUTES, load_bios, read_bios, write_jsonl
+from kn.errors import DataError
 
 ADA = {"name": "Ada Lyn Moor", "birth_date": "May 3, 1990", "birth_city": "Oslo", "university": "MIT",
        "major": "Physics", "company_name": "Acme Inc.", "company_city": "Washington, D.C."}

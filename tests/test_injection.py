@@ -13,7 +13,7 @@ import pytest
 
 from kn.data.injection import (COMPOSE_NP, COMPOSE_PREDICATE, LINKED_TYPES, MAIN_TYPES, MAX_PROBES, PROBE_KINDS,
                                SUFFIXES, TEMPLATES, InjectionConfig, generate_injection, load_injection, write_injection)
-from kn.data.records import DataError
+from kn.errors import DataError
 
 POOLS = Path(__file__).resolve().parents[1] / "kn" / "data" / "pools"
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.models import ModelConfig, build_model, formula_params, n_params, parse_name
 
 

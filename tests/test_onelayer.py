@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.models import build_model, formula_params, n_params
 from kn.onelayer import (DEFAULTS, MATRICES, check_point, lora_rank, matrix_shares, onelayer_point, onelayer_points,
                          onelayer_sweep, point_config, point_dirs, rank1_share, update_spectrum)

@@ -13,7 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kn.data.dataset import BiosConfig, make_dataset
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.probing import (ProbeConfig, ProbeData, fit_linear_probe, load_probe_data, name_rows, p_probe, probe_data,
                         q_probe)

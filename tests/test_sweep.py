@@ -3,7 +3,7 @@ executors write the same rows.   Run: pytest tests/test_sweep.py
 """
 import pytest
 
-from kn.data.records import DataError
+from kn.errors import DataError
 from kn.sweep import done_keys, point_key, read_rows, run_sweep
 
 

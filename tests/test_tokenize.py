@@ -8,7 +8,8 @@ import pytest
 from kn.data.bios import bio_records, make_bios
 from kn.data.people import sample_people
 from kn.data.qa import make_qa, qa_records, split_people
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError
 from kn.tokenize import encode_documents, encode_records, load_tokenizer, pack, train_tokenizer
 
 

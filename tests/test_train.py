@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from kn.data.dataset import BiosConfig, make_dataset
-from kn.data.records import DataError
 from kn.models import ModelConfig
 from kn.train import TrainConfig, load_config, qa_rows, train, train_qas
 from kn.data.dataset import load_encoded
+from kn.errors import DataError
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, context=64)
 

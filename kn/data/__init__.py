@@ -12,4 +12,5 @@ bioD with junk data and a domain token, and fictional-knowledge injection data.
     kn.data.biod       bioD(N,K,C,D,L,T), junk data, domain token (Part 3.3)
     kn.data.injection  fictional-knowledge paragraphs, paraphrases and probes (Chang et al.)
 """
-from kn.data.records import ATTRIBUTES, DataError  # noqa: F401
+from kn.data.records import ATTRIBUTES  # noqa: F401
+from kn.errors import DataError  # noqa: F401

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from numbers import Real
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from kn.data.dataset import dataset_folder
-from kn.data.records import DataError, write_jsonl
+from kn.data.records import write_jsonl
+from kn.errors import DataError, check_count, check_number
 from kn.results import atomic_file
 from kn.tokenize import Encoded, ragged_gather
 
@@ -239,12 +239,6 @@ def sentence_order(cfg: BioDConfig, epoch: int, person: np.ndarray) -> np.ndarra
     return np.argsort(keys[person], axis=1)
 
 
-def _check_count(name: str, v, low: int = 0) -> int:
-    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
-        raise DataError(f"{name}: got {v!r}; allowed: an integer >= {low}")
-    return int(v)
-
-
 def render(biod: BioD, epoch: int = 0, people=None) -> TokenDocs:
     """One biography per person for one pass, sentence order drawn from (seed, epoch).
 
@@ -252,7 +246,7 @@ def render(biod: BioD, epoch: int = 0, people=None) -> TokenDocs:
     full render, so large N can be rendered in chunks.
     """
     cfg = biod.cfg
-    _check_count("epoch", epoch)
+    check_count("epoch", epoch)
     person = np.arange(cfg.n)[people if people is not None else slice(None)]
     sents = sentences(cfg, biod.names[person], biod.values(person))
     return documents(cfg, sents, sentence_order(cfg, epoch, person), person, cfg.domain_token)
@@ -261,8 +255,8 @@ def render(biod: BioD, epoch: int = 0, people=None) -> TokenDocs:
 def junk_docs(cfg: BioDConfig, n_docs: int, epoch: int = 0) -> TokenDocs:
     """Junk biographies: fresh random names and values (uniform over the T value tokens, not the
     diversity sets), same format, never a domain token; deterministic in (seed, epoch)."""
-    _check_count("n_docs", n_docs)
-    _check_count("epoch", epoch)
+    check_count("n_docs", n_docs)
+    check_count("epoch", epoch)
     rng = np.random.default_rng([cfg.seed, _JUNK, epoch])
     names = split_names(rng.integers(0, cfg.n0, size=n_docs, dtype=np.int64), cfg)
     values = rng.integers(0, cfg.t, size=(n_docs, cfg.k, cfg.c, cfg.l))
@@ -285,8 +279,7 @@ def concat_docs(parts: list[TokenDocs]) -> TokenDocs:
 def mix(useful: TokenDocs, junk: TokenDocs, ratio: float, seed: int = 0) -> TokenDocs:
     """All useful documents and the first junk documents making ~`ratio` junk tokens per useful
     token (to within one document), shuffled together deterministically in `seed`."""
-    if not isinstance(ratio, Real) or isinstance(ratio, bool) or not ratio >= 0:
-        raise DataError(f"ratio: got {ratio!r}; allowed: a number >= 0 (junk tokens per useful token)")
+    check_number("ratio", ratio, unit="junk tokens per useful token")
     target = ratio * useful.n_tokens
     ends = np.cumsum(junk.lengths())
     if target > 0 and (len(ends) == 0 or ends[-1] < target - junk.lengths().max(initial=0) / 2):

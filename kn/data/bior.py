@@ -25,9 +25,10 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from kn.data.people import PRONOUNS, People, check_count
+from kn.data.people import PRONOUNS, People
 from kn.data.pools import MONTHS, POOL_DIR, Pools, load_pools
-from kn.data.records import ATTRIBUTES, DataError, find_spans
+from kn.data.records import ATTRIBUTES, find_spans
+from kn.errors import DataError, check_count
 
 PERSON_FORMS = {  # slot -> (he, she) pronoun
     "Subj": ("He", "She"), "subj": ("he", "she"), "Poss": ("His", "Her"), "poss": ("his", "her"),

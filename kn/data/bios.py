@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from kn.data.compose import PAD, Documents, PieceTable
-from kn.data.people import PRONOUNS, People, check_count
+from kn.data.people import PRONOUNS, People
 from kn.data.pools import Pools, load_pools
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError, check_count
 
 # Slots in templates, and their fills: index 0 he, 1 she, 2 the full name.
 PERSON_SLOTS = {

@@ -24,9 +24,10 @@ import numpy as np
 
 from kn.data.bios import bio_records, make_bios, parse_augment
 from kn.data.compose import concat
-from kn.data.people import People, check_count, populations, sample_people
+from kn.data.people import People, populations, sample_people
 from kn.data.qa import make_qa, qa_records, split_people
-from kn.data.records import ATTRIBUTES, DataError, write_jsonl
+from kn.data.records import ATTRIBUTES, write_jsonl
+from kn.errors import DataError, check_count
 from kn.results import atomic_file, folder_path, write_json
 from kn.tokenize import Encoded, encode_documents, encode_records, train_tokenizer
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kn.data.dataset import BiosDataset, check_dataset_out, write_bios
-from kn.data.people import check_count
 from kn.data.qa import qa_documents, qa_records_of, split_people
 from kn.data.records import ATTRIBUTES, read_bios
+from kn.errors import check_count
 from kn.tokenize import encode_documents, encode_records, train_tokenizer
 
 log = logging.getLogger(__name__)

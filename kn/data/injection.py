@@ -31,8 +31,8 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kn.data.people import check_count
-from kn.data.records import DataError, read_jsonl, write_jsonl
+from kn.data.records import read_jsonl, write_jsonl
+from kn.errors import DataError, check_count
 from kn.results import write_json
 
 PROBE_KINDS = ("memorization", "semantic", "compositional")

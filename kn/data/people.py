@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kn.data.pools import DAYS, MONTHS, YEARS, Pools, format_date, load_pools
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import check_count
 
 PRONOUNS = ("he", "she")
 
@@ -66,14 +67,6 @@ class People:
     def attributes(self, pools: Pools | None = None) -> list[dict]:
         cols = {a: self.values(a, pools) for a in ATTRIBUTES}
         return [{a: cols[a][i] for a in ATTRIBUTES} for i in range(len(self))]
-
-
-def check_count(name: str, n, low: int = 0, high: int | None = None) -> int:
-    """Validate an integer parameter, naming it and the allowed range in the error."""
-    allowed = f"an integer >= {low}" + ("" if high is None else f" and <= {high:,}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < low or (high is not None and n > high):
-        raise DataError(f"{name}: got {n!r}; allowed: {allowed}")
-    return int(n)
 
 
 def unique_draw(rng: np.random.Generator, n: int, space: int) -> np.ndarray:

@@ -12,7 +12,8 @@ import numpy as np
 from kn.data.compose import Documents, PieceTable
 from kn.data.people import People
 from kn.data.pools import Pools, load_pools
-from kn.data.records import ATTRIBUTES, DataError
+from kn.data.records import ATTRIBUTES
+from kn.errors import DataError
 
 QUESTIONS = {
     "birth_date": ("What is the birth date of", "?"),

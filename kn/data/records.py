@@ -33,6 +33,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from kn.errors import DataError
+
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company_name", "company_city")
 
 # Keys used by other generators for the same six attributes (e.g. the authors' public code). An alias
@@ -47,10 +49,6 @@ ATTRIBUTE_ALIASES = {
 PRONOUNS = ("he", "she", "they")
 RECORD_KEYS = ("person", "person_id", "name", "pronoun", "group", "attributes", "text", "texts", "spans")
 _YEAR = re.compile(r"\d{3,4}")   # a birth date names its year; a day-of-month field ("2") does not
-
-
-class DataError(ValueError):
-    """A data file or parameter is not what kn accepts; the message says what is allowed."""
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
