@@ -10,7 +10,7 @@ the capacity law and post-training quantization.
 - Losses: `biod_losses(model, biod)` teacher-forces every biography after <eos>, one forward per
   batch; `bios_losses` wraps kn.evaluate.field_losses. Capacity ratio = bits / parameters, for all
   and for non-embedding parameters (kn.models.n_params).
-- Runs: `write_biod_dataset(cfg, out, junk_ratio)` writes a folder that kn.train re-renders every
+- Runs: `kn.data.biod.write_biod(cfg, out, junk_ratio)` writes a folder that kn.train re-renders every
   epoch (junk re-drawn, Results 10-11; BioDConfig.domain_token, Result 12); `run_bound(run, bits)`
   computes the bound of a trained run, fake-quantized to `bits` if given; `capacity_point(point)`
   builds the data, trains and measures one point; `capacity_sweep` runs points via kn.sweep.
@@ -26,16 +26,13 @@ import hashlib
 import math
 import tempfile
 import time
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kn.data.biod import ATTR0, EOS, BioD, BioDConfig, bound_inputs, field_masks, generate_biod, make_tokenizer, render, \
-    to_records, vocabulary
-from kn.data.records import write_jsonl
+from kn.data.biod import ATTR0, EOS, BioD, BioDConfig, bound_inputs, field_masks, render, write_biod
 from kn.errors import DataError, check_number
 from kn.models import ModelConfig, n_params
 from kn.results import read_json, write_json
@@ -187,22 +184,6 @@ def bios_losses(model, data: str | Path, batch_size: int = 64, device=None) -> d
 # ----------------------------------------------------------------------------- data folders and runs
 
 
-def write_biod_dataset(cfg: BioDConfig, out: str | Path, junk_ratio: float = 0.0, records: bool = False) -> Path:
-    """A bioD training folder: meta.json ("kind": "bioD", the BioDConfig, junk_ratio, sizes) and
-    tokenizer/. kn.train regenerates the bioD from the config and re-renders it every epoch, with
-    junk_ratio junk tokens per useful token; records=True also writes biod.jsonl (epoch 0)."""
-    check_number("junk_ratio", junk_ratio, unit="junk tokens per useful token")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    make_tokenizer(cfg).save_pretrained(str(out / "tokenizer"))
-    if records:
-        write_jsonl(to_records(generate_biod(cfg)), out / "biod.jsonl")
-    write_json(out / "meta.json", config=asdict(cfg), seed=cfg.seed, kind="bioD", biod=asdict(cfg),
-               junk_ratio=float(junk_ratio), **bound_inputs(cfg), doc_length=cfg.doc_length(),
-               n_tokens=cfg.n * cfg.doc_length(), vocab_size=len(vocabulary(cfg)))
-    return out
-
-
 def _load_model(path: Path, device):
     from transformers import AutoModelForCausalLM
     if not (path / "config.json").is_file():
@@ -285,7 +266,7 @@ def _make_data(p: dict, out: Path) -> None:
     if p["data"] == "bioD":
         cfg = BioDConfig(n=p["n"], k=p["k"], c=p["c"], d=p["d"], l=p["l"], t=p["t"], n_first=p["n_first"],
                          n_middle=p["n_middle"], n_last=p["n_last"], seed=p["seed"], domain_token=p["domain_token"])
-        write_biod_dataset(cfg, out, p["junk_ratio"])
+        write_biod(cfg, out, p["junk_ratio"])
     else:
         from kn.data.dataset import BiosConfig, make_dataset
         make_dataset(BiosConfig(n=p["n"], augment=p["augment"], seed=p["seed"], vocab_size=p["vocab_size"]), out)

@@ -69,14 +69,15 @@ def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six
 
 @data_app.command("biod")
 def data_biod(n: int = 1000, k: int = 4, c: int = 2, d: int = 100, l: int = 2, t: int = 50,  # noqa: E741
-              seed: int = 0, domain_token: bool = False, out: str = typer.Option(..., help="output folder"),
+              seed: int = 0, domain_token: bool = False,
+              junk_ratio: float = typer.Option(0.0, help="junk tokens per useful token, re-drawn every epoch"),
+              records: bool = typer.Option(True, help="also write biod.jsonl (epoch-0 biographies, for reading)"),
+              out: str = typer.Option(..., help="output folder"),
               overwrite: bool = typer.Option(False, help="replace the dataset already in --out")):
-    """bioD(N, K, C, D, L, T) of Part 3.3."""
-    from kn.data.biod import BioDConfig, generate_biod, write_biod
-    from kn.data.dataset import check_dataset_out
-    check_dataset_out(out, overwrite)
-    biod = generate_biod(BioDConfig(n=n, k=k, c=c, d=d, l=l, t=t, seed=seed, domain_token=domain_token))
-    write_biod(biod, out, overwrite=overwrite)
+    """bioD(N, K, C, D, L, T) of Part 3.3: a folder `kn train` pretrains on (re-rendered every epoch)."""
+    from kn.data.biod import BioDConfig, write_biod
+    cfg = BioDConfig(n=n, k=k, c=c, d=d, l=l, t=t, seed=seed, domain_token=domain_token)
+    write_biod(cfg, out, junk_ratio=junk_ratio, records=records, overwrite=overwrite)
     _summary(out, people=n)
 
 

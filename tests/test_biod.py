@@ -1,9 +1,10 @@
 """Tests for kn.data.biod: bioD(N, K, C, D, L, T), junk data and the domain token.
 
 Checks unique names and N0, uniform value choices, distinct diversity strings, determinism in the
-seed (arrays and written bytes), the rendered documents (sentences, order per epoch, field masks,
-text = tokenizer ids), the tokenizer round trip through save_pretrained, junk data, the junk:useful
-mix ratio, and that bad parameters raise DataError naming the parameter.
+seed (arrays and written bytes), the folder `kn data biod` writes and `kn train` trains on, the
+rendered documents (sentences, order per epoch, field masks, text = tokenizer ids), the tokenizer
+round trip through save_pretrained, junk data, the junk:useful mix ratio, and that bad parameters
+raise DataError naming the parameter.
 Run: pytest tests/test_biod.py
 """
 import json
@@ -70,25 +71,57 @@ def test_seed_determinism(biod, tmp_path):
     again = generate_biod(CFG)
     for name in ("names", "diversity", "choices"):
         assert np.array_equal(getattr(biod, name), getattr(again, name))
-    write_biod(biod, tmp_path / "a")
-    write_biod(again, tmp_path / "b")
+    write_biod(CFG, tmp_path / "a", records=True)
+    write_biod(BioDConfig(**CFG.__dict__), tmp_path / "b", records=True)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert {"biod.jsonl", "meta.json", "tokenizer/tokenizer.json"} <= {str(f) for f in files}
-    for f in files:
-        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    for f in files:                                         # meta.json: the same but for its write time
+        a, b = ((tmp_path / d / f).read_bytes() for d in "ab")
+        if str(f) == "meta.json":
+            a, b = ({k: v for k, v in json.loads(x).items() if k != "provenance"} for x in (a, b))
+        assert a == b, f
     other = generate_biod(BioDConfig(**{**CFG.__dict__, "seed": 2}))
     assert not np.array_equal(biod.names, other.names)
     assert not np.array_equal(biod.choices, other.choices)
 
 
-def test_written_meta_and_records(biod, tmp_path):
-    out = write_biod(biod, tmp_path)
+def test_written_meta_and_records(tmp_path):
+    out = write_biod(CFG, tmp_path, junk_ratio=0.5, records=True)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["N0"] == CFG.n0 and meta["config"]["d"] == CFG.d and meta["n_records"] == CFG.n
+    assert meta["kind"] == "bioD" and meta["biod"] == CFG.__dict__ and meta["junk_ratio"] == 0.5
+    assert meta["N0"] == CFG.n0 and meta["n_records"] == CFG.n
+    assert meta["provenance"]["config"] == {**CFG.__dict__, "junk_ratio": 0.5}
     rec = json.loads((out / "biod.jsonl").read_text().splitlines()[7])
     assert rec["person"] == 7 and rec["text"].count(rec["name"] + " 's") == CFG.k
     for k in range(CFG.k):
         assert f"{rec['name']} 's ID {k} is {rec['values'][f'ID {k}']} ." in rec["text"]
+    with pytest.raises(DataError, match="^out: .*already holds a dataset"):
+        write_biod(CFG, tmp_path)
+    write_biod(CFG, tmp_path, overwrite=True)               # records=False: the folder trains without them
+    assert not (tmp_path / "biod.jsonl").exists() and "n_records" not in json.loads((out / "meta.json").read_text())
+
+
+def test_cli_folder_trains(tmp_path, capsys):
+    """The README's two steps: `kn data biod --out F`, then `kn train` with data = F."""
+    from kn.cli import main
+    from kn.train import load_biod
+    data = tmp_path / "biod"
+    args = ["data", "biod", "--n", "60", "--k", "2", "--c", "1", "--d", "10", "--l", "2", "--t", "20", "--seed", "3",
+            "--junk-ratio", "0.5", "--out", str(data)]
+    assert main(args) == 0
+    biod, junk_ratio = load_biod(str(data))
+    assert junk_ratio == 0.5 and biod.cfg == BioDConfig(n=60, k=2, c=1, d=10, l=2, t=20, seed=3)
+    assert np.array_equal(biod.names, generate_biod(biod.cfg).names)
+    assert len((data / "biod.jsonl").read_text().splitlines()) == 60
+    assert main(args) == 2                                  # a dataset is there: refused without --overwrite
+    config = tmp_path / "run.toml"
+    config.write_text(f'data = "{data}"\nout = "{tmp_path}/run"\nexposures = 2\nwindow = 32\nbatch_size = 8\n'
+                      '[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\ncontext = 32\n')
+    capsys.readouterr()
+    assert main(["train", "--config", str(config)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["mode"] == "pretrain" and summary["steps"] > 0 and np.isfinite(summary["final_loss"])
+    assert (tmp_path / "run" / "train.json").is_file()
 
 
 def test_render_sentences_and_order(biod, docs):

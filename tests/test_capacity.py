@@ -12,9 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, best_setting, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
                          dequantize, fit_all, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
-                         grid_points, normalise_point, profile_points,
-                         write_biod_dataset)
-from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render
+                         grid_points, normalise_point, profile_points)
+from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render, write_biod
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
 from kn.sweep import read_rows
@@ -118,8 +117,8 @@ def test_quantized_model_forward_is_close_for_int8():
 @pytest.fixture(scope="module")
 def biod_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("biod")
-    plain = write_biod_dataset(BioDConfig(**TINY_BIOD), root / "plain")
-    junk = write_biod_dataset(BioDConfig(**TINY_BIOD, domain_token=True), root / "junk", junk_ratio=3.0)
+    plain = write_biod(BioDConfig(**TINY_BIOD), root / "plain")
+    junk = write_biod(BioDConfig(**TINY_BIOD, domain_token=True), root / "junk", junk_ratio=3.0)
     return str(plain), str(junk)
 
 

@@ -20,7 +20,6 @@ Entry points: `BioDConfig`, `generate_biod`, `render`, `junk_docs`, `mix`, `make
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from transformers import PreTrainedTokenizerFast
 from kn.data.dataset import dataset_folder
 from kn.data.records import write_jsonl
 from kn.errors import DataError, check_count, check_number
-from kn.results import atomic_file
+from kn.results import atomic_file, write_json
 from kn.tokenize import Encoded, ragged_gather
 
 SPECIALS = ("<eos>", "<pad>", "<domain>", "<unk>")
@@ -334,17 +333,21 @@ def bound_inputs(cfg: BioDConfig) -> dict:
     return {"N0": cfg.n0, "N": cfg.n, "K": cfg.k, "C": cfg.c, "D": cfg.d, "L": cfg.l, "T": cfg.t}
 
 
-def write_biod(biod: BioD, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write biod.jsonl (epoch-0 biographies), tokenizer/ and, last, meta.json into `out_dir`; a
-    folder holding a dataset is replaced (all its dataset files) only with overwrite=True."""
+def write_biod(cfg: BioDConfig, out_dir: str | Path, junk_ratio: float = 0.0, records: bool = False,
+               overwrite: bool = False) -> Path:
+    """The bioD folder kn.train reads: tokenizer/ and, last, meta.json ("kind": "bioD", the config
+    under "biod", junk_ratio, the bound's sizes). kn.train regenerates the bioD from the config and
+    re-renders it every epoch, with junk_ratio junk tokens per useful token; records=True also writes
+    biod.jsonl (epoch-0 biographies, for reading). A folder holding a dataset is replaced (all its
+    dataset files) only with overwrite=True."""
+    junk_ratio = check_number("junk_ratio", junk_ratio, unit="junk tokens per useful token")
     out = dataset_folder(out_dir, overwrite)
-    cfg = biod.cfg
-    with atomic_file(out / "biod.jsonl") as tmp:
-        n_records = write_jsonl(to_records(biod), tmp)
+    written = {}
+    if records:
+        with atomic_file(out / "biod.jsonl") as tmp:
+            written["n_records"] = write_jsonl(to_records(generate_biod(cfg)), tmp)
     make_tokenizer(cfg).save_pretrained(str(out / "tokenizer"))
-    meta = {"config": asdict(cfg), **bound_inputs(cfg), "n_records": n_records,
-            "doc_length": cfg.doc_length(), "n_tokens": n_records * cfg.doc_length(),
-            "vocab_size": len(vocabulary(cfg))}
-    with atomic_file(out / "meta.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json(out / "meta.json", config={**asdict(cfg), "junk_ratio": junk_ratio}, seed=cfg.seed, kind="bioD",
+               biod=asdict(cfg), junk_ratio=junk_ratio, **bound_inputs(cfg), doc_length=cfg.doc_length(),
+               n_tokens=cfg.n * cfg.doc_length(), vocab_size=len(vocabulary(cfg)), **written)
     return out
