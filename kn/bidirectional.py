@@ -24,7 +24,7 @@ from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params
 from kn.results import write_json
 from kn.tokenize import Encoded, load_tokenizer, pack
-from kn.train import IGNORE, TrainConfig, lr_lambda, optimizer_for, train_qas, training_step
+from kn.train import IGNORE, Fit, Hooks, accelerator, can_resume, epoch_batches, fit, stop_if_interrupted, train_qas
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,15 @@ class BidirectionalConfig:
     finetune_exposures: float = 30.0
     finetune_lr: float = 1e-3
     seed: int = 0
+    device: str = "auto"              # auto | cpu | cuda
 
     def __post_init__(self):
         if self.model.arch != "bert":
             raise DataError(f"model: a bidirectional run needs arch 'bert', got {self.model.arch!r}")
         if not 0 < self.mask_rate < 1:
             raise DataError(f"mask_rate: got {self.mask_rate!r}; allowed: a number in (0, 1)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise DataError(f"device: got {self.device!r}; allowed: auto, cpu, cuda")
 
 
 def word_starts(tokenizer) -> np.ndarray:
@@ -75,27 +78,19 @@ def qa_mask_rows(qa: Encoded, pad_id: int, mask_id: int) -> tuple[np.ndarray, np
     return np.where(answer, mask_id, ids), np.where(answer, ids, IGNORE)
 
 
-def _fit(model, rows_for_epoch, steps_per_epoch: int, epochs: float, cfg: BidirectionalConfig, lr: float, pad_id: int):
-    """Train on rows_for_epoch(e) -> (ids, labels); returns the final mean loss."""
-    from accelerate import Accelerator
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    tcfg = TrainConfig(data=".", out=".", model=cfg.model, window=cfg.window, lr=lr, seed=cfg.seed)
+def _fit(model, rows_for_epoch, steps_per_epoch: int, epochs: float, cfg: BidirectionalConfig, lr: float, tok,
+         out: Path, settings: dict) -> float:
+    """Train `model` on rows_for_epoch(e) -> (ids, labels), loss on the masked tokens, with kn.train.fit
+    in run folder `out` (resumed when it holds a run with the same settings); returns the mean loss
+    of the last epoch's steps."""
     total = max(1, int(round(epochs * steps_per_epoch)))
-    model = model.to(acc.device)
-    opt = optimizer_for(model, tcfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, total))
-    model, opt = acc.prepare(model, opt)
-    step = training_step(model, opt, sched, acc)
-    model.train()
-    losses = []
-    for t in range(total):
-        epoch, i = divmod(t, steps_per_epoch)
-        if i == 0:
-            ids, labels = rows_for_epoch(epoch)
-        sl = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
-        x = torch.from_numpy(ids[sl]).to(acc.device).long()
-        losses.append(step(x, torch.from_numpy(labels[sl]).to(acc.device).long(), x != pad_id))
-    return float(torch.stack(losses[-steps_per_epoch:]).mean()), acc.unwrap_model(model)
+    resume = can_resume(out, settings)
+    spec = Fit(total, lr, compile="off", log_every=1)            # every step's loss, for the mean below
+    stop_if_interrupted(fit(model, epoch_batches(rows_for_epoch, steps_per_epoch, cfg.batch_size), spec, out, settings,
+                            tok, accelerator(cfg.device), Hooks(pad_id=tok.pad_token_id), resume=resume,
+                            overwrite=not resume, progress=False, desc=out.name), out)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return float(torch.tensor(losses[-steps_per_epoch:]).mean())
 
 
 @torch.no_grad()
@@ -114,14 +109,15 @@ def fill_accuracy(model, ids: np.ndarray, labels: np.ndarray, pad_id: int, batch
 
 def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
     """(model, final loss) of the masked-LM pretraining: loaded from out/ when it holds a finished
-    pretraining with the same settings, else trained and saved there."""
+    pretraining with the same settings, else trained there (an interrupted one resumed)."""
     from transformers import AutoModelForMaskedLM
     keys = ("data", "model", "exposures", "mask_rate", "batch_size", "window", "lr", "seed")
     settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in keys}, default=str))
     done = out / "pretrain.json"
     saved = json.loads(done.read_text()) if done.is_file() else {}
-    if saved.get("settings") == settings:
+    if saved.get("settings") == settings and (out / "model").is_dir():
         return AutoModelForMaskedLM.from_pretrained(str(out / "model")), saved["loss"]
+    done.unlink(missing_ok=True)
     model = build_model(replace(cfg.model, vocab_size=len(tok), context=max(cfg.model.context, cfg.window)), seed=cfg.seed)
     bios, starts = load_encoded(data, "bios"), word_starts(tok)
 
@@ -130,14 +126,14 @@ def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
         return mask_words(windows, starts, cfg.mask_rate, tok.mask_token_id, np.random.default_rng([cfg.seed, epoch, 6]))
     n_windows = len(bio_rows(0)[0])
     passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
-    loss, model = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, tok.pad_token_id)
-    model.save_pretrained(str(out / "model"))
+    loss = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, tok, out, settings)
     done.write_text(json.dumps({"settings": settings, "loss": loss}))   # written last: marks it finished
     return model, loss
 
 
 def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
-    """Dataset -> whole-word MLM pretraining -> masked QA finetuning -> exact match; out/result.json."""
+    """Dataset -> whole-word MLM pretraining (run folder out/pretrain) -> masked QA finetuning
+    (out/finetune) -> exact match; out/result.json. A run stopped by a signal resumes when run again."""
     out = Path(out)
     t0 = time.perf_counter()
     data = out / "data"
@@ -154,8 +150,8 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
     def qa_epoch(epoch):
         order = np.random.default_rng([cfg.seed, epoch, 7]).permutation(len(tr_ids))
         return tr_ids[order], tr_labels[order]
-    ft_loss, model = _fit(model, qa_epoch, max(1, len(tr_ids) // cfg.batch_size), cfg.finetune_exposures, cfg,
-                          cfg.finetune_lr, pad)
+    ft_loss = _fit(model, qa_epoch, max(1, len(tr_ids) // cfg.batch_size), cfg.finetune_exposures, cfg,
+                   cfg.finetune_lr, tok, out / "finetune", json.loads(json.dumps(asdict(cfg), default=str)))
     recs = list(read_jsonl(data / "qa.jsonl"))
     ids, labels = qa_mask_rows(qa_all, pad, mask)
     exact = fill_accuracy(model, ids, labels, pad)

@@ -227,20 +227,25 @@ def early_step(cfg: DynamicsConfig, data: str | Path) -> int:
 
 def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progress: bool = True) -> dict:
     """Pretrain on the background (kn.train.train); returns {"early": path, "late": path}.
-    The run stops at the early step, keeps that model as out/early, then resumes bit-exactly to the end."""
-    from kn.train import train
+    The run stops at the early step, keeps that model as out/early, then resumes bit-exactly to the end.
+    An interrupted pretraining with the same settings and data is resumed; any other is started again."""
+    from kn.train import can_resume, checkpoint_step, stop_if_interrupted, train
     out = Path(out)
     tcfg = _train_config(cfg, Path(data), out)
     paths = {"early": out / "early", "late": out / "model"}
     data_meta = read_json(Path(data) / "meta.json")["provenance"]["config"]     # a new dataset means a new base
-    done = _same_config(out / "train.json", asdict(tcfg)) and _same_config(out / "data.json", data_meta)
-    if not (done and all(p.is_dir() for p in paths.values())):
-        step = early_step(cfg, data)
+    if _same_config(out / "train.json", asdict(tcfg)) and _same_config(out / "data.json", data_meta) and \
+            all(p.is_dir() for p in paths.values()):
+        return {k: str(v) for k, v in paths.items()}
+    step = early_step(cfg, data)
+    resumable = _same_config(out / "data.json", data_meta) and can_resume(out, asdict(tcfg))
+    if not (resumable and (paths["early"].is_dir() or checkpoint_step(out / "checkpoint") <= step)):
         shutil.rmtree(out, ignore_errors=True)
-        train(replace(tcfg, max_steps=step), progress=progress)
-        os.replace(out / "model", paths["early"])
-        train(tcfg, resume=True, progress=progress)
         write_json(out / "data.json", config=data_meta, early_step=step)
+    if not paths["early"].is_dir():
+        stop_if_interrupted(train(replace(tcfg, max_steps=step), resume=True, progress=progress), out)
+        os.replace(out / "model", paths["early"])
+    stop_if_interrupted(train(tcfg, resume=True, progress=progress), out)
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -422,7 +427,7 @@ def mean_curves(traj: Trajectories) -> dict[str, dict[str, tuple[list, list]]]:
 def fit_table(batch: dict, scenarios=SCENARIOS):
     """`compare_batch_sizes`' forgetting fits as Markdown for a notebook to display: one row per
     scenario, probe kind and batch size; a cell is blank where there is no fit or no t*."""
-    from kn.book import markdown_table
+    from kn.display import markdown_table
     cols = {"b": "b", "r2": "r²", "x_intercept": "t* (steps)", "x_intercept_tokens": "t* (tokens)"}
     cell = lambda v: "" if v is None else f"{v:.3g}"
     rows = [[s, k, B] + [cell((batch[B][s][k] or {}).get(c)) for c in cols]
@@ -433,46 +438,36 @@ def fit_table(batch: dict, scenarios=SCENARIOS):
 # ----------------------------------------------------------------------------- continued pretraining
 
 
-def continue_pretraining(cfg: DynamicsConfig, data: str | Path, base: str | Path, records: list[dict],
+def continue_pretraining(cfg: DynamicsConfig, data: str | Path, base: str | Path, records: list[dict], out: str | Path,
                          progress: bool = True) -> tuple[Trajectories, list[dict]]:
-    """Continue pretraining `base` on the injected stream, measuring every probe every eval_every
-    steps; returns the trajectories and the injection schedule (step, row, paragraph, ...)."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    """Continue pretraining `base` on the injected stream (kn.train.fit, run folder `out`, resumed when
+    it holds a run with the same settings), measuring every probe every eval_every steps; returns the
+    trajectories and the injection schedule (step, row, paragraph, ...)."""
     from transformers import AutoModelForCausalLM
 
-    from kn.train import lr_lambda, optimizer_for, training_step
+    from kn.train import Fit, Hooks, accelerator, can_resume, fit, stop_if_interrupted
     tok = load_tokenizer(Path(data) / "tokenizer")
     stream = make_stream(cfg, data, records, tok)
-    tcfg = _train_config(cfg, Path(data), Path("."), lr=cfg.lr, warmup=0, min_lr_ratio=1.0)   # constant lr
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
-    model = AutoModelForCausalLM.from_pretrained(str(base), attn_implementation="sdpa").to(acc.device)
-    opt = optimizer_for(model, tcfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg, cfg.n_steps))
-    model, opt = acc.prepare(model, opt)
-    step_fn = training_step(model, opt, sched, acc, tcfg.grad_clip,
-                            compile=cfg.compile == "on" or (cfg.compile == "auto" and use_cuda))
+    acc = accelerator(cfg.device)
+    model = AutoModelForCausalLM.from_pretrained(str(base), attn_implementation="sdpa")
     meta = probe_meta(records, cfg.scenarios, cfg.seed)
     probes = [torch.from_numpy(a).to(acc.device) for a in probe_tensors(meta["prompt"], meta["target"], tok)]
-    steps = np.array(sorted(set(range(0, cfg.n_steps, cfg.eval_every)) | {cfg.n_steps}))
-    traj = torch.empty(len(steps), len(meta["prompt"]), device=acc.device)              # [S, P], stays on device
-    schedule, k = [], 0
-    for step in tqdm(range(cfg.n_steps + 1), disable=not progress, desc="continued", unit="step"):
-        if k < len(steps) and step == steps[k]:
-            model.eval()
-            with acc.autocast():
-                traj[k] = probe_logprobs(model, *probes)
-            model.train()
-            k += 1
-        if step == cfg.n_steps:
-            break
-        ids, items = stream(step)
-        schedule += [it.record() for it in items]
-        x = torch.from_numpy(ids).to(acc.device).long()
-        step_fn(x, x, None)
+    spec = Fit(cfg.n_steps, cfg.lr, warmup=0, min_lr_ratio=1.0, compile=cfg.compile)       # constant lr
+    hooks = Hooks(evaluate=lambda m: probe_logprobs(m, *probes), eval_every=cfg.eval_every)
+    config = json.loads(json.dumps(asdict(cfg) | {"base": str(base)}, default=str))
+    resume = can_resume(Path(out), config)
+    evals = stop_if_interrupted(fit(model, lambda t: (stream(t)[0],) * 2, spec, out, config, tok, acc, hooks,
+                                    resume=resume, overwrite=not resume, progress=progress, desc="continued"),
+                                out)["evals"]
+    steps = np.array(sorted(evals))
+    schedule = [it.record() for t in range(cfg.n_steps) for it in stream.at.get(t, [])]
     cols = {c: meta[c] for c in ("paragraph", "scenario", "kind", "probe")}
-    return Trajectories(steps, traj.cpu().numpy(), **cols), schedule
+    return Trajectories(steps, torch.stack([evals[t].cpu() for t in steps]).numpy(), **cols), schedule
+
+
+def _continued(out: Path, stage: str, cfg: DynamicsConfig) -> Path:
+    """The run folder of continued pretraining from a stage's base at cfg's batch size."""
+    return out / f"continued_{stage}_batch{cfg.batch_size}"
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -579,7 +574,8 @@ def from_profile(profile: str, **overrides) -> DynamicsConfig:
 
 def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Data -> base (early, late) -> continued pretraining with injections from each base in
-    cfg.stages. Writes out_dir/trajectories_<stage>.csv and out_dir/dynamics.json; returns
+    cfg.stages (run folders out_dir/continued_<stage>_batch<B>, resumed after an interruption). Writes
+    out_dir/trajectories_<stage>.csv and out_dir/dynamics.json; returns
     {"stages": stage -> summary, "schedule": [...], "trajectories": stage -> Trajectories, "bases": ...}."""
     out, t_start = Path(out_dir), time.perf_counter()
     records = prepare_data(cfg, out / "data")
@@ -587,7 +583,8 @@ def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True
     bases = pretrain_base(cfg, out / "data", out / "base", progress)
     result = {"stages": {}, "trajectories": {}, "bases": bases, "schedule": None}
     for stage in cfg.stages:
-        traj, schedule = continue_pretraining(cfg, out / "data", bases[stage], records, progress)
+        traj, schedule = continue_pretraining(cfg, out / "data", bases[stage], records, _continued(out, stage, cfg),
+                                              progress)
         save_trajectories(traj, out / f"trajectories_{stage}.csv")
         result["stages"][stage], result["trajectories"][stage], result["schedule"] = summarize(traj, cfg), traj, schedule
     write_json(out / "dynamics.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t_start,
@@ -621,7 +618,7 @@ def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, factor: int = 
         if c is cfg and _has_late_run(cfg, out):       # run_dynamics already ran batch B from the late base
             traj = load_trajectories(out / "trajectories_late.csv")
         else:
-            traj, _ = continue_pretraining(c, out / "data", bases["late"], records, progress)
+            traj, _ = continue_pretraining(c, out / "data", bases["late"], records, _continued(out, "late", c), progress)
         save_trajectories(traj, out / f"trajectories_batch{c.batch_size}.csv")
         fits[c.batch_size] = {s: {k: _with_tokens(v["retainability"]["fit"], c.batch_size * c.window)
                                   for k, v in kinds.items()} for s, kinds in summarize(traj, c).items()}

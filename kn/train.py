@@ -17,7 +17,10 @@ recovers; `resume=True` continues bit-exactly on CPU, and refuses settings that 
 checkpoint's. A run folder is locked (fcntl, out/train.lock) against a second writer, and a new
 run refuses a folder that holds a checkpoint or a model unless `overwrite=True`. LoRA's
 initialisation is drawn from the config's seed.
-Entry points: `TrainConfig`, `load_config`, `train`.
+One loop, `fit`, trains every model of the book: `train` above, kn.dynamics' continued pretraining
+(evaluation hook) and kn.bidirectional's masked LM (its own batches): all of them get the
+checkpoints, resume, run-folder lock and signal handling described here.
+Entry points: `TrainConfig`, `load_config`, `train`, `fit` (with `Fit`, `Hooks`), `epoch_batches`, `accelerator`.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import shutil
 import signal
 import time
 import tomllib
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from numbers import Integral, Real
@@ -190,7 +194,7 @@ class Batches:
             raise DataError(f"batch_size: {cfg.batch_size} exceeds the {self.rows_per_epoch} rows of one pass over the data")
         self.steps_per_epoch = self.rows_per_epoch // cfg.batch_size
         self.total_steps = max(1, int(round(cfg.exposures * self.steps_per_epoch)))
-        self._epoch, self._rows = None, None
+        self._batch = epoch_batches(self.epoch_rows, self.steps_per_epoch, cfg.batch_size)
 
     def epoch_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(input ids [R, T], labels [R, T]) of one pass, shuffled by (seed, epoch)."""
@@ -224,12 +228,22 @@ class Batches:
         return Encoded(useful.ids[keep], useful.offsets - np.arange(len(useful.offsets)), useful.person)
 
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._rows = epoch, self.epoch_rows(epoch)
-        ids, labels = self._rows
-        sl = slice(i * self.cfg.batch_size, (i + 1) * self.cfg.batch_size)
-        return ids[sl], labels[sl]
+        return self._batch(step)
+
+
+def epoch_batches(epoch_rows, steps_per_epoch: int, batch_size: int):
+    """step -> (ids, labels): rows i*B to (i+1)*B of epoch_rows(epoch), (epoch, i) = divmod(step,
+    steps_per_epoch); an epoch's rows are built once, when one of its steps is first asked for."""
+    held = {}
+
+    def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, i = divmod(step, steps_per_epoch)
+        if epoch not in held:
+            held.clear()
+            held[epoch] = epoch_rows(epoch)
+        ids, labels = held[epoch]
+        return ids[i * batch_size: (i + 1) * batch_size], labels[i * batch_size: (i + 1) * batch_size]
+    return batch
 
 
 def load_biod(data: str) -> tuple[BioD, float] | None:
@@ -275,15 +289,16 @@ def qa_rows(qa: Encoded, eos_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarr
 # ----------------------------------------------------------------------------- model and optimizer
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int):
-    warm = cfg.warmup * total_steps if cfg.warmup < 1 else cfg.warmup
-    warm = max(1, int(warm))
+def lr_lambda(total_steps: int, warmup: float = 0.05, min_lr_ratio: float = 0.1):
+    """step -> lr multiplier: linear warmup (warmup < 1: that fraction of the steps; >= 1: steps), then
+    a cosine from 1 down to min_lr_ratio at total_steps."""
+    warm = max(1, int(warmup * total_steps if warmup < 1 else warmup))
 
     def f(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         t = min(1.0, (step - warm) / max(1, total_steps - warm))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
     return f
 
 
@@ -319,15 +334,22 @@ def add_lora(model, rank: int, embed_rank: int = 0, seed: int = 0):
         return get_peft_model(model, config)
 
 
-def optimizer_for(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+def optimizer_for(model, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and embeddings."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
+
+
+def accelerator(device: str = "auto"):
+    """The Accelerator of a run on device auto | cpu | cuda: bf16 autocast on a GPU, fp32 on the CPU."""
+    from accelerate import Accelerator
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -373,16 +395,17 @@ def save_model(model, tokenizer, path: Path) -> None:
     swap_in(tmp, path)
 
 
-def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, cfg: TrainConfig) -> None:
-    """Model, state.pt, then state.json (the mark of a complete checkpoint) in path.tmp; swapped in."""
+def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config: dict, evals: dict) -> None:
+    """Model, state.pt (with the evaluations so far), then state.json (the mark of a complete
+    checkpoint; holds the run's settings) in path.tmp; swapped in."""
     tmp = _aside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, tokenizer, tmp / "model")
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save({"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": rng, "step": step}, tmp / "state.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": asdict(cfg)}, indent=2, default=str))
+                "rng": rng, "step": step, "evals": {t: v.cpu() for t, v in evals.items()}}, tmp / "state.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=2, default=str))
     swap_in(tmp, path)
 
 
@@ -412,7 +435,8 @@ def recover_checkpoint(path: Path) -> Path | None:
     return None if best is None else path
 
 
-def load_checkpoint(path: Path, model, opt, sched) -> int:
+def load_checkpoint(path: Path, model, opt, sched) -> tuple[int, dict]:
+    """Weights, optimizer, scheduler and RNG from a checkpoint; returns (step, evaluations so far)."""
     try:
         state = torch.load(path / "state.pt", weights_only=False)
     except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
@@ -427,7 +451,7 @@ def load_checkpoint(path: Path, model, opt, sched) -> int:
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(state["step"])
+    return int(state["step"]), state.get("evals", {})
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -462,10 +486,10 @@ def _flat(config: dict) -> dict:
             for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
 
 
-def check_same_settings(checkpoint: Path, cfg: TrainConfig) -> None:
+def check_same_settings(checkpoint: Path, config: dict) -> None:
     """DataError naming the settings that differ from the checkpoint's (BOOKKEEPING may differ)."""
     saved = _flat(json.loads((checkpoint / "state.json").read_text())["config"])
-    now = _flat(asdict(cfg))
+    now = _flat(config)
     changed = [k for k in saved if k.split(".")[0] not in BOOKKEEPING and saved[k] != now.get(k)]
     if changed:
         diff = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
@@ -473,7 +497,7 @@ def check_same_settings(checkpoint: Path, cfg: TrainConfig) -> None:
                         "the checkpoint's settings, or start again with overwrite=True (--overwrite)")
 
 
-def prepare_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+def prepare_run(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
     """Make `out` ready: with overwrite, empty it of an earlier run; otherwise recover a checkpoint
     left by a crash, refuse a folder holding a run unless resuming, and refuse changed settings."""
     if overwrite:
@@ -489,7 +513,18 @@ def prepare_run(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> N
         raise DataError(f"out: {str(out)!r} already holds {held}; pass {what}overwrite=True (--overwrite) "
                         "to start again")
     if checkpoint:
-        check_same_settings(checkpoint, cfg)
+        check_same_settings(checkpoint, config)
+
+
+def can_resume(out: Path, config: dict) -> bool:
+    """Whether out holds a checkpoint of a run with these settings: continue it rather than start again."""
+    try:
+        checkpoint = recover_checkpoint(out / "checkpoint")
+        if checkpoint is not None:
+            check_same_settings(checkpoint, config)
+    except DataError:
+        return False
+    return checkpoint is not None
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -561,36 +596,83 @@ def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool 
     return step
 
 
+@dataclass(frozen=True)
+class Fit:
+    """Plain values of one optimisation run: AdamW, schedule (kn.train.lr_lambda) and bookkeeping."""
+    total_steps: int
+    lr: float
+    warmup: float = 0.05               # < 1: fraction of the steps; >= 1: steps
+    min_lr_ratio: float = 0.1          # 1.0: constant lr after the warmup
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0             # 0: no clipping
+    compile: str = "auto"              # auto (GPU only) | on | off
+    checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
+    log_every: int = 20
+    max_steps: int | None = None       # stop early; the schedule is unchanged
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a run adds to plain next-token training: measurements along the way (kn.dynamics) and an
+    attention mask over padding (finetune QAs, masked LM)."""
+    evaluate: Callable | None = None   # model -> tensor, on theta_t (before step t's update), no grad
+    eval_every: int = 1                # evaluate at steps t % eval_every == 0 and at total_steps
+    pad_id: int | None = None          # attention_mask = ids != pad_id
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGTERM/SIGINT after writing its checkpoint: running it again resumes."""
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False) -> dict:
     """Run one training job; returns the summary also written to out/train.json. A folder holding
     a checkpoint or a model needs resume=True (same settings) or overwrite=True (starts again)."""
-    from accelerate import Accelerator
-
-    out = folder_path(cfg.out, "out")
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
-    with run_lock(out) if acc.is_main_process else nullcontext():
-        if acc.is_main_process:
-            prepare_run(out, cfg, resume, overwrite)
-        acc.wait_for_everyone()
-        checkpoint = out / "checkpoint" if resume and checkpoint_step(out / "checkpoint") is not None else None
-        return _train(cfg, acc, out, checkpoint, progress)
-
-
-def _train(cfg: TrainConfig, acc, out: Path, checkpoint: Path | None, progress: bool) -> dict:
-    """The loop of `train`, in a prepared and locked folder, from `checkpoint` or from step 0."""
-    from tqdm.auto import tqdm
-
-    use_cuda = acc.device.type == "cuda"
+    acc = accelerator(cfg.device)
     tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer") if cfg.mode != "finetune" else load_tokenizer(cfg.init)
     batches = Batches(cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
     check_vocab(batches, len(tokenizer))
-    model = make_model(cfg, len(tokenizer)).to(acc.device)
-    opt = optimizer_for(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, batches.total_steps))
-    start = 0
+    model = make_model(cfg, len(tokenizer))
+    fpt = flops_per_token(_config_of(model), n_params(model, trainable_only=False)["non_embedding"], cfg.window)
+    spec = Fit(batches.total_steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay, cfg.grad_clip,
+               cfg.compile, cfg.checkpoint_every, cfg.log_every, cfg.max_steps)
+    hooks = Hooks(pad_id=tokenizer.pad_token_id if cfg.mode == "finetune" else None)
+    s = fit(model, batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks, resume, overwrite, progress, cfg.mode)
+    summary = {"mode": cfg.mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss",
+                                                      "tokens_per_s", "n_params")},
+               "flops_per_token": fpt, "mfu": mfu(s["tokens_per_s"] * fpt, acc.device),
+               **{k: s[k] for k in ("device", "world_size", "history")}}
+    if acc.is_main_process:
+        write_json(Path(cfg.out) / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=s["wall_time"], **summary)
+    return summary
+
+
+def fit(model, batches, spec: Fit, out: str | Path, config: dict, tokenizer, acc, hooks: Hooks = Hooks(),
+        resume: bool = False, overwrite: bool = False, progress: bool = True, desc: str = "train") -> dict:
+    """Train `model` on batches(step) -> (ids [B, T], labels [B, T]) in run folder `out`, locked for
+    the run. `config` holds the run's settings: a resumed run must have the same (BOOKKEEPING
+    aside). A folder holding a checkpoint or a model needs resume=True or overwrite=True. Returns
+    steps, total_steps, interrupted, final_loss, tokens_per_s, n_params, device, world_size,
+    history (the logged steps of this call), wall_time and evals (step -> tensor, with hooks.evaluate)."""
+    out = folder_path(out, "out")
+    with run_lock(out) if acc.is_main_process else nullcontext():
+        if acc.is_main_process:
+            prepare_run(out, config, resume, overwrite)
+        acc.wait_for_everyone()
+        checkpoint = out / "checkpoint" if resume and checkpoint_step(out / "checkpoint") is not None else None
+        return _fit(model, batches, spec, out, config, tokenizer, acc, hooks, checkpoint, progress, desc)
+
+
+def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hooks: Hooks, checkpoint: Path | None,
+         progress: bool, desc: str) -> dict:
+    """The loop of `fit`, in a prepared and locked folder, from `checkpoint` or from step 0."""
+    from tqdm.auto import tqdm
+
+    model = model.to(acc.device)
+    opt = optimizer_for(model, spec.lr, spec.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
+    start, evals = 0, {}
     if checkpoint is not None:
-        start = load_checkpoint(checkpoint, model, opt, sched)
+        start, evals = load_checkpoint(checkpoint, model, opt, sched)
         if acc.is_main_process:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed %s at step %d", out, start)
@@ -598,31 +680,31 @@ def _train(cfg: TrainConfig, acc, out: Path, checkpoint: Path | None, progress: 
         (out / "metrics.jsonl").write_text("")
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
-    step_fn = training_step(model, opt, sched, acc, cfg.grad_clip,
-                            compile=cfg.compile == "on" or (cfg.compile == "auto" and use_cuda))
-    counts = n_params(raw)
-    fpt = flops_per_token(_config_of(raw), n_params(raw, trainable_only=False)["non_embedding"], cfg.window)
-    end = min(batches.total_steps, cfg.max_steps or batches.total_steps)
+    step_fn = training_step(model, opt, sched, acc, spec.grad_clip,
+                            compile=spec.compile == "on" or (spec.compile == "auto" and acc.device.type == "cuda"))
+    end = min(spec.total_steps, spec.max_steps or spec.total_steps)
     rank, world = acc.process_index, acc.num_processes
 
     model.train()
     t_start = time.perf_counter()
     loss_sum, tokens_done, n_logged, window_t0 = torch.zeros((), device=acc.device), 0, 0, time.perf_counter()
     history = []
-    bar = tqdm(total=end, initial=start, disable=not (progress and acc.is_main_process), desc=cfg.mode, unit="step")
+    bar = tqdm(total=end, initial=start, disable=not (progress and acc.is_main_process), desc=desc, unit="step")
     with StopFlag() as stop:
         step = start
         while step < end and not stop.set:
+            if hooks.evaluate and step % hooks.eval_every == 0:
+                evals[step] = _evaluate(model, acc, hooks.evaluate)
             ids, labels = batches(step)
             ids, labels = ids[rank::world], labels[rank::world]        # data parallel: this rank's rows
             x = torch.from_numpy(ids).to(acc.device, non_blocking=True).long()
             y = torch.from_numpy(labels).to(acc.device, non_blocking=True).long()
-            mask = (x != tokenizer.pad_token_id) if cfg.mode == "finetune" else None
+            mask = None if hooks.pad_id is None else x != hooks.pad_id
             loss_sum += step_fn(x, y, mask)
             tokens_done += int(ids.size) * world
             n_logged += 1
             step += 1
-            if step % cfg.log_every == 0 or step == end:
+            if step % spec.log_every == 0 or step == end:
                 mean = (loss_sum / n_logged).item()                       # the one host sync per log
                 dt = time.perf_counter() - window_t0
                 rec = {"step": step, "loss": mean, "lr": sched.get_last_lr()[0], "tokens_per_s": tokens_done / dt,
@@ -634,24 +716,41 @@ def _train(cfg: TrainConfig, acc, out: Path, checkpoint: Path | None, progress: 
                 bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
                 loss_sum.zero_(); tokens_done, n_logged, window_t0 = 0, 0, time.perf_counter()
             bar.update(1)
-            if acc.is_main_process and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < end:
-                save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, cfg)
+            if acc.is_main_process and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < end:
+                save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals)
         interrupted = stop.set and step < end
     bar.close()
+    if hooks.evaluate and step == spec.total_steps:
+        evals[step] = _evaluate(model, acc, hooks.evaluate)
     wall = time.perf_counter() - t_start
     if acc.is_main_process:
-        save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, cfg)
+        save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals)
         if not interrupted:
             save_model(raw, tokenizer, out / "model")
-    tok_s = float(np.mean([h["tokens_per_s"] for h in history[1:]] or [h["tokens_per_s"] for h in history] or [0.0]))
-    summary = {"mode": cfg.mode, "steps": step, "total_steps": batches.total_steps, "interrupted": interrupted,
-               "final_loss": history[-1]["loss"] if history else None, "tokens_per_s": tok_s,
-               "n_params": counts, "flops_per_token": fpt, "mfu": mfu(tok_s * fpt, acc.device),
-               "device": str(acc.device), "world_size": world, "history": history}
-    if acc.is_main_process:
-        write_json(out / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=wall, **summary)
     if interrupted:
         log.info("stopped by signal at step %d; resume with resume=True", step)
+    tok_s = float(np.mean([h["tokens_per_s"] for h in history[1:]] or [h["tokens_per_s"] for h in history] or [0.0]))
+    summary = {"steps": step, "total_steps": spec.total_steps, "interrupted": interrupted,
+               "final_loss": history[-1]["loss"] if history else None, "tokens_per_s": tok_s,
+               "n_params": n_params(raw), "device": str(acc.device), "world_size": world, "history": history,
+               "wall_time": wall}
+    return summary | ({"evals": evals} if hooks.evaluate else {})
+
+
+def _evaluate(model, acc, evaluate):
+    """evaluate(model) in eval mode, under the run's autocast, without gradients."""
+    model.eval()
+    with torch.no_grad(), acc.autocast():
+        value = evaluate(model)
+    model.train()
+    return value
+
+
+def stop_if_interrupted(summary: dict, out: str | Path) -> dict:
+    """The summary of a finished `fit`; Interrupted if a signal stopped it (its checkpoint is written)."""
+    if summary["interrupted"]:
+        raise Interrupted(f"stopped by a signal at step {summary['steps']} of {summary['total_steps']}; "
+                          f"run again to resume from the checkpoint in {str(out)!r}")
     return summary
 
 

@@ -1,6 +1,8 @@
-"""kn.bidirectional: whole-word masking, masked QA rows, and a smoke MLM pretrain -> finetune run.
-Run: pytest tests/test_bidirectional.py
+"""kn.bidirectional: whole-word masking, masked QA rows, a smoke MLM pretrain -> finetune run, and an
+interrupted run resumed to the same result.   Run: OMP_NUM_THREADS=1 pytest tests/test_bidirectional.py
 """
+import os
+import signal
 from dataclasses import replace
 
 import numpy as np
@@ -39,10 +41,14 @@ def test_qa_rows_mask_exactly_the_answer(ds):
         assert tok.decode(labels[i, s:e]).strip() == ds.qa[i]["answer"]
 
 
+def small():
+    return BidirectionalConfig(data=BiosConfig(n=40, augment="multi2", vocab_size=500),
+                               model=ModelConfig(arch="bert", n_layer=2, n_head=2, n_embd=64, context=64),
+                               exposures=4, window=64, batch_size=8, finetune_exposures=2, device="cpu")
+
+
 def test_smoke_run(tmp_path):
-    cfg = BidirectionalConfig(data=BiosConfig(n=40, augment="multi2", vocab_size=500),
-                              model=ModelConfig(arch="bert", n_layer=2, n_head=2, n_embd=64, context=64),
-                              exposures=4, window=64, batch_size=8, finetune_exposures=2)
+    cfg = small()
     r = run_bidirectional(cfg, tmp_path)
     assert set(r["qa"]["test"]["per_attribute"]) == set(ATTRIBUTES)
     assert 0 <= r["qa"]["train"]["mean"] <= 1 and np.isfinite(r["pretrain_loss"])
@@ -55,6 +61,34 @@ def test_smoke_run(tmp_path):
     assert (tmp_path / "pretrain" / "pretrain.json").stat().st_mtime_ns != stamp and np.isfinite(other["pretrain_loss"])
 
 
-def test_needs_bert():
+def test_needs_bert_and_a_known_device():
     with pytest.raises(DataError, match="^model"):
         BidirectionalConfig(model=ModelConfig(arch="gpt2"))
+    with pytest.raises(DataError, match="^device: got 'tpu'"):
+        replace(small(), device="tpu")
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """A SIGTERM during pretraining stops the run after a checkpoint (kn.train.fit); running it again
+    resumes, and losses and exact match equal those of an uninterrupted run."""
+    import kn.train
+    real, calls = kn.train.training_step, []
+
+    def sigterm_at_step_3(*args, **kw):
+        step = real(*args, **kw)
+
+        def wrapped(*a):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(*a)
+        return wrapped
+    full = run_bidirectional(small(), tmp_path / "full")
+    monkeypatch.setattr(kn.train, "training_step", sigterm_at_step_3)
+    with pytest.raises(kn.train.Interrupted, match="step 3 of"):
+        run_bidirectional(small(), tmp_path / "cut")
+    monkeypatch.undo()
+    assert not (tmp_path / "cut" / "pretrain" / "pretrain.json").exists()
+    again = run_bidirectional(small(), tmp_path / "cut")
+    assert (again["pretrain_loss"], again["finetune_loss"]) == (full["pretrain_loss"], full["finetune_loss"])
+    assert again["qa"] == full["qa"]

@@ -1,10 +1,12 @@
 """kn.dynamics (Chang et al.): t_LAM, effectivity and retainability on hand-made trajectories, the
 power-law fit on a planted slope, injections landing at the requested steps and rows, config
-validation before any training, and a smoke run of all three scenarios end to end (about 15 s):
+validation before any training, a smoke run of all three scenarios end to end (about 15 s), and an
+interrupted continued run resumed to the same trajectories:
 
     pytest tests/test_dynamics.py
 """
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -194,3 +196,44 @@ def test_mean_curves_average_each_scenario_and_kind():
     assert curves["once"]["memorization"] == ([0, 2], [-4.0, -2.0]) and curves["once"]["semantic"][1] == [-5.0, -6.0]
     assert list(curves["duplicated"]) == ["semantic"]                 # a kind without probes is left out
 
+
+
+def sigterm_at_call(monkeypatch, n):
+    """kn.train's optimizer step sends SIGTERM to this process on its n-th call (the loop then stops)."""
+    import os
+    import signal
+
+    import kn.train
+    real = kn.train.training_step
+
+    def patched(*args, **kw):
+        step, calls = real(*args, **kw), []
+
+        def wrapped(*a):
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(*a)
+        return wrapped
+    monkeypatch.setattr(kn.train, "training_step", patched)
+
+
+def test_interrupted_continued_pretraining_resumes_bit_exactly(smoke, tmp_path, monkeypatch):
+    """kn.train.fit's checkpoint and resume cover the continued run: a SIGTERM at step 11 stops it
+    (Interrupted), running it again continues from the checkpoint to the same trajectories and schedule."""
+    from kn.data.injection import load_injection
+    from kn.dynamics import continue_pretraining
+    from kn.train import Interrupted
+    cfg, out, result = smoke
+    records = load_injection(out / "data" / "injection")
+    sigterm_at_call(monkeypatch, 11)
+    with pytest.raises(Interrupted, match="step 11 of 30"):
+        continue_pretraining(cfg, out / "data", result["bases"]["late"], records, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    traj, schedule = continue_pretraining(cfg, out / "data", result["bases"]["late"], records, tmp_path / "run",
+                                          progress=False)
+    want = result["trajectories"]["late"]
+    assert traj.steps.tolist() == want.steps.tolist() and np.array_equal(traj.logprob, want.logprob)
+    assert schedule == result["schedule"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == cfg.n_steps

@@ -176,3 +176,12 @@ def test_recover_checkpoint_keeps_the_newest_complete_one(tmp_path):
     with pytest.raises(DataError, match="^checkpoint: .* incomplete"):
         recover_checkpoint(tmp_path / "checkpoint")
     assert recover_checkpoint(tmp_path / "none") is None
+
+
+def test_schedule_from_plain_values():
+    from kn.train import lr_lambda
+    f = lr_lambda(100, warmup=0.1, min_lr_ratio=0.2)                     # 10 warmup steps, then cosine to 0.2
+    assert [f(0), f(4), f(9)] == pytest.approx([0.1, 0.5, 1.0])
+    after = [f(t) for t in range(10, 101)]
+    assert all(a >= b for a, b in zip(after, after[1:])) and f(100) == pytest.approx(0.2)
+    assert lr_lambda(50, warmup=5)(4) == 1.0 and lr_lambda(50, warmup=0, min_lr_ratio=1.0)(30) == 1.0
