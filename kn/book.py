@@ -3,7 +3,7 @@
 `run_chapter(name, profile)` executes book/<name>.ipynb with papermill (its parameters cell gets
 `profile`) into book/<name>.<profile>.ipynb; at the book's profile (`book_profile` in _config.yml) the
 executed notebook then replaces the chapter, so a run at another profile or a failed run leaves the
-published page as it was. The chapter writes its result files to `results_dir(name, profile)`.
+published page as it was. The chapter writes its result files to kn.results.results_dir(name, profile).
 `build_book()` builds _build/html with Jupyter Book without executing anything, after checking that
 every notebook in the table of contents has executed outputs and ran at the book's profile.
 """
@@ -18,10 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from kn.display import markdown_table  # noqa: F401 - chapters import it from here
 from kn.errors import DataError
 from kn.profiles import check_profile
+from kn.results import ROOT, results_dir, runs_dir  # noqa: F401 - chapters import them from here
 
-ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 log = logging.getLogger(__name__)
 # Keep library progress bars and a widget warning out of the book's pages (kn's own bars are off there).
@@ -38,20 +39,6 @@ def chapters(root: Path = ROOT) -> list[str]:
             if (root / f"{name}.ipynb").is_file():
                 names.append(Path(name).name)
     return names
-
-
-def results_dir(chapter: str, profile: str) -> Path:
-    """Where a chapter's result files go: book/results/<chapter>/<profile>/ (or under $KN_RESULTS_ROOT,
-    which the tests set so that running chapters leaves the committed results alone)."""
-    root = Path(os.environ.get("KN_RESULTS_ROOT", BOOK / "results"))
-    return root / chapter / check_profile(profile)
-
-
-def runs_dir(chapter: str, profile: str) -> Path:
-    """Scratch space of a chapter's runs (datasets, checkpoints, models): runs/<chapter>/<profile>/,
-    or under $KN_RUNS_ROOT. Not committed; a re-run reuses what is there."""
-    root = Path(os.environ.get("KN_RUNS_ROOT", ROOT / "runs"))
-    return root / chapter / check_profile(profile)
 
 
 def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None, book: Path = BOOK) -> Path:
@@ -111,14 +98,6 @@ def notebook_profile(path: Path) -> str | None:
                 if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "profile" for t in node.targets):
                     profile = ast.literal_eval(node.value)
     return profile
-
-
-def markdown_table(header: list[str], rows: list[list]) -> "IPython.display.Markdown":
-    """A GFM table that a notebook displays as text/markdown (myst-nb renders it as a <table>);
-    `|` inside a cell is escaped."""
-    from IPython.display import Markdown
-    line = lambda cells: "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-    return Markdown("\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]))
 
 
 def figure_problems(path: Path) -> list[str]:

@@ -35,7 +35,7 @@ import torch
 from kn.data.biod import ATTR0, EOS, BioD, BioDConfig, bound_inputs, field_masks, render, write_biod
 from kn.errors import DataError, check_number
 from kn.models import ModelConfig, n_params
-from kn.results import read_json, write_json
+from kn.results import done, read_json, write_json
 from kn.sweep import point_key, run_sweep
 
 LN2 = math.log(2)
@@ -291,13 +291,6 @@ def _measure(folder: Path, p: dict, device: str, batch_size: int) -> dict:
     return out
 
 
-def _finished(run: Path) -> dict | None:
-    """The train.json summary of a run that already finished (e.g. a sweep stopped while measuring)."""
-    done = read_json(run / "train.json") if (run / "train.json").is_file() else {}
-    ok = done and not done["interrupted"] and done["steps"] == done["total_steps"]
-    return done if ok and (run / "model" / "config.json").is_file() else None
-
-
 def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str = "auto",
                    eval_batch_size: int = 256) -> dict:
     """One point of the law: build its data, train (resuming an interrupted run), measure the
@@ -311,7 +304,8 @@ def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str 
         folder = run_folder(p, runs_dir if runs_dir is not None else tmp)
         _make_data(p, folder / "data")
         t1 = time.perf_counter()
-        summary = _finished(folder / "run") or train(_train_config(p, folder, device), resume=True, progress=False)
+        tcfg = _train_config(p, folder, device)       # a finished run (a sweep stopped while measuring) is read
+        summary = done(folder / "run" / "train.json", tcfg) or train(tcfg, resume=True, progress=False)
         train_s = time.perf_counter() - t1
         out = _measure(folder, p, device, eval_batch_size)
     return {**out, "steps": summary["steps"], "final_loss": summary["final_loss"],

@@ -16,9 +16,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from kn import paper
-from kn.book import markdown_table, results_dir
 from kn.data.records import ATTRIBUTES
+from kn.display import markdown_table
 from kn.profiles import PROFILES
+from kn.results import results_dir
 
 
 class Interval(NamedTuple):

@@ -5,13 +5,13 @@
                      full or LoRA
 Both report exact-match QA accuracy on train_people (in distribution) and test_people (out of
 distribution), per attribute, next to how well the biographies were memorized (FINDINGS trap 1)
-and the majority-guess baseline. Every stage is skipped when its output exists, so an interrupted
-experiment continues where it stopped. Entry points: `ExtractionConfig`, `from_profile`,
-`run_extraction`, `run_suite` (several named runs of one chapter).
+and the majority-guess baseline. Every stage is skipped when its result file is done
+(kn.results.done: finished, with the same config), so an interrupted experiment continues where it
+stopped. Entry points: `ExtractionConfig`, `from_profile`, `run_extraction`, `run_suite` (several
+named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,7 +24,7 @@ from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
-from kn.results import write_json
+from kn.results import done, publish, read_json, runs_dir, write_json
 from kn.train import TrainConfig, train
 
 SETTINGS = ("mixed", "pretrain_finetune")
@@ -73,11 +73,12 @@ DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_
 def _bios_per_person(cfg: ExtractionConfig) -> float:
     if cfg.data_dir is None:
         return parse_augment(cfg.data.augment).per_person
-    counts = json.loads((Path(cfg.data_dir) / "meta.json").read_text())["counts"]
+    counts = read_json(Path(cfg.data_dir) / "meta.json")["counts"]
     return counts["bios"] / counts["people"]
 
 
-def _train_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) -> TrainConfig:
+def stage_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) -> TrainConfig:
+    """The kn.train config of one stage (`mode`) of the experiment, in run folder `out`; kw override it."""
     # exposures count how often each person's knowledge is seen: a multi5 corpus is passed over 1/5 as often
     passes = cfg.exposures / _bios_per_person(cfg)
     base = dict(data=str(data), out=str(out), mode=mode, model=replace(cfg.model, context=max(cfg.model.context, cfg.window)),
@@ -86,22 +87,26 @@ def _train_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw)
     return TrainConfig(**(base | kw))
 
 
-def _stage(cfg: TrainConfig, progress: bool) -> dict:
-    """Train unless out/train.json already records a finished run; resumes a checkpoint."""
-    done = Path(cfg.out) / "train.json"
-    if not (done.is_file() and not json.loads(done.read_text()).get("interrupted")):
-        train(cfg, resume=True, progress=progress)
-    return json.loads(done.read_text())
+def train_stage(cfg: TrainConfig, progress: bool = True) -> dict:
+    """The out/train.json of a finished run of `cfg`: read when there, else trained. An interrupted
+    run resumes (kn.train refuses other settings); a finished run of other settings is replaced."""
+    path = Path(cfg.out) / "train.json"
+    if (record := done(path, cfg)) is not None:
+        return record
+    other = path.is_file() and not read_json(path).get("interrupted")
+    train(cfg, resume=True, overwrite=other, progress=progress)
+    return read_json(path)
 
 
-def _dataset(cfg: ExtractionConfig, path: Path) -> None:
+def prepare_dataset(cfg: ExtractionConfig, path: Path) -> None:
+    """The experiment's dataset at `path`: cfg.data_dir checked as it is; else generated there from
+    cfg.data unless its meta.json already records that config."""
     if cfg.data_dir is not None:
         missing = [f for f in ("meta.json", "bios.jsonl", "qa.jsonl", "tokens.npz", "tokenizer") if not (path / f).exists()]
         if missing:
             raise DataError(f"data_dir: {str(path)!r} lacks {missing}; make it with `kn data bios` or `kn data import`")
         return
-    meta = path / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text())["provenance"]["config"] == asdict(cfg.data):
+    if done(path / "meta.json", cfg.data) is not None:
         return
     make_dataset(cfg.data, path, overwrite=True)      # the run's own data, made for another config: rebuild
 
@@ -136,24 +141,31 @@ def majority_baseline(qa_records: list[dict]) -> dict:
     return out
 
 
-def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True) -> dict:
+def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True,
+                   pretrained: str | Path | None = None) -> dict:
     """Dataset (generated under out/data, or cfg.data_dir as it is) -> (mixed | pretrain -> finetune)
-    -> evaluation; writes out/result.json."""
+    -> evaluation; writes out/result.json, or returns it when it is done for cfg. `pretrained`: the
+    run folder of a finished pretraining on the same corpus (kn.onelayer's shared one), finetuned
+    from instead of pretraining in out/pretrain."""
     out = Path(out)
+    if (record := done(out / "result.json", cfg)) is not None:
+        return record
     t0 = time.perf_counter()
     data = Path(cfg.data_dir) if cfg.data_dir is not None else out / "data"
-    _dataset(cfg, data)
+    prepare_dataset(cfg, data)
     stages = {}
     if cfg.setting == "mixed":
-        stages["mixed"] = _stage(_train_config(cfg, data, out / "mixed", "mixed"), progress)
+        stages["mixed"] = train_stage(stage_config(cfg, data, out / "mixed", "mixed"), progress)
         final = memorized = out / "mixed" / "model"
     else:
-        stages["pretrain"] = _stage(_train_config(cfg, data, out / "pretrain", "pretrain"), progress)
-        memorized = out / "pretrain" / "model"
-        ft = _train_config(cfg, data, out / "finetune", "finetune", init=str(memorized),
+        pre = Path(pretrained) if pretrained is not None else out / "pretrain"
+        stages["pretrain"] = read_json(pre / "train.json") if pretrained is not None else \
+            train_stage(stage_config(cfg, data, pre, "pretrain"), progress)
+        memorized = pre / "model"
+        ft = stage_config(cfg, data, out / "finetune", "finetune", init=str(memorized),
                            exposures=cfg.finetune_exposures, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
                            lora_rank=cfg.lora_rank, lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
-        stages["finetune"] = _stage(ft, progress)
+        stages["finetune"] = train_stage(ft, progress)
         final = out / "finetune" / "model"
     result = evaluate_model(final, data)
     if memorized != final:
@@ -167,14 +179,9 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
 
 def run_suite(chapter: str, profile: str, configs: dict, progress: bool = True) -> dict:
     """Run named experiments of a chapter: models and data under runs/<chapter>/<profile>/<name>/
-    (not committed), each result.json copied to the chapter's results folder. Returns name -> result."""
-    from kn.book import results_dir, runs_dir
+    (not committed), each result.json published to the chapter's results folder. Returns name -> result."""
     out = {}
     for name, cfg in configs.items():
         run_extraction(cfg, runs_dir(chapter, profile) / name, progress=progress)
-        src = runs_dir(chapter, profile) / name / "result.json"
-        dst = results_dir(chapter, profile) / f"{name}.json"
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_text(src.read_text())
-        out[name] = json.loads(dst.read_text())
+        out[name] = publish(runs_dir(chapter, profile) / name / "result.json", chapter, profile, name)
     return out

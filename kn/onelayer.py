@@ -40,9 +40,10 @@ import numpy as np
 
 from kn.data.dataset import BiosConfig
 from kn.errors import DataError, check_count
-from kn.extraction import ExtractionConfig, _dataset, _stage, _train_config, run_extraction
+from kn.extraction import ExtractionConfig, prepare_dataset, run_extraction, stage_config, train_stage
 from kn.models import ModelConfig
 from kn.profiles import settings
+from kn.results import runs_dir as chapter_runs
 
 ARCHS = {"attn_mlp": 4.0, "attn_only": 0.0}        # arch -> mlp_ratio of the one layer
 _FINETUNE = re.compile(r"^(full|lora([1-9]\d*))$")
@@ -141,8 +142,8 @@ def shared_pretrain(cfg: ExtractionConfig, folder: Path) -> Path:
     """Pretrain once in folder (dataset with SHARED_FRACTION, then pretrain/); returns folder."""
     base = replace(cfg, data=replace(cfg.data, train_fraction=SHARED_FRACTION))
     with _lock(folder.with_name(folder.name + ".lock")):
-        _dataset(base, folder / "data")
-        _stage(_train_config(base, folder / "data", folder / "pretrain", "pretrain"), progress=False)
+        prepare_dataset(base, folder / "data")
+        train_stage(stage_config(base, folder / "data", folder / "pretrain", "pretrain"), progress=False)
     return folder
 
 
@@ -159,7 +160,7 @@ def same_corpus(data_a: Path, data_b: Path) -> bool:
 
 def _link_pretrain(cfg: ExtractionConfig, shared: Path, out: Path) -> None:
     """Build the point's dataset, check it against the shared one, link out/pretrain to it."""
-    _dataset(cfg, out / "data")
+    prepare_dataset(cfg, out / "data")
     if not same_corpus(out / "data", shared / "data"):
         raise DataError(f"runs_dir: the dataset in {str(out)!r} differs from the shared pretraining's "
                         f"{str(shared)!r} in its biographies or tokenizer; delete both and rerun")
@@ -236,7 +237,7 @@ def onelayer_point(point: dict) -> dict:
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         shared_pretrain(cfg, shared)
         _link_pretrain(cfg, shared, out)
-        result = run_extraction(cfg, out, progress=False)
+        result = run_extraction(cfg, out, progress=False, pretrained=shared / "pretrain")
         shares = matrix_shares(update_spectrum(out / "pretrain" / "model", out / "finetune" / "model"))
     return _flat(result) | shares | {"wall_s": round(time.perf_counter() - t0, 2)}
 
@@ -253,8 +254,7 @@ def onelayer_points(profile: str, runs_dir: str | Path, **overrides) -> list[dic
 def onelayer_sweep(profile: str, results_csv: str | Path, workers: int = 1, executor: str = "local",
                    runs_dir: str | Path | None = None, seed: int = 0, **sweep_kw) -> list[dict]:
     """Run the profile's grid (at `seed`) through kn.sweep.run_sweep (done points skipped); returns
-    the rows written by this call. runs_dir defaults to kn.book.runs_dir("onelayer", profile)."""
-    from kn.book import runs_dir as chapter_runs
+    the rows written by this call. runs_dir defaults to kn.results.runs_dir("onelayer", profile)."""
     from kn.sweep import run_sweep
     points = onelayer_points(profile, runs_dir or chapter_runs("onelayer", profile), seed=seed)
     return run_sweep(points, onelayer_point, results_csv, executor=executor, workers=workers, **sweep_kw)

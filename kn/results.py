@@ -6,8 +6,13 @@ renamed. When the `kn` package differs from its commit, the patch is kept beside
 <name>.diff and the provenance names it with its sha256. A CSV grows one row at a time: each row
 is one write to a file opened for appending, under an fcntl lock, with its columns checked against
 the header; an unfinished last line (a crash mid-write) is dropped with a warning.
-Entry points: `provenance`, `write_json`, `read_json`, `append_csv`, `read_csv`, `folder_path`,
-`atomic_file`.
+
+Where results live: a chapter's result files in `results_dir(chapter, profile)` (book/results/,
+committed), its runs (datasets, checkpoints, models) in `runs_dir(chapter, profile)` (runs/, not
+committed). An experiment skips a stage whose result file is `done` (finished, and recording the
+same config), and `publish`es a run's result file into its chapter's results folder.
+Entry points: `provenance`, `write_json`, `read_json`, `done`, `publish`, `results_dir`, `runs_dir`,
+`append_csv`, `read_csv`, `folder_path`, `atomic_file`.
 """
 from __future__ import annotations
 
@@ -19,14 +24,19 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from kn.errors import DataError
+from kn.profiles import check_profile
 
 PACKAGE = Path(__file__).resolve().parent
+ROOT = PACKAGE.parent
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")   # a result file's name: no folders
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +110,8 @@ def atomic_file(path: str | Path):
 
 
 def write_json(path: str | Path, config=None, seed=None, wall_time: float | None = None, **data) -> Path:
-    """Write `data` plus provenance to `path` (atomically); a dirty package's patch goes to <name>.diff."""
+    """Write `data` plus provenance to `path` (atomically); a dirty package's patch goes to <name>.diff.
+    `config` (a dataclass or plain values) is recorded as_recorded, as `done` compares it."""
     path = Path(path)
     git, diff = git_state(), path.with_suffix(".diff")
     if git["diff"]:
@@ -108,7 +119,7 @@ def write_json(path: str | Path, config=None, seed=None, wall_time: float | None
             tmp.write_text(git["diff"])
     else:
         diff.unlink(missing_ok=True)                       # a patch from an earlier, dirty write
-    record = {**data, "provenance": provenance(config, seed, wall_time, git, diff.name)}
+    record = {**data, "provenance": provenance(as_recorded(config), seed, wall_time, git, diff.name)}
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path
@@ -116,6 +127,63 @@ def write_json(path: str | Path, config=None, seed=None, wall_time: float | None
 
 def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def as_recorded(config) -> dict | list | None:
+    """`config` (a dataclass or plain values) as write_json records it: JSON values, str() for the rest."""
+    return json.loads(json.dumps(asdict(config) if is_dataclass(config) else config, default=str))
+
+
+def done(path: str | Path, config) -> dict | None:
+    """The result file at `path` if it is finished and records `config` (write_json's provenance),
+    else None. Finished: readable and not marked "interrupted" (kn.train's train.json)."""
+    path = Path(path)
+    try:
+        record = read_json(path) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None                                          # not a result file: compute it again
+    if not isinstance(record, dict) or record.get("interrupted") or "provenance" not in record:
+        return None
+    return record if record["provenance"].get("config") == as_recorded(config) else None
+
+
+# ----------------------------------------------------------------------------- chapters' folders
+
+
+def results_dir(chapter: str, profile: str) -> Path:
+    """Where a chapter's result files go: book/results/<chapter>/<profile>/ (or under $KN_RESULTS_ROOT,
+    which the tests set so that running chapters leaves the committed results alone)."""
+    root = Path(os.environ.get("KN_RESULTS_ROOT", ROOT / "book" / "results"))
+    return root / chapter / check_profile(profile)
+
+
+def runs_dir(chapter: str, profile: str) -> Path:
+    """Scratch space of a chapter's runs (datasets, checkpoints, models): runs/<chapter>/<profile>/,
+    or under $KN_RUNS_ROOT. Not committed; a re-run reuses what is there."""
+    root = Path(os.environ.get("KN_RUNS_ROOT", ROOT / "runs"))
+    return root / chapter / check_profile(profile)
+
+
+def publish(src: str | Path, chapter: str, profile: str, name: str) -> dict:
+    """Copy a run's result file `src` (a write_json file) to results_dir(chapter, profile)/<name>.json,
+    with its patch (<name>.diff) when it has one; returns the result."""
+    src = Path(src)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DataError(f"name: got {name!r}; allowed: a file name without folders (letters, digits, _ . + -)")
+    if not src.is_file():
+        raise DataError(f"src: no result file {str(src)!r}; run the experiment first")
+    record = read_json(src)
+    dst = results_dir(chapter, profile) / f"{name}.json"
+    diff = (record.get("provenance") or {}).get("git_diff")
+    if diff:
+        with atomic_file(dst.with_suffix(".diff")) as tmp:
+            tmp.write_bytes((src.parent / diff).read_bytes())
+        record["provenance"]["git_diff"] = dst.with_suffix(".diff").name
+    else:
+        dst.with_suffix(".diff").unlink(missing_ok=True)     # a patch from an earlier, dirty result
+    with atomic_file(dst) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return record
 
 
 # ----------------------------------------------------------------------------- CSV

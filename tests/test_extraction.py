@@ -2,12 +2,13 @@
 knowledge of held-out people far above the majority guess.   Run: pytest tests/test_extraction.py
 """
 import json
+from dataclasses import replace
 
 import pytest
 
 from kn.data.records import ATTRIBUTES
 from kn.errors import DataError
-from kn.extraction import ExtractionConfig, from_profile, run_extraction
+from kn.extraction import ExtractionConfig, from_profile, prepare_dataset, run_extraction, stage_config, train_stage
 
 
 @pytest.mark.parametrize("setting", ["mixed", "pretrain_finetune"])
@@ -40,3 +41,16 @@ def test_mixed_training_extracts_held_out_people(tmp_path):
 def test_bad_setting():
     with pytest.raises(DataError, match="^setting"):
         ExtractionConfig(setting="zero_shot")
+
+
+def test_train_stage_reads_its_own_run_and_replaces_another(tmp_path):
+    cfg = from_profile("smoke", setting="mixed")
+    prepare_dataset(cfg, tmp_path / "data")
+    a = stage_config(cfg, tmp_path / "data", tmp_path / "run", "pretrain", exposures=1.0)
+    first = train_stage(a, progress=False)
+    model = (tmp_path / "run" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert train_stage(a, progress=False) == first                      # done: read, not trained again
+    assert (tmp_path / "run" / "model" / "model.safetensors").stat().st_mtime_ns == model
+    b = replace(a, lr=a.lr / 2)                                         # a finished run of other settings
+    second = train_stage(b, progress=False)
+    assert second["provenance"]["config"]["lr"] == b.lr != first["provenance"]["config"]["lr"]

@@ -1,0 +1,84 @@
+"""kn.results' results layer: `done` (skip a finished stage only when it recorded the same config),
+`publish` (a run's result file into its chapter's results folder, with its patch), the chapters'
+folders, and the layering it allows (experiments do not import the papermill runner kn.book;
+kn.tokenize does not import kn.data).   Run: pytest tests/test_results.py
+"""
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from kn.errors import DataError
+from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
+
+
+@dataclass(frozen=True)
+class Point:
+    n: int = 3
+    lr: float = 1e-3
+    where: tuple = ("a", 1)
+
+
+def test_done_needs_a_finished_file_with_the_same_config(tmp_path):
+    path = tmp_path / "result.json"
+    assert done(path, Point()) is None                                    # nothing there
+    write_json(path, config=Point(), value=7)
+    assert done(path, Point())["value"] == 7                              # a dataclass, recorded as JSON
+    assert done(path, {"n": 3, "lr": 1e-3, "where": ["a", 1]})["value"] == 7
+    assert done(path, Point(lr=3e-3)) is None                             # another config: not reused
+    write_json(path, config=Point(), steps=4, interrupted=True)
+    assert done(path, Point()) is None                                    # stopped by a signal: not finished
+    path.write_text('{"value": 7')                                         # not a result file
+    assert done(path, Point()) is None
+    path.write_text('{"value": 7}')                                        # no provenance, so no config
+    assert done(path, Point()) is None
+
+
+def test_chapter_folders_follow_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "r"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "s"))
+    assert results_dir("capacity", "cpu") == tmp_path / "r" / "capacity" / "cpu"
+    assert runs_dir("capacity", "cpu") == tmp_path / "s" / "capacity" / "cpu"
+    with pytest.raises(DataError, match="^profile: got 'laptop'"):
+        results_dir("capacity", "laptop")
+
+
+def test_publish_copies_the_result_and_its_patch(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    src = write_json(tmp_path / "run" / "result.json", config={"n": 1}, accuracy=0.5)
+    record = read_json(src)
+    record["provenance"] |= {"git_dirty": True, "git_diff": "result.diff"}  # as written from a dirty tree
+    src.write_text(json.dumps(record))
+    (tmp_path / "run" / "result.diff").write_text("--- a/kn/x.py\n")
+    got = publish(src, "mixed_training", "smoke", "single")
+    dst = tmp_path / "results" / "mixed_training" / "smoke" / "single.json"
+    assert got == read_json(dst) and got["accuracy"] == 0.5
+    assert got["provenance"]["git_diff"] == "single.diff"
+    assert (dst.parent / "single.diff").read_text() == "--- a/kn/x.py\n"
+    write_json(src, config={"n": 1}, accuracy=0.75)                         # clean again: the old patch goes
+    record = read_json(src)
+    record["provenance"] |= {"git_dirty": False, "git_diff": None}
+    src.write_text(json.dumps(record))
+    assert publish(src, "mixed_training", "smoke", "single")["accuracy"] == 0.75
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["single.json"]
+
+
+@pytest.mark.parametrize("name", ["../claims/x", "a/b", "", ".hidden"])
+def test_publish_refuses_names_outside_the_chapter(tmp_path, name):
+    src = write_json(tmp_path / "result.json", config={}, value=1)
+    with pytest.raises(DataError, match="^name: "):
+        publish(src, "probing", "smoke", name)
+    with pytest.raises(DataError, match="^src: "):
+        publish(tmp_path / "missing.json", "probing", "smoke", "x")
+
+
+def test_layers():
+    """Experiments import paths from kn.results, not the papermill runner; tokenize stands alone."""
+    script = ("import sys; import kn.extraction, kn.onelayer, kn.capacity, kn.probing, kn.claims, kn.tokenize; "
+              "print(sorted(m for m in sys.modules if m == 'kn.book' or m.startswith('kn.data')))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "kn.book" not in out
+    script = "import sys; import kn.tokenize; print([m for m in sys.modules if m.startswith('kn.data')])"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "[]"
