@@ -25,7 +25,7 @@ from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.results import done, publish, read_json, runs_dir, write_json
-from kn.train import TrainConfig, train
+from kn.train import TrainConfig, stop_if_interrupted, train
 
 SETTINGS = ("mixed", "pretrain_finetune")
 
@@ -59,12 +59,12 @@ class ExtractionConfig:
 
 def from_profile(profile: str, **overrides) -> ExtractionConfig:
     """The profile's settings for Part 3.1 experiments, with overrides: dataset keys (n, kind,
-    augment, n_celebrity), `model` (a ModelConfig) or any ExtractionConfig field."""
-    s = settings("extraction", profile) | {k: v for k, v in overrides.items() if k not in DATA_KEYS}
-    data = {"n": s.pop("n"), "vocab_size": s.pop("vocab_size"), "seed": s.get("seed", 0)}
-    data |= {k: v for k, v in overrides.items() if k in DATA_KEYS}
+    augment, n_celebrity), `model` (a ModelConfig or dict) or any ExtractionConfig field; an unknown
+    key is a DataError naming it (kn.profiles.KEYS)."""
+    s = settings("extraction", profile, **overrides)
+    data = BiosConfig(**{k: s.pop(k) for k in (*DATA_KEYS, "vocab_size") if k in s}, seed=s.get("seed", 0))
     model = s.pop("model")
-    return ExtractionConfig(data=BiosConfig(**data), model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)
+    return ExtractionConfig(data=data, model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)
 
 
 DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction")
@@ -89,12 +89,13 @@ def stage_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) 
 
 def train_stage(cfg: TrainConfig, progress: bool = True) -> dict:
     """The out/train.json of a finished run of `cfg`: read when there, else trained. An interrupted
-    run resumes (kn.train refuses other settings); a finished run of other settings is replaced."""
+    run resumes (kn.train refuses other settings); a finished run of other settings is replaced.
+    kn.train.Interrupted when a signal stops the training (run again to resume)."""
     path = Path(cfg.out) / "train.json"
     if (record := done(path, cfg)) is not None:
         return record
     other = path.is_file() and not read_json(path).get("interrupted")
-    train(cfg, resume=True, overwrite=other, progress=progress)
+    stop_if_interrupted(train(cfg, resume=True, overwrite=other, progress=progress), cfg.out)
     return read_json(path)
 
 

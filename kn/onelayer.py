@@ -245,7 +245,7 @@ def onelayer_point(point: dict) -> dict:
 def onelayer_points(profile: str, runs_dir: str | Path, **overrides) -> list[dict]:
     """The profile's grid as points (AXES order, outermost first, so the first points need distinct
     pretrainings); overrides replace table entries (a list for an axis, a value otherwise)."""
-    s = settings("onelayer", profile) | overrides
+    s = settings("onelayer", profile, **overrides)
     axes = {a: s.pop(a) for a in AXES if isinstance(s.get(a), list)}
     fixed = s | {"runs_dir": str(runs_dir)}
     return [check_point(fixed | dict(zip(axes, values))) for values in product(*axes.values())]

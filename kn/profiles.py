@@ -2,13 +2,33 @@
 
 smoke  CI, seconds on a CPU          cpu    a classroom laptop, minutes on 2 cores
 gpu    one H100, one command <= 8 min  paper  the paper's scale
-A profile is a small table of overrides per experiment; `settings(experiment, profile)` returns it.
+A profile is a small table of overrides per experiment; `settings(experiment, profile, **overrides)`
+returns it with a chapter's overrides. KEYS lists the settings each experiment takes (its config's
+fields, checked against them in tests/test_profiles.py): a key that is not there, in a table or an
+override, is a DataError naming it and the allowed ones, not a TypeError from a config class.
 """
 from __future__ import annotations
 
 from kn.errors import DataError
 
 PROFILES = ("smoke", "cpu", "gpu", "paper")
+
+MODEL_KEYS = ("arch", "n_layer", "n_head", "n_embd", "mlp_ratio", "vocab_size", "context", "tie_embeddings")  # ModelConfig
+_PEOPLE = ("n", "vocab_size")   # the dataset's size and tokenizer (kn.data.dataset.BiosConfig)
+KEYS = {
+    "data": ("n", "n_biod", "n_paragraphs"),
+    "extraction": (*_PEOPLE, "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction",   # BiosConfig
+                   "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr", "finetune_exposures",
+                   "finetune_lr", "finetune_batch_size", "lora_rank", "lora_embed_rank", "seed", "data_dir"),
+    "probing": ("rank_p", "rank_q", "epochs"),
+    "capacity": ("data", "window", "grid", "arms"),
+    "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "pretrain_exposures", "pretrain_lr",
+                 "early_fraction", "stages", "batch_size", "window", "lr", "n_steps", "t0", "n_injections", "gap",
+                 "eval_every", "lam_window", "device", "compile", "seed"),
+    "onelayer": ("arch", "multiplicity", "train_fraction", "finetune", "augment_extra", "n", "n_embd", "n_head",
+                 "vocab_size", "window", "batch_size", "lr", "exposures", "finetune_exposures", "finetune_lr",
+                 "finetune_batch_size", "lora_lr", "seed"),            # kn.onelayer's point keys but runs_dir
+}
 
 TABLES = {
     # the data chapter: how many people to generate and show
@@ -112,8 +132,20 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def settings(experiment: str, profile: str) -> dict:
-    """The overrides of `experiment` at `profile`."""
+def check_keys(values: dict, allowed: tuple, where: str) -> dict:
+    """`values`, or DataError naming its first key not in `allowed`, and the allowed ones."""
+    for key in values:
+        if key not in allowed:
+            raise DataError(f"{key}: unknown setting for {where}; allowed: {', '.join(allowed)}")
+    return values
+
+
+def settings(experiment: str, profile: str, **overrides) -> dict:
+    """The table of `experiment` at `profile` with `overrides` on top; every key (and every key of a
+    `model` dict) checked against KEYS."""
     if experiment not in TABLES:
         raise DataError(f"experiment: got {experiment!r}; allowed: {', '.join(sorted(TABLES))}")
-    return dict(TABLES[experiment][check_profile(profile)])
+    s = check_keys(dict(TABLES[experiment][check_profile(profile)]) | overrides, KEYS[experiment], experiment)
+    if isinstance(s.get("model"), dict):
+        check_keys(s["model"], MODEL_KEYS, f"{experiment} model")
+    return s

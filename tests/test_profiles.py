@@ -1,0 +1,59 @@
+"""kn.profiles: every table's keys are settings its experiment takes, KEYS match the config classes
+(checked both ways), and a wrong key, in a table or an override, is a DataError naming the key and
+the allowed ones.   Run: pytest tests/test_profiles.py
+"""
+from dataclasses import fields
+
+import pytest
+
+from kn import profiles
+from kn.dynamics import DynamicsConfig
+from kn.errors import DataError
+from kn.extraction import DATA_KEYS, ExtractionConfig, from_profile
+from kn.models import ModelConfig
+from kn.onelayer import DEFAULTS, onelayer_points
+from kn.profiles import KEYS, MODEL_KEYS, PROFILES, TABLES, settings
+
+
+def names(cls) -> set:
+    return {f.name for f in fields(cls)}
+
+
+def test_keys_are_the_configs_fields():
+    assert set(KEYS["extraction"]) == names(ExtractionConfig) - {"data"} | set(DATA_KEYS) | {"vocab_size"}
+    assert set(KEYS["dynamics"]) == names(DynamicsConfig) - {"data"} | {"n", "vocab_size"}
+    assert set(KEYS["onelayer"]) == set(DEFAULTS) - {"runs_dir"}
+    assert set(MODEL_KEYS) == names(ModelConfig)
+    assert set(KEYS) == set(TABLES) and all(set(t) == set(PROFILES) for t in TABLES.values())
+
+
+@pytest.mark.parametrize("experiment", sorted(TABLES))
+def test_every_table_is_valid(experiment):
+    for profile in PROFILES:
+        assert settings(experiment, profile) == TABLES[experiment][profile]
+
+
+def test_misspelt_override_names_itself_and_the_allowed_keys():
+    with pytest.raises(DataError, match=r"^n_peeple: unknown setting for extraction; allowed: n, vocab_size, kind, "):
+        from_profile("cpu", n_peeple=3)
+    with pytest.raises(DataError, match=r"^n_layers: unknown setting for extraction model; allowed: arch, n_layer, "):
+        from_profile("smoke", model={"n_layers": 3})
+    with pytest.raises(DataError, match=r"^fraction: unknown setting for onelayer; allowed: arch, "):
+        onelayer_points("smoke", "runs", fraction=[0.5])
+    cfg = from_profile("smoke", n=30, augment="multi2", lr=1e-2, model={"n_layer": 1, "n_embd": 32, "n_head": 2})
+    assert (cfg.data.n, cfg.data.augment, cfg.lr, cfg.model.n_layer) == (30, "multi2", 1e-2, 1)
+
+
+def test_misspelt_table_key_is_named(monkeypatch):
+    table = {**TABLES["probing"], "cpu": {**TABLES["probing"]["cpu"], "epoch": 3}}
+    monkeypatch.setitem(profiles.TABLES, "probing", table)
+    with pytest.raises(DataError, match=r"^epoch: unknown setting for probing; allowed: rank_p, rank_q, epochs$"):
+        settings("probing", "cpu")
+    assert settings("probing", "smoke") == TABLES["probing"]["smoke"]
+
+
+def test_unknown_experiment_and_profile():
+    with pytest.raises(DataError, match="^experiment: got 'extract'"):
+        settings("extract", "cpu")
+    with pytest.raises(DataError, match="^profile: got 'laptop'; allowed: smoke, cpu, gpu, paper"):
+        settings("extraction", "laptop")
