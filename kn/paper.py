@@ -1,4 +1,4 @@
-"""The papers' reported numbers (from ../shared/papers.md), for comparison beside ours.
+"""The papers' reported numbers (from book/papers.md), for comparison beside ours.
 
 Only what the papers state is here; our measurements live in book/results. Accuracies are % of
 test_people answered exactly (Part 3.1), capacities in bits per parameter (Part 3.3).
