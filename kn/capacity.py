@@ -42,7 +42,6 @@ LN2 = math.log(2)
 N0_BIOS = 400 * 400 * 1000                                  # bioS names: first x middle x last
 S0_BIOS = 2 * (12 * 28 * 200) * 200 * 300 * 100 * 263       # pronoun, date, city, univ, major, employer
 QUANT_BITS = (8, 4)                                          # Result 8
-STORED_BELOW_CHANCE = 0.9   # a point stores values when its value loss is at most 90% of chance
 
 # ----------------------------------------------------------------------------- bounds (Theorem 3.2)
 
@@ -216,8 +215,7 @@ def run_bound(run: str | Path, bits: int | None = None, batch_size: int = 64, de
         bound, top = bios_bound(n, losses["loss_name"], losses["loss_value"]), bios_max_bits(n)
         chance = math.log(S0_BIOS / 2)                      # the six values of a person, pronoun left out
     counts = n_params(model, trainable_only=False)
-    return {**losses, **bound, "max_bits": top, "chance_value": chance,
-            "stores_values": losses["loss_value"] <= STORED_BELOW_CHANCE * chance,
+    return {**losses, **bound, "max_bits": top, "chance_value": chance, "stores_values": stores_values(bound),
             "n_params": counts["all"], "n_params_non_embedding": counts["non_embedding"],
             "ratio": bound["bits"] / counts["all"], "ratio_non_embedding": bound["bits"] / max(1, counts["non_embedding"])}
 
@@ -324,19 +322,21 @@ def capacity_sweep(points: list[dict], results_csv: str | Path, workers: int = 1
 # ----------------------------------------------------------------------------- the law
 
 
-def _stores_values(row: dict) -> bool:
-    v = row.get("stores_values", True)                      # rows without the flag: not checked
-    return v if isinstance(v, bool) else str(v) == "True"
+def stores_values(row: dict) -> bool:
+    """Whether a model stored knowledge rather than names: value bits are most of its bits (and
+    some). The value loss over its chance level C ln D is reported beside it; a fraction-of-chance
+    rule would flag a model that holds 10^4 value bits merely because its data hold 3x more."""
+    return float(row["bits_value"]) > 0 and float(row["bits_value"]) >= 0.5 * float(row["bits"])
 
 
 def capacity_rows(rows: list[dict], exposures: float | None = None, max_fraction: float = 0.5,
                   bits: str = "bits", arch: str | None = None) -> list[dict]:
     """Rows of the capacity-bound regime: at `exposures` and `arch` (all if None), storing values
-    (value loss below chance, where the row says), and with bits <= max_fraction * max_bits, i.e.
+    (`stores_values`), and with bits <= max_fraction * max_bits, i.e.
     models that could not store even that share of the data's information (bigger models sit on
     the max_bits plateau, where bits/params only falls)."""
     return [r for r in _at(rows, exposures, arch)
-            if _stores_values(r) and float(r[bits]) <= max_fraction * float(r["max_bits"])]
+            if stores_values(r) and float(r[bits]) <= max_fraction * float(r["max_bits"])]
 
 
 def _at(rows: list[dict], exposures: float | None, arch: str | None) -> list[dict]:
@@ -365,7 +365,7 @@ def fit_capacity(rows: list[dict], exposures: float | None = None, params: str =
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * se
     at = _at(rows, exposures, arch)
     return {"ratio": ratio, "ci_low": ratio - half, "ci_high": ratio + half, "n_points": len(x),
-            "n_rows": len(at), "n_storing_values": sum(_stores_values(r) for r in at)}
+            "n_rows": len(at), "n_storing_values": sum(stores_values(r) for r in at)}
 
 
 def fit_all(rows: list[dict]) -> dict:
@@ -464,7 +464,8 @@ def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | Non
     best = best_setting(read_rows(results / "grid.csv"))
     points = profile_points(profile, seed, quantize=True, **best)
     capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)
-    rows = read_rows(results / "sweep.csv")
+    keys = {point_key(normalise_point(p)) for p in points}
+    rows = [r for r in read_rows(results / "sweep.csv") if point_key(r["key"]) in keys]   # not an earlier setting's
     fits = fit_all(rows)
     write_json(results / "fit.json", config={"grid": grid, "points": points}, seed=seed,
                wall_time=time.perf_counter() - t0, best=best, fits=fits)
@@ -475,7 +476,7 @@ def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | Non
 
 
 def _flag(row: dict) -> str:
-    return "yes" if _stores_values(row) else "**no**"
+    return "yes" if stores_values(row) else "**no**"
 
 
 def model_table(rows: list[dict]) -> tuple[list[str], list[list]]:

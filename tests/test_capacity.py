@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, best_setting, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
                          dequantize, fit_all, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
-                         grid_points, normalise_point, profile_points)
+                         grid_points, normalise_point, profile_points, stores_values)
 from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render, write_biod
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
@@ -182,12 +182,13 @@ def test_two_point_sweep_and_fit(tmp_path):
         assert r["loss_name"] > 0 and r["loss_value1"] <= r["loss_value"]
         assert np.mean(r["loss_value_by_attribute"]) == pytest.approx(r["loss_value"])   # K = 2 attributes
         assert r["chance_value"] == pytest.approx(math.log(4))                          # C ln D
-        assert (r["stores_values"] == "True") == (r["loss_value"] <= 0.9 * r["chance_value"])
+        assert (r["stores_values"] == "True") == (0 < r["bits_value"] >= 0.5 * r["bits"])
     again = run_bound(run_folder(points[0], runs) / "run", bits=8)
     assert again["bits"] == pytest.approx(next(r for r in table if r["n_embd"] == 16)["bits_int8"], rel=1e-6)
     with pytest.raises(DataError, match="^rows"):   # 3 exposures store no values: nothing to fit
         fit_capacity(table, exposures=3, max_fraction=1.0)
-    fit = fit_capacity([dict(r, stores_values=True) for r in table], exposures=3, max_fraction=1.0)
+    planted = [dict(r, bits=r["n_params"] / 1e3, bits_value=r["n_params"] / 1e3) for r in table]   # the fit alone
+    fit = fit_capacity(planted, exposures=3, max_fraction=1.0)
     assert fit["n_points"] == 2 and fit["ci_low"] <= fit["ratio"] <= fit["ci_high"]
 
 
@@ -212,10 +213,11 @@ def test_fit_capacity_recovers_a_planted_ratio():
             for p in params]
     rows += [{"exposures": 1000, "n_params": 1e7, "bits": 1e6, "max_bits": 1e6},      # plateau: not capacity-bound
              {"exposures": 100, "n_params": 1e5, "bits": 1e5, "max_bits": 1e7}]       # other exposures
+    rows = [dict(r, bits_value=0.9 * r["bits"]) for r in rows]                        # values: most of the bits
     fit = fit_capacity(rows, exposures=1000)
     assert fit["n_points"] == 12 and fit["ci_low"] < 2 < fit["ci_high"] and fit["ci_high"] - fit["ci_low"] < 0.1
-    at_chance = [{"exposures": 1000, "n_params": p, "bits": 0.3 * p, "max_bits": 8 * p, "stores_values": "False"}
-                 for p in (2e4, 5e4)]                                     # names only: flagged, left out
+    at_chance = [{"exposures": 1000, "n_params": p, "bits": 0.3 * p, "max_bits": 8 * p, "bits_value": 0.1 * p}
+                 for p in (2e4, 5e4)]                                     # mostly names: flagged, left out
     fit = fit_capacity(rows + at_chance, exposures=1000)
     assert fit["n_points"] == 12 and fit["n_rows"] == 15 and fit["n_storing_values"] == 13
     fits = fit_all(rows + [dict(r, arch="llama") for r in rows[:3]])
@@ -250,6 +252,11 @@ def test_profile_points_hold_more_bits_than_the_models_can_store(profile):
         expected = {100: 1.0, 1000: 2.0}[p["exposures"]] * params
         assert max_bits(bound_inputs(cfg)) >= 3 * expected, p
         assert model.get_input_embeddings().weight.numel() < 0.5 * params, p   # embeddings a minority
+
+
+def test_stores_values_means_value_bits_are_most_of_the_bits():
+    assert stores_values({"bits": 100.0, "bits_value": 60.0}) and not stores_values({"bits": 100.0, "bits_value": 40.0})
+    assert not stores_values({"bits": 0.0, "bits_value": 0.0})
 
 
 def test_best_setting_picks_the_most_bits():
