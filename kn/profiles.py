@@ -73,8 +73,8 @@ TABLES = {
                 "grid": {"size": (2, 2, 32, 1000), "exposures": 100, "lr": [3e-3, 1e-2, 3e-2], "batch_size": [16, 32]},
                 "arms": [{"exposures": 100, "sizes": [(2, 2, 16, 300), (2, 2, 24, 600), (2, 2, 32, 1000),
                                                       (2, 4, 48, 2000), (2, 4, 64, 3200)]},
-                         {"exposures": 1000, "sizes": [(2, 2, 12, 400), (2, 2, 16, 600), (2, 2, 20, 900)]},
-                         {"exposures": 100, "arch": "llama", "sizes": [(2, 2, 16, 300), (2, 2, 24, 600), (2, 2, 32, 1000)]}]},
+                         {"exposures": 100, "arch": "llama", "sizes": [(2, 2, 16, 300), (2, 2, 24, 600), (2, 2, 32, 1000)]},
+                         {"exposures": 1000, "sizes": [(2, 2, 12, 400), (2, 2, 16, 600), (2, 2, 20, 900)]}]},
         # gpu: ~0.68G tokens at 100 exposures (one command), ~1G at 1000 (a second; the sweep resumes)
         "gpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 100, "n_middle": 100, "n_last": 100},
                 "window": 512,
