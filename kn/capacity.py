@@ -452,24 +452,27 @@ def profile_points(profile: str, seed: int = 0, **extra) -> list[dict]:
 
 
 def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | None = None, seed: int = 0,
-                   workers: int = 1) -> dict:
+                   workers: int = 1, train: bool = True) -> dict:
     """The chapter's whole experiment: the lr x batch grid (results/grid.csv), then the profile's
     points at the best setting with int8/int4 measured (results/sweep.csv), then every fit
-    (results/fit.json). Finished points are skipped, so a stopped study continues. Returns grid,
-    best, rows and fits."""
+    (results/fit.json). Finished points are skipped, so a stopped study continues; train=False
+    trains nothing and fits the points already finished (a sweep still running elsewhere).
+    Returns grid, best, points, rows (the finished points) and fits."""
     from kn.sweep import read_rows
     t0, results = time.perf_counter(), Path(results)
     grid = grid_points(profile, seed)
-    capacity_sweep(grid, results / "grid.csv", runs_dir=runs_dir, workers=workers)
+    if train:
+        capacity_sweep(grid, results / "grid.csv", runs_dir=runs_dir, workers=workers)
     best = best_setting(read_rows(results / "grid.csv"))
     points = profile_points(profile, seed, quantize=True, **best)
-    capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)
+    if train:
+        capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)
     keys = {point_key(normalise_point(p)) for p in points}
     rows = [r for r in read_rows(results / "sweep.csv") if point_key(r["key"]) in keys]   # not an earlier setting's
     fits = fit_all(rows)
     write_json(results / "fit.json", config={"grid": grid, "points": points}, seed=seed,
-               wall_time=time.perf_counter() - t0, best=best, fits=fits)
-    return {"grid": read_rows(results / "grid.csv"), "best": best, "rows": rows, "fits": fits}
+               wall_time=time.perf_counter() - t0, best=best, fits=fits, n_points=len(points), n_done=len(rows))
+    return {"grid": read_rows(results / "grid.csv"), "best": best, "points": points, "rows": rows, "fits": fits}
 
 
 # ----------------------------------------------------------------------------- tables for the chapter
