@@ -1,4 +1,4 @@
-"""The claims table: every claim of papers.md beside our measured number, its scale and a verdict.
+"""The claims table: every claim of book/papers.md beside our measured number, its scale and a verdict.
 
 Each claim names the chapter whose result files hold our measurement, a function that reads the
 number from them, and a rule that turns (ours, paper's) into a verdict: "reproduced", "partly",

@@ -1,4 +1,4 @@
-"""Knowledge acquisition dynamics (papers.md, Chang et al., "How do LLMs acquire factual knowledge").
+"""Knowledge acquisition dynamics (book/papers.md, Chang et al., "How do LLMs acquire factual knowledge").
 
 Fictional-knowledge paragraphs (kn.data.injection) are injected into a running pretraining stream
 and every probe's log-probability is tracked step by step:
@@ -17,7 +17,7 @@ and every probe's log-probability is tracked step by step:
 Step convention: l(t) is measured on theta_t, the weights after t updates, i.e. *before* the
 update of step t; the batch of step t_i holds the injection, so l(t_i) is "just before".
 l(q; theta) = mean log-prob of the target tokens (those of " target") given "<eos>" + prompt.
-Metrics (pure functions of a trajectory; papers.md, Chang et al.):
+Metrics (pure functions of a trajectory; book/papers.md, Chang et al.):
   t_LAM = argmax_t l(t) over (t_i, t_i + lam_window]     (local acquisition maximum, paper 50 steps)
   E     = l(t_LAM) - l(t_i)                                (effectivity)
   R(t)  = (l(t_LAM + t) - l(t_pre)) / (l(t_LAM) - l(t_pre)), t_pre = the first injection step of
@@ -495,13 +495,13 @@ def _take(l: np.ndarray, rows) -> np.ndarray:
 
 
 def effectivity(steps: np.ndarray, l: np.ndarray, t_inj: int, window: int) -> np.ndarray:
-    """E = l(t_LAM) - l(t_inj) per probe (papers.md, Chang et al.); l(t_inj) is before the update."""
+    """E = l(t_LAM) - l(t_inj) per probe (book/papers.md, Chang et al.); l(t_inj) is before the update."""
     t_lam = local_max(steps, l, t_inj, window)
     return _take(l, _rows(steps, t_lam)) - l[_rows(steps, np.array([t_inj]))[0]]
 
 
 def retainability(steps: np.ndarray, l: np.ndarray, t_lam, t_pre: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """(t [H], R [H, P]) for t = 1..horizon (papers.md, Chang et al.); NaN where l(t_LAM + t) was not
+    """(t [H], R [H, P]) for t = 1..horizon (book/papers.md, Chang et al.); NaN where l(t_LAM + t) was not
     measured or the acquisition l(t_LAM) - l(t_pre) is not positive."""
     l2 = l[:, None] if l.ndim == 1 else l
     t_lam = np.broadcast_to(np.asarray(t_lam), (l2.shape[1],))
