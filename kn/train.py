@@ -78,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda
     compile: str = "auto"              # auto (GPU only) | on | off
+    threads: int = 1                   # CPU runs: torch threads (0 = torch's default); the count changes the curve
     checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
     log_every: int = 20
     max_steps: int | None = None       # stop early (e.g. to test resume); the schedule is unchanged
@@ -118,12 +119,13 @@ class TrainConfig:
                 "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
                 "grad_clip": (self.grad_clip >= 0, "a number > 0, or 0 for no clipping"),
                 "seed": (self.seed >= 0, "an integer >= 0"), "log_every": (self.log_every >= 1, "an integer >= 1"),
+                "threads": (self.threads >= 0, "an integer >= 0 (0 = torch's default)"),
                 "checkpoint_every": (self.checkpoint_every >= 0, "an integer >= 0 (0 = only at the end)"),
                 "max_steps": (self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or unset")}
 
 
 KINDS = {"int": ("batch_size", "window", "lora_rank", "lora_embed_rank", "seed", "checkpoint_every", "log_every",
-                 "max_steps"),
+                 "max_steps", "threads"),
          "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip"),
          "str": ("data", "out", "mode", "device", "compile", "init")}
 OPTIONAL = ("init", "max_steps")
@@ -579,6 +581,27 @@ def flops_per_token(cfg: ModelConfig, non_embedding_params: int, context: int) -
     return 6 * non_embedding_params + 12 * cfg.n_layer * cfg.n_embd * context
 
 
+def use_compile(setting: str, device) -> bool:
+    """Whether a run compiles its model: "on", or "auto" on a GPU. On the CPU, compiling the cpu
+    profile's models took 54-100 s for 1.03-1.19x (benchmarks/throughput.py): not by default."""
+    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+
+
+@contextmanager
+def cpu_threads(n: int, device):
+    """torch's threads set to n for a CPU run (0: left as they are), restored afterwards. One thread
+    by default: on a 2-core machine shared with other jobs, two threads ran the cpu profile's
+    models 8-40x slower (benchmarks/throughput.py), and a fixed count keeps the curve the same
+    from machine to machine (the count changes float sums)."""
+    before = torch.get_num_threads()
+    if n and torch.device(device).type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool = False):
     """One optimizer step as a function (x, labels, mask) -> detached loss; nothing syncs the host."""
     forward = torch.compile(model) if compile else model
@@ -606,6 +629,7 @@ class Fit:
     weight_decay: float = 0.1
     grad_clip: float = 1.0             # 0: no clipping
     compile: str = "auto"              # auto (GPU only) | on | off
+    threads: int = 1                   # CPU: torch threads for the run (0 = torch's default), then restored
     checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
     log_every: int = 20
     max_steps: int | None = None       # stop early; the schedule is unchanged
@@ -634,7 +658,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
     model = make_model(cfg, len(tokenizer))
     fpt = flops_per_token(_config_of(model), n_params(model, trainable_only=False)["non_embedding"], cfg.window)
     spec = Fit(batches.total_steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay, cfg.grad_clip,
-               cfg.compile, cfg.checkpoint_every, cfg.log_every, cfg.max_steps)
+               cfg.compile, cfg.threads, cfg.checkpoint_every, cfg.log_every, cfg.max_steps)
     hooks = Hooks(pad_id=tokenizer.pad_token_id if cfg.mode == "finetune" else None)
     s = fit(model, batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks, resume, overwrite, progress, cfg.mode)
     summary = {"mode": cfg.mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss",
@@ -654,7 +678,7 @@ def fit(model, batches, spec: Fit, out: str | Path, config: dict, tokenizer, acc
     steps, total_steps, interrupted, final_loss, tokens_per_s, n_params, device, world_size,
     history (the logged steps of this call), wall_time and evals (step -> tensor, with hooks.evaluate)."""
     out = folder_path(out, "out")
-    with run_lock(out) if acc.is_main_process else nullcontext():
+    with run_lock(out) if acc.is_main_process else nullcontext(), cpu_threads(spec.threads, acc.device):
         if acc.is_main_process:
             prepare_run(out, config, resume, overwrite)
         acc.wait_for_everyone()
@@ -680,8 +704,7 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
         (out / "metrics.jsonl").write_text("")
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
-    step_fn = training_step(model, opt, sched, acc, spec.grad_clip,
-                            compile=spec.compile == "on" or (spec.compile == "auto" and acc.device.type == "cuda"))
+    step_fn = training_step(model, opt, sched, acc, spec.grad_clip, use_compile(spec.compile, acc.device))
     end = min(spec.total_steps, spec.max_steps or spec.total_steps)
     rank, world = acc.process_index, acc.num_processes
 

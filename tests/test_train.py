@@ -185,3 +185,22 @@ def test_schedule_from_plain_values():
     after = [f(t) for t in range(10, 101)]
     assert all(a >= b for a, b in zip(after, after[1:])) and f(100) == pytest.approx(0.2)
     assert lr_lambda(50, warmup=5)(4) == 1.0 and lr_lambda(50, warmup=0, min_lr_ratio=1.0)(30) == 1.0
+
+
+def test_cpu_run_uses_its_threads_and_restores_them(data, tmp_path, monkeypatch):
+    """threads=1 (the default) holds for the steps of a CPU run; torch's setting is restored after."""
+    import kn.train
+    seen, real = [], kn.train.training_step
+
+    def spy(*args, **kw):
+        step = real(*args, **kw)
+        return lambda *a: (seen.append(torch.get_num_threads()), step(*a))[1]
+    monkeypatch.setattr(kn.train, "training_step", spy)
+    torch.set_num_threads(2)
+    try:
+        train(cfg(data, tmp_path / "t", device="cpu"), progress=False)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(DataError, match="^threads: got -1"):
+        cfg(data, tmp_path, threads=-1)
