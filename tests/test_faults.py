@@ -364,8 +364,10 @@ def test_biod_into_a_bios_folder(data, tmp_path, capsys):
     assert rc == 2 and "already holds a dataset" in io.err
     assert cli(capsys, *args, "--overwrite")[0] == 0
     assert not (out / "tokens.npz").exists() and not (out / "bios.jsonl").exists()   # no bioS ids left to train on
-    with pytest.raises(DataError, match="^out: no tokens.npz"):
-        train(cfg(str(out), tmp_path / "run"), progress=False)
+    summary = train(cfg(str(out), tmp_path / "run"), progress=False)   # a bioD folder now: bioD ids, bioD tokenizer
+    vocab = json.loads((out / "meta.json").read_text())["vocab_size"]
+    assert summary["steps"] > 0 and summary["n_params"]["all"] > 0
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["vocab_size"] == vocab
 
 
 def test_rewrite_that_stops_part_way_is_refused_by_readers(tmp_path, monkeypatch):
