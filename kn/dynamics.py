@@ -201,7 +201,7 @@ def prepare_data(cfg: DynamicsConfig, out: str | Path) -> list[dict]:
     return records
 
 
-def _train_config(cfg: DynamicsConfig, data: Path, out: Path, **kw):
+def stage_config(cfg: DynamicsConfig, data: Path, out: Path, **kw):
     from kn.train import TrainConfig
     base = dict(data=str(data), out=str(out), mode="pretrain", model=cfg.model, exposures=cfg.pretrain_exposures,
                 batch_size=cfg.batch_size, window=cfg.window, lr=cfg.pretrain_lr, seed=cfg.seed,
@@ -217,7 +217,7 @@ def _total_steps(tcfg) -> int:
 
 def early_step(cfg: DynamicsConfig, data: str | Path) -> int:
     """The pretraining step of the early base; DataError if pretraining is too short to have one."""
-    total = _total_steps(_train_config(cfg, Path(data), Path(".")))
+    total = _total_steps(stage_config(cfg, Path(data), Path(".")))
     step = max(1, int(round(cfg.early_fraction * total)))
     if step >= total:
         raise DataError(f"early_fraction: pretraining has only {total} steps, too few for an early base; "
@@ -231,7 +231,7 @@ def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progre
     An interrupted pretraining with the same settings and data is resumed; any other is started again."""
     from kn.train import can_resume, checkpoint_step, stop_if_interrupted, train
     out = Path(out)
-    tcfg = _train_config(cfg, Path(data), out)
+    tcfg = stage_config(cfg, Path(data), out)
     paths = {"early": out / "early", "late": out / "model"}
     data_meta = read_json(Path(data) / "meta.json")["provenance"]["config"]     # a new dataset means a new base
     if _same_config(out / "train.json", asdict(tcfg)) and _same_config(out / "data.json", data_meta) and \
@@ -321,7 +321,7 @@ class InjectedStream:
 def make_stream(cfg: DynamicsConfig, data: str | Path, records: list[dict], tokenizer) -> InjectedStream:
     """The continued-pretraining stream: kn.train's deterministic background batches plus injections."""
     from kn.train import Batches
-    batches = Batches(_train_config(cfg, Path(data), Path(".")), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    batches = Batches(stage_config(cfg, Path(data), Path(".")), tokenizer.eos_token_id, tokenizer.pad_token_id)
     return InjectedStream(lambda step: batches(step)[0], injection_plan(cfg, records, tokenizer), tokenizer.eos_token_id)
 
 
@@ -566,7 +566,7 @@ def from_profile(profile: str, **overrides) -> DynamicsConfig:
     """The profile's settings (kn.profiles "dynamics"): background size n and vocab_size, `model`
     (a dict or ModelConfig) and any DynamicsConfig field; overrides replace them."""
     from kn.profiles import settings
-    s = settings("dynamics", profile) | overrides
+    s = settings("dynamics", profile, **overrides)   # an unknown override names itself
     data = BiosConfig(n=s.pop("n"), vocab_size=s.pop("vocab_size"), seed=s.get("seed", 0))
     model = s.pop("model")
     return DynamicsConfig(data=data, model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)

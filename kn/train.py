@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str                          # dataset folder made by `kn data bios` or kn.capacity.write_biod_dataset
+    data: str                          # dataset folder made by `kn data bios|import|biod` (kn.data.biod.write_biod)
     out: str                           # run folder: model/, checkpoint/, metrics.jsonl, train.json
     mode: str = "pretrain"             # pretrain | mixed | finetune
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -170,7 +170,7 @@ class Batches:
     """Deterministic batches: the rows of step t are a function of (seed, t) only, so a resumed run
     sees exactly the data an uninterrupted one would.
 
-    A bioD folder (meta.json "kind": "bioD", written by kn.capacity.write_biod_dataset) is
+    A bioD folder (meta.json "kind": "bioD", written by kn.data.biod.write_biod) is
     re-rendered every epoch (sentence order re-drawn), with fresh junk at its junk_ratio; one
     epoch is then one exposure of every useful biography.
     """

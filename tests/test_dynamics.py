@@ -144,8 +144,8 @@ def test_injections_land_at_the_requested_steps_and_rows(smoke):
 
 
 def stream_config(cfg, out):
-    from kn.dynamics import _train_config
-    return _train_config(cfg, out / "data", out)
+    from kn.dynamics import stage_config
+    return stage_config(cfg, out / "data", out)
 
 
 # ----------------------------------------------------------------------------- smoke run
