@@ -36,7 +36,7 @@ from kn.profiles import check_profile
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")   # a result file's name: no folders
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+ -]*$")   # a result file's name (spaces allowed): no folders
 log = logging.getLogger(__name__)
 
 

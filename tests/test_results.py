@@ -63,6 +63,8 @@ def test_publish_copies_the_result_and_its_patch(tmp_path, monkeypatch):
     src.write_text(json.dumps(record))
     assert publish(src, "mixed_training", "smoke", "single")["accuracy"] == 0.75
     assert sorted(p.name for p in dst.parent.iterdir()) == ["single.json"]
+    publish(src, "mixed_training", "smoke", "multi5+permute LoRA")          # the chapters' run names have spaces
+    assert (dst.parent / "multi5+permute LoRA.json").is_file()
 
 
 @pytest.mark.parametrize("name", ["../claims/x", "a/b", "", ".hidden"])
