@@ -1,5 +1,6 @@
 """Shared fixtures."""
 import os
+import signal
 
 import pytest
 import torch
@@ -19,3 +20,33 @@ def one_thread():
         os.environ.pop("OMP_NUM_THREADS")
     else:
         os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A small bioS dataset folder (60 people, multi2+permute) for training tests."""
+    from kn.data.dataset import BiosConfig, make_dataset
+    out = tmp_path_factory.mktemp("data")
+    make_dataset(BiosConfig(n=60, augment="multi2+permute", vocab_size=500), out)
+    return str(out)
+
+
+@pytest.fixture
+def sigterm_at_step(monkeypatch):
+    """install(n): kn.train's training steps send this process SIGTERM at step n of each run, so the
+    signal arrives mid-run whatever the machine's speed."""
+    import kn.train
+    real = kn.train.training_step
+
+    def install(n: int = 3):
+        def patched(*args, **kw):
+            step, calls = real(*args, **kw), []
+
+            def wrapped(*a):
+                calls.append(1)
+                if len(calls) == n:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return step(*a)
+            return wrapped
+        monkeypatch.setattr(kn.train, "training_step", patched)
+    return install

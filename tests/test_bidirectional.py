@@ -1,8 +1,6 @@
 """kn.bidirectional: whole-word masking, masked QA rows, a smoke MLM pretrain -> finetune run, and an
 interrupted run resumed to the same result.   Run: OMP_NUM_THREADS=1 pytest tests/test_bidirectional.py
 """
-import os
-import signal
 from dataclasses import replace
 
 import numpy as np
@@ -68,23 +66,12 @@ def test_needs_bert_and_a_known_device():
         replace(small(), device="tpu")
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, sigterm_at_step):
     """A SIGTERM during pretraining stops the run after a checkpoint (kn.train.fit); running it again
     resumes, and losses and exact match equal those of an uninterrupted run."""
     import kn.train
-    real, calls = kn.train.training_step, []
-
-    def sigterm_at_step_3(*args, **kw):
-        step = real(*args, **kw)
-
-        def wrapped(*a):
-            calls.append(1)
-            if len(calls) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return step(*a)
-        return wrapped
     full = run_bidirectional(small(), tmp_path / "full")
-    monkeypatch.setattr(kn.train, "training_step", sigterm_at_step_3)
+    sigterm_at_step(3)
     with pytest.raises(kn.train.Interrupted, match="step 3 of"):
         run_bidirectional(small(), tmp_path / "cut")
     monkeypatch.undo()

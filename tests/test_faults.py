@@ -124,14 +124,6 @@ def test_kill_mid_csv_write_loses_only_that_row(tmp_path):
 # ----------------------------------------------------------------------------- 2, 3, 6, 7 training
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from kn.data.dataset import BiosConfig, make_dataset
-    out = tmp_path_factory.mktemp("data")
-    make_dataset(BiosConfig(n=60, augment="multi2+permute", vocab_size=500), out)
-    return str(out)
-
-
 def cfg(data, out, **kw):
     from kn.models import ModelConfig
     from kn.train import TrainConfig
@@ -319,24 +311,13 @@ def test_small_vocab_fails_before_any_work(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "d").exists()
 
 
-def test_interrupted_train_exits_75_and_resume_exits_0(data, tmp_path, capsys, monkeypatch):
-    import kn.train
-    real = kn.train.training_step
-
-    def sigterm_at_step_3(*args, **kw):
-        step, calls = real(*args, **kw), []
-
-        def wrapped(*a):
-            calls.append(1)
-            if len(calls) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return step(*a)
-        return wrapped
+def test_interrupted_train_exits_75_and_resume_exits_0(data, tmp_path, capsys, monkeypatch, sigterm_at_step):
+    from kn.train import EXIT_INTERRUPTED
     toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", exposures=3)
-    monkeypatch.setattr(kn.train, "training_step", sigterm_at_step_3)
+    sigterm_at_step(3)
     rc, io = cli(capsys, "train", "--config", toml)
-    assert rc == kn.train.EXIT_INTERRUPTED == 75 and json.loads(io.out.splitlines()[-1])["interrupted"]
-    monkeypatch.setattr(kn.train, "training_step", real)
+    assert rc == EXIT_INTERRUPTED == 75 and json.loads(io.out.splitlines()[-1])["interrupted"]
+    monkeypatch.undo()                                     # the steps run on to the end again
     assert cli(capsys, "train", "--config", toml)[0] == 2                      # not silently restarted
     assert cli(capsys, "train", "--config", toml, "--resume")[0] == 0
 

@@ -2,27 +2,17 @@
 saved models load with from_pretrained, configs are validated.   Run: pytest tests/test_train.py
 """
 import json
-import os
-import signal
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kn.data.dataset import BiosConfig, make_dataset
 from kn.models import ModelConfig
 from kn.train import TrainConfig, load_config, qa_rows, train, train_qas
 from kn.data.dataset import load_encoded
 from kn.errors import DataError
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, context=64)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    make_dataset(BiosConfig(n=60, augment="multi2+permute", vocab_size=500), out)
-    return str(out)
 
 
 def cfg(data, out, **kw):
@@ -55,23 +45,11 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_sigterm_writes_a_checkpoint_and_resume_finishes(data, tmp_path, monkeypatch):
-    import kn.train
+def test_sigterm_writes_a_checkpoint_and_resume_finishes(data, tmp_path, monkeypatch, sigterm_at_step):
     config = cfg(data, tmp_path / "s", exposures=6, log_every=1)
-    real = kn.train.training_step
-
-    def sigterm_at_step_3(*args, **kw):          # the signal arrives mid-run, whatever the machine's speed
-        step, calls = real(*args, **kw), []
-
-        def wrapped(*a):
-            calls.append(1)
-            if len(calls) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return step(*a)
-        return wrapped
-    monkeypatch.setattr(kn.train, "training_step", sigterm_at_step_3)
+    sigterm_at_step(3)
     first = train(config, progress=False)
-    monkeypatch.setattr(kn.train, "training_step", real)
+    monkeypatch.undo()                                     # the steps run on to the end again
     assert first["interrupted"] and first["steps"] < first["total_steps"]
     assert (tmp_path / "s" / "checkpoint" / "state.pt").is_file()
     done = train(config, resume=True, progress=False)
