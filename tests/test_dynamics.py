@@ -198,27 +198,7 @@ def test_mean_curves_average_each_scenario_and_kind():
 
 
 
-def sigterm_at_call(monkeypatch, n):
-    """kn.train's optimizer step sends SIGTERM to this process on its n-th call (the loop then stops)."""
-    import os
-    import signal
-
-    import kn.train
-    real = kn.train.training_step
-
-    def patched(*args, **kw):
-        step, calls = real(*args, **kw), []
-
-        def wrapped(*a):
-            calls.append(1)
-            if len(calls) == n:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return step(*a)
-        return wrapped
-    monkeypatch.setattr(kn.train, "training_step", patched)
-
-
-def test_interrupted_continued_pretraining_resumes_bit_exactly(smoke, tmp_path, monkeypatch):
+def test_interrupted_continued_pretraining_resumes_bit_exactly(smoke, tmp_path, monkeypatch, sigterm_at_step):
     """kn.train.fit's checkpoint and resume cover the continued run: a SIGTERM at step 11 stops it
     (Interrupted), running it again continues from the checkpoint to the same trajectories and schedule."""
     from kn.data.injection import load_injection
@@ -226,7 +206,7 @@ def test_interrupted_continued_pretraining_resumes_bit_exactly(smoke, tmp_path, 
     from kn.train import Interrupted
     cfg, out, result = smoke
     records = load_injection(out / "data" / "injection")
-    sigterm_at_call(monkeypatch, 11)
+    sigterm_at_step(11)
     with pytest.raises(Interrupted, match="step 11 of 30"):
         continue_pretraining(cfg, out / "data", result["bases"]["late"], records, tmp_path / "run", progress=False)
     monkeypatch.undo()
