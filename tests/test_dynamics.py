@@ -197,7 +197,6 @@ def test_mean_curves_average_each_scenario_and_kind():
     assert list(curves["duplicated"]) == ["semantic"]                 # a kind without probes is left out
 
 
-
 def test_interrupted_continued_pretraining_resumes_bit_exactly(smoke, tmp_path, monkeypatch, sigterm_at_step):
     """kn.train.fit's checkpoint and resume cover the continued run: a SIGTERM at step 11 stops it
     (Interrupted), running it again continues from the checkpoint to the same trajectories and schedule."""
