@@ -457,7 +457,7 @@ def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | Non
     points at the best setting with int8/int4 measured (results/sweep.csv), then every fit
     (results/fit.json). Finished points are skipped, so a stopped study continues; train=False
     trains nothing and fits the points already finished (a sweep still running elsewhere).
-    Returns grid, best, points, rows (the finished points) and fits."""
+    Returns grid, best, points, rows (the finished points), missing (the points not finished) and fits."""
     from kn.sweep import read_rows
     t0, results = time.perf_counter(), Path(results)
     grid = grid_points(profile, seed)
@@ -467,12 +467,15 @@ def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | Non
     points = profile_points(profile, seed, quantize=True, **best)
     if train:
         capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)
-    keys = {point_key(normalise_point(p)) for p in points}
+    keys = {point_key(normalise_point(p)): p for p in points}
     rows = [r for r in read_rows(results / "sweep.csv") if point_key(r["key"]) in keys]   # not an earlier setting's
+    finished = {point_key(r["key"]) for r in rows}
+    missing = [p for key, p in keys.items() if key not in finished]
     fits = fit_all(rows)
     write_json(results / "fit.json", config={"grid": grid, "points": points}, seed=seed,
                wall_time=time.perf_counter() - t0, best=best, fits=fits, n_points=len(points), n_done=len(rows))
-    return {"grid": read_rows(results / "grid.csv"), "best": best, "points": points, "rows": rows, "fits": fits}
+    return {"grid": read_rows(results / "grid.csv"), "best": best, "points": points, "rows": rows,
+            "missing": missing, "fits": fits}
 
 
 # ----------------------------------------------------------------------------- tables for the chapter
