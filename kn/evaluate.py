@@ -7,7 +7,8 @@ pass per batch, teacher-forced. For a span [s, e) of document tokens it yields:
             the same as exact match of greedy generation of the whole value (Part 3.1 metric)
   first     argmax right at the first span token (first-token accuracy)
 Entry points: `span_scores` / `score_spans`, `qa_accuracy` (train_people vs test_people, per
-attribute), `memorization` (FINDINGS trap 1: values inside the person's own bio), `field_losses`
+attribute), `accuracy` (any selection of QAs), `memorization` (FINDINGS trap 1: values inside the
+person's own bio), `field_losses`
 (loss_name, loss_value per bio for kn.capacity), `greedy_generate`, `majority_baseline`.
 """
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _mean(x: np.ndarray) -> float:
     return float(x.mean()) if len(x) else float("nan")
 
 
-def _accuracy(scores: dict, attribute: np.ndarray, select: np.ndarray) -> dict:
+def accuracy(scores: dict, attribute: np.ndarray, select: np.ndarray) -> dict:
     """Exact-match accuracy per attribute and their mean, first-token accuracy, over selected docs."""
     per = {a: _mean(scores["exact"][select & (attribute == i)]) for i, a in enumerate(ATTRIBUTES)}
     first = {a: _mean(scores["first"][select & (attribute == i)]) for i, a in enumerate(ATTRIBUTES)}
@@ -143,7 +144,7 @@ def qa_accuracy(model, qa: Encoded, attribute, is_test_doc, eos_id: int, pad_id:
     attribute = _per_doc("attribute", attribute, len(qa)).astype(np.int64)
     test = _per_doc("is_test_doc", is_test_doc, len(qa)).astype(bool)
     scores = span_scores(model, qa, "answer", eos_id, pad_id, batch_size, device, require_end=True)
-    return {"train": _accuracy(scores, attribute, ~test), "test": _accuracy(scores, attribute, test),
+    return {"train": accuracy(scores, attribute, ~test), "test": accuracy(scores, attribute, test),
             "n_train": int((~test).sum()), "n_test": int(test.sum())}
 
 

@@ -8,10 +8,13 @@ distribution), per attribute, next to how well the biographies were memorized (F
 and the majority-guess baseline. Every stage is skipped when its result file is done
 (kn.results.done: finished, with the same config), so an interrupted experiment continues where it
 stopped. Entry points: `ExtractionConfig`, `from_profile`, `run_extraction`, `run_suite` (several
-named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`.
+named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`, `finetune`.
+A validation slice of train_people (data.valid_fraction; split "valid", never trained on) chooses
+the finetune lr among `finetune_lr_grid`; test_people are scored once, on the final model.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +31,7 @@ from kn.results import done, publish, read_json, runs_dir, write_json
 from kn.train import TrainConfig, stop_if_interrupted, train
 
 SETTINGS = ("mixed", "pretrain_finetune")
+SPLITS = ("train", "valid", "test")   # qa.jsonl's splits (kn.data.qa.split_names)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class ExtractionConfig:
     lr: float = 1e-3
     finetune_exposures: float = 30.0  # passes over train_people's QAs
     finetune_lr: float = 1e-3
+    finetune_lr_grid: tuple = ()      # candidate finetune lrs, chosen on the validation slice (needs
+                                      # data.valid_fraction > 0); empty: finetune_lr alone
     finetune_batch_size: int = 16
     lora_rank: int = 0
     lora_embed_rank: int = 0
@@ -52,6 +58,9 @@ class ExtractionConfig:
     def __post_init__(self):
         if self.setting not in SETTINGS:
             raise DataError(f"setting: got {self.setting!r}; allowed: {', '.join(SETTINGS)}")
+        object.__setattr__(self, "finetune_lr_grid", tuple(self.finetune_lr_grid))
+        if any(not isinstance(lr, (int, float)) or lr <= 0 for lr in self.finetune_lr_grid):
+            raise DataError(f"finetune_lr_grid: got {self.finetune_lr_grid!r}; allowed: numbers > 0")
         for name, cls in (("data", BiosConfig), ("model", ModelConfig)):
             if isinstance(getattr(self, name), dict):
                 object.__setattr__(self, name, cls(**getattr(self, name)))
@@ -67,7 +76,7 @@ def from_profile(profile: str, **overrides) -> ExtractionConfig:
     return ExtractionConfig(data=data, model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)
 
 
-DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction")
+DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction", "valid_fraction")
 
 
 def _bios_per_person(cfg: ExtractionConfig) -> float:
@@ -112,24 +121,49 @@ def prepare_dataset(cfg: ExtractionConfig, path: Path) -> None:
     make_dataset(cfg.data, path, overwrite=True)      # the run's own data, made for another config: rebuild
 
 
-def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64) -> dict:
-    """QA accuracy (train_people / test_people), bio memorization and the majority baseline."""
+def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64, splits: tuple = SPLITS,
+                   memorize: bool = True) -> dict:
+    """QA exact match of the QAs of `splits` only (train_people, the validation slice, test_people):
+    per split, with test_people's per-person answers as `items` (for intervals resampled over
+    people) and the majority baseline; and how well the bios are memorized. Recipes are chosen with
+    splits=("valid",), so that test_people are scored once, for the final model."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kn.evaluate import memorization, qa_accuracy
+    from kn.evaluate import accuracy, memorization, span_scores
     from kn.tokenize import load_tokenizer
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
     tok = load_tokenizer(model_dir)
-    qa, bios = load_encoded(data, "qa"), load_encoded(data, "bios")
-    recs = list(read_jsonl(data / "qa.jsonl"))
-    attribute = np.array([ATTRIBUTES.index(r["attribute"]) for r in recs])
-    is_test = np.array([r["split"] == "test" for r in recs])
     ids = (tok.eos_token_id, tok.pad_token_id)
-    acc = qa_accuracy(model, qa, attribute, is_test, *ids, batch_size=batch_size)
-    mem = memorization(model, bios, *ids, batch_size=batch_size)
-    return {"qa": acc, "memorization": mem, "majority_baseline": majority_baseline(recs)}
+    result = {"qa": {}}
+    recs = list(read_jsonl(data / "qa.jsonl"))
+    split = np.array([r["split"] for r in recs])
+    idx = np.flatnonzero(np.isin(split, splits))
+    if len(idx):
+        attribute = np.array([ATTRIBUTES.index(recs[i]["attribute"]) for i in idx])
+        scores = span_scores(model, load_encoded(data, "qa").take(idx), "answer", *ids, batch_size=batch_size,
+                             require_end=True)
+        for s in splits:
+            result["qa"][s] = accuracy(scores, attribute, split[idx] == s)
+            result["qa"][f"n_{s}"] = int((split[idx] == s).sum())
+        if "test" in splits:
+            result["qa"]["items"] = person_items([recs[i] for i in idx], scores["exact"], "test")
+            result["majority_baseline"] = majority_baseline(recs)
+    if memorize:
+        result["memorization"] = memorization(model, load_encoded(data, "bios"), *ids, batch_size=batch_size)
+    return result
+
+
+def person_items(recs: list[dict], exact: np.ndarray, split: str) -> dict:
+    """{"person": ids, attribute: 0/1 per person}: exact match of each `split` person's six answers."""
+    people = sorted({r["person"] for r in recs if r["split"] == split})
+    row = {p: i for i, p in enumerate(people)}
+    table = np.full((len(people), len(ATTRIBUTES)), -1, dtype=np.int64)
+    for r, ok in zip(recs, exact):
+        if r["split"] == split:
+            table[row[r["person"]], ATTRIBUTES.index(r["attribute"])] = int(ok)
+    return {"person": people} | {a: table[:, k].tolist() for k, a in enumerate(ATTRIBUTES)}
 
 
 def majority_baseline(qa_records: list[dict]) -> dict:
@@ -154,7 +188,7 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
     t0 = time.perf_counter()
     data = Path(cfg.data_dir) if cfg.data_dir is not None else out / "data"
     prepare_dataset(cfg, data)
-    stages = {}
+    stages, recipes = {}, []
     if cfg.setting == "mixed":
         stages["mixed"] = train_stage(stage_config(cfg, data, out / "mixed", "mixed"), progress)
         final = memorized = out / "mixed" / "model"
@@ -163,14 +197,12 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
         stages["pretrain"] = read_json(pre / "train.json") if pretrained is not None else \
             train_stage(stage_config(cfg, data, pre, "pretrain"), progress)
         memorized = pre / "model"
-        ft = stage_config(cfg, data, out / "finetune", "finetune", init=str(memorized),
-                           exposures=cfg.finetune_exposures, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch_size,
-                           lora_rank=cfg.lora_rank, lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
-        stages["finetune"] = train_stage(ft, progress)
-        final = out / "finetune" / "model"
+        final, stages["finetune"], recipes = finetune(cfg, data, memorized, out / "finetune", progress)
     result = evaluate_model(final, data)
+    if recipes:
+        result["recipes"] = recipes
     if memorized != final:
-        result["memorization"] = evaluate_model(memorized, data)["memorization"]
+        result["memorization"] = evaluate_model(memorized, data, splits=())["memorization"]
     result["training"] = {k: {f: v.get(f) for f in ("steps", "final_loss", "tokens_per_s", "n_params", "mfu", "device")}
                           for k, v in stages.items()}
     result["train_wall_s"] = {k: (v.get("provenance") or {}).get("wall_time_s") for k, v in stages.items()}
@@ -178,11 +210,46 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
     return result
 
 
+def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress: bool = True) -> tuple[Path, dict, list]:
+    """QA finetuning of the model at `init` on train_people: at cfg.finetune_lr in `out`, or at each
+    lr of cfg.finetune_lr_grid in out/lr<lr>, keeping the one with the best validation-slice
+    accuracy (the first on ties). Returns (model folder, its train.json, the recipes' scores)."""
+    grid = cfg.finetune_lr_grid or (cfg.finetune_lr,)
+    if len(grid) > 1 and not cfg.data_dir and cfg.data.valid_fraction == 0:
+        raise DataError("finetune_lr_grid: choosing among lrs needs a validation slice; set valid_fraction > 0")
+    runs = []
+    for lr in grid:
+        folder = out if len(grid) == 1 else out / f"lr{lr:g}"
+        ft = stage_config(cfg, data, folder, "finetune", init=str(init), exposures=cfg.finetune_exposures, lr=lr,
+                          batch_size=cfg.finetune_batch_size, lora_rank=cfg.lora_rank,
+                          lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
+        runs.append((folder, train_stage(ft, progress)))
+    if len(grid) == 1:
+        return runs[0][0] / "model", runs[0][1], []
+    recipes = [{"finetune_lr": lr, "valid": evaluate_model(f / "model", data, splits=("valid",), memorize=False)["qa"]["valid"]}
+               for lr, (f, _) in zip(grid, runs)]
+    best = max(range(len(grid)), key=lambda i: (recipes[i]["valid"]["mean"], -i))
+    recipes[best]["chosen"] = True
+    return runs[best][0] / "model", runs[best][1], recipes
+
+
+def pretraining_key(cfg: ExtractionConfig) -> dict | None:
+    """What a pretrain_finetune run's pretraining depends on (None for mixed): runs with equal keys
+    can share one pretrained model."""
+    if cfg.setting != "pretrain_finetune":
+        return None
+    return {k: v for k, v in asdict(cfg).items() if not k.startswith(("finetune", "lora"))}
+
+
 def run_suite(chapter: str, profile: str, configs: dict, progress: bool = True) -> dict:
     """Run named experiments of a chapter: models and data under runs/<chapter>/<profile>/<name>/
-    (not committed), each result.json published to the chapter's results folder. Returns name -> result."""
-    out = {}
+    (not committed), each result.json published to the chapter's results folder. A run whose
+    pretraining equals an earlier one's (e.g. a LoRA finetune) finetunes that model. Returns name -> result."""
+    out, pretrained = {}, {}
     for name, cfg in configs.items():
-        run_extraction(cfg, runs_dir(chapter, profile) / name, progress=progress)
-        out[name] = publish(runs_dir(chapter, profile) / name / "result.json", chapter, profile, name)
+        key = json.dumps(pretraining_key(cfg), sort_keys=True, default=str)
+        run = runs_dir(chapter, profile) / name
+        run_extraction(cfg, run, progress=progress, pretrained=pretrained.get(key))
+        pretrained.setdefault(key, run / "pretrain")
+        out[name] = publish(run / "result.json", chapter, profile, name)
     return out

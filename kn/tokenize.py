@@ -77,6 +77,13 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def take(self, idx: np.ndarray) -> "Encoded":
+        """The documents idx, in that order."""
+        lengths = self.lengths()[idx]
+        ids = ragged_gather(self.ids, self.offsets[:-1][idx], lengths)
+        return Encoded(ids, np.concatenate([[0], np.cumsum(lengths)]), self.person[idx],
+                       {k: v[idx] for k, v in self.spans.items()})
+
 
 def ragged_gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenate flat[starts[i] : starts[i] + lengths[i]] over i, vectorised."""

@@ -48,7 +48,7 @@ from kn.data.dataset import load_encoded
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
 from kn.results import atomic_file, folder_path, write_json
-from kn.tokenize import Encoded, load_tokenizer, pack, ragged_gather
+from kn.tokenize import Encoded, load_tokenizer, pack
 
 MODES = ("pretrain", "mixed", "finetune")
 IGNORE = -100
@@ -258,7 +258,7 @@ def load_biod(data: str) -> tuple[BioD, float] | None:
 
 
 def train_qas(data: str, qa: Encoded) -> Encoded:
-    """The QA documents of train_people (from qa.jsonl's split)."""
+    """The QA documents of train_people (qa.jsonl's split "train": not the validation slice)."""
     from kn.data.records import read_jsonl
     keep = np.array([r["split"] == "train" for r in read_jsonl(Path(data) / "qa.jsonl")])
     if len(keep) != len(qa):
@@ -266,10 +266,7 @@ def train_qas(data: str, qa: Encoded) -> Encoded:
     idx = np.nonzero(keep)[0]
     if not len(idx):
         raise DataError("data: no QA of train_people (train_fraction is 0)")
-    lengths = qa.lengths()[idx]
-    ids = ragged_gather(qa.ids, qa.offsets[:-1][idx], lengths)
-    return Encoded(ids, np.concatenate([[0], np.cumsum(lengths)]), qa.person[idx],
-                   {k: v[idx] for k, v in qa.spans.items()})
+    return qa.take(idx)
 
 
 def qa_rows(qa: Encoded, eos_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,7 @@
 `build_bios(cfg)` makes everything a Part 3.1 experiment reads; `write_bios(ds, out)` saves it:
 
     out/bios.jsonl      one biography per line (kn.data.records schema)
-    out/qa.jsonl        six QAs per person with split "train" | "test"
+    out/qa.jsonl        six QAs per person with split "train" | "valid" | "test"
     out/tokenizer/      byte-level BPE trained on this corpus (AutoTokenizer.from_pretrained)
     out/tokens.npz      bios_* and qa_* arrays: ids, offsets, person, spans (kn.tokenize.Encoded)
     out/meta.json       config, counts, seed, git commit, hardware, wall time (kn.results);
@@ -25,7 +25,7 @@ import numpy as np
 from kn.data.bios import bio_records, make_bios, parse_augment
 from kn.data.compose import concat
 from kn.data.people import People, populations, sample_people
-from kn.data.qa import make_qa, qa_records, split_people
+from kn.data.qa import make_qa, qa_records, split_people, valid_people
 from kn.data.records import ATTRIBUTES, write_jsonl
 from kn.errors import DataError, check_count
 from kn.results import atomic_file, folder_path, write_json
@@ -46,6 +46,7 @@ class BiosConfig:
     vocab_size: int = 4096
     n_celebrity: int = 0          # Result 6: extra people with celebrity_augment biographies
     celebrity_augment: str = "multi5+permute"
+    valid_fraction: float = 0.0   # share of train_people held out as the validation slice (split "valid")
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -58,6 +59,7 @@ class BiosConfig:
         if self.kind == "bioR" and self.augment != "single" and not self.augment.startswith("multi"):
             raise DataError(f"augment: bioR takes 'single' or 'multiM', got {self.augment!r}")
         split_people(1, self.train_fraction)
+        valid_people(np.ones(1, bool), self.valid_fraction)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class BiosDataset:
     tokenizer: object
     bios_tokens: Encoded
     qa_tokens: Encoded
+    is_valid: np.ndarray | None = None  # per person: in the validation slice (a subset of is_train)
 
 
 def _bior_multi(augment: str) -> int:
@@ -100,15 +103,16 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
     is_train = split_people(len(everyone), cfg.train_fraction, cfg.seed)
     if cfg.n_celebrity:  # Result 6: QA finetuning on celebrities only, evaluation on the minority
         is_train = np.array([g == "celebrity" for g in group_of])
+    is_valid = valid_people(is_train, cfg.valid_fraction, cfg.seed)
     qa_docs = make_qa(everyone)
-    qa = qa_records(qa_docs, everyone, is_train)
+    qa = qa_records(qa_docs, everyone, is_train, is_valid=is_valid)
     tokenizer = train_tokenizer((r["text"] for r in bios + qa), vocab_size=cfg.vocab_size)
     if cfg.kind == "bioS":
         bios_tokens = encode_documents(concat(docs) if len(docs) > 1 else docs[0], tokenizer)
     else:
         bios_tokens = encode_records(bios, tokenizer, keys=("name",) + ATTRIBUTES)
     return BiosDataset(cfg, everyone, group_of, is_train, bios, qa, tokenizer,
-                       bios_tokens, encode_documents(qa_docs, tokenizer))
+                       bios_tokens, encode_documents(qa_docs, tokenizer), is_valid)
 
 
 def save_encoded(enc: Encoded, prefix: str) -> dict:
@@ -163,7 +167,8 @@ def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None,
     write_json(out / "meta.json", config=asdict(ds.config), seed=ds.config.seed, wall_time=wall_time,
                counts={"people": len(ds.is_train), "bios": len(ds.bios), "qa": len(ds.qa),
                        "bio_tokens": int(len(ds.bios_tokens.ids)), "vocab_size": len(ds.tokenizer),
-                       "train_people": int(ds.is_train.sum()), "test_people": int((~ds.is_train).sum())}, **meta)
+                       "train_people": int(ds.is_train.sum()), "test_people": int((~ds.is_train).sum()),
+                       "valid_people": 0 if ds.is_valid is None else int(ds.is_valid.sum())}, **meta)
     return out
 
 

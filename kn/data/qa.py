@@ -2,7 +2,7 @@
 
 Text: "What is the birth city of Anya Briar Forger? Answer: Princeton, NJ." People are split into
 train_people (their QAs may be trained on) and test_people (held out: out-of-distribution
-extraction). Entry points: `split_people`, `make_qa` / `qa_records` (kn's people) and
+extraction); a validation slice of the train_people ("valid") is held out too, for choosing recipes. Entry points: `split_people`, `valid_people`, `make_qa` / `qa_records` (kn's people) and
 `qa_documents` / `qa_records_of` (any people given as strings, e.g. imported biographies).
 """
 from __future__ import annotations
@@ -40,6 +40,25 @@ def split_people(n: int, train_fraction: float = 0.5, seed: int = 0) -> np.ndarr
     return is_train
 
 
+def valid_people(is_train: np.ndarray, valid_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Boolean [n]: the validation slice, round(valid_fraction * #train_people) of the train_people,
+    chosen by seed. Their QAs are never trained on; recipes (lr, passes, rank) are chosen on them."""
+    if not (isinstance(valid_fraction, (int, float)) and 0.0 <= valid_fraction < 1.0):
+        raise DataError(f"valid_fraction: got {valid_fraction!r}; allowed: a number in [0, 1)")
+    train = np.flatnonzero(is_train)
+    is_valid = np.zeros(len(is_train), dtype=bool)
+    is_valid[np.random.default_rng([seed, 3]).permutation(train)[: round(valid_fraction * len(train))]] = True
+    return is_valid
+
+
+def split_names(is_train: np.ndarray, is_valid: np.ndarray | None = None) -> np.ndarray:
+    """Per person: "train", "valid" (a train_person held out for recipe choice) or "test"."""
+    names = np.where(is_train, "train", "test").astype(object)
+    if is_valid is not None:
+        names[is_valid] = "valid"
+    return names
+
+
 def answer_piece(value: str) -> str:
     """' <value>' as written before the closing '.': a value ending in '.' ('Acme Inc.') shares it."""
     return " " + (value[:-1] if value.endswith(".") else value)
@@ -75,20 +94,21 @@ def make_qa(people: People, pools: Pools | None = None) -> Documents:
     return qa_documents(people.ids, people.names(pools), {a: people.values(a, pools) for a in ATTRIBUTES})
 
 
-def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Pools | None = None) -> list[dict]:
+def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Pools | None = None,
+               is_valid: np.ndarray | None = None) -> list[dict]:
     """JSONL records of `make_qa` documents (see `qa_records_of`)."""
     pools = pools or load_pools()
     return qa_records_of(docs, people.ids, people.names(pools), {a: people.values(a, pools) for a in ATTRIBUTES},
-                         is_train)
+                         is_train, is_valid)
 
 
 def qa_records_of(docs: Documents, ids: np.ndarray, names: list[str], values: dict[str, list[str]],
-                  is_train: np.ndarray) -> list[dict]:
-    """JSONL records: person, name, attribute, question, answer, split, text, spans."""
-    base = []
+                  is_train: np.ndarray, is_valid: np.ndarray | None = None) -> list[dict]:
+    """JSONL records: person, name, attribute, question, answer, split (`split_names`), text, spans."""
+    split, base = split_names(is_train, is_valid), []
     for row, a in enumerate(docs.meta["attribute"].tolist()):
         i, attr = row // len(ATTRIBUTES), ATTRIBUTES[a]
         base.append({"person": int(ids[i]), "name": names[i], "attribute": attr,
                      "question": question(attr, names[i]), "answer": values[attr][i],
-                     "split": "train" if is_train[i] else "test"})
+                     "split": split[i]})
     return docs.records(base)
