@@ -1,6 +1,7 @@
 """Profiles: one name picks the scale of every experiment.
 
-smoke  CI, seconds on a CPU          cpu    a classroom laptop, minutes on 2 cores
+smoke  CI, seconds on a CPU          class  a lesson: <= 10 min a chapter on 2 cores (not a test)
+cpu    the smallest scale where each claim's test has power, <= 60 min a chapter on 2 cores
 gpu    one H100, one command <= 8 min  paper  the paper's scale
 A profile is a small table of overrides per experiment; `settings(experiment, profile, **overrides)`
 returns it with a chapter's overrides. KEYS lists the settings each experiment takes (its config's
@@ -11,15 +12,16 @@ from __future__ import annotations
 
 from kn.errors import DataError
 
-PROFILES = ("smoke", "cpu", "gpu", "paper")
+PROFILES = ("smoke", "class", "cpu", "gpu", "paper")
 
 MODEL_KEYS = ("arch", "n_layer", "n_head", "n_embd", "mlp_ratio", "vocab_size", "context", "tie_embeddings")  # ModelConfig
 _PEOPLE = ("n", "vocab_size")   # the dataset's size and tokenizer (kn.data.dataset.BiosConfig)
 KEYS = {
     "data": ("n", "n_biod", "n_paragraphs"),
     "extraction": (*_PEOPLE, "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction",   # BiosConfig
-                   "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr", "finetune_exposures",
-                   "finetune_lr", "finetune_batch_size", "lora_rank", "lora_embed_rank", "seed", "data_dir"),
+                   "valid_fraction", "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr",
+                   "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size", "lora_rank",
+                   "lora_embed_rank", "seed", "data_dir"),
     "probing": ("rank_p", "rank_q", "epochs"),
     "capacity": ("data", "window", "grid", "arms"),
     "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "pretrain_exposures", "pretrain_lr",
@@ -34,6 +36,7 @@ TABLES = {
     # the data chapter: how many people to generate and show
     "data": {
         "smoke": {"n": 200, "n_biod": 200, "n_paragraphs": 4},
+        "class": {"n": 500, "n_biod": 500, "n_paragraphs": 10},
         "cpu": {"n": 2000, "n_biod": 2000, "n_paragraphs": 20},
         "gpu": {"n": 20000, "n_biod": 20000, "n_paragraphs": 120},
         "paper": {"n": 100000, "n_biod": 100000, "n_paragraphs": 120},
@@ -41,10 +44,18 @@ TABLES = {
     # Part 3.1 experiments (Results 1-3, 6): people, model, training budget
     "extraction": {
         "smoke": {"n": 60, "vocab_size": 600, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 128},
-                  "window": 128, "batch_size": 8, "exposures": 4, "lr": 3e-3, "finetune_exposures": 2},
-        "cpu": {"n": 100, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 128},
-                "window": 128, "batch_size": 16, "exposures": 200, "lr": 3e-3, "finetune_exposures": 10,
-                "finetune_lr": 1e-4, "qa_fraction": 0.3},   # 30 passes at 1e-3 overfit the 50 train_people: 6% vs 33%
+                  "window": 128, "batch_size": 8, "exposures": 4, "lr": 3e-3, "finetune_exposures": 2,
+                  "valid_fraction": 0.2, "finetune_lr_grid": [1e-3, 3e-3]},
+        # class and cpu: windows of 256 hold whole biographies (kn.data.summary: ~60-90 tokens); a fifth
+        # of train_people is the validation slice that picks the finetune lr; QA fraction 0.8 (paper)
+        "class": {"n": 200, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
+                  "window": 256, "batch_size": 16, "exposures": 60, "lr": 3e-3, "qa_fraction": 0.8,
+                  "valid_fraction": 0.2, "finetune_exposures": 10, "finetune_lr_grid": [1e-4, 3e-4, 1e-3]},
+        # 600 people: 300 test_people give intervals of about +-4 points; at 100 (the old cpu scale)
+        # the 50 finetuned people could neither pass nor fail a claim
+        "cpu": {"n": 600, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
+                "window": 256, "batch_size": 16, "exposures": 100, "lr": 3e-3, "qa_fraction": 0.8,
+                "valid_fraction": 0.2, "finetune_exposures": 10, "finetune_lr_grid": [1e-4, 3e-4, 1e-3]},
         "gpu": {"n": 5000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
                 "window": 512, "batch_size": 64, "exposures": 200, "lr": 1e-3, "finetune_exposures": 20},
         "paper": {"n": 100000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 512},
@@ -54,6 +65,7 @@ TABLES = {
     # paper's rank-2/16 updates memorize the train_people instead of reading the model)
     "probing": {
         "smoke": {"rank_p": 0, "rank_q": 0, "epochs": 5},
+        "class": {"rank_p": 0, "rank_q": 0, "epochs": 40},
         "cpu": {"rank_p": 0, "rank_q": 0, "epochs": 40},
         "gpu": {"rank_p": 2, "rank_q": 16, "epochs": 20},
         "paper": {"rank_p": 2, "rank_q": 16, "epochs": 20},
@@ -68,6 +80,9 @@ TABLES = {
         "smoke": {"data": {"k": 2, "c": 1, "d": 20, "l": 1, "t": 50, "n_first": 10, "n_middle": 10, "n_last": 20},
                   "window": 64, "grid": {"size": (1, 2, 16, 200), "exposures": 10, "lr": [3e-3, 1e-2], "batch_size": [16]},
                   "arms": [{"exposures": 10, "sizes": [(1, 2, 16, 200), (1, 2, 32, 200)]}]},
+        "class": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 32, "n_middle": 32, "n_last": 32},
+                  "window": 128, "grid": {"size": (2, 2, 16, 300), "exposures": 100, "lr": [1e-2], "batch_size": [16]},
+                  "arms": [{"exposures": 100, "sizes": [(2, 2, 16, 300), (2, 2, 24, 600)]}]},
         "cpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 32, "n_middle": 32, "n_last": 32},
                 "window": 128,
                 "grid": {"size": (2, 2, 32, 1000), "exposures": 100, "lr": [3e-3, 1e-2, 3e-2], "batch_size": [16, 32]},
@@ -109,6 +124,10 @@ TABLES = {
         "smoke": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2], "train_fraction": [0.5],
                   "finetune": ["full"], "n": 24, "n_embd": 32, "n_head": 2, "vocab_size": 400, "window": 64,
                   "batch_size": 8, "lr": 3e-3, "exposures": 2, "finetune_exposures": 1, "finetune_batch_size": 8},
+        "class": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [5], "train_fraction": [0.75],
+                  "finetune": ["full"], "augment_extra": "permute", "n": 200, "n_embd": 128, "n_head": 4,
+                  "vocab_size": 2048, "window": 128, "batch_size": 16, "lr": 3e-3, "exposures": 60,
+                  "finetune_exposures": 10, "finetune_lr": 1e-4},
         # at 100 people no one-layer model extracted (<= 9% held-out, baseline 8%); 400 with permute does
         "cpu": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 5], "train_fraction": [0.25, 0.75],
                 "finetune": ["full", "lora1", "lora8"], "augment_extra": "permute", "n": 400, "n_embd": 128,
