@@ -9,23 +9,35 @@ small random): rank 2 for P-probing, rank 16 for Q-probing, 0 for a purely linea
   P-probing  each person's first biography, fed after an EOS; position j is the token just before
              the value of attribute j in that biography (with permute it can sit anywhere);
              test accuracy on a 6 x 6 grid [position attribute, target attribute].
-  Q-probing  the full name alone: EOS + the name's tokens from the biography + EOS, read at the
-             final EOS; test accuracy per attribute.
+  Q-probing  the full name alone: EOS + the name's tokens from the biography, read at the name's
+             last token (as the paper does); test accuracy per attribute.
 Target kinds: "first", the first token of the value (classes: the first tokens seen for that
 attribute) and "whole", the whole value (classes: the distinct values as written, so company_city
-is a city, not its company). Probes train on train_people and are scored on test_people, next to
-the majority-guess baseline ("chance") and the share of test values seen in train ("ceiling": a
-probe cannot name a class it never saw, which caps small-N runs). Simplification: the paper trains
-one embedding update per probe; here one is shared by the six attribute heads of each (read
-position, kind): 12 trainings for P-probing, 2 for Q-probing (rank 0: one training on cached
-hidden states, seconds on a CPU).
+is a city, not its company). Probes train on train_people and are scored on test_people. A probe
+cannot name a class it never trained on, so each score comes with its ceiling, the share of test
+people whose class some train person has (small runs: few values recur, birth dates almost never),
+and the accuracy on those "reachable" test people. Simplification: the paper trains one embedding
+update per probe; here one is shared by the six attribute heads of each (read position, kind): 12
+trainings for P-probing, 2 for Q-probing (rank 0: one training on cached hidden states, seconds on
+a CPU).
+
+Results (kind: "first" or "whole"; attr: an attribute; grids are [position j][target k]):
+  q_probe  kind: {attr: test accuracy}; "train": {kind: {attr: acc}}; "chance" (majority guess),
+           "ceiling", "reachable" (accuracy on reachable test people), "n_reachable": {kind: {attr: .}}.
+  p_probe  kind: 6x6 test accuracy; "train", "reachable", "n_reachable": {kind: 6x6}; "chance" and
+           "ceiling": {kind: {attr: .}}, the ceiling at the attribute's own position (the diagonal).
+  both     "items": {"person": [test person ids], kind: {attr: {"correct": [..], "reachable": [..]}}},
+           1/0 per test person (None: no label), for intervals over people; P-probing's at the diagonal.
+Accuracies are NaN where no one is scored. `run_probes` runs both on a pretrained run and writes
+{"p": ..., "q": ...} with kn.results.write_json.
 
 Entry points: `ProbeConfig`, `probe_data` / `load_probe_data` (-> `ProbeData`), `p_probe`,
-`q_probe`, `fit_linear_probe`; helpers `probe_targets`, `name_rows`.
+`q_probe`, `run_probes`, `fit_linear_probe`; helpers `probe_targets`, `name_rows`, `head_scores`.
 """
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -37,6 +49,7 @@ from tqdm.auto import tqdm
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError, check_count, check_number
 from kn.evaluate import doc_rows
+from kn.results import done, read_json, write_json
 from kn.tokenize import Encoded, ragged_gather
 
 KINDS = ("first", "whole")
@@ -166,19 +179,17 @@ def _as_data(data) -> ProbeData:
 
 
 def name_rows(bios: Encoded, eos_id: int, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q-probe inputs: EOS + the tokens of each document's first name span + EOS, right-padded.
-    Returns ids [n, T], mask [n, T] and the position of the final EOS [n]."""
+    """Q-probe inputs: EOS + the tokens of each document's first name span, right-padded.
+    Returns ids [n, T], mask [n, T] and the position of the name's last token [n]."""
     s, e = bios.spans["name"][:, 0, 0], bios.spans["name"][:, 0, 1]
     if (s < 0).any():
         raise DataError(f"bios: {int((s < 0).sum())} documents have no name span; Q-probing needs the name")
     lengths = e - s
-    width = int(lengths.max()) + 2
-    ids = np.full((len(bios), width), pad_id, dtype=np.int64)
-    cols = np.arange(width)[None, :]
+    ids = np.full((len(bios), int(lengths.max()) + 1), pad_id, dtype=np.int64)
+    cols = np.arange(ids.shape[1])[None, :]
     ids[:, 0] = eos_id
     ids[(cols >= 1) & (cols <= lengths[:, None])] = ragged_gather(bios.ids, bios.offsets[:-1] + s, lengths)
-    ids[np.arange(len(bios)), lengths + 1] = eos_id
-    return ids, (cols <= lengths[:, None] + 1).astype(np.int64), lengths + 1
+    return ids, (cols <= lengths[:, None]).astype(np.int64), lengths
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -278,22 +289,35 @@ def _loss(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(probe: Probe, feats, y: torch.Tensor, idx: np.ndarray, batch_size: int) -> list[float]:
-    """Per head: share of rows idx (with a label) whose argmax is the label; NaN with none."""
-    correct = torch.zeros(y.shape[1], device=y.device)
-    valid = torch.zeros_like(correct)
-    for s in range(0, len(idx), batch_size):
-        b = idx[s:s + batch_size]
-        pred = torch.stack([z.argmax(-1) for z in probe(feats(b))], 1)
-        ok = y[b] >= 0
-        correct += ((pred == y[b]) & ok).sum(0)
-        valid += ok.sum(0)
-    return [c / v if v else float("nan") for c, v in zip(correct.tolist(), valid.tolist())]
+def _predict(probe: Probe, feats, n: int, batch_size: int) -> np.ndarray:
+    """Each head's class (argmax) for every person, [n, H]."""
+    return torch.cat([torch.stack([z.argmax(-1) for z in probe(feats(np.arange(s, min(s + batch_size, n))))], 1)
+                      for s in range(0, n, batch_size)]).cpu().numpy()
+
+
+def head_scores(pred: np.ndarray, labels: np.ndarray, is_train: np.ndarray) -> dict:
+    """One head's scores from predictions and labels [n] (-1: no label), people split by is_train.
+
+    "train", "test": accuracy over labelled people; "ceiling": share of labelled test people whose
+    class some labelled train person has; "reachable": test accuracy over those people,
+    "n_reachable" their count; "items": {"correct", "reachable"}, 1/0 per test person (None without
+    a label). Shares are NaN with no one to score.
+    """
+    labels, is_train = np.asarray(labels), np.asarray(is_train, dtype=bool)
+    has = labels >= 0
+    right = has & (np.asarray(pred) == labels)
+    seen = has & np.isin(labels, labels[is_train & has])
+    test = has & ~is_train
+    share = lambda x, m: float(x[m].mean()) if m.any() else float("nan")  # noqa: E731
+    flags = lambda x: [int(v) if h else None for v, h in zip(x[~is_train], has[~is_train])]  # noqa: E731
+    return {"train": share(right, has & is_train), "test": share(right, test), "ceiling": share(seen, test),
+            "reachable": share(right, test & seen), "n_reachable": int((test & seen).sum()),
+            "items": {"correct": flags(right), "reachable": flags(seen)}}
 
 
 def _fit(probe: Probe, feats, labels: np.ndarray, is_train: np.ndarray, cfg: ProbeConfig, steps: int,
-         seed: int, bar) -> dict:
-    """Adam on train_people; accuracy per head on train_people and test_people."""
+         seed: int, bar) -> np.ndarray:
+    """Adam on train_people; returns every person's predicted class per head, [n, H]."""
     y = torch.as_tensor(labels, dtype=torch.long, device=probe.B.device)
     opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
     probe.train()
@@ -304,8 +328,7 @@ def _fit(probe: Probe, feats, labels: np.ndarray, is_train: np.ndarray, cfg: Pro
         opt.step()
         bar.update(1)
     probe.eval()
-    return {split: _accuracy(probe, feats, y, np.nonzero(sel)[0], cfg.batch_size)
-            for split, sel in (("train", is_train), ("test", ~is_train))}
+    return _predict(probe, feats, len(labels), cfg.batch_size)
 
 
 def _groups(heads: list[tuple], rank: int) -> list[list[tuple]]:
@@ -319,7 +342,7 @@ def _groups(heads: list[tuple], rank: int) -> list[list[tuple]]:
 def _train_heads(model, data: ProbeData, rows, pos: np.ndarray, heads: list[tuple], cfg: ProbeConfig,
                  rank: int, device, progress: bool, desc: str) -> tuple[dict, int]:
     """Train every head (kind, j, k), reading pos[:, j] and predicting data.labels[kind][:, k].
-    Returns ({head: {"train": acc, "test": acc}}, steps per training)."""
+    Returns ({head: head_scores}, steps per training)."""
     groups, steps = _groups(heads, rank), _n_steps(cfg, int(data.is_train.sum()))
     emb = model.get_input_embeddings()
     out = {}
@@ -332,8 +355,8 @@ def _train_heads(model, data: ProbeData, rows, pos: np.ndarray, heads: list[tupl
             feats = _reader(model, probe, rows, pos[:, cols], np.array([cols.index(j) for _, j, _ in group]), device)
             if rank == 0:
                 feats = _cached(feats, len(data), cfg.batch_size)
-            acc = _fit(probe, feats, labels, data.is_train, cfg, steps, cfg.seed * 1009 + g, bar)
-            out.update({h: {s: acc[s][i] for s in acc} for i, h in enumerate(group)})
+            pred = _fit(probe, feats, labels, data.is_train, cfg, steps, cfg.seed * 1009 + g, bar)
+            out.update({h: head_scores(pred[:, i], labels[:, i], data.is_train) for i, h in enumerate(group)})
     return out, steps
 
 
@@ -361,44 +384,45 @@ def majority_share(labels: np.ndarray, is_train: np.ndarray) -> float:
     return float((test == np.bincount(train).argmax()).mean())
 
 
-def seen_share(labels: np.ndarray, is_train: np.ndarray) -> float:
-    """Share of test labels that some train person has: the ceiling of a probe's test accuracy."""
-    test = labels[~is_train & (labels >= 0)]
-    return float(np.isin(test, labels[is_train]).mean()) if len(test) else float("nan")
-
-
-def _summary(data: ProbeData, cfg: ProbeConfig, rank: int, steps: int) -> dict:
-    per = lambda f: {kind: {a: f(data.labels[kind][:, k], data.is_train)  # noqa: E731
-                            for k, a in enumerate(ATTRIBUTES)} for kind in cfg.kinds}
+def _summary(data: ProbeData, cfg: ProbeConfig, rank: int, steps: int, own: dict) -> dict:
+    """Fields common to both probes; own: {(kind, k): head_scores} of each target at its own position."""
+    per = lambda key: {kind: {a: own[(kind, k)][key] for k, a in enumerate(ATTRIBUTES)}  # noqa: E731
+                       for kind in cfg.kinds}
+    items = {kind: {a: own[(kind, k)]["items"] for k, a in enumerate(ATTRIBUTES)} for kind in cfg.kinds}
     return {"targets": list(ATTRIBUTES), "layer": LAYER, "rank": rank, "steps": steps,
             "n_train": int(data.is_train.sum()), "n_test": int((~data.is_train).sum()),
-            "chance": per(majority_share), "ceiling": per(seen_share), "config": asdict(cfg)}
+            "chance": {kind: {a: majority_share(data.labels[kind][:, k], data.is_train)
+                              for k, a in enumerate(ATTRIBUTES)} for kind in cfg.kinds},
+            "ceiling": per("ceiling"), "config": asdict(cfg),
+            "items": {"person": data.bios.person[~data.is_train].tolist(), **items}}
 
 
 def p_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, device=None, **overrides) -> dict:
     """P-probing (Result 4): test accuracy [position attribute j][target attribute k] per kind.
 
     data: ProbeData, a BiosDataset or a dataset folder; overrides: ProbeConfig fields. Returns
-    {"first": 6x6, "whole": 6x6, "train": {kind: 6x6}, "positions", "targets", "chance" (majority
-    guess), "ceiling" (test values seen in train), "n_train", "n_test", "rank", "steps", ...}.
+    {"first": 6x6, "whole": 6x6, "train", "reachable", "n_reachable": {kind: 6x6}, "chance",
+    "ceiling": {kind: {attr: .}}, "items", "positions", "targets", "n_train", "n_test", "rank",
+    "steps", ...} (module docstring).
     """
     data, cfg, rank, device = _setup(model, data, cfg, overrides, device, "P-probe")
     # value j starts at document token s: after the leading EOS, row position s holds token s - 1
     pos = np.stack([data.bios.spans[a][:, 0, 0] for a in ATTRIBUTES], 1)       # [n, 6]
     rows = lambda idx: doc_rows(data.bios, idx, data.eos_id, data.pad_id)[:2]  # noqa: E731
     heads = [(kind, j, k) for kind in cfg.kinds for j in range(6) for k in range(6)]
-    acc, steps = _train_heads(model, data, rows, pos, heads, cfg, rank, device, progress, "P-probe")
-    grid = lambda kind, split: [[acc[(kind, j, k)][split] for k in range(6)] for j in range(6)]  # noqa: E731
+    sc, steps = _train_heads(model, data, rows, pos, heads, cfg, rank, device, progress, "P-probe")
+    grid = lambda kind, key: [[sc[(kind, j, k)][key] for k in range(6)] for j in range(6)]  # noqa: E731
     return {**{kind: grid(kind, "test") for kind in cfg.kinds},
-            "train": {kind: grid(kind, "train") for kind in cfg.kinds}, "positions": list(ATTRIBUTES),
-            "position": "the token just before the value of the position attribute",
-            **_summary(data, cfg, rank, steps)}
+            **{key: {kind: grid(kind, key) for kind in cfg.kinds} for key in ("train", "reachable", "n_reachable")},
+            "positions": list(ATTRIBUTES), "position": "the token just before the value of the position attribute",
+            **_summary(data, cfg, rank, steps, {(kind, k): sc[(kind, k, k)] for kind in cfg.kinds for k in range(6)})}
 
 
 def q_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, device=None, **overrides) -> dict:
     """Q-probing (Result 5): from the name alone, test accuracy per target attribute and kind.
 
-    Returns {"first": {attribute: acc}, "whole": {...}, "train": {kind: {...}}, "chance", "ceiling", ...}.
+    Returns {"first": {attr: acc}, "whole": {...}, "train", "chance", "ceiling", "reachable",
+    "n_reachable": {kind: {attr: .}}, "items", ...} (module docstring).
     """
     data, cfg, rank, device = _setup(model, data, cfg, overrides, device, "Q-probe")
     ids, mask, last = name_rows(data.bios, data.eos_id, data.pad_id)
@@ -407,11 +431,12 @@ def q_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, 
         width = int(last[idx].max()) + 1
         return ids[idx, :width], mask[idx, :width]
     heads = [(kind, 0, k) for kind in cfg.kinds for k in range(6)]
-    acc, steps = _train_heads(model, data, rows, last[:, None], heads, cfg, rank, device, progress, "Q-probe")
-    per = lambda kind, split: {a: acc[(kind, 0, k)][split] for k, a in enumerate(ATTRIBUTES)}  # noqa: E731
+    sc, steps = _train_heads(model, data, rows, last[:, None], heads, cfg, rank, device, progress, "Q-probe")
+    per = lambda kind, key: {a: sc[(kind, 0, k)][key] for k, a in enumerate(ATTRIBUTES)}  # noqa: E731
     return {**{kind: per(kind, "test") for kind in cfg.kinds},
-            "train": {kind: per(kind, "train") for kind in cfg.kinds},
-            "position": "the EOS after the name (input: EOS + name + EOS)", **_summary(data, cfg, rank, steps)}
+            **{key: {kind: per(kind, key) for kind in cfg.kinds} for key in ("train", "reachable", "n_reachable")},
+            "position": "the name's last token (input: EOS + name)",
+            **_summary(data, cfg, rank, steps, {(kind, k): sc[(kind, 0, k)] for kind in cfg.kinds for k in range(6)})}
 
 
 def fit_linear_probe(features, labels, is_train, steps: int = 200, lr: float = 1e-2, batch_size: int = 64,
@@ -430,4 +455,30 @@ def fit_linear_probe(features, labels, is_train, steps: int = 200, lr: float = 1
     probe = _new_probe(0, x.shape[1], 0, [int(y.max()) + 1], seed)
     feats = lambda idx: x[torch.as_tensor(idx)][:, None, :]  # noqa: E731
     with tqdm(disable=True) as bar:
-        return _fit(probe, feats, y[:, None], is_train, cfg, steps, seed, bar)["test"][0]
+        return head_scores(_fit(probe, feats, y[:, None], is_train, cfg, steps, seed, bar)[:, 0], y, is_train)["test"]
+
+
+def run_probes(run_dir: str | Path, out_file: str | Path, rank_p: int, rank_q: int, epochs: float, seed: int = 0,
+               progress: bool = False) -> dict:
+    """P- and Q-probes of the pretrained model run_dir/pretrain/model on the dataset run_dir/data (a
+    kn.extraction run), on the GPU when there is one; writes {"p": p_probe, "q": q_probe} to out_file
+    with write_json and returns the record. A finished out_file of the same config (run name,
+    model's training time, ranks, epochs, seed) is returned as it is."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "pretrain" / "model").is_dir() or not (run_dir / "data").is_dir():
+        raise DataError(f"run_dir: {str(run_dir)!r} needs pretrain/model and data (a kn.extraction run); "
+                        "train it first")
+    trained = run_dir / "pretrain" / "train.json"
+    model_at = read_json(trained)["provenance"]["written_at"] if trained.is_file() else None   # retrained: probe again
+    config = {"run": run_dir.name, "model_written_at": model_at, "rank_p": rank_p, "rank_q": rank_q, "epochs": epochs,
+              "seed": seed}
+    if (record := done(out_file, config)) is not None:
+        return record
+    from transformers import AutoModelForCausalLM
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "pretrain" / "model")).to(device)
+    data, start = load_probe_data(run_dir / "data"), time.perf_counter()
+    common = dict(epochs=epochs, seed=seed, progress=progress)
+    p = p_probe(model, data, rank=rank_p, **common)
+    q = q_probe(model, data, rank=rank_q, **common)
+    return read_json(write_json(out_file, config=config, seed=seed, wall_time=time.perf_counter() - start, p=p, q=q))
