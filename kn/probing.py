@@ -14,12 +14,12 @@ small random): rank 2 for P-probing, rank 16 for Q-probing, 0 for a purely linea
 Target kinds: "first", the first token of the value (classes: the first tokens seen for that
 attribute) and "whole", the whole value (classes: the distinct values as written, so company_city
 is a city, not its company). Probes train on train_people and are scored on test_people. A probe
-cannot name a class it never trained on, so each score comes with its ceiling, the share of test
-people whose class some train person has (small runs: few values recur, birth dates almost never),
-and the accuracy on those "reachable" test people. Simplification: the paper trains one embedding
-update per probe; here one is shared by the six attribute heads of each (read position, kind): 12
-trainings for P-probing, 2 for Q-probing (rank 0: one training on cached hidden states, seconds on
-a CPU).
+names only classes it trained on (its argmax runs over those), so each score comes with its
+ceiling, the share of test people whose class some train person has (small runs: few values recur,
+birth dates almost never), and the accuracy on those "reachable" test people. Simplification: the
+paper trains one embedding update per probe; here one is shared by the six attribute heads of each
+(read position, kind): 12 trainings for P-probing, 2 for Q-probing (rank 0: one training on cached
+hidden states, seconds on a CPU).
 
 Results (kind: "first" or "whole"; attr: an attribute; grids are [position j][target k]):
   q_probe  kind: {attr: test accuracy}; "train": {kind: {attr: acc}}; "chance" (majority guess),
@@ -32,7 +32,8 @@ Accuracies are NaN where no one is scored. `run_probes` runs both on a pretraine
 {"p": ..., "q": ...} with kn.results.write_json.
 
 Entry points: `ProbeConfig`, `probe_data` / `load_probe_data` (-> `ProbeData`), `p_probe`,
-`q_probe`, `run_probes`, `fit_linear_probe`; helpers `probe_targets`, `name_rows`, `head_scores`.
+`q_probe`, `run_probes`, `q_table`, `fit_linear_probe`; helpers `probe_targets`, `name_rows`,
+`head_scores`.
 """
 from __future__ import annotations
 
@@ -289,10 +290,13 @@ def _loss(logits: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _predict(probe: Probe, feats, n: int, batch_size: int) -> np.ndarray:
-    """Each head's class (argmax) for every person, [n, H]."""
-    return torch.cat([torch.stack([z.argmax(-1) for z in probe(feats(np.arange(s, min(s + batch_size, n))))], 1)
-                      for s in range(0, n, batch_size)]).cpu().numpy()
+def _predict(probe: Probe, feats, n: int, batch_size: int, seen: list[torch.Tensor]) -> np.ndarray:
+    """Each head's most likely class among those it trained on (seen[h]: bool [C_h]) for every person,
+    [n, H]; -2 for a head that trained on none."""
+    def batch(idx):
+        return torch.stack([z.masked_fill(~ok, -torch.inf).argmax(-1).where(ok.any(), -2)
+                            for z, ok in zip(probe(feats(idx)), seen)], 1)
+    return torch.cat([batch(np.arange(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]).cpu().numpy()
 
 
 def head_scores(pred: np.ndarray, labels: np.ndarray, is_train: np.ndarray) -> dict:
@@ -317,7 +321,8 @@ def head_scores(pred: np.ndarray, labels: np.ndarray, is_train: np.ndarray) -> d
 
 def _fit(probe: Probe, feats, labels: np.ndarray, is_train: np.ndarray, cfg: ProbeConfig, steps: int,
          seed: int, bar) -> np.ndarray:
-    """Adam on train_people; returns every person's predicted class per head, [n, H]."""
+    """Adam on train_people; returns every person's predicted class per head, [n, H], among the classes
+    of train_people (so test accuracy never exceeds the ceiling)."""
     y = torch.as_tensor(labels, dtype=torch.long, device=probe.B.device)
     opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr)
     probe.train()
@@ -328,7 +333,9 @@ def _fit(probe: Probe, feats, labels: np.ndarray, is_train: np.ndarray, cfg: Pro
         opt.step()
         bar.update(1)
     probe.eval()
-    return _predict(probe, feats, len(labels), cfg.batch_size)
+    seen = [torch.as_tensor(np.isin(np.arange(head.out_features), labels[is_train, h]), device=y.device)
+            for h, head in enumerate(probe.heads)]
+    return _predict(probe, feats, len(labels), cfg.batch_size, seen)
 
 
 def _groups(heads: list[tuple], rank: int) -> list[list[tuple]]:
@@ -482,3 +489,16 @@ def run_probes(run_dir: str | Path, out_file: str | Path, rank_p: int, rank_q: i
     p = p_probe(model, data, rank=rank_p, **common)
     q = q_probe(model, data, rank=rank_q, **common)
     return read_json(write_json(out_file, config=config, seed=seed, wall_time=time.perf_counter() - start, p=p, q=q))
+
+
+def q_table(results: dict, kind: str = "whole") -> tuple[list[str], list[list]]:
+    """Header and rows for kn.display.markdown_table: Q-probe test accuracy, ceiling, accuracy on
+    reachable test people (their count) and chance, per run and attribute; results: name -> {"q": ...}."""
+    pct = lambda x: "–" if x is None or math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
+    rows = []
+    for name, record in results.items():
+        q = record["q"]
+        rows += [[name, a, pct(q[kind][a]), pct(q["ceiling"][kind][a]),
+                  f"{pct(q['reachable'][kind][a])} ({q['n_reachable'][kind][a]})", pct(q["chance"][kind][a])]
+                 for a in q["targets"]]
+    return ["run", "attribute", "accuracy", "ceiling", "reachable accuracy (n)", "chance"], rows

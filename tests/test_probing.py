@@ -21,7 +21,7 @@ from kn.data.records import ATTRIBUTES
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.probing import (ProbeConfig, ProbeData, fit_linear_probe, head_scores, load_probe_data, name_rows, p_probe,
-                        probe_data, q_probe, run_probes)
+                        probe_data, q_probe, q_table, run_probes)
 from kn.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,8 +159,8 @@ def test_ceiling_zero_when_every_value_is_new(data):
     res = q_probe(NextTokenEcho(int(data.bios.ids.max()) + 1), replace(data, labels={"first": labels, "whole": labels}),
                   rank=0, steps=20, progress=False)
     for kind in ("first", "whole"):
-        assert all(res["ceiling"][kind][a] == 0 and res["n_reachable"][kind][a] == 0
-                   and np.isnan(res["reachable"][kind][a]) for a in ATTRIBUTES)
+        assert all(res["ceiling"][kind][a] == 0 and res["n_reachable"][kind][a] == 0 and res[kind][a] == 0
+                   and np.isnan(res["reachable"][kind][a]) for a in ATTRIBUTES)   # only train classes are named
         assert all(not any(res["items"][kind][a]["reachable"]) for a in ATTRIBUTES)
 
 
@@ -264,3 +264,15 @@ def test_run_probes_writes_and_skips_when_done(model, data, run_dir, tmp_path, m
         run_probes(run_dir, out, rank_p=0, rank_q=0, epochs=2, seed=0)
     with pytest.raises(DataError, match="^run_dir:"):
         run_probes(tmp_path, out, rank_p=0, rank_q=0, epochs=1)
+
+
+def test_q_table_rows_per_run_and_attribute():
+    per = lambda v: {a: v for a in ATTRIBUTES}  # noqa: E731
+    q = {"targets": list(ATTRIBUTES), "whole": per(0.25), "ceiling": {"whole": per(0.5)},
+         "reachable": {"whole": {**per(0.5), "birth_date": float("nan")}},
+         "n_reachable": {"whole": {**per(4), "birth_date": 0}}, "chance": {"whole": per(0.1)}}
+    header, rows = q_table({"single": {"q": q}, "multi5": {"q": q}})
+    assert len(header) == len(rows[0]) == 6 and len(rows) == 12
+    assert [r[:2] for r in rows[5:7]] == [["single", ATTRIBUTES[5]], ["multi5", ATTRIBUTES[0]]]
+    by_attribute = {r[1]: r[2:] for r in rows[:6]}
+    assert by_attribute["birth_date"] == ["25%", "50%", "– (0)", "10%"] and by_attribute["major"][2] == "50% (4)"
