@@ -1,14 +1,25 @@
-"""The claims table: every claim of book/papers.md beside our measured number, its scale and a verdict.
+"""The claims table: every claim of book/papers.md beside our measured number and one verdict.
 
-Each claim names the chapter whose result files hold our measurement, a function that reads the
-number from them, and a rule that turns (ours, paper's) into a verdict: "reproduced", "partly",
-"not reproduced", "inconclusive" where the measurement cannot test the claim (the text says why), or
-"not run" where no result file exists yet. For each chapter the largest
-profile with results is used (paper > gpu > cpu > smoke), and the table says which.
+Each claim states its test before any run, in code: a `Rule` (the effect it needs: at least, at
+most, or near a value), the guards its measurement must pass (`Check`: e.g. the finetuned model
+answers >= 80% of its own train_people, the bios are >= 90% memorized) and the ceiling (the best
+the method could score, e.g. the share of held-out values a probe ever saw in training). A
+measurement (`Evidence`) carries the estimate with its 95% interval, resampled over people (or the
+paper's unit: paragraphs, models). `verdict` is the only function that turns them into a word:
+
+  inconclusive    a guard failed, the ceiling is below what the rule needs, there is no interval,
+                  or the interval straddles the rule's threshold: the run could not pass or fail
+  reproduced      the whole interval is on the claim's side of the threshold (near: it meets the band)
+  not reproduced  the whole interval is on the other side
+  not run         no result file at any profile
+
+Every augmentation, rank and arm is reported, never the best of them. For each chapter the largest
+profile with results is used (paper > gpu > cpu > class > smoke), and the table says which.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -21,12 +32,83 @@ from kn.display import markdown_table
 from kn.profiles import PROFILES
 from kn.results import results_dir
 
+N_BOOT = 2000
+GUARD_TRAIN_QA = 80.0      # % of train_people's QAs answered: the finetune (or mixed) run learned its task
+GUARD_MEMORIZED = 90.0     # % of bio values reproduced in the person's own bio: the knowledge is there
+
 
 class Interval(NamedTuple):
-    """A measured number with its 95% interval: the verdicts that take one read the interval."""
+    """A measured number with its 95% interval."""
     value: float
     low: float
     high: float
+
+
+@dataclass(frozen=True)
+class Check:
+    """A guard: `value` must be >= `needed` for the measurement to test the claim."""
+    name: str
+    value: float
+    needed: float
+    unit: str = "%"
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.value >= self.needed)
+
+    def text(self) -> str:
+        return f"{self.name} {self.value:.1f}{self.unit} (>= {self.needed:g}){'' if self.ok else ' FAILED'}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The effect a claim needs: the interval above (at_least) or below (at_most) `threshold`, or
+    meeting threshold * (1 +- tolerance) (near)."""
+    kind: str
+    threshold: float
+    unit: str = "%"
+    tolerance: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ("at_least", "at_most", "near"):
+            raise ValueError(f"kind: got {self.kind!r}; allowed: at_least, at_most, near")
+
+    def text(self) -> str:
+        if self.kind == "near":
+            return f"interval meets {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
+        return f"interval {'>=' if self.kind == 'at_least' else '<='} {self.threshold:g}{self.unit}"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    estimate: Interval | None              # None: no interval could be formed (text says why)
+    text: str
+    guards: tuple[Check, ...] = ()
+    ceiling: float | None = None           # the highest estimate the method could reach, if capped
+    ceiling_text: str = "-"
+
+
+def verdict(e: Evidence, rule: Rule) -> tuple[str, str]:
+    """(verdict, why) of evidence under a rule; see the module docstring."""
+    failed = [g.text() for g in e.guards if not g.ok]
+    if failed:
+        return "inconclusive", "guard failed: " + "; ".join(failed)
+    if e.estimate is None or not all(map(math.isfinite, (e.estimate.low, e.estimate.high))):
+        return "inconclusive", "no interval at this profile"
+    if rule.kind == "at_least" and e.ceiling is not None and e.ceiling < rule.threshold:
+        return "inconclusive", f"ceiling {e.ceiling:.1f}{rule.unit} is below the {rule.threshold:g}{rule.unit} the rule needs"
+    low, high, t = e.estimate.low, e.estimate.high, rule.threshold
+    if rule.kind == "near":
+        return ("reproduced", "interval meets the band") if high >= t * (1 - rule.tolerance) and \
+            low <= t * (1 + rule.tolerance) else ("not reproduced", "interval misses the band")
+    above, below = low >= t, high < t
+    if rule.kind == "at_most":
+        above, below = high <= t, low > t
+    if above:
+        return "reproduced", "interval on the claim's side"
+    if below:
+        return "not reproduced", "interval on the other side"
+    return "inconclusive", "interval straddles the threshold"
 
 
 @dataclass(frozen=True)
@@ -35,8 +117,8 @@ class Claim:
     statement: str
     paper_value: str
     chapter: str
-    measure: Callable[[Path], tuple[float, str]]  # results folder -> (number, how it reads)
-    verdict: Callable[[float], str]
+    measure: Callable[[Path], Evidence]          # results folder -> evidence
+    rule: Rule
 
 
 def latest_profile(chapter: str) -> str | None:
@@ -52,41 +134,98 @@ def _load(folder: Path, name: str) -> dict:
     return json.loads((folder / f"{name}.json").read_text())
 
 
-def _test_mean(name: str) -> Callable[[Path], tuple[float, str]]:
+# ----------------------------------------------------------------------------- intervals over people
+
+
+def person_table(items: dict) -> np.ndarray:
+    """[people, attributes] 0/1 (NaN where absent) from a result's per-person items."""
+    return np.array([[np.nan if v < 0 else v for v in items[a]] for a in ATTRIBUTES], dtype=float).T
+
+
+def mean_accuracy(table: np.ndarray) -> float:
+    """% correct: the mean over attributes of each attribute's mean over people (the paper's average)."""
+    return 100 * float(np.nanmean(np.nanmean(table, axis=0)))
+
+
+def bootstrap(tables: list[np.ndarray], stat: Callable[..., float], n: int = N_BOOT, seed: int = 0) -> Interval:
+    """stat(*tables) with a 95% percentile interval, each table's people (rows) resampled on their own."""
+    rng = np.random.default_rng(seed)
+    draws = [stat(*(t[rng.integers(0, len(t), len(t))] for t in tables)) for _ in range(n)]
+    return Interval(stat(*tables), *np.nanpercentile(draws, [2.5, 97.5]))
+
+
+def _items(r: dict, name: str) -> np.ndarray:
+    if "items" not in r["qa"]:
+        raise _NoInterval(f"{name}: no per-person answers in its result (made before intervals): re-run the chapter")
+    return person_table(r["qa"]["items"])
+
+
+class _NoInterval(Exception):
+    """A result without what an interval needs: the claim's row is inconclusive."""
+
+
+def _qa_guards(r: dict, name: str) -> tuple[Check, ...]:
+    return (Check(f"{name}: train_people QA", 100 * r["qa"]["train"]["mean"], GUARD_TRAIN_QA),
+            Check(f"{name}: bios memorized", 100 * r["memorization"]["mean"], GUARD_MEMORIZED))
+
+
+ANY_VALUE = "100% (any value can be generated)"
+
+
+def _test_accuracy(name: str) -> Callable[[Path], Evidence]:
     def measure(folder):
         r = _load(folder, name)
-        return 100 * r["qa"]["test"]["mean"], (f"{100 * r['qa']['test']['mean']:.1f}% test_people "
-                                               f"({100 * r['memorization']['mean']:.0f}% of bios memorized)")
+        est = bootstrap([_items(r, name)], mean_accuracy)
+        return Evidence(est, f"{est.value:.1f}% test_people [{est.low:.1f}, {est.high:.1f}] ({name})",
+                        _qa_guards(r, name), 100.0, ANY_VALUE)
     return measure
 
 
-def _bidirectional(folder):
-    r = _load(folder, "multi5+permute")["qa"]
-    test, train = 100 * r["test"]["mean"], 100 * r["train"]["mean"]
-    text = f"{test:.1f}% test_people, {train:.1f}% train_people"
-    if train < 50:   # finetuning could not even fit the people it saw: nothing was stored to extract
-        return float("nan"), text + " (the masked model did not learn the biographies: not a test)"
-    return test, text
-
-
-def _at_least(good: float, some: float) -> Callable[[float], str]:
-    return lambda x: "reproduced" if x >= good else "partly" if x >= some else "not reproduced"
-
-
-def _at_most(good: float, some: float) -> Callable[[float], str]:
-    return lambda x: "reproduced" if x <= good else "partly" if x <= some else "not reproduced"
-
-
-def _celebrity_gain(folder):
-    alone = 100 * _load(folder, "minority alone")["qa"]["test"]["mean"]
-    helped = 100 * _load(folder, "minority + celebrities")["qa"]["test"]["mean"]
-    return helped - alone, f"{alone:.1f}% -> {helped:.1f}% minority accuracy"
+def _gain(name_with: str, name_without: str, what: str) -> Callable[[Path], Evidence]:
+    """test accuracy of `name_with` minus `name_without`, in points, with both runs' guards."""
+    def measure(folder):
+        a, b = _load(folder, name_with), _load(folder, name_without)
+        est = bootstrap([_items(a, name_with), _items(b, name_without)], lambda x, y: mean_accuracy(x) - mean_accuracy(y))
+        ta, tb = (100 * r["qa"]["test"]["mean"] for r in (a, b))
+        return Evidence(est, f"{what}: {tb:.1f}% -> {ta:.1f}%, gain {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
+                        _qa_guards(a, name_with) + _qa_guards(b, name_without), 100.0 - tb, f"{100 - tb:.1f} points")
+    return measure
 
 
 def _q_probe_gap(folder):
-    def q(a):
-        return 100 * float(np.nanmean([_load(folder, a)["q"]["whole"][k] for k in ATTRIBUTES]))
-    return q("multi5+permute") - q("single"), f"Q-probe {q('single'):.1f}% (single) vs {q('multi5+permute'):.1f}% (multi5+permute)"
+    """Q-probe whole-value accuracy, multi5+permute minus single, with the ceiling of what a probe
+    trained on train_people can name (the share of test values seen in probe training)."""
+    aug = results_dir("augmentation", folder.name)
+    runs = {a: _load(folder, a) for a in ("multi5+permute", "single")}
+    if any("items" not in r["q"] for r in runs.values()):
+        raise _NoInterval("probe results without per-person items: re-run the probing chapter")
+    tables = [np.array([r["q"]["items"]["whole"][a]["correct"] for a in ATTRIBUTES], float).T for r in runs.values()]
+    est = bootstrap(tables, lambda x, y: mean_accuracy(x) - mean_accuracy(y))
+    ceiling = 100 * float(np.mean([runs["multi5+permute"]["q"]["ceiling"]["whole"][a] for a in ATTRIBUTES]))
+    single = mean_accuracy(tables[1])
+    guards = tuple(Check(f"{a}: bios memorized", 100 * _load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
+                   for a in runs if (aug / f"{a}.json").is_file())
+    return Evidence(est, f"Q-probe {single:.1f}% (single) vs {mean_accuracy(tables[0]):.1f}% (multi5+permute): "
+                         f"gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
+                    guards, ceiling - single, f"{ceiling:.1f}% of test values seen in probe training")
+
+
+def _bidirectional(folder):
+    """GPT-2 (the augmentation chapter's multi5+permute run) minus the masked model, at equal budget."""
+    bert = _load(folder, "multi5+permute")
+    gpt2_file = results_dir("augmentation", folder.name) / "multi5+permute.json"
+    gpt2 = json.loads(gpt2_file.read_text())
+    cfg_b, cfg_g = bert["provenance"]["config"], gpt2["provenance"]["config"]
+    same = all(cfg_b.get(k) == cfg_g.get(k) for k in ("exposures", "window", "batch_size", "lr")) and \
+        cfg_b["data"]["n"] == cfg_g["data"]["n"]
+    guards = (Check("masked model: train_people QA", 100 * bert["qa"]["train"]["mean"], GUARD_TRAIN_QA),
+              Check("same people, exposures, window, batch and lr as GPT-2", float(same), 1.0, ""))
+    est = bootstrap([_items(gpt2, "GPT-2"), _items(bert, "masked model")], lambda x, y: mean_accuracy(x) - mean_accuracy(y))
+    return Evidence(est, f"GPT-2 {100 * gpt2['qa']['test']['mean']:.1f}% vs masked {100 * bert['qa']['test']['mean']:.1f}% "
+                         f"test_people: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]", guards, 100.0, ANY_VALUE)
+
+
+# ----------------------------------------------------------------------------- Part 3.3
 
 
 MIN_CAPACITY_POINTS = {100: 4, 1000: 3}   # value-storing, capacity-bound models a fit needs to count
@@ -107,96 +246,113 @@ def _fit_text(fit: dict) -> str:
             f"{fit['n_points']} models fitted{stored})")
 
 
-def _capacity_ratio(exposures: int) -> Callable[[Path], tuple[float, str]]:
-    """The fitted ratio, or NaN (inconclusive) when fewer than MIN_CAPACITY_POINTS models stored values."""
+def _as_interval(fit: dict) -> Interval:
+    return Interval(fit["ratio"], fit["ci_low"], fit["ci_high"])
+
+
+def _capacity_ratio(exposures: int) -> Callable[[Path], Evidence]:
     def measure(folder):
         fit = _fit(folder, f"bits@{exposures}")
-        if fit["n_points"] < MIN_CAPACITY_POINTS[exposures]:
-            return float("nan"), _fit_text(fit) + f": fewer than {MIN_CAPACITY_POINTS[exposures]}, not a test"
-        return Interval(fit["ratio"], fit["ci_low"], fit["ci_high"]), _fit_text(fit)
+        guard = Check("value-storing models fitted", fit["n_points"], MIN_CAPACITY_POINTS[exposures], "")
+        return Evidence(_as_interval(fit), _fit_text(fit), (guard,))
     return measure
 
 
-def _near(target: float, tolerance: float = 0.3) -> Callable[[Interval], str]:
-    """'reproduced' when the interval meets target +- tolerance (relative), else 'not reproduced'."""
-    def verdict(x: Interval) -> str:
-        low, high = target * (1 - tolerance), target * (1 + tolerance)
-        return "reproduced" if x.high >= low and x.low <= high else "not reproduced"
-    return verdict
+def _ratio(num: Interval, den: Interval, scale: float = 1.0) -> Interval:
+    """num / den with the interval of its endpoints (conservative; infinite when den's reaches 0)."""
+    high = num.high / den.low if den.low > 0 else math.inf
+    return Interval(scale * num.value / den.value, scale * num.low / den.high, scale * high)
 
 
-def _quantized_kept(bits: int) -> Callable[[Path], tuple[float, str]]:
-    """% of the full-precision bits/param kept after int`bits`, at the first exposures with a fit."""
+def _quantized_kept(bits: int) -> Callable[[Path], Evidence]:
+    """% of the full-precision bits kept after int`bits`, summed over the models of the first GPT-2 fit,
+    with an interval resampled over those models."""
     def measure(folder):
+        from kn.capacity import capacity_rows
+        from kn.sweep import read_rows
         fits = _load(folder, "fit")["fits"]
         key = next((k for k in sorted(fits) if k.startswith("bits@") and "ratio" in fits[k]), None)
-        quantized = fits.get(f"bits_int{bits}@{key.removeprefix('bits@')}", {}) if key else {}
-        if "ratio" not in quantized:
+        if key is None or "ratio" not in fits.get(f"bits_int{bits}@{key.removeprefix('bits@')}", {}):
             raise FileNotFoundError(f"no int{bits} fit")
-        full, q = fits[key]["ratio"], quantized["ratio"]
-        kept = 100 * q / full if full > 0 else float("nan")
-        return kept, f"{q:.2f} of {full:.2f} bits/param kept by int{bits} ({kept:.0f}%)"
+        rows = capacity_rows(read_rows(folder / "sweep.csv"), float(key.removeprefix("bits@")), bits=f"bits_int{bits}",
+                             arch="gpt2")
+        table = np.array([[float(r[f"bits_int{bits}"]), float(r["bits"])] for r in rows])
+        kept = bootstrap([table], lambda t: 100 * t[:, 0].sum() / t[:, 1].sum())
+        return Evidence(kept, f"int{bits} keeps {kept.value:.0f}% of the bits [{kept.low:.0f}, {kept.high:.0f}] "
+                              f"({len(rows)} models of the {key} fit, resampled over models)",
+                        (Check("models", len(rows), 3, ""),))
     return measure
 
 
 def _gated_gap(folder):
-    """GPT-2's 100-exposure fit over the gated (LLaMA) one's; NaN when the intervals overlap."""
+    """GPT-2's 100-exposure fit over the gated (LLaMA) one's."""
     gpt2, gated = _fit(folder, "bits@100"), _fit(folder, "llama:bits@100")
-    text = f"GPT-2 {_fit_text(gpt2)} vs LLaMA {_fit_text(gated)}"
-    apart = gpt2["ci_low"] > gated["ci_high"] or gated["ci_low"] > gpt2["ci_high"]
-    return (gpt2["ratio"] / gated["ratio"] if apart else float("nan")), text + ("" if apart else ": intervals overlap")
+    est = _ratio(_as_interval(gpt2), _as_interval(gated))
+    return Evidence(est, f"GPT-2 {_fit_text(gpt2)} vs LLaMA {_fit_text(gated)}: {est.value:.2f}x",
+                    (Check("LLaMA value-storing models fitted", gated["n_points"], 3, ""),))
 
 
-def _not_run(what: str) -> Callable[[Path], tuple[float, str]]:
+def _not_run(what: str) -> Callable[[Path], Evidence]:
     def measure(folder):
         raise FileNotFoundError(f"{what}: not run at any profile yet")
     return measure
 
 
-def _dynamics(folder, stage="late"):
-    return _load(folder, "dynamics")["stages"][stage]
+# ----------------------------------------------------------------------------- Chang et al.
+
+
+def _late(folder, scenario="once", kind="memorization") -> dict:
+    return _load(folder, "dynamics")["stages"]["late"][scenario][kind]
+
+
+def _interval_of(d: dict) -> Interval:
+    return Interval(d["value"], d["low"], d["high"])
 
 
 def _bump(folder):
-    e = _dynamics(folder)["once"]["memorization"]["effectivity"]["mean"]
-    return e, f"effectivity {e:+.3f} nats (memorization probes, injected once)"
+    e = _interval_of(_late(folder)["effectivity_minus_control"])
+    return Evidence(e, f"effectivity minus never-injected controls {e.value:+.3f} nats [{e.low:+.3f}, {e.high:+.3f}] "
+                       "(memorization probes, injected once; over paragraphs and seeds)")
 
 
-def _effectivity_stage_ratio(folder):
-    e = {s: float(np.mean([k["effectivity"]["mean"] for sc in _dynamics(folder, s).values() for k in sc.values()]))
-         for s in ("early", "late")}
-    ratio = e["late"] / e["early"] if e["early"] > 0 else float("nan")
-    return ratio, f"effectivity {e['early']:.3f} (early base) vs {e['late']:.3f} (late base): ratio {ratio:.2f}"
+def _stage_gain(folder):
+    d = _interval_of(_load(folder, "dynamics")["stages"]["late_minus_early_effectivity"])
+    return Evidence(d, f"late minus early base effectivity {d.value:+.3f} nats [{d.low:+.3f}, {d.high:+.3f}]")
 
 
 def _power_law(folder):
-    fit = _dynamics(folder)["once"]["memorization"]["retainability"]["fit"]
-    if fit is None:
-        return float("nan"), "no fit (too few retained points)"
-    return fit["r2"] if fit["slope_ci"][1] < 0 else 0.0, (f"slope {fit['slope']:.3f} per log-step "
-                                                          f"(CI {fit['slope_ci'][0]:.3f} to {fit['slope_ci'][1]:.3f}), R^2 {fit['r2']:.2f}")
+    """AIC of the best other law minus the log-t law's: > 0 when the power law fits best."""
+    f = _late(folder)["forgetting"]
+    aic = {k: v["aic"] for k, v in f["fits"].items() if v and v.get("aic") is not None}
+    if "log" not in aic or len(aic) < 2:
+        raise _NoInterval("too few retained points for the forgetting fits")
+    d = min(v for k, v in aic.items() if k != "log") - aic["log"]
+    b = _interval_of(f["decay_b"])
+    return Evidence(Interval(d, d, d), "AIC " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(aic.items())) +
+                    f": log-t better by {d:.1f} (a point: AIC has no interval here); decay b {b.value:.3f} "
+                    f"[{b.low:.3f}, {b.high:.3f}]", (Check("decay b, lower end of its interval", b.low, 1e-9, ""),))
 
 
-def _faster_decay(fast: dict | None, slow: dict | None, names: tuple[str, str]) -> tuple[float, str]:
-    """2 if `fast` decays faster with disjoint 95% intervals, 1 if only its estimate is larger, else 0."""
-    if fast is None or slow is None:
-        return float("nan"), "no forgetting fit for one of them"
-    b = [-f["slope_ci"][::-1][k] for f in (fast, slow) for k in (0, 1)]      # decay b intervals, low to high
-    score = 2.0 if b[0] > b[3] else 1.0 if fast["b"] > slow["b"] else 0.0
-    return score, (f"decay b {fast['b']:.3f} [{b[0]:.3f}, {b[1]:.3f}] ({names[0]}) vs {slow['b']:.3f} "
-                   f"[{b[2]:.3f}, {b[3]:.3f}] ({names[1]})" + (", intervals overlap" if score == 1 else ""))
+def _decay_gap(fast: dict, slow: dict, names: tuple[str, str]) -> Evidence:
+    a, b = _interval_of(fast["decay_b"]), _interval_of(slow["decay_b"])
+    gap = Interval(a.value - b.value, a.low - b.high, a.high - b.low)
+    return Evidence(gap, f"decay b {a.value:.3f} [{a.low:.3f}, {a.high:.3f}] ({names[0]}) vs {b.value:.3f} "
+                         f"[{b.low:.3f}, {b.high:.3f}] ({names[1]})")
 
 
 def _duplicated_forgets_faster(folder):
-    d = {s: _dynamics(folder)[s]["memorization"]["retainability"]["fit"] for s in ("duplicated", "paraphrased")}
-    return _faster_decay(d["duplicated"], d["paraphrased"], ("duplicated", "paraphrased"))
+    return _decay_gap(_late(folder, "duplicated")["forgetting"], _late(folder, "paraphrased")["forgetting"],
+                      ("duplicated", "paraphrased"))
 
 
 def _batch_forgets_slower(folder):
     fits = _load(folder, "batch_sizes")["fits"]
-    small, big = sorted(fits, key=int)
-    return _faster_decay(fits[small]["once"]["memorization"], fits[big]["once"]["memorization"],
-                         (f"batch {small}", f"batch {big}"))
+    small, big = sorted(fits, key=int)[0], sorted(fits, key=int)[-1]
+    return _decay_gap(fits[small]["once"]["memorization"]["forgetting"], fits[big]["once"]["memorization"]["forgetting"],
+                      (f"batch {small}", f"batch {big}"))
+
+
+# ----------------------------------------------------------------------------- Xu & Chen
 
 
 def _onelayer_rows(folder):
@@ -209,106 +365,118 @@ def _onelayer_mean(rows, **match):
     return 100 * float(np.mean(sel)) if sel else float("nan")
 
 
+NO_ONELAYER_INTERVAL = "one run per point and no per-person answers in sweep.csv: no interval"
+
+
+def _largest(rows) -> dict:
+    return {"multiplicity": max(r["multiplicity"] for r in rows), "train_fraction": max(r["train_fraction"] for r in rows)}
+
+
 def _mlp_gap(folder):
     rows = _onelayer_rows(folder)
-    best = {"multiplicity": max(r["multiplicity"] for r in rows), "train_fraction": max(r["train_fraction"] for r in rows),
-            "finetune": "full"}
-    mlp, att = _onelayer_mean(rows, arch="attn_mlp", **best), _onelayer_mean(rows, arch="attn_only", **best)
-    return mlp - att, f"{mlp:.1f}% (attention+MLP) vs {att:.1f}% (attention only), held-out"
+    at = _largest(rows) | {"finetune": "full"}
+    mlp, att = _onelayer_mean(rows, arch="attn_mlp", **at), _onelayer_mean(rows, arch="attn_only", **at)
+    return Evidence(None, f"{mlp:.1f}% (attention+MLP) vs {att:.1f}% (attention only), held-out; {NO_ONELAYER_INTERVAL}")
 
 
 def _low_rank_gap(folder):
     rows = _onelayer_rows(folder)
-    best = {"arch": "attn_mlp", "multiplicity": max(r["multiplicity"] for r in rows),
-            "train_fraction": max(r["train_fraction"] for r in rows)}
+    at = _largest(rows) | {"arch": "attn_mlp"}
     lora = sorted({r["finetune"] for r in rows} - {"full"})
     if not lora:
         raise FileNotFoundError("no low-rank points")
-    full = _onelayer_mean(rows, finetune="full", **best)
-    low, rank = max((_onelayer_mean(rows, finetune=r, **best), r) for r in lora)   # the best low rank
-    return low - full, f"{low:.1f}% ({rank}, the best of {', '.join(lora)}) vs {full:.1f}% (full), held-out"
+    full = _onelayer_mean(rows, finetune="full", **at)
+    every = ", ".join(f"{r} {_onelayer_mean(rows, finetune=r, **at):.1f}%" for r in lora)
+    return Evidence(None, f"full {full:.1f}% vs {every}, held-out (every rank); {NO_ONELAYER_INTERVAL}")
 
 
 def _rank1(folder):
     rows = [r for r in _onelayer_rows(folder) if r["finetune"] == "full" and r["arch"] == "attn_mlp"]
-    share = 100 * float(np.nanmean([float(r["rank1_qkv"]) for r in rows]))
-    return share, f"top direction holds {share:.0f}% of the attention (qkv) update's squared norm"
+    shares = [100 * float(r["rank1_qkv"]) for r in rows]
+    return Evidence(None, f"top direction holds {np.nanmean(shares):.0f}% of the attention (qkv) update's squared norm "
+                          f"(range {np.nanmin(shares):.0f}-{np.nanmax(shares):.0f}% over {len(shares)} models); no interval")
 
 
 CLAIMS = [
     Claim("Part 3.1, R1", "Mixed training extracts knowledge of held-out people (bioS single)",
-          f"{paper.PART31_MEAN['R1 mixed, bioS single']}%", "mixed_training", _test_mean("single"), _at_least(70, 20)),
+          f"{paper.PART31_MEAN['R1 mixed, bioS single']}%", "mixed_training", _test_accuracy("single"), Rule("at_least", 50)),
     Claim("Part 3.1, R2", "Pretrain on bioS single, then QA finetune: held-out people mostly fail",
-          f"{paper.PART31_MEAN['R2 pretrain + finetune, bioS single']}%", "augmentation", _test_mean("single"),
-          _at_most(20, 35)),
+          f"{paper.PART31_MEAN['R2 pretrain + finetune, bioS single']}%", "augmentation", _test_accuracy("single"),
+          Rule("at_most", 20)),
     Claim("Part 3.1, R3", "Knowledge augmentation (multi5+permute) makes it extractable after finetuning",
           f"{paper.PART31_MEAN['R3 multi5+permute, pretrain + finetune']}%", "augmentation",
-          _test_mean("multi5+permute"), _at_least(80, 25)),
+          _test_accuracy("multi5+permute"), Rule("at_least", 50)),
     Claim("Part 3.1, R3 (LoRA)", "The same holds with LoRA finetuning", "similar to full finetune",
-          "augmentation", _test_mean("multi5+permute LoRA"), _at_least(80, 25)),
+          "augmentation", _test_accuracy("multi5+permute LoRA"), Rule("at_least", 50)),
     Claim("Part 3.1, R5", "Q-probing from the name: near chance for single, high for multi5+permute",
-          "0.2% vs 73-99.7%", "probing", _q_probe_gap, _at_least(50, 10)),
-    Claim("Part 3.1, R7", "A bidirectional (masked-LM) model extracts poorly even with multi5+permute",
-          "<= ~40%", "bidirectional", _bidirectional, _at_most(40, 60)),
+          "0.2% vs 73-99.7%", "probing", _q_probe_gap, Rule("at_least", 30, " points")),
     Claim("Part 3.1, R6", "Celebrities with augmented bios lift a plain minority",
-          f"{paper.CELEBRITY['single'][0]}% -> {paper.CELEBRITY['single'][1]}%", "celebrity", _celebrity_gain,
-          _at_least(30, 10)),
+          f"{paper.CELEBRITY['single'][0]}% -> {paper.CELEBRITY['single'][1]}%", "celebrity",
+          _gain("minority + celebrities", "minority alone", "minority accuracy"), Rule("at_least", 30, " points")),
+    Claim("Part 3.1, R7", "A bidirectional (masked-LM) model extracts far worse than GPT-2 at equal budget",
+          "<= ~40% vs ~97%", "bidirectional", _bidirectional, Rule("at_least", 20, " points")),
     Claim("Part 3.3, R4", "At 100 exposures GPT-2 stores about 1 bit per parameter",
-          f"~{paper.BITS_PER_PARAM[100]:g} bits/param", "capacity", _capacity_ratio(100), _near(paper.BITS_PER_PARAM[100])),
+          f"~{paper.BITS_PER_PARAM[100]:g} bits/param", "capacity", _capacity_ratio(100),
+          Rule("near", paper.BITS_PER_PARAM[100], " bits/param", 0.3)),
     Claim("Part 3.3, R1", "At 1000 exposures GPT-2 stores about 2 bits per parameter",
           f"~{paper.BITS_PER_PARAM[1000]:g} bits/param", "capacity", _capacity_ratio(1000),
-          _near(paper.BITS_PER_PARAM[1000])),
+          Rule("near", paper.BITS_PER_PARAM[1000], " bits/param", 0.3)),
     Claim("Part 3.3, R5", "At 1000 exposures every architecture (LLaMA, Mistral, small MLP) reaches ~2",
-          "~2 bits/param each", "capacity", _not_run("other architectures at 1000 exposures"), _at_least(1.5, 0.7)),
+          "~2 bits/param each", "capacity", _not_run("other architectures at 1000 exposures"),
+          Rule("near", 2, " bits/param", 0.3)),
     Claim("Part 3.3, R6-7", "At 100 exposures the gated MLP (LLaMA) stores 1.3x less than GPT-2", "1.3x",
-          "capacity", _gated_gap, _at_least(1.15, 1.0)),
+          "capacity", _gated_gap, Rule("at_least", 1.15, "x")),
     Claim("Part 3.3, R8", "int8 quantization keeps the stored bits", "2 of 2 bits/param", "capacity",
-          _quantized_kept(8), _at_least(90, 60)),
+          _quantized_kept(8), Rule("at_least", 90)),
     Claim("Part 3.3, R8", "int4 quantization loses most of them", f"~{paper.INT4_BITS_PER_PARAM:g} of 2 bits/param",
-          "capacity", _quantized_kept(4), lambda x: "reproduced" if 15 <= x <= 55 else "partly" if x < 80 else "not reproduced"),
+          "capacity", _quantized_kept(4), Rule("at_most", 50)),
     Claim("Part 3.3, R10-11", "Junk data (7 junk : 1 useful token) cuts capacity ~20x at 100 exposures", "~20x",
-          "capacity", _not_run("junk data"), _at_least(5, 2)),
+          "capacity", _not_run("junk data"), Rule("at_least", 5, "x")),
     Claim("Part 3.3, R12", "A domain token before useful data recovers most of it", "20x -> 2x",
-          "capacity", _not_run("the domain token"), _at_least(5, 2)),
-    Claim("Chang et al.", "Each exposure to a fact gives a bump in its log-probability", "bump, then decay",
-          "dynamics", _bump, _at_least(0.05, 0.0)),
+          "capacity", _not_run("the domain token"), Rule("at_least", 5, "x")),
+    Claim("Chang et al.", "Each exposure to a fact lifts its log-probability above never-injected controls",
+          "bump, then decay", "dynamics", _bump, Rule("at_least", 0.0, " nats")),
     Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base)", "no increase",
-          "dynamics", _effectivity_stage_ratio, _at_most(1.2, 1.5)),
-    Claim("Chang et al.", "Forgetting follows a power law: retainability falls linearly in log t",
-          "R ~ -a log t", "dynamics", _power_law, _at_least(0.5, 0.2)),
+          "dynamics", _stage_gain, Rule("at_most", 0.05, " nats")),
+    Claim("Chang et al.", "Forgetting follows a power law (linear in log t), better than linear or exponential",
+          "R ~ -a log t", "dynamics", _power_law, Rule("at_least", 2.0, " AIC")),
     Claim("Chang et al.", "Duplicated injection is forgotten faster than paraphrased", "faster decay",
-          "dynamics", _duplicated_forgets_faster, _at_least(2, 1)),
+          "dynamics", _duplicated_forgets_faster, Rule("at_least", 0.0, "")),
     Claim("Chang et al.", "Larger batches forget more slowly", "batch 2048 vs 128",
-          "dynamics", _batch_forgets_slower, _at_least(2, 1)),
+          "dynamics", _batch_forgets_slower, Rule("at_least", 0.0, "")),
     Claim("Xu & Chen", "One layer of attention + MLP extracts held-out facts; attention alone does not",
-          "MLP needed", "onelayer", _mlp_gap, _at_least(20, 5)),
-    Claim("Xu & Chen", "Low-rank finetuning extracts about as well as full finetuning", "holds for both",
-          "onelayer", _low_rank_gap, lambda x: "reproduced" if x >= -10 else "partly" if x >= -30 else "not reproduced"),
+          "MLP needed", "onelayer", _mlp_gap, Rule("at_least", 20, " points")),
+    Claim("Xu & Chen", "Low-rank finetuning extracts about as well as full finetuning (every rank)", "holds for both",
+          "onelayer", _low_rank_gap, Rule("at_least", -10, " points")),
     Claim("Xu & Chen", "The finetuning update is dominated by one direction", "rank-1 dominated",
-          "onelayer", _rank1, _at_least(50, 25)),
+          "onelayer", _rank1, Rule("at_least", 50)),
 ]
 
 
 def claims_table() -> list[dict]:
-    """One row per claim: source, statement, paper, ours, profile, verdict."""
+    """One row per claim: source, claim, paper, ours, rule, guards, ceiling, profile, verdict, why."""
     rows = []
     for c in CLAIMS:
         profile = latest_profile(c.chapter)
         row = {"source": c.source, "claim": c.statement, "paper": c.paper_value, "chapter": c.chapter,
-               "profile": profile, "ours": "", "verdict": "not run"}
+               "profile": profile, "ours": "", "rule": c.rule.text(), "guards": "", "ceiling": "",
+               "verdict": "not run", "why": "no result file"}
         if profile is not None:
             try:
-                value, text = c.measure(results_dir(c.chapter, profile))
-                finite = np.isfinite(value.value if isinstance(value, Interval) else value)
-                row.update(ours=text, verdict=c.verdict(value) if finite else "inconclusive")
+                e = c.measure(results_dir(c.chapter, profile))
+                row.update(ours=e.text, guards="; ".join(g.text() for g in e.guards) or "-", ceiling=e.ceiling_text)
+                row["verdict"], row["why"] = verdict(e, c.rule)
+            except _NoInterval as err:
+                row.update(ours=f"no interval: {err}", verdict="inconclusive", why=str(err))
             except (FileNotFoundError, KeyError) as err:   # result file or entry missing at this profile
-                row["ours"] = f"not measured: {err}"
+                row.update(ours=f"not measured: {err}", why=f"not measured: {err}")
         rows.append(row)
     return rows
 
 
 def claims_markdown(rows: list[dict]):
     """The claims table as Markdown for a notebook to display (rendered as a table in the book)."""
-    return markdown_table(["source", "claim", "paper", "ours", "profile", "verdict"],
-                          [[r["source"], r["claim"], r["paper"], r["ours"] or "-", r["profile"] or "-",
-                            f"**{r['verdict']}**"] for r in rows])
+    return markdown_table(["source", "claim", "paper", "ours (95% interval)", "rule", "guards", "ceiling", "profile",
+                           "verdict"],
+                          [[r["source"], r["claim"], r["paper"], r["ours"] or "-", r["rule"], r["guards"] or "-",
+                            r["ceiling"] or "-", r["profile"] or "-", f"**{r['verdict']}** ({r['why']})"] for r in rows])

@@ -104,14 +104,6 @@ def first_docs(enc: Encoded) -> np.ndarray:
     return np.unique(enc.person, return_index=True)[1]
 
 
-def subset_docs(enc: Encoded, idx: np.ndarray) -> Encoded:
-    """The documents idx of `enc`, in that order."""
-    lengths = enc.lengths()[idx]
-    ids = ragged_gather(enc.ids, enc.offsets[:-1][idx], lengths)
-    return Encoded(ids, np.concatenate([[0], np.cumsum(lengths)]), enc.person[idx],
-                   {k: v[idx] for k, v in enc.spans.items()})
-
-
 def _contiguous(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Class ids 0..C-1 of the distinct valid values; -1 elsewhere."""
     out = np.full(len(values), -1, dtype=np.int64)
@@ -149,7 +141,7 @@ def probe_data(ds) -> ProbeData:
     where = {int(p): i for i, p in enumerate(ds.people.ids.tolist())}
     index = np.array([where[int(p)] for p in person])
     values = {a: np.asarray(ds.people.values(a))[index] for a in ATTRIBUTES}
-    return _make_data(subset_docs(ds.bios_tokens, docs), values, ds.is_train[index], ds.tokenizer)
+    return _make_data(ds.bios_tokens.take(docs), values, ds.is_train[index], ds.tokenizer)
 
 
 def load_probe_data(folder: str | Path) -> ProbeData:
@@ -164,9 +156,9 @@ def load_probe_data(folder: str | Path) -> ProbeData:
                         "rebuild the dataset")
     docs = first_docs(bios)
     values = {a: np.array([records[i]["attributes"][a] for i in docs]) for a in ATTRIBUTES}
-    split = {int(r["person"]): r["split"] == "train" for r in read_jsonl(folder / "qa.jsonl")}
+    split = {int(r["person"]): r["split"] != "test" for r in read_jsonl(folder / "qa.jsonl")}
     is_train = np.array([split[int(p)] for p in bios.person[docs]])
-    return _make_data(subset_docs(bios, docs), values, is_train, load_tokenizer(folder / "tokenizer"))
+    return _make_data(bios.take(docs), values, is_train, load_tokenizer(folder / "tokenizer"))
 
 
 def _as_data(data) -> ProbeData:

@@ -1,14 +1,65 @@
-"""kn.claims: verdicts from result files, the largest profile wins, missing results read "not run".
+"""kn.claims: one verdict function with guards, ceilings and intervals; claims read from result files.
 Run: pytest tests/test_claims.py
 """
 import json
 
-from kn.claims import claims_table, latest_profile
+import numpy as np
+import pytest
+
+from kn.claims import (Check, Evidence, Interval, Rule, bootstrap, claims_table, latest_profile, mean_accuracy,
+                       verdict)
 from kn.data.records import ATTRIBUTES
 
 
-def result(test_mean, mem=1.0):
-    return {"qa": {"test": {"mean": test_mean}}, "memorization": {"mean": mem}}
+# ----------------------------------------------------------------------------- the verdict function
+
+
+def test_verdict_reads_the_interval_against_the_rule():
+    at_least = Rule("at_least", 50)
+    assert verdict(Evidence(Interval(60, 55, 65), ""), at_least)[0] == "reproduced"
+    assert verdict(Evidence(Interval(40, 35, 45), ""), at_least)[0] == "not reproduced"
+    assert verdict(Evidence(Interval(52, 45, 58), ""), at_least) == ("inconclusive", "interval straddles the threshold")
+    at_most = Rule("at_most", 20)
+    assert verdict(Evidence(Interval(5, 3, 8), ""), at_most)[0] == "reproduced"
+    assert verdict(Evidence(Interval(30, 25, 35), ""), at_most)[0] == "not reproduced"
+    near = Rule("near", 2.0, tolerance=0.3)
+    assert verdict(Evidence(Interval(1.0, 0.5, 1.41), ""), near)[0] == "reproduced"      # meets 1.4-2.6
+    assert verdict(Evidence(Interval(1.0, 0.5, 1.39), ""), near)[0] == "not reproduced"
+
+
+def test_a_failed_guard_is_never_a_verdict():
+    """Built to fail: an estimate far on the claim's side, but the model did not learn its own people."""
+    guards = (Check("train_people QA", 11.3, 80), Check("bios memorized", 99, 90))
+    for rule, est in ((Rule("at_most", 20), Interval(2, 1, 3)), (Rule("at_least", 50), Interval(90, 85, 95))):
+        v, why = verdict(Evidence(est, "", guards), rule)
+        assert v == "inconclusive" and "train_people QA 11.3% (>= 80) FAILED" in why and "memorized" not in why
+
+
+def test_a_ceiling_below_the_rule_is_inconclusive():
+    """Built to fail: a probe can name only values it saw; if those are 23% of the test values, a
+    50-point rule cannot be met whatever the model stores."""
+    e = Evidence(Interval(10, 8, 12), "", ceiling=23.0)
+    assert verdict(e, Rule("at_least", 50))[0] == "inconclusive"
+    assert verdict(Evidence(Interval(60, 55, 65), "", ceiling=80.0), Rule("at_least", 50))[0] == "reproduced"
+
+
+def test_no_interval_is_inconclusive():
+    assert verdict(Evidence(None, "one run"), Rule("at_least", 20))[0] == "inconclusive"
+    assert verdict(Evidence(Interval(1, float("nan"), 2), ""), Rule("at_least", 0))[0] == "inconclusive"
+
+
+def test_bootstrap_interval_covers_and_narrows():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (50, 800):
+        table = (rng.random((n, len(ATTRIBUTES))) < 0.3).astype(float)
+        est = bootstrap([table], mean_accuracy, n=500)
+        assert est.low <= est.value <= est.high and est.low < 30 + 10 and est.high > 30 - 10
+        widths.append(est.high - est.low)
+    assert widths[1] < widths[0] / 2                   # 16x the people: about a quarter of the width
+
+
+# ----------------------------------------------------------------------------- claims from result files
 
 
 def write(root, chapter, profile, name, data):
@@ -17,48 +68,109 @@ def write(root, chapter, profile, name, data):
     path.write_text(json.dumps(data))
 
 
-def test_verdicts_from_result_files(tmp_path, monkeypatch):
+def result(test_share, train=1.0, mem=1.0, n=300, seed=0, **config):
+    """A result file whose n test people answer each QA correctly with probability test_share."""
+    table = (np.random.default_rng(seed).random((n, len(ATTRIBUTES))) < test_share).astype(int)
+    items = {"person": list(range(n))} | {a: table[:, k].tolist() for k, a in enumerate(ATTRIBUTES)}
+    return {"qa": {"test": {"mean": float(table.mean())}, "train": {"mean": train}, "items": items},
+            "memorization": {"mean": mem}, "provenance": {"config": config}}
+
+
+def row(source):
+    return next(r for r in claims_table() if r["source"] == source)
+
+
+def test_extraction_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
     write(tmp_path, "augmentation", "smoke", "single", result(0.9))       # smoke says R2 fails ...
     write(tmp_path, "augmentation", "cpu", "single", result(0.05))        # ... but cpu, the larger profile, wins
-    write(tmp_path, "augmentation", "cpu", "multi5+permute", result(0.5))
-    write(tmp_path, "mixed_training", "cpu", "single", result(0.01))
-    rows = {r["source"]: r for r in claims_table()}
+    write(tmp_path, "augmentation", "cpu", "multi5+permute", result(0.7))
+    write(tmp_path, "mixed_training", "cpu", "single", result(0.2))
     assert latest_profile("augmentation") == "cpu"
-    assert rows["Part 3.1, R2"]["verdict"] == "reproduced" and rows["Part 3.1, R2"]["profile"] == "cpu"
-    assert rows["Part 3.1, R3"]["verdict"] == "partly"
-    assert rows["Part 3.1, R1"]["verdict"] == "not reproduced"
-    assert rows["Part 3.1, R3 (LoRA)"]["verdict"] == "not run"            # its result file is missing
-    assert rows["Part 3.1, R6"]["verdict"] == "not run" and rows["Part 3.1, R6"]["profile"] is None
+    r2 = row("Part 3.1, R2")
+    assert r2["verdict"] == "reproduced" and r2["profile"] == "cpu" and "interval <= 20%" == r2["rule"]
+    assert "train_people QA 100.0%" in r2["guards"] and r2["ceiling"] == "100% (any value can be generated)"
+    assert row("Part 3.1, R3")["verdict"] == "reproduced"
+    assert row("Part 3.1, R1")["verdict"] == "not reproduced"
+    assert row("Part 3.1, R3 (LoRA)")["verdict"] == "not run"             # its result file is missing
+    assert row("Part 3.1, R6")["verdict"] == "not run" and row("Part 3.1, R6")["profile"] is None
 
 
-def test_q_probe_claim(tmp_path, monkeypatch):
+def test_r2_with_a_finetune_that_did_not_fit_is_inconclusive(tmp_path, monkeypatch):
+    """The committed cpu result before this rule: finetuning fitted 11% of its people, held-out 2.7%."""
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
-    write(tmp_path, "probing", "cpu", "single", {"q": {"whole": {a: 0.01 for a in ATTRIBUTES}}})
-    write(tmp_path, "probing", "cpu", "multi5+permute", {"q": {"whole": {a: 0.9 for a in ATTRIBUTES}}})
-    row = next(r for r in claims_table() if r["source"] == "Part 3.1, R5")
-    assert row["verdict"] == "reproduced" and "1.0%" in row["ours"]
+    write(tmp_path, "augmentation", "cpu", "single", result(0.027, train=0.113))
+    assert row("Part 3.1, R2")["verdict"] == "inconclusive" and "FAILED" in row("Part 3.1, R2")["why"]
+    write(tmp_path, "augmentation", "cpu", "single", result(0.027, mem=0.5))
+    assert row("Part 3.1, R2")["verdict"] == "inconclusive"
+
+
+def test_result_without_items_is_inconclusive(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    old = result(0.9)
+    del old["qa"]["items"]
+    write(tmp_path, "mixed_training", "cpu", "single", old)
+    assert row("Part 3.1, R1")["verdict"] == "inconclusive" and "re-run" in row("Part 3.1, R1")["ours"]
+
+
+def probe(share, ceiling, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    correct = {a: (rng.random(n) < share).astype(int).tolist() for a in ATTRIBUTES}
+    return {"q": {"whole": {a: share for a in ATTRIBUTES}, "ceiling": {"whole": {a: ceiling for a in ATTRIBUTES}},
+                  "items": {"person": list(range(n)), "whole": {a: {"correct": correct[a]} for a in ATTRIBUTES}}}}
+
+
+def test_q_probe_claim_and_its_ceiling(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    for a in ("single", "multi5+permute"):
+        write(tmp_path, "augmentation", "cpu", a, result(0.5))
+    write(tmp_path, "probing", "cpu", "single", probe(0.01, 0.9))
+    write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.8, 0.9, seed=1))
+    r5 = row("Part 3.1, R5")
+    assert r5["verdict"] == "reproduced" and "90.0% of test values seen" in r5["ceiling"]
+    write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.2, 0.23, seed=1))   # the old cpu regime
+    assert row("Part 3.1, R5")["verdict"] == "inconclusive" and "ceiling" in row("Part 3.1, R5")["why"]
+
+
+def test_celebrity_gain_and_bidirectional_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    write(tmp_path, "celebrity", "cpu", "minority alone", result(0.05))
+    write(tmp_path, "celebrity", "cpu", "minority + celebrities", result(0.6, seed=1))
+    assert row("Part 3.1, R6")["verdict"] == "reproduced"
+    budget = {"exposures": 100, "window": 256, "batch_size": 16, "lr": 3e-3, "data": {"n": 600}}
+    write(tmp_path, "augmentation", "cpu", "multi5+permute", result(0.6, **budget))
+    write(tmp_path, "bidirectional", "cpu", "multi5+permute", result(0.05, **budget))
+    assert row("Part 3.1, R7")["verdict"] == "reproduced"
+    write(tmp_path, "bidirectional", "cpu", "multi5+permute", result(0.05, **(budget | {"exposures": 1000})))
+    r7 = row("Part 3.1, R7")                                              # 10x the exposures: not a fair test
+    assert r7["verdict"] == "inconclusive" and "same people, exposures" in r7["why"]
 
 
 def by_chapter(chapter):
     return [r for r in claims_table() if r["chapter"] == chapter]
 
 
+def sweep_csv(folder, models):
+    lines = ["arch,exposures,n_params,bits,bits_value,max_bits,stores_values,bits_int8,bits_int4"]
+    lines += [f"gpt2,100,{p},{b},{0.9 * b},{10 * b},True,{b},{k * b}" for p, b, k in models]
+    (folder / "sweep.csv").write_text("\n".join(lines) + "\n")
+
+
 def test_capacity_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
     fits = {"bits@100": {"ratio": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n_points": 4, "n_rows": 5, "n_storing_values": 4},
-            "bits_int8@100": {"ratio": 0.45, "ci_low": 0.4, "ci_high": 0.5, "n_points": 4},
+            "bits_int8@100": {"ratio": 0.9, "ci_low": 0.8, "ci_high": 1.0, "n_points": 4},
             "bits_int4@100": {"ratio": 0.3, "ci_low": 0.2, "ci_high": 0.4, "n_points": 4},
             "llama:bits@100": {"ratio": 0.85, "ci_low": 0.7, "ci_high": 0.95, "n_points": 3},
             "bits@1000": {"error": "too few capacity-bound rows"}}
     write(tmp_path, "capacity", "cpu", "fit", {"fits": fits})
+    sweep_csv(tmp_path / "capacity" / "cpu", [(1000 * i, 900 * i, k) for i, k in zip(range(1, 5), (0.3, 0.35, 0.3, 0.32))])
     rows = {(r["source"], r["claim"][:4]): r for r in by_chapter("capacity")}
     r4 = rows[("Part 3.3, R4", "At 1")]
     assert r4["verdict"] == "reproduced" and "0.90 bits/param" in r4["ours"] and "4 of 5 store values" in r4["ours"]
     assert rows[("Part 3.3, R1", "At 1")]["verdict"] == "not run" and "too few" in rows[("Part 3.3, R1", "At 1")]["ours"]
-    assert rows[("Part 3.3, R8", "int8")]["verdict"] == "not reproduced"            # int8 kept only half
-    int4 = rows[("Part 3.3, R8", "int4")]
-    assert int4["verdict"] == "reproduced" and "(33%)" in int4["ours"]             # 0.3 of 0.9, paper ~0.7 of 2
+    assert rows[("Part 3.3, R8", "int8")]["verdict"] == "reproduced"
+    assert rows[("Part 3.3, R8", "int4")]["verdict"] == "reproduced" and "keeps 32%" in rows[("Part 3.3, R8", "int4")]["ours"]
     assert rows[("Part 3.3, R6-7", "At 1")]["verdict"] == "inconclusive"            # intervals overlap
     for source in ("Part 3.3, R5", "Part 3.3, R10-11", "Part 3.3, R12"):
         assert next(r for r in by_chapter("capacity") if r["source"] == source)["verdict"] == "not run"
@@ -78,45 +190,54 @@ def test_capacity_claims_guard_and_interval(tmp_path, monkeypatch):
     assert next(r for r in by_chapter("capacity") if r["source"] == "Part 3.3, R4")["verdict"] == "reproduced"
 
 
-def kinds(e, fit):
-    return {"memorization": {"effectivity": {"mean": e}, "retainability": {"fit": fit}}}
+def iv(value, low, high):
+    return {"value": value, "low": low, "high": high}
+
+
+def forgetting(b, aic_log, aic_linear, aic_exp=100.0):
+    return {"fits": {"log": {"aic": aic_log}, "linear": {"aic": aic_linear}, "exp": {"aic": aic_exp}}, "decay_b": b}
 
 
 def test_dynamics_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
-    decaying = {"slope": -0.3, "slope_ci": [-0.4, -0.2], "r2": 0.8, "b": 0.3}
-    slow = dict(decaying, b=0.1, slope=-0.1, slope_ci=[-0.15, -0.05])   # intervals apart from `decaying`
-    late = {"once": kinds(0.5, decaying), "duplicated": kinds(0.8, decaying), "paraphrased": kinds(0.4, slow)}
-    early = {s: kinds(0.6, decaying) for s in late}
-    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": {"early": early, "late": late}})
-    write(tmp_path, "dynamics", "cpu", "batch_sizes", {"fits": {"16": {"once": {"memorization": slow}},
-                                                               "8": {"once": {"memorization": decaying}}}})
-    verdicts = [r["verdict"] for r in by_chapter("dynamics")]
-    assert verdicts == ["reproduced"] * 5                                  # bump, no gain, power law, dup, batch
-    late["paraphrased"] = kinds(0.4, dict(decaying, b=0.25))               # ordered, intervals overlap
-    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": {"early": early, "late": late}})
-    dup = next(r for r in by_chapter("dynamics") if "Duplicated" in r["claim"])
-    assert dup["verdict"] == "partly" and "overlap" in dup["ours"]
+    fast, slow = iv(0.3, 0.25, 0.35), iv(0.1, 0.05, 0.15)
+    late = {"once": {"memorization": {"effectivity_minus_control": iv(0.4, 0.2, 0.6), "forgetting": forgetting(fast, 10, 15)}},
+            "duplicated": {"memorization": {"forgetting": forgetting(fast, 10, 15)}},
+            "paraphrased": {"memorization": {"forgetting": forgetting(slow, 10, 15)}}}
+    stages = {"late": late, "late_minus_early_effectivity": iv(-0.01, -0.04, 0.03)}
+    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": stages})
+    write(tmp_path, "dynamics", "cpu", "batch_sizes", {"fits": {"32": {"once": {"memorization": {"forgetting": forgetting(slow, 1, 2)}}},
+                                                               "8": {"once": {"memorization": {"forgetting": forgetting(fast, 1, 2)}}}}})
+    assert [r["verdict"] for r in by_chapter("dynamics")] == ["reproduced"] * 5
+    # built to fail the power law: a line in t fits better (lower AIC) though R falls with log t too
+    late["once"]["memorization"]["forgetting"] = forgetting(fast, 15, 10)
+    late["paraphrased"]["memorization"]["forgetting"] = forgetting(iv(0.25, 0.2, 0.3), 10, 15)   # overlaps fast
+    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": stages})
+    rows = by_chapter("dynamics")
+    assert rows[2]["verdict"] == "not reproduced" and "log-t better by -5.0" in rows[2]["ours"]
+    assert rows[3]["verdict"] == "inconclusive"
+    late["once"]["memorization"]["forgetting"] = forgetting(iv(0.01, -0.02, 0.04), 10, 15)      # no decay at all
+    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": stages})
+    assert by_chapter("dynamics")[2]["verdict"] == "inconclusive"
 
 
-def test_onelayer_claims(tmp_path, monkeypatch):
+def test_onelayer_claims_report_every_rank_and_need_an_interval(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
     folder = tmp_path / "onelayer" / "cpu"
     folder.mkdir(parents=True)
     lines = ["arch,multiplicity,train_fraction,finetune,acc_test,rank1_qkv"]
     for arch, acc in [("attn_mlp", 0.6), ("attn_only", 0.05)]:
-        for ft, drop in [("full", 0.0), ("lora1", 0.5)]:
+        for ft, drop in [("full", 0.0), ("lora1", 0.5), ("lora8", 0.0)]:
             lines.append(f"{arch},5,0.75,{ft},{acc - drop * acc},0.2")
-    lines.append("attn_mlp,1,0.25,full,0.0,0.2")                             # not the best setting: ignored
+    lines.append("attn_mlp,1,0.25,full,0.0,0.2")                             # not the largest setting: ignored
     (folder / "sweep.csv").write_text("\n".join(lines) + "\n")
     rows = by_chapter("onelayer")
-    assert [r["verdict"] for r in rows] == ["reproduced", "partly", "not reproduced"]
+    assert [r["verdict"] for r in rows] == ["inconclusive"] * 3
     assert "60.0% (attention+MLP) vs 5.0% (attention only)" in rows[0]["ours"]
+    assert "lora1 30.0%, lora8 60.0%" in rows[1]["ours"]                    # every rank, not the best
 
 
-def test_bidirectional_that_learned_nothing_is_inconclusive(tmp_path, monkeypatch):
-    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
-    write(tmp_path, "bidirectional", "cpu", "multi5+permute", {"qa": {"test": {"mean": 0.0}, "train": {"mean": 0.0}}})
-    assert by_chapter("bidirectional")[0]["verdict"] == "inconclusive"
-    write(tmp_path, "bidirectional", "cpu", "multi5+permute", {"qa": {"test": {"mean": 0.2}, "train": {"mean": 0.9}}})
-    assert by_chapter("bidirectional")[0]["verdict"] == "reproduced"
+@pytest.mark.parametrize("kind", ["between", ""])
+def test_rule_kind_is_checked(kind):
+    with pytest.raises(ValueError, match="allowed: at_least, at_most, near"):
+        Rule(kind, 1.0)

@@ -169,7 +169,7 @@ def test_items_follow_person_ids(data):
     cls = np.unique(last_name_token(data), return_inverse=True)[1]
     labels = np.repeat(cls[:, None], 6, 1)
     order = np.random.default_rng(0).permutation(len(data))
-    shuffled = ProbeData(probing.subset_docs(data.bios, order), {k: labels[order] for k in ("first", "whole")},
+    shuffled = ProbeData(data.bios.take(order), {k: labels[order] for k in ("first", "whole")},
                          data.is_train[order], data.eos_id, data.pad_id)
     echo = NextTokenEcho(int(data.bios.ids.max()) + 1, width=64, shift=0)
     res = q_probe(echo, shuffled, rank=0, steps=300, lr=1e-2, kinds="whole", progress=False)
