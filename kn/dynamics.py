@@ -4,40 +4,85 @@ Fictional-knowledge paragraphs (kn.data.injection) are injected into a running p
 and every probe's log-probability is tracked step by step:
 
   background  a bio dataset that never names an injected entity; its tokenizer is trained on the
-              biographies, QAs *and* the injection texts, so both are tokenized alike
-  base        a model pretrained on the background with kn.train, kept at two stages: `early`
-              (after early_fraction of the steps) and `late` (the final model)
-  continued   pretraining from a base goes on with a constant lr; at an injection step every
-              paragraph scheduled there replaces the start of its own batch row (tokens, then EOS)
-              -- Chang et al. prepend it to one row. Scenarios, disjoint paragraphs, one run:
+              biographies, QAs *and* every injection text, so all are tokenized alike
+  base        a model pretrained on the background with kn.train for pretrain_exposures passes, kept
+              at two stages: `early` (after early_fraction of the steps, half by default) and `late`
+              (the end). Many people and few passes make a pass long (cpu: 10,000 people, ~74 steps a
+              pass, 2 passes), so the stream does not show the same biographies every few steps (as it
+              did with 400 people and 40 passes, ~4 steps a pass)
+  continued   pretraining from a base goes on with a constant lr over the base's own stream past its
+              end (the passes after pretrain_exposures: new shuffles of the background, the same for
+              both bases); at an injection step every paragraph scheduled there replaces the start of
+              its own batch row (tokens, then EOS) -- Chang et al. prepend it to one row. Groups of
+              disjoint paragraphs, one run:
                 once         the original text at step t0
                 duplicated   the original text at t0, t0 + gap, ... (n_injections times; paper 10 x 100)
                 paraphrased  the original at t0, then a different paraphrase at each later injection
+                control      never injected, probed alike: what l does without the paragraph
+  seeds       n_seeds runs from the same two bases (data and base pretraining are shared, to save
+              time): seed s takes its own block of paragraphs (n_paragraphs per group), its own
+              assignment of them to groups and its own stretch of the stream (run r = s - cfg.seed
+              starts r runs' worth of passes later), so no two runs share a paragraph or a batch
 
 Step convention: l(t) is measured on theta_t, the weights after t updates, i.e. *before* the
 update of step t; the batch of step t_i holds the injection, so l(t_i) is "just before".
 l(q; theta) = mean log-prob of the target tokens (those of " target") given "<eos>" + prompt.
 Metrics (pure functions of a trajectory; book/papers.md, Chang et al.):
   t_LAM = argmax_t l(t) over (t_i, t_i + lam_window]     (local acquisition maximum, paper 50 steps)
-  E     = l(t_LAM) - l(t_i)                                (effectivity)
+  E     = l(t_LAM) - l(t_i)                                (effectivity; for controls at the same t_i)
   R(t)  = (l(t_LAM + t) - l(t_pre)) / (l(t_LAM) - l(t_pre)), t_pre = the first injection step of
-          the scenario (theta before any injection), t_LAM that of the last injection
-  fit   R = a - b log t (least squares); the x-intercept t* = exp(a / b) is the paper's
-        learnability threshold: a fact not seen again within ~t* steps is forgotten entirely.
+          the scenario (theta before any injection), t_LAM that of the last injection; l is the mean
+          over paragraphs ("minus_control": the injected mean minus the controls' mean, step by step)
+Forgetting laws, least squares on R(t) after the last injection (`fit_forgetting`):
+  log     R = a - b log t        Chang et al.'s "power law"; t* = exp(a / b) is their learnability
+                                 threshold (a fact not seen again within ~t* steps is forgotten)
+  linear  R = a - b t
+  exp     R = c + a exp(-t / tau)
+  AIC = n log(RSS / n) + 2 (k + 1) (Gaussian residuals, k parameters plus their variance); `best` has the
+  lowest, delta_aic is its lead over the next; `power_law` only when log is best by >= AIC_MARGIN.
+Intervals (`bootstrap`): each of n_boot resamples draws the seeds with replacement, then within each
+drawn seed its paragraphs with replacement (injected and controls apart), and recomputes the statistic
+from them: the unit is a paragraph, never a step. value = the estimate from all paragraphs; low, high =
+the 2.5 and 97.5 percentiles. Two runs on the same paragraphs (early and late base; batch B and
+batch_factor x B) are compared on the same resamples.
+
+Result files, in the run folder (a chapter publishes them with kn.results.publish):
+  dynamics.json     {"seeds": [...], "n_boot", "scale": {people, steps_per_pass, pretrain_steps, early_step,
+                     tokens_per_step, pretrain_tokens, continued_steps, continued_tokens, runs,
+                     paragraphs_per_scenario, controls},
+                     "injection_steps": {scenario: [...]}, "schedule": [{seed, step, row, paragraph,
+                     scenario, text, n_tokens}], "stages": {stage: SUMMARY},
+                     "early_vs_late": {scenario: {kind: {"effectivity" | "effectivity_minus_control":
+                         {"early": I, "late": I, "late_minus_early": I}}}}  (when both stages ran)}
+  batch_sizes.json  {"factor", "batch_sizes": [B, factor x B], "seeds", "n_boot", "tokens_per_step": {"B": ...},
+                     "batches": {"B": SUMMARY, ...}, "small_minus_large": {scenario: {kind:
+                         {"forgetting" | "forgetting_minus_control": I}}}}   (decay b of the smaller batch
+                     minus the larger's: > 0 when the larger batch forgets more slowly)
+  curves.json       {"curves": {stage: {group: {kind: [steps, mean l over the probes of every seed]}}}}
+  SUMMARY = {scenario: {kind: {"effectivity": I, "control_effectivity": I, "effectivity_minus_control": I,
+             "per_injection": [mean E at each injection], "t_lam": {"mean", "median", "max"} (t_LAM - t_i),
+             "forgetting": F, "forgetting_minus_control": F}}}
+  F = None (fewer than MIN_POINTS points of R) or {"fits": {"log": {"a", "b", "x_intercept",
+      "x_intercept_tokens", "rss", "aic"}, "linear": {"a", "b", "rss", "aic"}, "exp": {"c", "a", "tau", "rss",
+      "aic"}}, "best", "delta_aic", "power_law", "n", "decay_b": I (b of the log law), "valid" (share of
+      resamples with a fit), "t": [...], "R": [...]}
+  I = {"value", "low", "high"} (None where undefined)
 Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
-`pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`,
-`fit_forgetting`, `summarize`, `Trajectories`, `save_trajectories`, `load_trajectories`, `mean_curves`,
-`fit_table`.
+`pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`, `fit_forgetting`,
+`predict`, `bootstrap_draws`, `bootstrap`, `make_pools`, `summarize`, `Trajectories`, `save_trajectories`,
+`load_trajectories`, `mean_curves`, `effectivity_table`, `forgetting_table`, `difference_table`.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -52,23 +97,30 @@ from kn.results import read_json, write_json
 from kn.tokenize import encode_records, load_tokenizer, train_tokenizer
 
 SCENARIOS = ("once", "duplicated", "paraphrased")
+CONTROL = "control"              # paragraphs probed like the injected ones, never injected
 STAGES = ("early", "late")
 COLUMNS = ("step", "paragraph", "scenario", "kind", "probe", "logprob")
 MAX_LOG_T = float(np.log(1e9))   # a fitted t* beyond 1e9 steps is reported as None (no forgetting)
+LAWS = ("log", "linear", "exp")
+AIC_MARGIN = 2.0                 # "power law" needs the log law's AIC lower than the others' by this
+MIN_POINTS = 5                   # points of R the three fits need (exp has 3 parameters)
+N_BOOT = 1000                    # bootstrap resamples
 
 
 @dataclass(frozen=True)
 class DynamicsConfig:
-    data: BiosConfig = field(default_factory=lambda: BiosConfig(n=2000, vocab_size=4096))  # background
+    data: BiosConfig = field(default_factory=lambda: BiosConfig(n=10000, vocab_size=4096))  # background
     model: ModelConfig = field(default_factory=ModelConfig)
     scenarios: tuple = SCENARIOS
-    n_paragraphs: int = 10           # per scenario (paper: 120 in all)
+    n_paragraphs: int = 10           # per scenario and seed, plus as many controls (paper: 120 in all)
     n_probes: int = 5                # per kind and paragraph (paper: 5)
-    pretrain_exposures: float = 20.0  # base: passes over every biography
+    n_seeds: int = 3                 # runs from the shared bases: seeds seed, seed + 1, ...
+    pretrain_exposures: float = 2.0  # base: passes over every biography
     pretrain_lr: float = 1e-3
-    early_fraction: float = 0.25     # the early base: after this fraction of the pretraining steps
+    early_fraction: float = 0.5      # the early base: after this fraction of the pretraining steps
     stages: tuple = STAGES           # bases to continue from
     batch_size: int = 32             # windows per step (base and continued)
+    batch_factor: int = 4            # compare_batch_sizes: batch_size x this at equal tokens (paper: 16)
     window: int = 512
     lr: float = 1e-3                 # continued pretraining, constant
     n_steps: int = 1600              # continued pretraining steps
@@ -79,7 +131,7 @@ class DynamicsConfig:
     lam_window: int = 50             # steps searched for t_LAM (paper: 50)
     device: str = "auto"             # auto | cpu | cuda
     compile: str = "auto"            # auto (GPU only) | on | off
-    seed: int = 0
+    seed: int = 0                    # background, base and the first run
 
     def __post_init__(self):
         for name, cls in (("data", BiosConfig), ("model", ModelConfig)):
@@ -102,7 +154,7 @@ def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
 def _check_numbers(cfg: DynamicsConfig) -> None:
     check_count("n_paragraphs", cfg.n_paragraphs, 1)
     check_count("n_probes", cfg.n_probes, 1, MAX_PROBES)
-    for name in ("batch_size", "n_steps", "n_injections", "gap", "eval_every", "lam_window"):
+    for name in ("n_seeds", "batch_factor", "batch_size", "n_steps", "n_injections", "gap", "eval_every", "lam_window"):
         check_count(name, getattr(cfg, name), 1)
     check_count("window", cfg.window, 8, cfg.model.context)
     check_count("t0", cfg.t0)
@@ -130,6 +182,10 @@ def _check_schedule(cfg: DynamicsConfig) -> None:
     if cfg.t0 % cfg.eval_every or cfg.gap % cfg.eval_every:
         raise DataError(f"eval_every: {cfg.eval_every} must divide t0={cfg.t0} and gap={cfg.gap}, "
                         "so that l is measured right before every injection")
+    bad = [n for n in ("n_steps", "t0", "gap", "lam_window") if getattr(cfg, n) % cfg.batch_factor]
+    if bad:
+        raise DataError(f"batch_factor: {cfg.batch_factor} does not divide {bad[0]}={getattr(cfg, bad[0])}; allowed: "
+                        "1 or a divisor of n_steps, t0, gap and lam_window (the larger batch runs 1/batch_factor of each)")
     rows = max(len(v) for v in _per_step(steps, cfg.n_paragraphs).values())
     if rows > cfg.batch_size:
         raise DataError(f"batch_size: {cfg.batch_size} rows, but {rows} paragraphs are injected at one step "
@@ -151,14 +207,41 @@ def _per_step(steps: dict, n_paragraphs: int) -> dict[int, list]:
     return out
 
 
+def groups(cfg: DynamicsConfig) -> tuple[str, ...]:
+    """The paragraph groups of a run: the scenarios, then the controls."""
+    return cfg.scenarios + (CONTROL,)
+
+
+def seeds(cfg: DynamicsConfig) -> tuple[int, ...]:
+    """The seeds of the runs: seed, seed + 1, ..., seed + n_seeds - 1."""
+    return tuple(range(cfg.seed, cfg.seed + cfg.n_seeds))
+
+
+def _run_index(cfg: DynamicsConfig, seed: int) -> int:
+    if seed not in seeds(cfg):
+        raise DataError(f"seed: got {seed!r}; allowed: one of {list(seeds(cfg))} (seed to seed + n_seeds - 1)")
+    return seed - cfg.seed
+
+
 def injection_config(cfg: DynamicsConfig) -> InjectionConfig:
-    return InjectionConfig(n_paragraphs=cfg.n_paragraphs * len(cfg.scenarios), n_paraphrases=max(1, cfg.n_injections - 1),
-                           n_probes=cfg.n_probes, seed=cfg.seed)
+    """Every run's paragraphs, in blocks of n_paragraphs x groups, one block per seed."""
+    return InjectionConfig(n_paragraphs=cfg.n_paragraphs * len(groups(cfg)) * cfg.n_seeds,
+                           n_paraphrases=max(1, cfg.n_injections - 1), n_probes=cfg.n_probes, seed=cfg.seed)
+
+
+def seed_records(cfg: DynamicsConfig, records: list[dict], seed: int) -> list[dict]:
+    """The block of paragraph records of one seed's run (its controls included)."""
+    size = cfg.n_paragraphs * len(groups(cfg))
+    r = _run_index(cfg, seed)
+    if len(records) < (r + 1) * size:
+        raise DataError(f"records: {len(records)} paragraphs, but seed {seed} needs {(r + 1) * size}; "
+                        "prepare the data with this config (prepare_data)")
+    return records[r * size: (r + 1) * size]
 
 
 def assign_scenarios(n: int, scenarios: tuple, seed: int) -> list[str]:
-    """Paragraph i -> its scenario: paragraphs shuffled (seeded), then dealt round robin, so
-    entity types are not tied to a scenario."""
+    """Paragraph i -> its group: paragraphs shuffled (seeded), then dealt round robin, so entity
+    types are not tied to a group."""
     order = np.random.default_rng([seed, 11]).permutation(n)
     out = [""] * n
     for j, i in enumerate(order):
@@ -183,8 +266,8 @@ def check_unmentioned(bios: list[dict], records: list[dict]) -> None:
 
 def prepare_data(cfg: DynamicsConfig, out: str | Path) -> list[dict]:
     """Write the background dataset folder (kn.data.dataset layout) with a tokenizer trained on
-    biographies, QAs and injection texts, plus out/injection/; returns the paragraph records.
-    Skipped when both were written with the same config."""
+    biographies, QAs and injection texts, plus out/injection/; returns the paragraph records of every
+    seed. Skipped when both were written with the same config."""
     out, inj = Path(out), injection_config(cfg)
     if _same_config(out / "meta.json", asdict(cfg.data)) and _same_config(out / "injection" / "meta.json", asdict(inj)):
         return load_injection(out / "injection")
@@ -209,20 +292,31 @@ def stage_config(cfg: DynamicsConfig, data: Path, out: Path, **kw):
     return TrainConfig(**(base | kw))
 
 
-def _total_steps(tcfg) -> int:
+def background(cfg: DynamicsConfig, data: str | Path):
+    """The base's pretraining stream (kn.train.Batches) at cfg's batch size."""
     from kn.train import Batches
-    tok = load_tokenizer(Path(tcfg.data) / "tokenizer")
-    return Batches(tcfg, tok.eos_token_id, tok.pad_token_id).total_steps
+    tok = load_tokenizer(Path(data) / "tokenizer")
+    return Batches(stage_config(cfg, Path(data), Path(".")), tok.eos_token_id, tok.pad_token_id)
 
 
 def early_step(cfg: DynamicsConfig, data: str | Path) -> int:
     """The pretraining step of the early base; DataError if pretraining is too short to have one."""
-    total = _total_steps(stage_config(cfg, Path(data), Path(".")))
+    total = background(cfg, data).total_steps
     step = max(1, int(round(cfg.early_fraction * total)))
     if step >= total:
         raise DataError(f"early_fraction: pretraining has only {total} steps, too few for an early base; "
                         "raise pretrain_exposures or the number of people")
     return step
+
+
+def scale(cfg: DynamicsConfig, data: str | Path) -> dict:
+    """The sizes a chapter reports: a pass over the background, the base pretraining, one continued run."""
+    b, per_step = background(cfg, data), cfg.batch_size * cfg.window
+    return {"people": cfg.data.n, "steps_per_pass": b.steps_per_epoch, "pretrain_steps": b.total_steps,
+            "early_step": early_step(cfg, data), "tokens_per_step": per_step, "pretrain_tokens": b.total_steps * per_step,
+            "continued_steps": cfg.n_steps, "continued_tokens": cfg.n_steps * per_step,
+            "runs": cfg.n_seeds * len(cfg.stages), "paragraphs_per_scenario": cfg.n_paragraphs * cfg.n_seeds,
+            "controls": cfg.n_paragraphs * cfg.n_seeds}
 
 
 def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progress: bool = True) -> dict:
@@ -233,7 +327,8 @@ def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progre
     out = Path(out)
     tcfg = stage_config(cfg, Path(data), out)
     paths = {"early": out / "early", "late": out / "model"}
-    data_meta = read_json(Path(data) / "meta.json")["provenance"]["config"]     # a new dataset means a new base
+    data_meta = {"bios": read_json(Path(data) / "meta.json")["provenance"]["config"],    # new data or tokenizer:
+                 "injection": asdict(injection_config(cfg))}                           # a new base
     if _same_config(out / "train.json", asdict(tcfg)) and _same_config(out / "data.json", data_meta) and \
             all(p.is_dir() for p in paths.values()):
         return {k: str(v) for k, v in paths.items()}
@@ -272,13 +367,16 @@ def _text(rec: dict, scenario: str, k: int) -> tuple[str, str]:
     return "original", rec["text"]
 
 
-def injection_plan(cfg: DynamicsConfig, records: list[dict], tokenizer) -> list[Injection]:
-    """Every (step, row, paragraph) of the run; at a step, paragraphs take rows 0, 1, ... in order.
+def injection_plan(cfg: DynamicsConfig, records: list[dict], tokenizer, seed: int | None = None) -> list[Injection]:
+    """Every (step, row, paragraph) of seed's run (default cfg.seed) from its block of `records`; at a
+    step, paragraphs take rows 0, 1, ... in order; controls are never injected.
     DataError if a text plus its EOS does not fit in the window."""
-    steps, scenario_of = injection_steps(cfg), assign_scenarios(len(records), cfg.scenarios, cfg.seed)
+    seed = cfg.seed if seed is None else seed
+    block = seed_records(cfg, records, seed)
+    steps, group_of = injection_steps(cfg), assign_scenarios(len(block), groups(cfg), seed)
     by_step, cache = defaultdict(list), {}
-    for rec, scenario in zip(records, scenario_of):
-        for k, t in enumerate(steps[scenario]):
+    for rec, scenario in zip(block, group_of):
+        for k, t in enumerate(steps.get(scenario, ())):
             by_step[t].append((rec, scenario, *_text(rec, scenario, k)))
     plan = []
     for t in sorted(by_step):
@@ -318,11 +416,23 @@ class InjectedStream:
         return inject(self.background(step), items, self.eos), items
 
 
-def make_stream(cfg: DynamicsConfig, data: str | Path, records: list[dict], tokenizer) -> InjectedStream:
-    """The continued-pretraining stream: kn.train's deterministic background batches plus injections."""
-    from kn.train import Batches
-    batches = Batches(stage_config(cfg, Path(data), Path(".")), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return InjectedStream(lambda step: batches(step)[0], injection_plan(cfg, records, tokenizer), tokenizer.eos_token_id)
+def stream_start(cfg: DynamicsConfig, batches, seed: int) -> int:
+    """The background step where seed's continued run starts: the base's stream past its last pass,
+    run r = seed - cfg.seed after r runs' worth of passes, so runs share no batch. A run at batch_factor
+    x the batch (equal tokens) reads the same passes, in rows of the same order."""
+    per_run = -(-cfg.n_steps * cfg.batch_size // batches.rows_per_epoch)     # passes one run reads, rounded up
+    return (math.ceil(cfg.pretrain_exposures) + _run_index(cfg, seed) * per_run) * batches.steps_per_epoch
+
+
+def make_stream(cfg: DynamicsConfig, data: str | Path, records: list[dict], tokenizer,
+                seed: int | None = None) -> InjectedStream:
+    """Seed's continued-pretraining stream: the base's deterministic batches (kn.train) from
+    `stream_start` on, plus the injections of seed's paragraphs."""
+    seed = cfg.seed if seed is None else seed
+    batches = background(cfg, data)
+    start = stream_start(cfg, batches, seed)
+    return InjectedStream(lambda step: batches(start + step)[0], injection_plan(cfg, records, tokenizer, seed),
+                          tokenizer.eos_token_id)
 
 
 # ----------------------------------------------------------------------------- probes and trajectories
@@ -416,58 +526,63 @@ def load_trajectories(path: str | Path) -> Trajectories:
                         np.array([r["kind"] for r in first]), np.array([int(r["probe"]) for r in first]))
 
 
-def mean_curves(traj: Trajectories) -> dict[str, dict[str, tuple[list, list]]]:
-    """scenario -> kind -> (steps, mean l over its probes at each step), as plain lists: the reduced
-    trajectories a chapter plots and keeps when the full table is too large to commit."""
-    steps, present = traj.steps.tolist(), set(zip(traj.scenario.tolist(), traj.kind.tolist()))
-    return {s: {k: (steps, traj.select(s, k).mean(axis=1).tolist()) for k in PROBE_KINDS if (s, k) in present}
-            for s in SCENARIOS if any(s == x for x, _ in present)}
+def mean_curves(trajs: list[Trajectories]) -> dict[str, dict[str, tuple[list, list]]]:
+    """group -> kind -> (steps, mean l over its probes in every run at each step), as plain lists: the
+    reduced trajectories a chapter plots and keeps when the full tables are too large to commit. The
+    runs must share their steps."""
+    steps = _common_steps(trajs)
+    present = {(g, k) for tr in trajs for g, k in zip(tr.scenario.tolist(), tr.kind.tolist())}
+    return {g: {k: (steps.tolist(), np.hstack([tr.select(g, k) for tr in trajs]).mean(axis=1).tolist())
+                for k in PROBE_KINDS if (g, k) in present}
+            for g in SCENARIOS + (CONTROL,) if any(g == x for x, _ in present)}
 
 
-def fit_table(batch: dict, scenarios=SCENARIOS):
-    """`compare_batch_sizes`' forgetting fits as Markdown for a notebook to display: one row per
-    scenario, probe kind and batch size; a cell is blank where there is no fit or no t*."""
-    from kn.display import markdown_table
-    cols = {"b": "b", "r2": "r²", "x_intercept": "t* (steps)", "x_intercept_tokens": "t* (tokens)"}
-    cell = lambda v: "" if v is None else f"{v:.3g}"
-    rows = [[s, k, B] + [cell((batch[B][s][k] or {}).get(c)) for c in cols]
-            for s in scenarios for k in PROBE_KINDS for B in sorted(batch)]
-    return markdown_table(["scenario", "kind", "batch", *cols.values()], rows)
+def _common_steps(trajs: list[Trajectories]) -> np.ndarray:
+    steps = trajs[0].steps
+    if any(not np.array_equal(tr.steps, steps) for tr in trajs):
+        raise DataError("trajectories: the runs were measured at different steps; pool runs of one config only")
+    return steps
 
 
 # ----------------------------------------------------------------------------- continued pretraining
 
 
 def continue_pretraining(cfg: DynamicsConfig, data: str | Path, base: str | Path, records: list[dict], out: str | Path,
-                         progress: bool = True) -> tuple[Trajectories, list[dict]]:
-    """Continue pretraining `base` on the injected stream (kn.train.fit, run folder `out`, resumed when
-    it holds a run with the same settings), measuring every probe every eval_every steps; returns the
-    trajectories and the injection schedule (step, row, paragraph, ...)."""
+                         seed: int | None = None, progress: bool = True) -> tuple[Trajectories, list[dict]]:
+    """Seed's run (default cfg.seed): continue pretraining `base` on its injected stream (kn.train.fit, run
+    folder `out`, resumed when it holds a run with the same settings), measuring every probe of its
+    paragraphs and controls every eval_every steps; returns the trajectories and the injection
+    schedule (seed, step, row, paragraph, ...)."""
     from transformers import AutoModelForCausalLM
 
     from kn.train import Fit, Hooks, accelerator, can_resume, fit, stop_if_interrupted
+    seed = cfg.seed if seed is None else seed
     tok = load_tokenizer(Path(data) / "tokenizer")
-    stream = make_stream(cfg, data, records, tok)
+    stream = make_stream(cfg, data, records, tok, seed)
     acc = accelerator(cfg.device)
     model = AutoModelForCausalLM.from_pretrained(str(base), attn_implementation="sdpa")
-    meta = probe_meta(records, cfg.scenarios, cfg.seed)
+    meta = probe_meta(seed_records(cfg, records, seed), groups(cfg), seed)
     probes = [torch.from_numpy(a).to(acc.device) for a in probe_tensors(meta["prompt"], meta["target"], tok)]
     spec = Fit(cfg.n_steps, cfg.lr, warmup=0, min_lr_ratio=1.0, compile=cfg.compile)       # constant lr
     hooks = Hooks(evaluate=lambda m: probe_logprobs(m, *probes), eval_every=cfg.eval_every)
-    config = json.loads(json.dumps(asdict(cfg) | {"base": str(base)}, default=str))
+    config = json.loads(json.dumps(asdict(cfg) | {"base": str(base), "run_seed": seed}, default=str))
     resume = can_resume(Path(out), config)
     evals = stop_if_interrupted(fit(model, lambda t: (stream(t)[0],) * 2, spec, out, config, tok, acc, hooks,
                                     resume=resume, overwrite=not resume, progress=progress, desc="continued"),
                                 out)["evals"]
     steps = np.array(sorted(evals))
-    schedule = [it.record() for t in range(cfg.n_steps) for it in stream.at.get(t, [])]
+    schedule = [{"seed": seed} | it.record() for t in range(cfg.n_steps) for it in stream.at.get(t, [])]
     cols = {c: meta[c] for c in ("paragraph", "scenario", "kind", "probe")}
     return Trajectories(steps, torch.stack([evals[t].cpu() for t in steps]).numpy(), **cols), schedule
 
 
-def _continued(out: Path, stage: str, cfg: DynamicsConfig) -> Path:
-    """The run folder of continued pretraining from a stage's base at cfg's batch size."""
-    return out / f"continued_{stage}_batch{cfg.batch_size}"
+def _run(cfg: DynamicsConfig, out: Path, stage: str, base: str, records: list[dict], seed: int, name: str,
+         progress: bool) -> tuple[Trajectories, list[dict]]:
+    """One continued run in out/continued_<stage>_batch<B>_seed<s>, its table in out/trajectories_<name>_seed<s>.csv."""
+    traj, schedule = continue_pretraining(cfg, out / "data", base, records,
+                                          out / f"continued_{stage}_batch{cfg.batch_size}_seed{seed}", seed, progress)
+    save_trajectories(traj, out / f"trajectories_{name}_seed{seed}.csv")
+    return traj, schedule
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -516,47 +631,253 @@ def retainability(steps: np.ndarray, l: np.ndarray, t_lam, t_pre: int, horizon: 
     return t[keep], (R[keep] if l.ndim > 1 else R[keep, 0])
 
 
+
+
+# ----------------------------------------------------------------------------- forgetting laws
+
+
+def _lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least squares y ~ X @ coef: (coef, residual sum of squares)."""
+    coef = np.linalg.lstsq(X, y, rcond=None)[0]
+    return coef, float(np.sum((y - X @ coef) ** 2))
+
+
+def aic(rss: float, n: int, k: int) -> float:
+    """AIC of a least-squares fit with k parameters and Gaussian residuals (their variance counts too)."""
+    return float(n * np.log(max(rss, 1e-12 * n) / n) + 2 * (k + 1))
+
+
+def fit_log(t, R) -> dict:
+    """R = a - b log t; t* = exp(a / b) (None when R does not decay, or t* > e^MAX_LOG_T steps)."""
+    t, R = np.asarray(t, float), np.asarray(R, float)
+    (a, slope), rss = _lstsq(np.column_stack([np.ones_like(t), np.log(t)]), R)
+    b = -slope
+    t_star = float(np.exp(a / b)) if b > 0 and a / b < MAX_LOG_T else None
+    return {"a": float(a), "b": float(b), "x_intercept": t_star, "rss": rss, "aic": aic(rss, len(t), 2)}
+
+
+def fit_linear(t, R) -> dict:
+    """R = a - b t."""
+    t, R = np.asarray(t, float), np.asarray(R, float)
+    (a, slope), rss = _lstsq(np.column_stack([np.ones_like(t), t]), R)
+    return {"a": float(a), "b": float(-slope), "rss": rss, "aic": aic(rss, len(t), 2)}
+
+
+def fit_exp(t, R) -> dict:
+    """R = c + a exp(-t / tau): c and a by least squares at each tau; tau on a log grid from 0.1 x the
+    first t to 100 x the last (there the law is a line), then refined between the grid's neighbours."""
+    from scipy.optimize import minimize_scalar
+    t, R = np.asarray(t, float), np.asarray(R, float)
+
+    def fit(log_tau):
+        return _lstsq(np.column_stack([np.ones_like(t), np.exp(-t / np.exp(log_tau))]), R)
+    grid = np.log(np.geomspace(0.1 * t.min(), 100 * t.max(), 60))
+    k = int(np.argmin([fit(g)[1] for g in grid]))
+    best = minimize_scalar(lambda g: fit(g)[1], bounds=(grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]),
+                           method="bounded").x
+    log_tau = best if fit(best)[1] <= fit(grid[k])[1] else grid[k]
+    (c, a), rss = fit(log_tau)
+    return {"c": float(c), "a": float(a), "tau": float(np.exp(log_tau)), "rss": rss, "aic": aic(rss, len(t), 3)}
+
+
+FITS = {"log": fit_log, "linear": fit_linear, "exp": fit_exp}
+
+
+def predict(law: str, fit: dict, t) -> np.ndarray:
+    """R(t) of a fitted law (a figure's line)."""
+    t = np.asarray(t, float)
+    if law == "log":
+        return fit["a"] - fit["b"] * np.log(t)
+    if law == "linear":
+        return fit["a"] - fit["b"] * t
+    if law == "exp":
+        return fit["c"] + fit["a"] * np.exp(-t / fit["tau"])
+    raise DataError(f"law: got {law!r}; allowed: {', '.join(LAWS)}")
+
+
 def fit_forgetting(t, R) -> dict:
-    """Least squares R = a - b log t (Chang et al.: forgetting is a power law in t).
-
-    Returns a, b (the decay), slope (= -b) with its 95% interval, r2, n, and the x-intercept
-    t* = exp(a / b): the paper's learnability threshold, the steps after which the acquired
-    knowledge is fully forgotten (None when the fit does not decay, or decays so slowly that t*
-    lies beyond e^MAX_LOG_T steps)."""
-    from scipy import stats
-    t, R = np.asarray(t, dtype=float), np.asarray(R, dtype=float)
+    """The three forgetting laws on the finite points of R(t): {"fits": law -> its fit with "aic",
+    "best": the law of lowest AIC, "delta_aic": its lead over the next, "power_law": best is log by
+    >= AIC_MARGIN, "n": points}. DataError with fewer than MIN_POINTS points."""
+    t, R = np.asarray(t, float), np.asarray(R, float)
     ok = np.isfinite(R) & (t > 0)
-    if ok.sum() < 3:
-        raise DataError(f"R: {int(ok.sum())} finite points; the fit needs at least 3")
-    fit = stats.linregress(np.log(t[ok]), R[ok])
-    half = stats.t.ppf(0.975, ok.sum() - 2) * fit.stderr
-    b = -fit.slope
-    return {"a": float(fit.intercept), "b": float(b), "slope": float(fit.slope),
-            "slope_ci": [float(fit.slope - half), float(fit.slope + half)], "r2": float(fit.rvalue ** 2),
-            "n": int(ok.sum()), "x_intercept": float(np.exp(fit.intercept / b)) if 0 < b and fit.intercept / b < MAX_LOG_T else None}
+    if ok.sum() < MIN_POINTS:
+        raise DataError(f"R: {int(ok.sum())} finite points; the fits need at least {MIN_POINTS}")
+    fits = {law: FITS[law](t[ok], R[ok]) for law in LAWS}
+    order = sorted(LAWS, key=lambda law: fits[law]["aic"])
+    delta = fits[order[1]]["aic"] - fits[order[0]]["aic"]
+    return {"fits": fits, "best": order[0], "delta_aic": float(delta),
+            "power_law": bool(order[0] == "log" and delta >= AIC_MARGIN), "n": int(ok.sum())}
 
 
-def _scenario_summary(traj: Trajectories, scenario: str, kind: str, inj: tuple, window: int) -> dict:
-    l, steps = traj.select(scenario, kind), traj.steps
-    E = [effectivity(steps, l, t, window) for t in inj]
-    lam = np.concatenate([local_max(steps, l, t, window) - t for t in inj])
-    horizon = int(steps[-1] - (inj[-1] + window))
-    mean = l.mean(axis=1)      # R of the probes' mean log-prob: per-probe ratios explode where a gain is ~0
-    t, curve = retainability(steps, mean, local_max(steps, mean, inj[-1], window), inj[0], horizon)
-    try:
-        fit = fit_forgetting(t, curve)
-    except DataError:
-        fit = None
-    return {"effectivity": {"mean": float(np.mean(E)), "per_injection": [float(e.mean()) for e in E]},
-            "t_lam": {"mean": float(lam.mean()), "median": float(np.median(lam)), "max": int(lam.max())},
-            "retainability": {"fit": fit, "t": t.tolist(), "R": [None if np.isnan(v) else float(v) for v in curve]}}
+# ----------------------------------------------------------------------------- pooled paragraphs and intervals
 
 
-def summarize(traj: Trajectories, cfg: DynamicsConfig) -> dict:
-    """scenario -> kind -> effectivity (mean, per injection), t_LAM - t_i stats, retainability
-    after the last injection (of the mean log-prob over probes) and its power-law fit."""
-    return {s: {k: _scenario_summary(traj, s, k, inj, cfg.lam_window) for k in PROBE_KINDS}
-            for s, inj in injection_steps(cfg).items()}
+@dataclass
+class Pool:
+    """One scenario and probe kind over every seed's run, one column per paragraph (the mean over its
+    probes): l [S, N] and E at each injection [I, N] of the injected paragraphs, the same for the
+    controls (control_l [S, M], control_E at the scenario's injection steps); seed [N] and
+    control_seed [M] name each column's run; t_lam [I x probes]: t_LAM - t_i of the injected probes."""
+    steps: np.ndarray
+    inj: tuple
+    window: int
+    tokens_per_step: int
+    l: np.ndarray
+    E: np.ndarray
+    seed: np.ndarray
+    control_l: np.ndarray
+    control_E: np.ndarray
+    control_seed: np.ndarray
+    t_lam: np.ndarray
+
+
+def paragraph_means(traj: Trajectories, group: str, kind: str, inj: tuple, window: int):
+    """(l [S, n], E [I, n], t_LAM - t_i [I x p]) of one group's paragraphs in one run: E per probe at
+    each injection step in `inj`, then every column averaged over a paragraph's probes."""
+    mask = (traj.scenario == group) & (traj.kind == kind)
+    l, para = traj.logprob[:, mask], traj.paragraph[mask]
+    onehot = para[:, None] == np.unique(para)[None, :]
+    avg = onehot / onehot.sum(axis=0)                                                  # [p, n]
+    E = np.stack([effectivity(traj.steps, l, t, window) for t in inj])                 # [I, p]
+    lam = np.concatenate([local_max(traj.steps, l, t, window) - t for t in inj])
+    return l @ avg, E @ avg, lam
+
+
+def make_pools(trajs: dict[int, Trajectories], cfg: DynamicsConfig) -> dict[tuple[str, str], Pool]:
+    """(scenario, kind) -> its Pool over the runs `trajs` (seed -> trajectories of one stage)."""
+    steps = _common_steps(list(trajs.values()))
+    return {(s, k): _pool(trajs, steps, s, k, inj, cfg) for s, inj in injection_steps(cfg).items() for k in PROBE_KINDS}
+
+
+def _pool(trajs: dict, steps: np.ndarray, scenario: str, kind: str, inj: tuple, cfg: DynamicsConfig) -> Pool:
+    part = {g: [paragraph_means(trajs[seed], g, kind, inj, cfg.lam_window) for seed in trajs] for g in (scenario, CONTROL)}
+    label = {g: np.concatenate([np.full(p[0].shape[1], seed) for seed, p in zip(trajs, part[g])]) for g in part}
+    l, E = ({g: np.hstack([p[i] for p in part[g]]) for g in part} for i in (0, 1))
+    return Pool(steps, inj, cfg.lam_window, cfg.batch_size * cfg.window, l[scenario], E[scenario], label[scenario],
+                l[CONTROL], E[CONTROL], label[CONTROL], np.concatenate([p[2] for p in part[scenario]]))
+
+
+def forgetting_curve(pool: Pool, curve: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(t, R) of a mean curve [S] after the pool's last injection, at the steps where it was measured."""
+    steps, inj, w = pool.steps, pool.inj, pool.window
+    t, R = retainability(steps, curve, local_max(steps, curve, inj[-1], w), inj[0], int(steps[-1] - (inj[-1] + w)))
+    ok = np.isfinite(R)
+    return t[ok], R[ok]
+
+
+def _decay(pool: Pool, curve: np.ndarray) -> float:
+    """b of the log law fitted to the curve's R (NaN with fewer than MIN_POINTS points)."""
+    t, R = forgetting_curve(pool, curve)
+    return fit_log(t, R)["b"] if len(t) >= MIN_POINTS else float("nan")
+
+
+STATISTICS = {   # name -> (pool, injected columns, control columns) -> number
+    "effectivity": lambda p, i, j: p.E[:, i].mean(),
+    "control_effectivity": lambda p, i, j: p.control_E[:, j].mean(),
+    "effectivity_minus_control": lambda p, i, j: p.E[:, i].mean() - p.control_E[:, j].mean(),
+    "forgetting": lambda p, i, j: _decay(p, p.l[:, i].mean(axis=1)),
+    "forgetting_minus_control": lambda p, i, j: _decay(p, p.l[:, i].mean(axis=1) - p.control_l[:, j].mean(axis=1)),
+}
+
+
+def bootstrap_draws(labels: list[np.ndarray], n_boot: int, seed: int = 0) -> list[list[np.ndarray]]:
+    """n_boot two-stage resamples of units labelled by their group (a paragraph by its run's seed):
+    each draws the groups with replacement, then within each drawn group as many of its units, with
+    replacement, for each array of labels apart (injected and control paragraphs); returns per
+    resample one index array per array of labels. The same labels and seed give the same resamples."""
+    rng = np.random.default_rng([seed, 13])
+    names = np.unique(np.concatenate(labels))
+    members = [{g: np.flatnonzero(lab == g) for g in names} for lab in labels]
+    out = []
+    for _ in range(n_boot):
+        drawn = rng.choice(names, size=len(names))
+        out.append([np.concatenate([rng.choice(m[g], size=len(m[g])) for g in drawn]) for m in members])
+    return out
+
+
+@lru_cache(maxsize=4)
+def _draws(seed: tuple, control_seed: tuple, n_boot: int) -> list[list[np.ndarray]]:
+    return bootstrap_draws([np.array(seed), np.array(control_seed)], n_boot)
+
+
+def _number(x) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def interval(value: float, samples) -> dict:
+    """{"value", "low", "high"}: the estimate and the 2.5 / 97.5 percentiles of its finite resamples."""
+    s = np.asarray(samples, float)
+    s = s[np.isfinite(s)]
+    low, high = np.percentile(s, [2.5, 97.5]) if len(s) else (None, None)
+    return {"value": _number(value), "low": _number(low), "high": _number(high)}
+
+
+def bootstrap(pools: tuple[Pool, ...], name: str, n_boot: int = N_BOOT, combine=None) -> tuple[dict, float]:
+    """(interval, share of resamples where it is defined) of combine(statistic `name` of each pool) --
+    pools over the same paragraphs, resampled alike; combine defaults to the one pool's value."""
+    first, stat = pools[0], STATISTICS[name]
+    if any(not (np.array_equal(p.seed, first.seed) and np.array_equal(p.control_seed, first.control_seed))
+           for p in pools):
+        raise DataError("pools: the runs compared hold different paragraphs; compare runs of the same seeds")
+    combine = combine or (lambda v: v)
+    every = (slice(None), slice(None))
+    draws = _draws(tuple(first.seed), tuple(first.control_seed), n_boot)
+    samples = [combine(*(stat(p, i, j) for p in pools)) for i, j in draws]
+    return interval(combine(*(stat(p, *every) for p in pools)), samples), float(np.mean(np.isfinite(samples)))
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _forgetting(pool: Pool, curve: np.ndarray, name: str, n_boot: int) -> dict | None:
+    t, R = forgetting_curve(pool, curve)
+    if len(t) < MIN_POINTS:
+        return None
+    f = fit_forgetting(t, R)
+    x = f["fits"]["log"]["x_intercept"]
+    f["fits"]["log"]["x_intercept_tokens"] = None if x is None else x * pool.tokens_per_step
+    decay, valid = bootstrap((pool,), name, n_boot)
+    return f | {"decay_b": decay, "valid": valid, "t": t.tolist(), "R": R.tolist()}
+
+
+def summarize_pool(pool: Pool, n_boot: int = N_BOOT) -> dict:
+    """One scenario and kind: effectivity (injected, control, their difference) with intervals, E per
+    injection, t_LAM - t_i, and the forgetting laws after the last injection (module docstring, SUMMARY)."""
+    out = {name: bootstrap((pool,), name, n_boot)[0]
+           for name in ("effectivity", "control_effectivity", "effectivity_minus_control")}
+    lam = pool.t_lam
+    out |= {"per_injection": pool.E.mean(axis=1).tolist(),
+            "t_lam": {"mean": float(lam.mean()), "median": float(np.median(lam)), "max": int(lam.max())}}
+    mean, control = pool.l.mean(axis=1), pool.control_l.mean(axis=1)
+    return out | {"forgetting": _forgetting(pool, mean, "forgetting", n_boot),
+                  "forgetting_minus_control": _forgetting(pool, mean - control, "forgetting_minus_control", n_boot)}
+
+
+def summarize(pools: dict[tuple[str, str], Pool], n_boot: int = N_BOOT) -> dict:
+    """scenario -> kind -> summarize_pool."""
+    out = defaultdict(dict)
+    for (s, k), pool in pools.items():
+        out[s][k] = summarize_pool(pool, n_boot)
+    return dict(out)
+
+
+def differences(a: dict, b: dict, names: tuple, n_boot: int = N_BOOT) -> dict:
+    """scenario -> kind -> name -> interval of statistic(b) - statistic(a), pools a and b on the same paragraphs."""
+    out = defaultdict(dict)
+    for key in a:
+        out[key[0]][key[1]] = {n: bootstrap((a[key], b[key]), n, n_boot, lambda x, y: y - x)[0] for n in names}
+    return dict(out)
+
+
+def early_vs_late(early: dict, late: dict, n_boot: int = N_BOOT) -> dict:
+    """scenario -> kind -> effectivity and effectivity_minus_control: {"early", "late", "late_minus_early"}."""
+    names = ("effectivity", "effectivity_minus_control")
+    diff, out = differences(early, late, names, n_boot), defaultdict(dict)
+    for (s, k) in early:
+        out[s][k] = {n: {"early": bootstrap((early[s, k],), n, n_boot)[0], "late": bootstrap((late[s, k],), n, n_boot)[0],
+                         "late_minus_early": diff[s][k][n]} for n in names}
+    return dict(out)
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -572,71 +893,116 @@ def from_profile(profile: str, **overrides) -> DynamicsConfig:
     return DynamicsConfig(data=data, model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)
 
 
-def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Data -> base (early, late) -> continued pretraining with injections from each base in
-    cfg.stages (run folders out_dir/continued_<stage>_batch<B>, resumed after an interruption). Writes
-    out_dir/trajectories_<stage>.csv and out_dir/dynamics.json; returns
-    {"stages": stage -> summary, "schedule": [...], "trajectories": stage -> Trajectories, "bases": ...}."""
+def _prepare(cfgs: tuple, out: Path, progress: bool) -> tuple[list[dict], dict]:
+    """Data and bases for the configs' runs (all share cfgs[0]'s), checking every seed's injection plan
+    against the window before any training."""
+    records = prepare_data(cfgs[0], out / "data")
+    tok = load_tokenizer(out / "data" / "tokenizer")
+    for c in cfgs:
+        for s in seeds(c):
+            injection_plan(c, records, tok, s)
+    return records, pretrain_base(cfgs[0], out / "data", out / "base", progress)
+
+
+def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True, n_boot: int = N_BOOT) -> dict:
+    """Data -> base (early, late) -> one continued run per stage in cfg.stages and seed (run folders
+    out_dir/continued_<stage>_batch<B>_seed<s>, resumed after an interruption). Writes
+    out_dir/trajectories_<stage>_seed<s>.csv, dynamics.json and curves.json (module docstring); returns
+    dynamics.json's content plus "curves", "trajectories" (stage -> seed -> Trajectories) and "bases"."""
     out, t_start = Path(out_dir), time.perf_counter()
-    records = prepare_data(cfg, out / "data")
-    injection_plan(cfg, records, load_tokenizer(out / "data" / "tokenizer"))     # window check before training
-    bases = pretrain_base(cfg, out / "data", out / "base", progress)
-    result = {"stages": {}, "trajectories": {}, "bases": bases, "schedule": None}
+    records, bases = _prepare((cfg,), out, progress)
+    trajs, schedule = {}, []
     for stage in cfg.stages:
-        traj, schedule = continue_pretraining(cfg, out / "data", bases[stage], records, _continued(out, stage, cfg),
-                                              progress)
-        save_trajectories(traj, out / f"trajectories_{stage}.csv")
-        result["stages"][stage], result["trajectories"][stage], result["schedule"] = summarize(traj, cfg), traj, schedule
-    write_json(out / "dynamics.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t_start,
-               stages=result["stages"], schedule=result["schedule"], injection_steps=injection_steps(cfg))
+        trajs[stage] = {}
+        for s in seeds(cfg):
+            trajs[stage][s], sched = _run(cfg, out, stage, bases[stage], records, s, stage, progress)
+            schedule += sched if stage == cfg.stages[0] else []
+    pools = {stage: make_pools(trajs[stage], cfg) for stage in cfg.stages}
+    result = {"seeds": list(seeds(cfg)), "n_boot": n_boot, "scale": scale(cfg, out / "data"),
+              "injection_steps": injection_steps(cfg), "schedule": schedule,
+              "stages": {stage: summarize(pools[stage], n_boot) for stage in cfg.stages}}
+    if set(STAGES) <= set(cfg.stages):
+        result["early_vs_late"] = early_vs_late(pools["early"], pools["late"], n_boot)
+    write_json(out / "dynamics.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t_start, **result)
+    curves = {stage: mean_curves(list(trajs[stage].values())) for stage in cfg.stages}
+    write_json(out / "curves.json", config=asdict(cfg), seed=cfg.seed, curves=curves)
+    return result | {"curves": curves, "trajectories": trajs, "bases": bases}
+
+
+def scaled(cfg: DynamicsConfig) -> DynamicsConfig:
+    """cfg with batch_factor x the batch and 1/batch_factor the steps (schedule included): equal tokens."""
+    f = cfg.batch_factor
+    if f < 2:
+        raise DataError(f"batch_factor: got {f}; allowed: an integer >= 2 to compare batch sizes")
+    fields_ = ("n_steps", "t0", "gap", "lam_window")      # divisible by f: DynamicsConfig checks it
+    return replace(cfg, batch_size=cfg.batch_size * f, stages=("late",), batch_factor=1, eval_every=1,
+                   **{n: getattr(cfg, n) // f for n in fields_})
+
+
+def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True, n_boot: int = N_BOOT) -> dict:
+    """Continued pretraining from the late base with batch B and batch_factor x B at equal tokens, every
+    seed (Chang et al.: larger batches forget more slowly); batch B's runs are run_dynamics' late runs,
+    resumed if finished. Writes out_dir/batch_sizes.json (module docstring) and returns its content."""
+    out, t_start, big = Path(out_dir), time.perf_counter(), scaled(cfg)
+    records, bases = _prepare((cfg, big), out, progress)
+    pools = {}
+    for c in (cfg, big):
+        trajs = {s: _run(c, out, "late", bases["late"], records, s, f"batch{c.batch_size}", progress)[0] for s in seeds(c)}
+        pools[c.batch_size] = make_pools(trajs, c)
+    names = ("forgetting", "forgetting_minus_control")
+    result = {"factor": cfg.batch_factor, "batch_sizes": [cfg.batch_size, big.batch_size], "seeds": list(seeds(cfg)),
+              "n_boot": n_boot, "tokens_per_step": {str(c.batch_size): c.batch_size * c.window for c in (cfg, big)},
+              "batches": {str(B): summarize(p, n_boot) for B, p in pools.items()},
+              "small_minus_large": differences(pools[big.batch_size], pools[cfg.batch_size], names, n_boot)}
+    write_json(out / "batch_sizes.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t_start,
+               **result)
     return result
 
 
-def scaled(cfg: DynamicsConfig, factor: int) -> DynamicsConfig:
-    """cfg with factor x the batch and 1/factor the steps (schedule included): equal tokens."""
-    fields_ = ("n_steps", "t0", "gap", "lam_window")
-    bad = [f for f in fields_ if getattr(cfg, f) % factor]
-    if bad:
-        raise DataError(f"{bad[0]}: {getattr(cfg, bad[0])} is not divisible by factor={factor}; "
-                        f"allowed: multiples of factor for {', '.join(fields_)}")
-    return replace(cfg, batch_size=cfg.batch_size * factor, stages=("late",),
-                   **{f: getattr(cfg, f) // factor for f in fields_}, eval_every=1)
+# ----------------------------------------------------------------------------- tables
 
 
-def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, factor: int = 2, progress: bool = True) -> dict:
-    """Continued pretraining from the late base with batch B and factor*B at equal tokens (Chang et
-    al.: larger batches forget more slowly). Both share the data and base of `cfg`.
-    Returns batch size -> scenario -> kind -> retainability fit, with t* also in tokens; writes
-    out_dir/batch_sizes.json."""
-    out, big = Path(out_dir), scaled(cfg, factor)
-    records = prepare_data(cfg, out / "data")
-    for c in (cfg, big):
-        injection_plan(c, records, load_tokenizer(out / "data" / "tokenizer"))
-    bases = pretrain_base(cfg, out / "data", out / "base", progress)
-    fits = {}
-    for c in (cfg, big):
-        if c is cfg and _has_late_run(cfg, out):       # run_dynamics already ran batch B from the late base
-            traj = load_trajectories(out / "trajectories_late.csv")
-        else:
-            traj, _ = continue_pretraining(c, out / "data", bases["late"], records, _continued(out, "late", c), progress)
-        save_trajectories(traj, out / f"trajectories_batch{c.batch_size}.csv")
-        fits[c.batch_size] = {s: {k: _with_tokens(v["retainability"]["fit"], c.batch_size * c.window)
-                                  for k, v in kinds.items()} for s, kinds in summarize(traj, c).items()}
-    write_json(out / "batch_sizes.json", config=asdict(cfg), seed=cfg.seed, factor=factor, fits=fits)
-    return fits
+def _cell(iv: dict | None) -> str:
+    """An interval as "value [low, high]"; blank where undefined."""
+    if not iv or iv["value"] is None:
+        return ""
+    bounds = "" if iv["low"] is None else f" [{iv['low']:.3g}, {iv['high']:.3g}]"
+    return f"{iv['value']:.3g}{bounds}"
 
 
-def _has_late_run(cfg: DynamicsConfig, out: Path) -> bool:
-    """Whether out holds run_dynamics' late-base trajectories for cfg (same settings but stages)."""
-    done = out / "dynamics.json"
-    if not (done.is_file() and (out / "trajectories_late.csv").is_file()):
-        return False
-    stages = tuple(read_json(done)["provenance"]["config"]["stages"])
-    return "late" in stages and _same_config(done, asdict(replace(cfg, stages=stages)))
+def effectivity_table(stages: dict, scenarios=SCENARIOS):
+    """Effectivity of the injected paragraphs, of the controls and their difference (nats, 95% interval),
+    one row per stage, scenario and probe kind, as Markdown."""
+    from kn.display import markdown_table
+    names = ("effectivity", "control_effectivity", "effectivity_minus_control")
+    rows = [[stage, s, k] + [_cell(summary[s][k][n]) for n in names]
+            for stage, summary in stages.items() for s in scenarios for k in PROBE_KINDS]
+    return markdown_table(["base", "scenario", "kind", "E injected", "E control", "E injected - control"], rows)
 
 
-def _with_tokens(fit: dict | None, tokens_per_step: int) -> dict | None:
-    if fit is None:
-        return None
-    x = fit["x_intercept"]
-    return fit | {"x_intercept_tokens": None if x is None else x * tokens_per_step}
+def forgetting_table(summaries: dict, key: str = "forgetting", scenarios=SCENARIOS):
+    """The forgetting laws per label (a stage, a batch size), scenario and kind: AIC of each law, the best
+    and its lead, the log law's decay b (95% interval) and t*, as Markdown; blank where there is no fit."""
+    from kn.display import markdown_table
+    rows = []
+    for label, summary in summaries.items():
+        for s in scenarios:
+            for k in PROBE_KINDS:
+                f = summary[s][k][key]
+                cells = ["", "", "", "", "", ""] if f is None else [
+                    *(f"{f['fits'][law]['aic']:.1f}" for law in LAWS), f"{f['best']} by {f['delta_aic']:.1f}",
+                    _cell(f["decay_b"]), "" if f["fits"]["log"]["x_intercept"] is None else f"{f['fits']['log']['x_intercept']:.3g}"]
+                rows.append([label, s, k, *cells])
+    return markdown_table(["run", "scenario", "kind", "AIC log", "AIC linear", "AIC exp", "lowest AIC by",
+                           "decay b (log law)", "t* (steps)"], rows)
+
+
+def difference_table(diffs: dict, scenarios=SCENARIOS):
+    """A comparison of two runs (early_vs_late or small_minus_large): one row per scenario and kind, one
+    column per statistic (its intervals), as Markdown."""
+    from kn.display import markdown_table
+    first = diffs[scenarios[0]][PROBE_KINDS[0]]
+    cols = [(n, sub) for n, v in first.items() for sub in (v if "value" not in v else [None])]
+    rows = [[s, k] + [_cell(diffs[s][k][n] if sub is None else diffs[s][k][n][sub]) for n, sub in cols]
+            for s in scenarios for k in PROBE_KINDS]
+    return markdown_table(["scenario", "kind"] + [n if sub is None else f"{n}: {sub}" for n, sub in cols], rows)
