@@ -21,6 +21,7 @@ from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
+from kn.extraction import from_profile as extraction_profile, person_items
 from kn.models import ModelConfig, build_model, n_params
 from kn.results import write_json
 from kn.tokenize import Encoded, load_tokenizer, pack
@@ -161,6 +162,7 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
         sel = np.array([r["split"] == split for r in recs])
         per = {a: float(exact[sel & (attribute == k)].mean()) for k, a in enumerate(ATTRIBUTES)}
         result["qa"][split] = {"mean": float(np.mean(list(per.values()))), "per_attribute": per}
+    result["qa"]["items"] = person_items(recs, exact, "test")
     write_json(out / "result.json", config=json.loads(json.dumps(asdict(cfg), default=str)), seed=cfg.seed,
                wall_time=time.perf_counter() - t0, **result)
     return result
@@ -176,7 +178,6 @@ FINETUNE = {"finetune_exposures": 30.0, "finetune_lr": 1e-3}
 def from_profile(profile: str, augment: str = "single", seed: int = 0) -> BidirectionalConfig:
     """The Part 3.1 extraction profile's people and model size, with a BERT-like model trained
     EXPOSURE_FACTOR times as long and finetuned with FINETUNE."""
-    from kn.extraction import from_profile as extraction_profile
     e = extraction_profile(profile, setting="pretrain_finetune", augment=augment, seed=seed)
     model = replace(e.model, arch="bert", mlp_ratio=e.model.mlp_ratio * 2 / 3)   # gated MLP: GPT-2's parameters
     return BidirectionalConfig(data=e.data, model=model, exposures=EXPOSURE_FACTOR * e.exposures,

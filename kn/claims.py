@@ -22,26 +22,19 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
 from kn import paper
 from kn.data.records import ATTRIBUTES
 from kn.display import markdown_table
+from kn.intervals import Interval, bootstrap, mean_accuracy, person_table
 from kn.profiles import PROFILES
 from kn.results import results_dir
 
-N_BOOT = 2000
 GUARD_TRAIN_QA = 80.0      # % of train_people's QAs answered: the finetune (or mixed) run learned its task
 GUARD_MEMORIZED = 90.0     # % of bio values reproduced in the person's own bio: the knowledge is there
-
-
-class Interval(NamedTuple):
-    """A measured number with its 95% interval."""
-    value: float
-    low: float
-    high: float
 
 
 @dataclass(frozen=True)
@@ -135,23 +128,6 @@ def _load(folder: Path, name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- intervals over people
-
-
-def person_table(items: dict) -> np.ndarray:
-    """[people, attributes] 0/1 (NaN where absent) from a result's per-person items."""
-    return np.array([[np.nan if v < 0 else v for v in items[a]] for a in ATTRIBUTES], dtype=float).T
-
-
-def mean_accuracy(table: np.ndarray) -> float:
-    """% correct: the mean over attributes of each attribute's mean over people (the paper's average)."""
-    return 100 * float(np.nanmean(np.nanmean(table, axis=0)))
-
-
-def bootstrap(tables: list[np.ndarray], stat: Callable[..., float], n: int = N_BOOT, seed: int = 0) -> Interval:
-    """stat(*tables) with a 95% percentile interval, each table's people (rows) resampled on their own."""
-    rng = np.random.default_rng(seed)
-    draws = [stat(*(t[rng.integers(0, len(t), len(t))] for t in tables)) for _ in range(n)]
-    return Interval(stat(*tables), *np.nanpercentile(draws, [2.5, 97.5]))
 
 
 def _items(r: dict, name: str) -> np.ndarray:
@@ -453,23 +429,29 @@ CLAIMS = [
 ]
 
 
-def claims_table() -> list[dict]:
-    """One row per claim: source, claim, paper, ours, rule, guards, ceiling, profile, verdict, why."""
+def claims_table(chapter: str | None = None, profile: str | None = None) -> list[dict]:
+    """One row per claim (of `chapter`, or all): source, claim, paper, ours, rule, guards, ceiling,
+    profile, verdict, why. Each chapter's largest profile with results, or `profile` when given
+    (a chapter shows the verdicts of the run it just made)."""
     rows = []
     for c in CLAIMS:
-        profile = latest_profile(c.chapter)
+        if chapter is not None and c.chapter != chapter:
+            continue
+        at = latest_profile(c.chapter) if profile is None else profile
         row = {"source": c.source, "claim": c.statement, "paper": c.paper_value, "chapter": c.chapter,
-               "profile": profile, "ours": "", "rule": c.rule.text(), "guards": "", "ceiling": "",
+               "profile": at, "ours": "", "rule": c.rule.text(), "guards": "", "ceiling": "",
                "verdict": "not run", "why": "no result file"}
-        if profile is not None:
+        if at is not None and results_dir(c.chapter, at).is_dir():
             try:
-                e = c.measure(results_dir(c.chapter, profile))
+                e = c.measure(results_dir(c.chapter, at))
                 row.update(ours=e.text, guards="; ".join(g.text() for g in e.guards) or "-", ceiling=e.ceiling_text)
                 row["verdict"], row["why"] = verdict(e, c.rule)
             except _NoInterval as err:
                 row.update(ours=f"no interval: {err}", verdict="inconclusive", why=str(err))
             except (FileNotFoundError, KeyError) as err:   # result file or entry missing at this profile
                 row.update(ours=f"not measured: {err}", why=f"not measured: {err}")
+        else:
+            row["profile"] = None
         rows.append(row)
     return rows
 

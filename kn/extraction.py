@@ -233,6 +233,29 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     return runs[best][0] / "model", runs[best][1], recipes
 
 
+def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) for kn.display.markdown_table: per run, QA exact match of train_people, the
+    validation slice and test_people (with its 95% interval over people), bios memorized, and the
+    finetune lr the validation slice chose (every candidate's validation score beside it)."""
+    from kn.intervals import held_out_accuracy
+
+    def pct(r, split):
+        m = r["qa"].get(split, {}).get("mean")
+        return "-" if m is None or m != m else f"{100 * m:.1f}%"
+
+    rows = []
+    for name, r in results.items():
+        test = "-"
+        if "items" in r["qa"]:
+            t = held_out_accuracy(r)
+            test = f"{t.value:.1f}% [{t.low:.1f}, {t.high:.1f}]"
+        recipes = ", ".join(f"{c['finetune_lr']:g}: {100 * c['valid']['mean']:.1f}%{' (chosen)' if c.get('chosen') else ''}"
+                            for c in r.get("recipes", []))
+        rows.append([name, pct(r, "train"), pct(r, "valid"), test, f"{100 * r['memorization']['mean']:.1f}%", recipes or "-"])
+    return ["run", "train_people", "validation slice", "test_people [95%]", "bios memorized",
+            "finetune lr: validation accuracy"], rows
+
+
 def pretraining_key(cfg: ExtractionConfig) -> dict | None:
     """What a pretrain_finetune run's pretraining depends on (None for mixed): runs with equal keys
     can share one pretrained model."""

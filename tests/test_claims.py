@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from kn.claims import (Check, Evidence, Interval, Rule, bootstrap, claims_table, latest_profile, mean_accuracy,
-                       verdict)
+from kn.claims import Check, Evidence, Rule, claims_table, latest_profile, verdict
+from kn.intervals import Interval, bootstrap, mean_accuracy
 from kn.data.records import ATTRIBUTES
 
 
