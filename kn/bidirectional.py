@@ -5,7 +5,8 @@ begins with a space); QA finetuning shows "question Answer:" followed by one [MA
 token and the closing '.', and trains the model to fill the masks with the answer; evaluation fills
 the masks of test_people's questions and scores exact match of all answer tokens (the answer's
 length is given, which only helps the model). The paper: extraction stays poor (<= ~40%) even with
-augmentation, except birth date and major. Entry points: `BidirectionalConfig`, `run_bidirectional`.
+augmentation, except birth date and major. Entry points: `BidirectionalConfig`, `run_bidirectional`,
+`twins` (the masked model and a GPT-2 of equal budget and recipe).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.extraction import from_profile as extraction_profile, person_items
 from kn.models import ModelConfig, build_model, n_params
-from kn.results import write_json
+from kn.profiles import settings
+from kn.results import done, write_json
 from kn.tokenize import Encoded, load_tokenizer, pack
 from kn.train import IGNORE, Fit, Hooks, accelerator, can_resume, epoch_batches, fit, stop_if_interrupted, train_qas
 
@@ -114,11 +116,10 @@ def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
     from transformers import AutoModelForMaskedLM
     keys = ("data", "model", "exposures", "mask_rate", "batch_size", "window", "lr", "seed")
     settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in keys}, default=str))
-    done = out / "pretrain.json"
-    saved = json.loads(done.read_text()) if done.is_file() else {}
-    if saved.get("settings") == settings and (out / "model").is_dir():
-        return AutoModelForMaskedLM.from_pretrained(str(out / "model")), saved["loss"]
-    done.unlink(missing_ok=True)
+    record_path = out / "pretrain.json"
+    if (record := done(record_path, settings)) is not None and (out / "model").is_dir():
+        return AutoModelForMaskedLM.from_pretrained(str(out / "model")), record["loss"]
+    record_path.unlink(missing_ok=True)
     model = build_model(replace(cfg.model, vocab_size=len(tok), context=max(cfg.model.context, cfg.window)), seed=cfg.seed)
     bios, starts = load_encoded(data, "bios"), word_starts(tok)
 
@@ -128,7 +129,7 @@ def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
     n_windows = len(bio_rows(0)[0])
     passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
     loss = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, tok, out, settings)
-    done.write_text(json.dumps({"settings": settings, "loss": loss}))   # written last: marks it finished
+    write_json(record_path, config=settings, seed=cfg.seed, loss=loss)   # written last: marks it finished
     return model, loss
 
 
@@ -168,17 +169,18 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
     return result
 
 
-# A masked model learns from the ~15% of tokens it masks: at the cpu profile it needed 5x the
-# autoregressive budget to store the biographies (masked-token loss 4.3 at 200 exposures, 0.56 at
-# 1000), and 30 finetuning passes at 1e-3 to fit train_people's masked QAs (10 at 3e-4: 5%).
-EXPOSURE_FACTOR = 5
-FINETUNE = {"finetune_exposures": 30.0, "finetune_lr": 1e-3}
-
-
-def from_profile(profile: str, augment: str = "single", seed: int = 0) -> BidirectionalConfig:
-    """The Part 3.1 extraction profile's people and model size, with a BERT-like model trained
-    EXPOSURE_FACTOR times as long and finetuned with FINETUNE."""
-    e = extraction_profile(profile, setting="pretrain_finetune", augment=augment, seed=seed)
+def twins(profile: str, augment: str = "multi5+permute", seed: int = 0) -> tuple[BidirectionalConfig, "ExtractionConfig"]:
+    """The masked model and its autoregressive twin for Result 7: the same people (the extraction
+    profile's, at the bidirectional table's n), model size, exposures, windows, batch, lr and QA
+    finetuning (passes and lr), so that their gap is a test of the objective alone. The masked model
+    learns only from the ~15% of words it masks: it needed ~5x the autoregressive budget to store
+    the biographies, so both get the bidirectional table's exposures."""
+    s = settings("bidirectional", profile)
+    e = extraction_profile(profile, setting="pretrain_finetune", augment=augment, seed=seed, n=s["n"],
+                           exposures=s["exposures"], finetune_exposures=s["finetune_exposures"],
+                           finetune_lr=s["finetune_lr"], finetune_lr_grid=())
     model = replace(e.model, arch="bert", mlp_ratio=e.model.mlp_ratio * 2 / 3)   # gated MLP: GPT-2's parameters
-    return BidirectionalConfig(data=e.data, model=model, exposures=EXPOSURE_FACTOR * e.exposures,
-                               batch_size=e.batch_size, window=e.window, lr=e.lr, seed=seed, **FINETUNE)
+    bert = BidirectionalConfig(data=e.data, model=model, exposures=e.exposures, batch_size=e.batch_size,
+                               window=e.window, lr=e.lr, finetune_exposures=e.finetune_exposures,
+                               finetune_lr=e.finetune_lr, seed=seed)
+    return bert, e

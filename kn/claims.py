@@ -186,16 +186,17 @@ def _q_probe_gap(folder):
                     guards, ceiling - single, f"{ceiling:.1f}% of test values seen in probe training")
 
 
+TWIN_KEYS = ("exposures", "window", "batch_size", "lr", "finetune_exposures", "finetune_lr")
+
+
 def _bidirectional(folder):
-    """GPT-2 (the augmentation chapter's multi5+permute run) minus the masked model, at equal budget."""
-    bert = _load(folder, "multi5+permute")
-    gpt2_file = results_dir("augmentation", folder.name) / "multi5+permute.json"
-    gpt2 = json.loads(gpt2_file.read_text())
+    """GPT-2 twin minus the masked model (kn.bidirectional.twins), multi5+permute, held-out accuracy."""
+    bert, gpt2 = _load(folder, "multi5+permute"), _load(folder, "GPT-2 multi5+permute")
     cfg_b, cfg_g = bert["provenance"]["config"], gpt2["provenance"]["config"]
-    same = all(cfg_b.get(k) == cfg_g.get(k) for k in ("exposures", "window", "batch_size", "lr")) and \
-        cfg_b["data"]["n"] == cfg_g["data"]["n"]
+    same = all(cfg_b.get(k) == cfg_g.get(k) for k in TWIN_KEYS) and cfg_b["data"] == cfg_g["data"]
     guards = (Check("masked model: train_people QA", 100 * bert["qa"]["train"]["mean"], GUARD_TRAIN_QA),
-              Check("same people, exposures, window, batch and lr as GPT-2", float(same), 1.0, ""))
+              *_qa_guards(gpt2, "GPT-2"),
+              Check("same people, exposures, window, batch, lr and finetuning as GPT-2", float(same), 1.0, ""))
     est = bootstrap([_items(gpt2, "GPT-2"), _items(bert, "masked model")], lambda x, y: mean_accuracy(x) - mean_accuracy(y))
     return Evidence(est, f"GPT-2 {100 * gpt2['qa']['test']['mean']:.1f}% vs masked {100 * bert['qa']['test']['mean']:.1f}% "
                          f"test_people: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]", guards, 100.0, ANY_VALUE)

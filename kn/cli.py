@@ -121,7 +121,7 @@ def train_cmd(config: str = typer.Option(..., help="TOML file: TrainConfig keys 
 
 @app.command("run")
 def run(chapter: str = typer.Argument(..., help="chapter name (book/<name>.ipynb) or 'all'"),
-        profile: str = typer.Option("smoke", help="smoke | cpu | gpu | paper")):
+        profile: str = typer.Option("smoke", help="smoke | class | cpu | gpu | paper")):
     """Execute a chapter with papermill into the book, writing its result files beside it."""
     from kn.book import chapters, run_chapter
     for name in chapters() if chapter == "all" else [chapter]:

@@ -137,12 +137,13 @@ def test_celebrity_gain_and_bidirectional_budget(tmp_path, monkeypatch):
     write(tmp_path, "celebrity", "cpu", "minority alone", result(0.05))
     write(tmp_path, "celebrity", "cpu", "minority + celebrities", result(0.6, seed=1))
     assert row("Part 3.1, R6")["verdict"] == "reproduced"
-    budget = {"exposures": 100, "window": 256, "batch_size": 16, "lr": 3e-3, "data": {"n": 600}}
-    write(tmp_path, "augmentation", "cpu", "multi5+permute", result(0.6, **budget))
+    budget = {"exposures": 500, "window": 256, "batch_size": 16, "lr": 3e-3, "finetune_exposures": 30,
+              "finetune_lr": 1e-3, "data": {"n": 200}}
+    write(tmp_path, "bidirectional", "cpu", "GPT-2 multi5+permute", result(0.6, **budget))
     write(tmp_path, "bidirectional", "cpu", "multi5+permute", result(0.05, **budget))
     assert row("Part 3.1, R7")["verdict"] == "reproduced"
-    write(tmp_path, "bidirectional", "cpu", "multi5+permute", result(0.05, **(budget | {"exposures": 1000})))
-    r7 = row("Part 3.1, R7")                                              # 10x the exposures: not a fair test
+    write(tmp_path, "bidirectional", "cpu", "multi5+permute", result(0.05, **(budget | {"exposures": 2500})))
+    r7 = row("Part 3.1, R7")                                              # 5x the exposures: not a fair test
     assert r7["verdict"] == "inconclusive" and "same people, exposures" in r7["why"]
 
 

@@ -55,5 +55,5 @@ def test_misspelt_table_key_is_named(monkeypatch):
 def test_unknown_experiment_and_profile():
     with pytest.raises(DataError, match="^experiment: got 'extract'"):
         settings("extract", "cpu")
-    with pytest.raises(DataError, match="^profile: got 'laptop'; allowed: smoke, cpu, gpu, paper"):
+    with pytest.raises(DataError, match="^profile: got 'laptop'; allowed: smoke, class, cpu, gpu, paper"):
         settings("extraction", "laptop")
