@@ -70,7 +70,7 @@ Result files, in the run folder (a chapter publishes them with kn.results.publis
 Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
 `pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`, `fit_forgetting`,
 `predict`, `bootstrap_draws`, `bootstrap`, `make_pools`, `summarize`, `Trajectories`, `save_trajectories`,
-`load_trajectories`, `mean_curves`, `effectivity_table`, `forgetting_table`, `difference_table`.
+`load_trajectories`, `mean_curves`, `interval_text`, `effectivity_table`, `forgetting_table`, `difference_table`.
 """
 from __future__ import annotations
 
@@ -962,7 +962,7 @@ def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, progress: bool
 # ----------------------------------------------------------------------------- tables
 
 
-def _cell(iv: dict | None) -> str:
+def interval_text(iv: dict | None) -> str:
     """An interval as "value [low, high]"; blank where undefined."""
     if not iv or iv["value"] is None:
         return ""
@@ -975,7 +975,7 @@ def effectivity_table(stages: dict, scenarios=SCENARIOS):
     one row per stage, scenario and probe kind, as Markdown."""
     from kn.display import markdown_table
     names = ("effectivity", "control_effectivity", "effectivity_minus_control")
-    rows = [[stage, s, k] + [_cell(summary[s][k][n]) for n in names]
+    rows = [[stage, s, k] + [interval_text(summary[s][k][n]) for n in names]
             for stage, summary in stages.items() for s in scenarios for k in PROBE_KINDS]
     return markdown_table(["base", "scenario", "kind", "E injected", "E control", "E injected - control"], rows)
 
@@ -989,12 +989,15 @@ def forgetting_table(summaries: dict, key: str = "forgetting", scenarios=SCENARI
         for s in scenarios:
             for k in PROBE_KINDS:
                 f = summary[s][k][key]
-                cells = ["", "", "", "", "", ""] if f is None else [
-                    *(f"{f['fits'][law]['aic']:.1f}" for law in LAWS), f"{f['best']} by {f['delta_aic']:.1f}",
-                    _cell(f["decay_b"]), "" if f["fits"]["log"]["x_intercept"] is None else f"{f['fits']['log']['x_intercept']:.3g}"]
-                rows.append([label, s, k, *cells])
+                rows.append([label, s, k] + ([""] * 6 if f is None else _law_cells(f)))
     return markdown_table(["run", "scenario", "kind", "AIC log", "AIC linear", "AIC exp", "lowest AIC by",
                            "decay b (log law)", "t* (steps)"], rows)
+
+
+def _law_cells(f: dict) -> list[str]:
+    t_star = f["fits"]["log"]["x_intercept"]
+    return [*(f"{f['fits'][law]['aic']:.1f}" for law in LAWS), f"{f['best']} by {f['delta_aic']:.1f}",
+            interval_text(f["decay_b"]), "" if t_star is None else f"{t_star:.3g}"]
 
 
 def difference_table(diffs: dict, scenarios=SCENARIOS):
@@ -1003,6 +1006,6 @@ def difference_table(diffs: dict, scenarios=SCENARIOS):
     from kn.display import markdown_table
     first = diffs[scenarios[0]][PROBE_KINDS[0]]
     cols = [(n, sub) for n, v in first.items() for sub in (v if "value" not in v else [None])]
-    rows = [[s, k] + [_cell(diffs[s][k][n] if sub is None else diffs[s][k][n][sub]) for n, sub in cols]
+    rows = [[s, k] + [interval_text(diffs[s][k][n] if sub is None else diffs[s][k][n][sub]) for n, sub in cols]
             for s in scenarios for k in PROBE_KINDS]
     return markdown_table(["scenario", "kind"] + [n if sub is None else f"{n}: {sub}" for n, sub in cols], rows)

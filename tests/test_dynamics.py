@@ -18,9 +18,10 @@ import pytest
 from kn.data.dataset import BiosConfig
 from kn.data.injection import PROBE_KINDS, load_injection
 from kn.dynamics import (CONTROL, COLUMNS, SCENARIOS, DynamicsConfig, InjectedStream, Injection, Pool, Trajectories,
-                         background, bootstrap, bootstrap_draws, compare_batch_sizes, effectivity, fit_forgetting,
-                         fit_log, injection_steps, load_trajectories, local_max, make_pools, make_stream, mean_curves,
-                         predict, retainability, run_dynamics, scaled, seed_records, stream_start, summarize_pool)
+                         background, bootstrap, bootstrap_draws, compare_batch_sizes, effectivity, effectivity_table,
+                         fit_forgetting, fit_log, forgetting_table, injection_steps, interval_text, load_trajectories,
+                         local_max, make_pools, make_stream, mean_curves, predict, retainability, run_dynamics, scaled,
+                         seed_records, stream_start, summarize, summarize_pool)
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.tokenize import load_tokenizer
@@ -161,6 +162,17 @@ def test_injected_minus_control_on_a_built_case():
     assert (exp["c"], exp["a"], exp["tau"]) == (pytest.approx(0.5, abs=1e-4), pytest.approx(0.5, abs=1e-4),
                                                 pytest.approx(2, rel=1e-3))
     assert f["decay_b"]["value"] > 0
+
+
+def test_tables_show_the_intervals_and_the_laws():
+    summary = summarize(built_runs(), n_boot=50)
+    f = summary["once"]["memorization"]["forgetting_minus_control"]
+    text = forgetting_table({"built": summary}, "forgetting_minus_control", ("once",)).data
+    assert f"exp by {f['delta_aic']:.1f}" in text and interval_text(f["decay_b"]) in text
+    assert len(text.splitlines()) == 2 + len(PROBE_KINDS)
+    e = summary["once"]["semantic"]["effectivity_minus_control"]
+    assert f"{e['value']:.3g} [{e['low']:.3g}, {e['high']:.3g}]" in effectivity_table({"late": summary}, ("once",)).data
+    assert interval_text(None) == "" and interval_text({"value": 1.0, "low": None, "high": None}) == "1"
 
 
 def values_pool(E: np.ndarray, seed: np.ndarray) -> Pool:
