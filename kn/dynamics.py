@@ -39,7 +39,8 @@ Forgetting laws, least squares on R(t) after the last injection (`fit_forgetting
   linear  R = a - b t
   exp     R = c + a exp(-t / tau)
   AIC = n log(RSS / n) + 2 (k + 1) (Gaussian residuals, k parameters plus their variance); `best` has the
-  lowest, delta_aic is its lead over the next; `power_law` only when log is best by >= AIC_MARGIN.
+  lowest, delta_aic is its lead over the next; `power_law` only when log is best by >= AIC_MARGIN and
+  decays (b > 0): a log law that fits a rising R is no forgetting.
 Intervals (`bootstrap`): each of n_boot resamples draws the seeds with replacement, then within each
 drawn seed its paragraphs with replacement (injected and controls apart), and recomputes the statistic
 from them: the unit is a paragraph, never a step. value = the estimate from all paragraphs; low, high =
@@ -671,6 +672,7 @@ def fit_exp(t, R) -> dict:
 
     def fit(log_tau):
         return _lstsq(np.column_stack([np.ones_like(t), np.exp(-t / np.exp(log_tau))]), R)
+
     grid = np.log(np.geomspace(0.1 * t.min(), 100 * t.max(), 60))
     k = int(np.argmin([fit(g)[1] for g in grid]))
     best = minimize_scalar(lambda g: fit(g)[1], bounds=(grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]),
@@ -698,7 +700,7 @@ def predict(law: str, fit: dict, t) -> np.ndarray:
 def fit_forgetting(t, R) -> dict:
     """The three forgetting laws on the finite points of R(t): {"fits": law -> its fit with "aic",
     "best": the law of lowest AIC, "delta_aic": its lead over the next, "power_law": best is log by
-    >= AIC_MARGIN, "n": points}. DataError with fewer than MIN_POINTS points."""
+    >= AIC_MARGIN and decays (b > 0), "n": points}. DataError with fewer than MIN_POINTS points."""
     t, R = np.asarray(t, float), np.asarray(R, float)
     ok = np.isfinite(R) & (t > 0)
     if ok.sum() < MIN_POINTS:
@@ -706,8 +708,8 @@ def fit_forgetting(t, R) -> dict:
     fits = {law: FITS[law](t[ok], R[ok]) for law in LAWS}
     order = sorted(LAWS, key=lambda law: fits[law]["aic"])
     delta = fits[order[1]]["aic"] - fits[order[0]]["aic"]
-    return {"fits": fits, "best": order[0], "delta_aic": float(delta),
-            "power_law": bool(order[0] == "log" and delta >= AIC_MARGIN), "n": int(ok.sum())}
+    power = order[0] == "log" and delta >= AIC_MARGIN and fits["log"]["b"] > 0
+    return {"fits": fits, "best": order[0], "delta_aic": float(delta), "power_law": bool(power), "n": int(ok.sum())}
 
 
 # ----------------------------------------------------------------------------- pooled paragraphs and intervals
@@ -806,10 +808,11 @@ def _number(x) -> float | None:
 
 
 def interval(value: float, samples) -> dict:
-    """{"value", "low", "high"}: the estimate and the 2.5 / 97.5 percentiles of its finite resamples."""
+    """{"value", "low", "high"}: the estimate and the 2.5 / 97.5 percentiles of its finite resamples;
+    all None when the estimate itself is undefined."""
     s = np.asarray(samples, float)
     s = s[np.isfinite(s)]
-    low, high = np.percentile(s, [2.5, 97.5]) if len(s) else (None, None)
+    low, high = np.percentile(s, [2.5, 97.5]) if len(s) and _number(value) is not None else (None, None)
     return {"value": _number(value), "low": _number(low), "high": _number(high)}
 
 

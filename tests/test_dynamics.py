@@ -19,7 +19,7 @@ from kn.data.dataset import BiosConfig
 from kn.data.injection import PROBE_KINDS, load_injection
 from kn.dynamics import (CONTROL, COLUMNS, SCENARIOS, DynamicsConfig, InjectedStream, Injection, Pool, Trajectories,
                          background, bootstrap, bootstrap_draws, compare_batch_sizes, effectivity, effectivity_table,
-                         fit_forgetting, fit_log, forgetting_table, injection_steps, interval_text, load_trajectories,
+                         fit_forgetting, fit_log, forgetting_table, injection_steps, interval, interval_text, load_trajectories,
                          local_max, make_pools, make_stream, mean_curves, predict, retainability, run_dynamics, scaled,
                          seed_records, stream_start, summarize, summarize_pool)
 from kn.errors import DataError
@@ -108,6 +108,8 @@ def test_power_law_needs_a_lead_of_two():
         f = fit_forgetting(t, w * LAWS["log"](t) + (1 - w) * LAWS["linear"](t))
         assert f["power_law"] == (f["best"] == "log" and f["delta_aic"] >= 2)
     assert fit_forgetting(t, LAWS["log"](t))["power_law"] and not fit_forgetting(t, LAWS["linear"](t))["power_law"]
+    rising = fit_forgetting(t, 0.5 + 0.1 * np.log(t))                # the log law, but nothing is forgotten
+    assert rising["best"] == "log" and rising["delta_aic"] >= 2 and not rising["power_law"]
 
 
 def test_fit_edge_cases():
@@ -173,6 +175,7 @@ def test_tables_show_the_intervals_and_the_laws():
     e = summary["once"]["semantic"]["effectivity_minus_control"]
     assert f"{e['value']:.3g} [{e['low']:.3g}, {e['high']:.3g}]" in effectivity_table({"late": summary}, ("once",)).data
     assert interval_text(None) == "" and interval_text({"value": 1.0, "low": None, "high": None}) == "1"
+    assert interval(float("nan"), [1.0, 2.0]) == {"value": None, "low": None, "high": None}
 
 
 def values_pool(E: np.ndarray, seed: np.ndarray) -> Pool:
