@@ -54,7 +54,9 @@ Result files, in the run folder (a chapter publishes them with kn.results.publis
                      "injection_steps": {scenario: [...]}, "schedule": [{seed, step, row, paragraph,
                      scenario, text, n_tokens}], "stages": {stage: SUMMARY},
                      "early_vs_late": {scenario: {kind: {"effectivity" | "effectivity_minus_control":
-                         {"early": I, "late": I, "late_minus_early": I}}}}  (when both stages ran)}
+                         {"early": I, "late": I, "late_minus_early": I}}}}  (when both stages ran),
+                     "duplicated_minus_paraphrased": {stage: {kind: {"effectivity" | "effectivity_minus_control" |
+                         "forgetting" | "forgetting_minus_control": I}}}  (forgetting: decay b of the log law)}
   batch_sizes.json  {"factor", "batch_sizes": [B, factor x B], "seeds", "n_boot", "tokens_per_step": {"B": ...},
                      "batches": {"B": SUMMARY, ...}, "small_minus_large": {scenario: {kind:
                          {"forgetting" | "forgetting_minus_control": I}}}}   (decay b of the smaller batch
@@ -70,7 +72,8 @@ Result files, in the run folder (a chapter publishes them with kn.results.publis
   I = {"value", "low", "high"} (None where undefined)
 Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
 `pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`, `fit_forgetting`,
-`predict`, `bootstrap_draws`, `bootstrap`, `make_pools`, `summarize`, `Trajectories`, `save_trajectories`,
+`predict`, `bootstrap_draws`, `bootstrap`, `make_pools`, `summarize`, `early_vs_late`, `duplicated_vs_paraphrased`,
+`Trajectories`, `save_trajectories`,
 `load_trajectories`, `mean_curves`, `interval_text`, `effectivity_table`, `forgetting_table`, `difference_table`.
 """
 from __future__ import annotations
@@ -873,6 +876,14 @@ def differences(a: dict, b: dict, names: tuple, n_boot: int = N_BOOT) -> dict:
     return dict(out)
 
 
+def duplicated_vs_paraphrased(pools: dict, n_boot: int = N_BOOT) -> dict:
+    """kind -> name -> interval of duplicated minus paraphrased (effectivity, forgetting, and both minus
+    control): their paragraphs differ but share the runs, so the seeds are resampled together."""
+    names = ("effectivity", "effectivity_minus_control", "forgetting", "forgetting_minus_control")
+    return {k: {n: bootstrap((pools["duplicated", k], pools["paraphrased", k]), n, n_boot, lambda d, p: d - p)[0]
+                for n in names} for k in PROBE_KINDS}
+
+
 def early_vs_late(early: dict, late: dict, n_boot: int = N_BOOT) -> dict:
     """scenario -> kind -> effectivity and effectivity_minus_control: {"early", "late", "late_minus_early"}."""
     names = ("effectivity", "effectivity_minus_control")
@@ -926,6 +937,9 @@ def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True
               "stages": {stage: summarize(pools[stage], n_boot) for stage in cfg.stages}}
     if set(STAGES) <= set(cfg.stages):
         result["early_vs_late"] = early_vs_late(pools["early"], pools["late"], n_boot)
+    if {"duplicated", "paraphrased"} <= set(cfg.scenarios):
+        result["duplicated_minus_paraphrased"] = {stage: duplicated_vs_paraphrased(pools[stage], n_boot)
+                                                  for stage in cfg.stages}
     write_json(out / "dynamics.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t_start, **result)
     curves = {stage: mean_curves(list(trajs[stage].values())) for stage in cfg.stages}
     write_json(out / "curves.json", config=asdict(cfg), seed=cfg.seed, curves=curves)

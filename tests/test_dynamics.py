@@ -349,6 +349,11 @@ def test_smoke_run_all_scenarios(smoke):
                 assert f is None or (set(f["fits"]) == {"log", "linear", "exp"} and f["best"] in f["fits"])
     assert len(saved["stages"]["late"]["duplicated"]["memorization"]["per_injection"]) == cfg.n_injections
     assert "early_vs_late" not in saved                    # one stage only
+    for k in PROBE_KINDS:
+        d, late = saved["duplicated_minus_paraphrased"]["late"][k]["effectivity"], saved["stages"]["late"]
+        assert d["value"] == pytest.approx(late["duplicated"][k]["effectivity"]["value"]
+                                           - late["paraphrased"][k]["effectivity"]["value"])
+        assert d["low"] < d["value"] < d["high"]
     curves = json.loads((out / "curves.json").read_text())["curves"]["late"]
     assert set(curves) == {*SCENARIOS, CONTROL} and len(curves["once"]["memorization"][1]) == cfg.n_steps + 1
 
