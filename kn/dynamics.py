@@ -73,8 +73,8 @@ Result files, in the run folder (a chapter publishes them with kn.results.publis
 Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
 `pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`, `fit_forgetting`,
 `predict`, `bootstrap_draws`, `bootstrap`, `make_pools`, `summarize`, `early_vs_late`, `duplicated_vs_paraphrased`,
-`Trajectories`, `save_trajectories`,
-`load_trajectories`, `mean_curves`, `interval_text`, `effectivity_table`, `forgetting_table`, `difference_table`.
+`Trajectories`, `save_trajectories`, `load_trajectories`, `mean_curves`, `interval_text`, `effectivity_table`,
+`forgetting_table`, `difference_table`.
 """
 from __future__ import annotations
 
