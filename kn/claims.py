@@ -282,51 +282,60 @@ def _late(folder, scenario="once", kind="memorization") -> dict:
     return _load(folder, "dynamics")["stages"]["late"][scenario][kind]
 
 
-def _interval_of(d: dict) -> Interval:
+def _interval_of(d: dict | None) -> Interval:
+    if d is None or d.get("value") is None:
+        raise _NoInterval("the estimate is undefined (too few retained points or no fit)")
     return Interval(d["value"], d["low"], d["high"])
+
+
+SEEDS_AND_PARAGRAPHS = "resampled over seeds and paragraphs"
 
 
 def _bump(folder):
     e = _interval_of(_late(folder)["effectivity_minus_control"])
     return Evidence(e, f"effectivity minus never-injected controls {e.value:+.3f} nats [{e.low:+.3f}, {e.high:+.3f}] "
-                       "(memorization probes, injected once; over paragraphs and seeds)")
+                       f"(memorization probes, injected once, late base; {SEEDS_AND_PARAGRAPHS})")
 
 
 def _stage_gain(folder):
-    d = _interval_of(_load(folder, "dynamics")["stages"]["late_minus_early_effectivity"])
-    return Evidence(d, f"late minus early base effectivity {d.value:+.3f} nats [{d.low:+.3f}, {d.high:+.3f}]")
+    d = _interval_of(_load(folder, "dynamics")["early_vs_late"]["once"]["memorization"]["effectivity_minus_control"]
+                     ["late_minus_early"])
+    return Evidence(d, f"late minus early base, effectivity minus controls {d.value:+.3f} nats [{d.low:+.3f}, {d.high:+.3f}] "
+                       f"(injected once; {SEEDS_AND_PARAGRAPHS})")
 
 
 def _power_law(folder):
-    """AIC of the best other law minus the log-t law's: > 0 when the power law fits best."""
-    f = _late(folder)["forgetting"]
+    """AIC of the best other law minus the log-t law's (> 0: the power law fits best), on the
+    retainability of injected minus control probes; the decay must be above 0."""
+    f = _late(folder)["forgetting_minus_control"]
+    if f is None:
+        raise _NoInterval("no forgetting fit of injected minus control (too few retained points)")
     aic = {k: v["aic"] for k, v in f["fits"].items() if v and v.get("aic") is not None}
     if "log" not in aic or len(aic) < 2:
-        raise _NoInterval("too few retained points for the forgetting fits")
+        raise _NoInterval("too few forgetting fits to compare")
     d = min(v for k, v in aic.items() if k != "log") - aic["log"]
     b = _interval_of(f["decay_b"])
     return Evidence(Interval(d, d, d), "AIC " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(aic.items())) +
                     f": log-t better by {d:.1f} (a point: AIC has no interval here); decay b {b.value:.3f} "
-                    f"[{b.low:.3f}, {b.high:.3f}]", (Check("decay b, lower end of its interval", b.low, 1e-9, ""),))
+                    f"[{b.low:.3f}, {b.high:.3f}] (injected minus control, once, late base)",
+                    (Check("decay b, lower end of its interval", b.low, 1e-9, ""),))
 
 
-def _decay_gap(fast: dict, slow: dict, names: tuple[str, str]) -> Evidence:
-    a, b = _interval_of(fast["decay_b"]), _interval_of(slow["decay_b"])
-    gap = Interval(a.value - b.value, a.low - b.high, a.high - b.low)
-    return Evidence(gap, f"decay b {a.value:.3f} [{a.low:.3f}, {a.high:.3f}] ({names[0]}) vs {b.value:.3f} "
-                         f"[{b.low:.3f}, {b.high:.3f}] ({names[1]})")
+def _decay_gap(d: Interval, names: tuple[str, str]) -> Evidence:
+    return Evidence(d, f"decay b ({names[0]}) minus decay b ({names[1]}) {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
+                       f"({SEEDS_AND_PARAGRAPHS})")
 
 
 def _duplicated_forgets_faster(folder):
-    return _decay_gap(_late(folder, "duplicated")["forgetting"], _late(folder, "paraphrased")["forgetting"],
-                      ("duplicated", "paraphrased"))
+    d = _load(folder, "dynamics")["duplicated_minus_paraphrased"]["late"]["memorization"]["forgetting"]
+    return _decay_gap(_interval_of(d), ("duplicated", "paraphrased"))
 
 
 def _batch_forgets_slower(folder):
-    fits = _load(folder, "batch_sizes")["fits"]
-    small, big = sorted(fits, key=int)[0], sorted(fits, key=int)[-1]
-    return _decay_gap(fits[small]["once"]["memorization"]["forgetting"], fits[big]["once"]["memorization"]["forgetting"],
-                      (f"batch {small}", f"batch {big}"))
+    r = _load(folder, "batch_sizes")
+    small, large = sorted(r["batch_sizes"])[0], sorted(r["batch_sizes"])[-1]
+    return _decay_gap(_interval_of(r["small_minus_large"]["once"]["memorization"]["forgetting"]),
+                      (f"batch {small}", f"batch {large}"))
 
 
 # ----------------------------------------------------------------------------- Xu & Chen

@@ -23,10 +23,11 @@ KEYS = {
                    "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size", "lora_rank",
                    "lora_embed_rank", "seed", "data_dir"),
     "probing": ("rank_p", "rank_q", "epochs"),
+    "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr"),
     "capacity": ("data", "window", "grid", "arms"),
-    "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "pretrain_exposures", "pretrain_lr",
-                 "early_fraction", "stages", "batch_size", "window", "lr", "n_steps", "t0", "n_injections", "gap",
-                 "eval_every", "lam_window", "device", "compile", "seed"),
+    "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "n_seeds", "pretrain_exposures",
+                 "pretrain_lr", "early_fraction", "stages", "batch_size", "batch_factor", "window", "lr", "n_steps", "t0",
+                 "n_injections", "gap", "eval_every", "lam_window", "device", "compile", "seed"),
     "onelayer": ("arch", "multiplicity", "train_fraction", "finetune", "augment_extra", "n", "n_embd", "n_head",
                  "vocab_size", "window", "batch_size", "lr", "exposures", "finetune_exposures", "finetune_lr",
                  "finetune_batch_size", "lora_lr", "seed"),            # kn.onelayer's point keys but runs_dir
@@ -70,6 +71,15 @@ TABLES = {
         "gpu": {"rank_p": 2, "rank_q": 16, "epochs": 20},
         "paper": {"rank_p": 2, "rank_q": 16, "epochs": 20},
     },
+    # Part 3.1 Result 7: the masked model and its GPT-2 twin (kn.bidirectional.twins), on the extraction
+    # profile's model at these people and exposures (a masked model needs ~5x the autoregressive budget)
+    "bidirectional": {
+        "smoke": {"n": 60, "exposures": 20, "finetune_exposures": 10, "finetune_lr": 1e-3},
+        "class": {"n": 100, "exposures": 300, "finetune_exposures": 30, "finetune_lr": 1e-3},
+        "cpu": {"n": 200, "exposures": 500, "finetune_exposures": 30, "finetune_lr": 1e-3},
+        "gpu": {"n": 5000, "exposures": 1000, "finetune_exposures": 30, "finetune_lr": 1e-3},
+        "paper": {"n": 100000, "exposures": 2700, "finetune_exposures": 30, "finetune_lr": 1e-3},
+    },
     # Part 3.3: the capacity sweep. `grid` picks lr and batch_size (kn.capacity.best_setting, on bits:
     # capacity is measured on the training data itself); `arms` are the law's points, sizes as
     # (n_layer, n_head, n_embd, N): N grows with the model so that the data hold >= 3x (100 exposures,
@@ -103,21 +113,29 @@ TABLES = {
                                                       [(2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 16)]]}
                            for e in (100, 1000)]},
     },
-    # Chang et al.: background bioS, base model, continued pretraining with injections (kn.dynamics)
+    # Chang et al.: background bioS, base model, continued pretraining with injections (kn.dynamics). Many
+    # people, few passes: a pass is long (cpu: ~74 steps); 3 seeds share the data and the bases. With
+    # 10,000 people the tokenizer splits the invented names finely: paragraphs take up to ~300 tokens.
     "dynamics": {
-        "smoke": {"n": 50, "vocab_size": 600, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
-                  "n_paragraphs": 2, "n_probes": 3, "pretrain_exposures": 6, "pretrain_lr": 3e-3, "batch_size": 8,
-                  "window": 320, "lr": 1e-2, "n_steps": 30, "t0": 4, "n_injections": 3, "gap": 6, "lam_window": 4},
-        "cpu": {"n": 400, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
-                "n_paragraphs": 4, "n_probes": 5, "pretrain_exposures": 40, "pretrain_lr": 3e-3, "batch_size": 32,
-                "window": 256, "lr": 1e-3, "n_steps": 320, "t0": 40, "n_injections": 4, "gap": 40, "lam_window": 20,
+        "smoke": {"n": 200, "vocab_size": 1000, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
+                  "n_paragraphs": 2, "n_probes": 3, "n_seeds": 2, "pretrain_exposures": 4, "pretrain_lr": 3e-3,
+                  "batch_size": 8, "window": 320, "lr": 1e-2, "n_steps": 40, "t0": 4, "n_injections": 3, "gap": 4,
+                  "lam_window": 4},
+        "class": {"n": 3000, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
+                  "n_paragraphs": 2, "n_probes": 5, "pretrain_exposures": 2, "pretrain_lr": 3e-3, "batch_size": 16,
+                  "window": 320, "lr": 1e-3, "n_steps": 52, "t0": 8, "n_injections": 3, "gap": 8, "lam_window": 8,
+                  "eval_every": 2},
+        "cpu": {"n": 10000, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 320},
+                "n_paragraphs": 4, "n_probes": 5, "pretrain_exposures": 2, "pretrain_lr": 3e-3, "batch_size": 32,
+                "window": 320, "lr": 1e-3, "n_steps": 96, "t0": 16, "n_injections": 3, "gap": 16, "lam_window": 12,
                 "eval_every": 2},
-        "gpu": {"n": 5000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
-                "n_paragraphs": 20, "n_probes": 5, "pretrain_exposures": 20, "pretrain_lr": 1e-3, "batch_size": 96,
-                "window": 512, "lr": 4e-4, "n_steps": 1600, "t0": 100, "n_injections": 10, "gap": 100, "lam_window": 50},
-        "paper": {"n": 100000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 1024},
-                  "n_paragraphs": 40, "n_probes": 5, "pretrain_exposures": 20, "pretrain_lr": 1e-3, "batch_size": 256,
-                  "window": 1024, "lr": 4e-4, "n_steps": 2000, "t0": 100, "n_injections": 10, "gap": 100, "lam_window": 50},
+        "gpu": {"n": 50000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
+                "n_paragraphs": 20, "n_probes": 5, "pretrain_exposures": 4, "pretrain_lr": 1e-3, "batch_size": 96,
+                "window": 512, "lr": 4e-4, "n_steps": 1600, "t0": 100, "n_injections": 10, "gap": 100, "lam_window": 48},
+        "paper": {"n": 500000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 1024},
+                  "n_paragraphs": 40, "n_probes": 5, "pretrain_exposures": 4, "pretrain_lr": 1e-3, "batch_size": 256,
+                  "batch_factor": 5, "window": 1024, "lr": 4e-4, "n_steps": 2000, "t0": 100, "n_injections": 10,
+                  "gap": 100, "lam_window": 50},
     },
     # Xu & Chen: one-layer models (kn.onelayer). Lists are the sweep's axes, values are fixed.
     "onelayer": {

@@ -201,25 +201,27 @@ def forgetting(b, aic_log, aic_linear, aic_exp=100.0):
 
 def test_dynamics_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
-    fast, slow = iv(0.3, 0.25, 0.35), iv(0.1, 0.05, 0.15)
-    late = {"once": {"memorization": {"effectivity_minus_control": iv(0.4, 0.2, 0.6), "forgetting": forgetting(fast, 10, 15)}},
-            "duplicated": {"memorization": {"forgetting": forgetting(fast, 10, 15)}},
-            "paraphrased": {"memorization": {"forgetting": forgetting(slow, 10, 15)}}}
-    stages = {"late": late, "late_minus_early_effectivity": iv(-0.01, -0.04, 0.03)}
-    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": stages})
-    write(tmp_path, "dynamics", "cpu", "batch_sizes", {"fits": {"32": {"once": {"memorization": {"forgetting": forgetting(slow, 1, 2)}}},
-                                                               "8": {"once": {"memorization": {"forgetting": forgetting(fast, 1, 2)}}}}})
+    once = {"effectivity_minus_control": iv(0.4, 0.2, 0.6), "forgetting_minus_control": forgetting(iv(0.3, 0.25, 0.35), 10, 15)}
+    result = {"stages": {"late": {"once": {"memorization": once}}},
+              "early_vs_late": {"once": {"memorization": {"effectivity_minus_control": {"late_minus_early": iv(-0.01, -0.04, 0.03)}}}},
+              "duplicated_minus_paraphrased": {"late": {"memorization": {"forgetting": iv(0.2, 0.1, 0.3)}}}}
+    write(tmp_path, "dynamics", "cpu", "dynamics", result)
+    write(tmp_path, "dynamics", "cpu", "batch_sizes", {"batch_sizes": [128, 32],
+                                                       "small_minus_large": {"once": {"memorization": {"forgetting": iv(0.1, 0.02, 0.2)}}}})
     assert [r["verdict"] for r in by_chapter("dynamics")] == ["reproduced"] * 5
+    assert "batch 32) minus decay b (batch 128" in by_chapter("dynamics")[4]["ours"]
     # built to fail the power law: a line in t fits better (lower AIC) though R falls with log t too
-    late["once"]["memorization"]["forgetting"] = forgetting(fast, 15, 10)
-    late["paraphrased"]["memorization"]["forgetting"] = forgetting(iv(0.25, 0.2, 0.3), 10, 15)   # overlaps fast
-    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": stages})
+    once["forgetting_minus_control"] = forgetting(iv(0.3, 0.25, 0.35), 15, 10)
+    result["duplicated_minus_paraphrased"]["late"]["memorization"]["forgetting"] = iv(0.05, -0.1, 0.2)   # straddles 0
+    result["early_vs_late"]["once"]["memorization"]["effectivity_minus_control"]["late_minus_early"] = iv(0.3, 0.2, 0.4)
+    write(tmp_path, "dynamics", "cpu", "dynamics", result)
     rows = by_chapter("dynamics")
     assert rows[2]["verdict"] == "not reproduced" and "log-t better by -5.0" in rows[2]["ours"]
-    assert rows[3]["verdict"] == "inconclusive"
-    late["once"]["memorization"]["forgetting"] = forgetting(iv(0.01, -0.02, 0.04), 10, 15)      # no decay at all
-    write(tmp_path, "dynamics", "cpu", "dynamics", {"stages": stages})
-    assert by_chapter("dynamics")[2]["verdict"] == "inconclusive"
+    assert rows[3]["verdict"] == "inconclusive" and rows[1]["verdict"] == "not reproduced"
+    once["forgetting_minus_control"] = forgetting(iv(0.01, -0.02, 0.04), 10, 15)                # no decay at all
+    once["effectivity_minus_control"] = iv(None, None, None)                                    # undefined estimate
+    write(tmp_path, "dynamics", "cpu", "dynamics", result)
+    assert [r["verdict"] for r in by_chapter("dynamics")][:3] == ["inconclusive", "not reproduced", "inconclusive"]
 
 
 def test_onelayer_claims_report_every_rank_and_need_an_interval(tmp_path, monkeypatch):
