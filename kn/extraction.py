@@ -10,7 +10,8 @@ and the majority-guess baseline. Every stage is skipped when its result file is 
 stopped. Entry points: `ExtractionConfig`, `from_profile`, `run_extraction`, `run_suite` (several
 named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`, `finetune`.
 A validation slice of train_people (data.valid_fraction; split "valid", never trained on) chooses
-the finetune lr among `finetune_lr_grid`; test_people are scored once, on the final model.
+the finetune lr among `finetune_lr_grid` (among the lrs whose model learned its train_people);
+test_people are scored once, on the final model.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kn.claims import GUARD_TRAIN_QA
 from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
 from kn.data.records import ATTRIBUTES, read_jsonl
@@ -212,8 +214,10 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
 
 def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress: bool = True) -> tuple[Path, dict, list]:
     """QA finetuning of the model at `init` on train_people: at cfg.finetune_lr in `out`, or at each
-    lr of cfg.finetune_lr_grid in out/lr<lr>, keeping the one with the best validation-slice
-    accuracy (the first on ties). Returns (model folder, its train.json, the recipes' scores)."""
+    lr of cfg.finetune_lr_grid in out/lr<lr>, keeping, among the recipes that learned their task
+    (train_people accuracy >= the claims' guard; all when none did), the one with the best
+    validation-slice accuracy (the first on ties). Returns (model folder, its train.json, the
+    recipes' train and validation scores)."""
     grid = cfg.finetune_lr_grid or (cfg.finetune_lr,)
     if len(grid) > 1 and not cfg.data_dir and cfg.data.valid_fraction == 0:
         raise DataError("finetune_lr_grid: choosing among lrs needs a validation slice; set valid_fraction > 0")
@@ -226,9 +230,13 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
         runs.append((folder, train_stage(ft, progress)))
     if len(grid) == 1:
         return runs[0][0] / "model", runs[0][1], []
-    recipes = [{"finetune_lr": lr, "valid": evaluate_model(f / "model", data, splits=("valid",), memorize=False)["qa"]["valid"]}
-               for lr, (f, _) in zip(grid, runs)]
-    best = max(range(len(grid)), key=lambda i: (recipes[i]["valid"]["mean"], -i))
+    recipes = []
+    for lr, (f, _) in zip(grid, runs):
+        qa = evaluate_model(f / "model", data, splits=("train", "valid"), memorize=False)["qa"]
+        recipes.append({"finetune_lr": lr, "train": qa["train"], "valid": qa["valid"],
+                        "learned": 100 * qa["train"]["mean"] >= GUARD_TRAIN_QA})
+    pool = [i for i in range(len(grid)) if recipes[i]["learned"]] or list(range(len(grid)))
+    best = max(pool, key=lambda i: (recipes[i]["valid"]["mean"], -i))
     recipes[best]["chosen"] = True
     return runs[best][0] / "model", runs[best][1], recipes
 
