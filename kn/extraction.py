@@ -243,8 +243,8 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
 
 def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) for kn.display.markdown_table: per run, QA exact match of train_people, the
-    validation slice and test_people (with its 95% interval over people), bios memorized, and the
-    finetune lr the validation slice chose (every candidate's validation score beside it)."""
+    validation slice and test_people (with its 95% interval over people), bios memorized, and every
+    candidate finetune lr with its validation and train_people accuracy, the chosen one marked."""
     from kn.intervals import held_out_accuracy
 
     def pct(r, split):
@@ -257,11 +257,12 @@ def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
         if "items" in r["qa"]:
             t = held_out_accuracy(r)
             test = f"{t.value:.1f}% [{t.low:.1f}, {t.high:.1f}]"
-        recipes = ", ".join(f"{c['finetune_lr']:g}: {100 * c['valid']['mean']:.1f}%{' (chosen)' if c.get('chosen') else ''}"
-                            for c in r.get("recipes", []))
+        recipes = ", ".join(f"{c['finetune_lr']:g}: {100 * c['valid']['mean']:.1f}%"
+                            + (f" (train {100 * c['train']['mean']:.0f}%)" if "train" in c else "")
+                            + (" **chosen**" if c.get("chosen") else "") for c in r.get("recipes", []))
         rows.append([name, pct(r, "train"), pct(r, "valid"), test, f"{100 * r['memorization']['mean']:.1f}%", recipes or "-"])
     return ["run", "train_people", "validation slice", "test_people [95%]", "bios memorized",
-            "finetune lr: validation accuracy"], rows
+            "finetune lr: validation accuracy (train_people)"], rows
 
 
 def pretraining_key(cfg: ExtractionConfig) -> dict | None:
