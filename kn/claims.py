@@ -346,12 +346,19 @@ def _onelayer_rows(folder):
     return read_rows(folder / "sweep.csv")
 
 
-def _onelayer_mean(rows, **match):
-    sel = [float(r["acc_test"]) for r in rows if all(r[k] == v for k, v in match.items())]
-    return 100 * float(np.mean(sel)) if sel else float("nan")
+def _point(rows, **match) -> Interval:
+    """Held-out accuracy (%) of the one sweep point matching `match`, with its interval over test_people."""
+    sel = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    if len(sel) != 1:
+        raise FileNotFoundError(f"{len(sel)} sweep points match {match}")
+    if sel[0].get("acc_test_low") in (None, ""):
+        raise _NoInterval("sweep.csv has no interval columns (made before intervals): re-run the chapter")
+    return Interval(*(100 * float(sel[0][k]) for k in ("acc_test", "acc_test_low", "acc_test_high")))
 
 
-NO_ONELAYER_INTERVAL = "one run per point and no per-person answers in sweep.csv: no interval"
+def _gap(a: Interval, b: Interval) -> Interval:
+    """a - b with the conservative interval of two independent intervals' ends."""
+    return Interval(a.value - b.value, a.low - b.high, a.high - b.low)
 
 
 def _largest(rows) -> dict:
@@ -361,26 +368,35 @@ def _largest(rows) -> dict:
 def _mlp_gap(folder):
     rows = _onelayer_rows(folder)
     at = _largest(rows) | {"finetune": "full"}
-    mlp, att = _onelayer_mean(rows, arch="attn_mlp", **at), _onelayer_mean(rows, arch="attn_only", **at)
-    return Evidence(None, f"{mlp:.1f}% (attention+MLP) vs {att:.1f}% (attention only), held-out; {NO_ONELAYER_INTERVAL}")
+    mlp, att = _point(rows, arch="attn_mlp", **at), _point(rows, arch="attn_only", **at)
+    gap = _gap(mlp, att)
+    return Evidence(gap, f"{mlp.value:.1f}% [{mlp.low:.1f}, {mlp.high:.1f}] (attention+MLP) vs {att.value:.1f}% "
+                         f"[{att.low:.1f}, {att.high:.1f}] (attention only), held-out: gap {gap.value:+.1f} "
+                         f"[{gap.low:+.1f}, {gap.high:+.1f}]", ceiling=100.0, ceiling_text=ANY_VALUE)
 
 
 def _low_rank_gap(folder):
+    """Every rank's held-out accuracy minus full finetuning's; the claim needs each of them, so the
+    evidence is the smallest gap (its interval: the smallest ends)."""
     rows = _onelayer_rows(folder)
     at = _largest(rows) | {"arch": "attn_mlp"}
     lora = sorted({r["finetune"] for r in rows} - {"full"})
     if not lora:
         raise FileNotFoundError("no low-rank points")
-    full = _onelayer_mean(rows, finetune="full", **at)
-    every = ", ".join(f"{r} {_onelayer_mean(rows, finetune=r, **at):.1f}%" for r in lora)
-    return Evidence(None, f"full {full:.1f}% vs {every}, held-out (every rank); {NO_ONELAYER_INTERVAL}")
+    full = _point(rows, finetune="full", **at)
+    gaps = {r: _gap(_point(rows, finetune=r, **at), full) for r in lora}
+    worst = Interval(*(min(g[i] for g in gaps.values()) for i in range(3)))
+    every = ", ".join(f"{r} {g.value:+.1f} [{g.low:+.1f}, {g.high:+.1f}]" for r, g in gaps.items())
+    return Evidence(worst, f"full {full.value:.1f}%; each rank minus full: {every} (held-out, every rank)")
 
 
 def _rank1(folder):
     rows = [r for r in _onelayer_rows(folder) if r["finetune"] == "full" and r["arch"] == "attn_mlp"]
-    shares = [100 * float(r["rank1_qkv"]) for r in rows]
-    return Evidence(None, f"top direction holds {np.nanmean(shares):.0f}% of the attention (qkv) update's squared norm "
-                          f"(range {np.nanmin(shares):.0f}-{np.nanmax(shares):.0f}% over {len(shares)} models); no interval")
+    shares = np.array([[100 * float(r["rank1_qkv"])] for r in rows])
+    est = bootstrap([shares], lambda t: float(t.mean()))
+    return Evidence(est, f"top direction holds {est.value:.0f}% [{est.low:.0f}, {est.high:.0f}] of the attention (qkv) "
+                         f"update's squared norm ({len(rows)} full finetunes, resampled over them)",
+                    (Check("full finetunes", len(rows), 3, ""),))
 
 
 CLAIMS = [

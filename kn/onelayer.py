@@ -41,6 +41,7 @@ import numpy as np
 from kn.data.dataset import BiosConfig
 from kn.errors import DataError, check_count
 from kn.extraction import ExtractionConfig, prepare_dataset, run_extraction, stage_config, train_stage
+from kn.intervals import held_out_accuracy
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.results import runs_dir as chapter_runs
@@ -216,7 +217,9 @@ def _flat(result: dict) -> dict:
     """The numbers a sweep row keeps from kn.extraction's result."""
     qa, tr = result["qa"], result["training"]
     base = result["majority_baseline"]
+    test = held_out_accuracy(result)                      # % with its 95% interval over test_people
     return {"acc_train": qa["train"]["mean"], "acc_test": qa["test"]["mean"],
+            "acc_test_low": test.low / 100, "acc_test_high": test.high / 100,
             "first_token_train": qa["train"]["first_token"], "first_token_test": qa["test"]["first_token"],
             "majority_baseline": float(np.mean(list(base.values()))),
             "memorization": result["memorization"]["mean"],

@@ -224,20 +224,26 @@ def test_dynamics_claims(tmp_path, monkeypatch):
     assert [r["verdict"] for r in by_chapter("dynamics")][:3] == ["inconclusive", "not reproduced", "inconclusive"]
 
 
-def test_onelayer_claims_report_every_rank_and_need_an_interval(tmp_path, monkeypatch):
-    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
-    folder = tmp_path / "onelayer" / "cpu"
-    folder.mkdir(parents=True)
-    lines = ["arch,multiplicity,train_fraction,finetune,acc_test,rank1_qkv"]
+def onelayer_csv(folder, intervals=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["arch,multiplicity,train_fraction,finetune,acc_test,acc_test_low,acc_test_high,rank1_qkv"]
     for arch, acc in [("attn_mlp", 0.6), ("attn_only", 0.05)]:
         for ft, drop in [("full", 0.0), ("lora1", 0.5), ("lora8", 0.0)]:
-            lines.append(f"{arch},5,0.75,{ft},{acc - drop * acc},0.2")
-    lines.append("attn_mlp,1,0.25,full,0.0,0.2")                             # not the largest setting: ignored
+            a = acc - drop * acc
+            lines.append(f"{arch},5,0.75,{ft},{a},{a - 0.05 if intervals else ''},{a + 0.05 if intervals else ''},0.6")
+    lines += ["attn_mlp,1,0.25,full,0.0,0.0,0.05,0.7", "attn_mlp,1,0.75,full,0.0,0.0,0.05,0.7"]   # not the largest: ignored
     (folder / "sweep.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_onelayer_claims_report_every_rank(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    onelayer_csv(tmp_path / "onelayer" / "cpu")
     rows = by_chapter("onelayer")
-    assert [r["verdict"] for r in rows] == ["inconclusive"] * 3
-    assert "60.0% (attention+MLP) vs 5.0% (attention only)" in rows[0]["ours"]
-    assert "lora1 30.0%, lora8 60.0%" in rows[1]["ours"]                    # every rank, not the best
+    assert [r["verdict"] for r in rows] == ["reproduced", "not reproduced", "reproduced"]
+    assert "60.0% [55.0, 65.0] (attention+MLP) vs 5.0% [0.0, 10.0] (attention only)" in rows[0]["ours"]
+    assert "lora1 -30.0 [-40.0, -20.0], lora8 +0.0 [-10.0, +10.0]" in rows[1]["ours"]    # every rank, not the best
+    onelayer_csv(tmp_path / "onelayer" / "cpu", intervals=False)
+    assert [r["verdict"] for r in by_chapter("onelayer")][:2] == ["inconclusive"] * 2
 
 
 @pytest.mark.parametrize("kind", ["between", ""])
