@@ -71,8 +71,12 @@ class ExtractionConfig:
 def from_profile(profile: str, **overrides) -> ExtractionConfig:
     """The profile's settings for Part 3.1 experiments, with overrides: dataset keys (n, kind,
     augment, n_celebrity), `model` (a ModelConfig or dict) or any ExtractionConfig field; an unknown
-    key is a DataError naming it (kn.profiles.KEYS)."""
+    key is a DataError naming it (kn.profiles.KEYS). A table's `mixed_exposures` is the exposures of
+    setting="mixed" runs."""
     s = settings("extraction", profile, **overrides)
+    mixed_exposures = s.pop("mixed_exposures", None)       # a profile's budget for mixed runs, if it differs
+    if mixed_exposures is not None and s.get("setting") == "mixed" and "exposures" not in overrides:
+        s["exposures"] = mixed_exposures
     data = BiosConfig(**{k: s.pop(k) for k in (*DATA_KEYS, "vocab_size") if k in s}, seed=s.get("seed", 0))
     model = s.pop("model")
     return ExtractionConfig(data=data, model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)

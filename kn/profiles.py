@@ -20,8 +20,8 @@ KEYS = {
     "data": ("n", "n_biod", "n_paragraphs"),
     "extraction": (*_PEOPLE, "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction",   # BiosConfig
                    "valid_fraction", "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr",
-                   "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size", "lora_rank",
-                   "lora_embed_rank", "seed", "data_dir"),
+                   "mixed_exposures", "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size",
+                   "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "probing": ("rank_p", "rank_q", "epochs"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr"),
     "celebrity": ("n",),
@@ -55,8 +55,10 @@ TABLES = {
                   "valid_fraction": 0.2, "finetune_exposures": 10, "finetune_lr_grid": [1e-4, 3e-4, 1e-3]},
         # 600 people: 300 test_people give intervals of about +-4 points; at 100 (the old cpu scale)
         # the 50 finetuned people could neither pass nor fail a claim
+        # multi5+permute needs 200 exposures to memorize its bios (100 gave 64%, the guard wants 90%); a
+        # mixed run at QA fraction 0.8 costs 5x per exposure, and single bios are memorized at 100
         "cpu": {"n": 600, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
-                "window": 256, "batch_size": 16, "exposures": 100, "lr": 3e-3, "qa_fraction": 0.8,
+                "window": 256, "batch_size": 16, "exposures": 200, "mixed_exposures": 100, "lr": 3e-3, "qa_fraction": 0.8,
                 "valid_fraction": 0.2, "finetune_exposures": 10, "finetune_lr_grid": [1e-4, 3e-4, 1e-3]},
         "gpu": {"n": 5000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
                 "window": 512, "batch_size": 64, "exposures": 200, "lr": 1e-3, "finetune_exposures": 20},

@@ -20,7 +20,7 @@ def names(cls) -> set:
 
 
 def test_keys_are_the_configs_fields():
-    assert set(KEYS["extraction"]) == names(ExtractionConfig) - {"data"} | set(DATA_KEYS) | {"vocab_size"}
+    assert set(KEYS["extraction"]) == names(ExtractionConfig) - {"data"} | set(DATA_KEYS) | {"vocab_size", "mixed_exposures"}
     assert set(KEYS["dynamics"]) == names(DynamicsConfig) - {"data"} | {"n", "vocab_size"}
     assert set(KEYS["onelayer"]) == set(DEFAULTS) - {"runs_dir"}
     assert set(MODEL_KEYS) == names(ModelConfig)
