@@ -22,7 +22,7 @@ from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
-from kn.extraction import from_profile as extraction_profile, person_items
+from kn.extraction import ExtractionConfig, from_profile as extraction_profile, person_items
 from kn.models import ModelConfig, build_model, n_params
 from kn.profiles import settings
 from kn.results import done, write_json
@@ -169,7 +169,7 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path) -> dict:
     return result
 
 
-def twins(profile: str, augment: str = "multi5+permute", seed: int = 0) -> tuple[BidirectionalConfig, "ExtractionConfig"]:
+def twins(profile: str, augment: str = "multi5+permute", seed: int = 0) -> tuple[BidirectionalConfig, ExtractionConfig]:
     """The masked model and its autoregressive twin for Result 7: the same people (the extraction
     profile's, at the bidirectional table's n), model size, exposures, windows, batch, lr and QA
     finetuning (passes and lr), so that their gap is a test of the objective alone. The masked model
