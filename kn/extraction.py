@@ -103,15 +103,26 @@ def stage_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) 
 
 
 def train_stage(cfg: TrainConfig, progress: bool = True) -> dict:
-    """The out/train.json of a finished run of `cfg`: read when there, else trained. An interrupted
-    run resumes (kn.train refuses other settings); a finished run of other settings is replaced.
+    """The out/train.json of a finished run of `cfg`: read when there (and newer than the model it
+    started from), else trained. An interrupted run resumes (kn.train refuses other settings); a
+    finished run of other settings, or from an older starting model, is replaced.
     kn.train.Interrupted when a signal stops the training (run again to resume)."""
     path = Path(cfg.out) / "train.json"
-    if (record := done(path, cfg)) is not None:
+    if (record := done(path, cfg)) is not None and not _init_is_newer(cfg, path):
         return record
+    stale = record is not None                                          # same settings, older starting model
     other = path.is_file() and not read_json(path).get("interrupted")
-    stop_if_interrupted(train(cfg, resume=True, overwrite=other, progress=progress), cfg.out)
+    stop_if_interrupted(train(cfg, resume=not stale, overwrite=other, progress=progress), cfg.out)
     return read_json(path)
+
+
+def _init_is_newer(cfg: TrainConfig, record: Path) -> bool:
+    """The model a finetune starts from (its run's train.json) was written after the finetune's record:
+    the same settings, but another starting point, so the finetune is stale."""
+    if not cfg.init:
+        return False
+    init = Path(cfg.init).parent / "train.json"
+    return init.is_file() and init.stat().st_mtime_ns > record.stat().st_mtime_ns
 
 
 def prepare_dataset(cfg: ExtractionConfig, path: Path) -> None:

@@ -120,3 +120,19 @@ def test_lr_grid_needs_a_validation_slice(tmp_path):
         finetune(cfg, tmp_path, tmp_path / "init", tmp_path / "ft", progress=False)
     with pytest.raises(DataError, match="^finetune_lr_grid: got"):
         from_profile("smoke", finetune_lr_grid=[1e-3, -1])
+
+
+def test_finetune_of_a_newer_pretraining_is_trained_again(tmp_path):
+    """Built from the bug it fixes: a finetune's settings name its starting model by path only, so
+    after the pretraining was re-run (more exposures) the old finetune was reused as if done."""
+    cfg = from_profile("smoke", setting="pretrain_finetune", finetune_lr_grid=())
+    data, pre = tmp_path / "data", tmp_path / "pretrain"
+    prepare_dataset(cfg, data)
+    train_stage(stage_config(cfg, data, pre, "pretrain"), progress=False)
+    ft = stage_config(cfg, data, tmp_path / "ft", "finetune", init=str(pre / "model"), exposures=1)
+    first = train_stage(ft, progress=False)
+    assert train_stage(ft, progress=False) == first                       # done: reused
+    train_stage(stage_config(replace(cfg, exposures=cfg.exposures + 1), data, pre, "pretrain"), progress=False)
+    again = train_stage(ft, progress=False)                               # the same settings, a newer model
+    assert again["provenance"]["wall_time_s"] != first["provenance"]["wall_time_s"]
+    assert (tmp_path / "ft" / "train.json").stat().st_mtime_ns > (pre / "train.json").stat().st_mtime_ns
