@@ -54,7 +54,7 @@ def test_book_builds_with_warnings_as_errors(tmp_path):
 
 def test_book_refuses_unexecuted_chapter(tmp_path):
     root = copy_book(tmp_path)
-    nb = next((root / "book").glob("*.ipynb"))
+    nb = notebook(chapters(root)[0], root)            # a chapter, not a run written beside one (data.smoke.ipynb)
     book = nbformat.read(nb, as_version=4)
     for cell in book.cells:
         if cell.cell_type == "code":
