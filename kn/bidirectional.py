@@ -115,9 +115,9 @@ def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
     pretraining with the same settings, else trained there (an interrupted one resumed)."""
     from transformers import AutoModelForMaskedLM
     keys = ("data", "model", "exposures", "mask_rate", "batch_size", "window", "lr", "seed")
-    settings = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in keys}, default=str))
+    recorded = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k in keys}, default=str))
     record_path = out / "pretrain.json"
-    if (record := done(record_path, settings)) is not None and (out / "model").is_dir():
+    if (record := done(record_path, recorded)) is not None and (out / "model").is_dir():
         return AutoModelForMaskedLM.from_pretrained(str(out / "model")), record["loss"]
     record_path.unlink(missing_ok=True)
     model = build_model(replace(cfg.model, vocab_size=len(tok), context=max(cfg.model.context, cfg.window)), seed=cfg.seed)
@@ -128,8 +128,8 @@ def _pretrained(cfg: BidirectionalConfig, data: Path, tok, out: Path):
         return mask_words(windows, starts, cfg.mask_rate, tok.mask_token_id, np.random.default_rng([cfg.seed, epoch, 6]))
     n_windows = len(bio_rows(0)[0])
     passes = cfg.exposures / parse_augment(cfg.data.augment).per_person
-    loss = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, tok, out, settings)
-    write_json(record_path, config=settings, seed=cfg.seed, loss=loss)   # written last: marks it finished
+    loss = _fit(model, bio_rows, max(1, n_windows // cfg.batch_size), passes, cfg, cfg.lr, tok, out, recorded)
+    write_json(record_path, config=recorded, seed=cfg.seed, loss=loss)   # written last: marks it finished
     return model, loss
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from kn import paper
 from kn.data.records import ATTRIBUTES
 from kn.display import markdown_table
-from kn.intervals import Interval, bootstrap, mean_accuracy, person_table
+from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, person_table
 from kn.profiles import PROFILES
 from kn.results import results_dir
 
@@ -161,7 +161,7 @@ def _gain(name_with: str, name_without: str, what: str) -> Callable[[Path], Evid
     """test accuracy of `name_with` minus `name_without`, in points, with both runs' guards."""
     def measure(folder):
         a, b = _load(folder, name_with), _load(folder, name_without)
-        est = bootstrap([_items(a, name_with), _items(b, name_without)], lambda x, y: mean_accuracy(x) - mean_accuracy(y))
+        est = accuracy_gap(_items(a, name_with), _items(b, name_without))
         ta, tb = (100 * r["qa"]["test"]["mean"] for r in (a, b))
         return Evidence(est, f"{what}: {tb:.1f}% -> {ta:.1f}%, gain {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
                         _qa_guards(a, name_with) + _qa_guards(b, name_without), 100.0 - tb, f"{100 - tb:.1f} points")
@@ -176,7 +176,7 @@ def _q_probe_gap(folder):
     if any("items" not in r["q"] for r in runs.values()):
         raise _NoInterval("probe results without per-person items: re-run the probing chapter")
     tables = [np.array([r["q"]["items"]["whole"][a]["correct"] for a in ATTRIBUTES], float).T for r in runs.values()]
-    est = bootstrap(tables, lambda x, y: mean_accuracy(x) - mean_accuracy(y))
+    est = accuracy_gap(*tables)
     ceiling = 100 * float(np.mean([runs["multi5+permute"]["q"]["ceiling"]["whole"][a] for a in ATTRIBUTES]))
     single = mean_accuracy(tables[1])
     guards = tuple(Check(f"{a}: bios memorized", 100 * _load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
@@ -197,7 +197,7 @@ def _bidirectional(folder):
     guards = (Check("masked model: train_people QA", 100 * bert["qa"]["train"]["mean"], GUARD_TRAIN_QA),
               *_qa_guards(gpt2, "GPT-2"),
               Check("same people, exposures, window, batch, lr and finetuning as GPT-2", float(same), 1.0, ""))
-    est = bootstrap([_items(gpt2, "GPT-2"), _items(bert, "masked model")], lambda x, y: mean_accuracy(x) - mean_accuracy(y))
+    est = accuracy_gap(_items(gpt2, "GPT-2"), _items(bert, "masked model"))
     return Evidence(est, f"GPT-2 {100 * gpt2['qa']['test']['mean']:.1f}% vs masked {100 * bert['qa']['test']['mean']:.1f}% "
                          f"test_people: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]", guards, 100.0, ANY_VALUE)
 

@@ -154,7 +154,7 @@ def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64, splits: tu
     tok = load_tokenizer(model_dir)
     ids = (tok.eos_token_id, tok.pad_token_id)
     result = {"qa": {}}
-    recs = list(read_jsonl(data / "qa.jsonl"))
+    recs = list(read_jsonl(data / "qa.jsonl")) if splits else []
     split = np.array([r["split"] for r in recs])
     idx = np.flatnonzero(np.isin(split, splits))
     if len(idx):

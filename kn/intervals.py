@@ -40,6 +40,11 @@ def bootstrap(tables: list[np.ndarray], stat: Callable[..., float], n: int = N_B
     return Interval(stat(*tables), *np.nanpercentile(draws, [2.5, 97.5]))
 
 
+def accuracy_gap(a: np.ndarray, b: np.ndarray) -> Interval:
+    """mean_accuracy(a) - mean_accuracy(b) in points, each table's people resampled on their own."""
+    return bootstrap([a, b], lambda x, y: mean_accuracy(x) - mean_accuracy(y))
+
+
 def held_out_accuracy(result: dict) -> Interval:
     """test_people accuracy (%) of a Part 3.1 result with its interval over people."""
     return bootstrap([person_table(result["qa"]["items"])], mean_accuracy)

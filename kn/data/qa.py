@@ -2,7 +2,8 @@
 
 Text: "What is the birth city of Anya Briar Forger? Answer: Princeton, NJ." People are split into
 train_people (their QAs may be trained on) and test_people (held out: out-of-distribution
-extraction); a validation slice of the train_people ("valid") is held out too, for choosing recipes. Entry points: `split_people`, `valid_people`, `make_qa` / `qa_records` (kn's people) and
+extraction); a validation slice of the train_people ("valid") is held out too, for choosing
+recipes. Entry points: `split_people`, `valid_people`, `make_qa` / `qa_records` (kn's people) and
 `qa_documents` / `qa_records_of` (any people given as strings, e.g. imported biographies).
 """
 from __future__ import annotations
