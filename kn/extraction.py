@@ -86,8 +86,10 @@ DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_
 
 
 def _bios_per_person(cfg: ExtractionConfig) -> float:
+    """Biographies per person in one pass (with celebrities, kn.train.load_bios: everyone has the most)."""
     if cfg.data_dir is None:
-        return parse_augment(cfg.data.augment).per_person
+        groups = [cfg.data.augment] + ([cfg.data.celebrity_augment] if cfg.data.n_celebrity else [])
+        return max(parse_augment(a).per_person for a in groups)
     counts = read_json(Path(cfg.data_dir) / "meta.json")["counts"]
     return counts["bios"] / counts["people"]
 

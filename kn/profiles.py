@@ -24,6 +24,7 @@ KEYS = {
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "probing": ("rank_p", "rank_q", "epochs"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr"),
+    "celebrity": ("n",),
     "capacity": ("data", "window", "grid", "arms"),
     "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "n_seeds", "pretrain_exposures",
                  "pretrain_lr", "early_fraction", "stages", "batch_size", "batch_factor", "window", "lr", "n_steps", "t0",
@@ -82,6 +83,9 @@ TABLES = {
         "gpu": {"n": 5000, "exposures": 1000, "finetune_exposures": 30, "finetune_lr": 1e-3},
         "paper": {"n": 100000, "exposures": 2700, "finetune_exposures": 30, "finetune_lr": 1e-3},
     },
+    # Part 3.1 Result 6: minority people (the extraction profile's model and budget), as many celebrities;
+    # 300 + 300 at cpu: every minority person is tested, +-4 points
+    "celebrity": {"smoke": {"n": 60}, "class": {"n": 100}, "cpu": {"n": 300}, "gpu": {"n": 5000}, "paper": {"n": 100000}},
     # Part 3.3: the capacity sweep. `grid` picks lr and batch_size (kn.capacity.best_setting, on bits:
     # capacity is measured on the training data itself); `arms` are the law's points, sizes as
     # (n_layer, n_head, n_embd, N): N grows with the model so that the data hold >= 3x (100 exposures,

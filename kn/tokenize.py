@@ -85,6 +85,17 @@ class Encoded:
                        {k: v[idx] for k, v in self.spans.items()})
 
 
+def equal_exposure(docs: Encoded) -> Encoded:
+    """Each person's documents repeated so that everyone has as many as the person with the most
+    (their counts must divide it): one pass then exposes every person equally often."""
+    counts = np.bincount(docs.person)
+    most = counts.max()
+    if np.any(most % counts[counts > 0]):
+        raise DataError(f"docs: documents per person {sorted(set(counts[counts > 0].tolist()))} do not all divide "
+                        f"{most}; equal exposure needs each count to divide the largest")
+    return docs.take(np.repeat(np.arange(len(docs)), most // counts[docs.person]))
+
+
 def ragged_gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenate flat[starts[i] : starts[i] + lengths[i]] over i, vectorised."""
     total = int(lengths.sum())

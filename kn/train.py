@@ -48,7 +48,7 @@ from kn.data.dataset import load_encoded
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
 from kn.results import atomic_file, folder_path, write_json
-from kn.tokenize import Encoded, load_tokenizer, pack
+from kn.tokenize import Encoded, equal_exposure, load_tokenizer, pack
 
 MODES = ("pretrain", "mixed", "finetune")
 IGNORE = -100
@@ -183,7 +183,7 @@ class Batches:
         if cfg.mode == "finetune":
             self.bios = None
         else:
-            self.bios = self.docs(0) if self.biod is not None else load_encoded(cfg.data, "bios")
+            self.bios = self.docs(0) if self.biod is not None else load_bios(cfg.data)
         qa = load_encoded(cfg.data, "qa") if cfg.mode != "pretrain" else None
         self.qa = train_qas(cfg.data, qa) if qa is not None else None
         if cfg.mode == "finetune":
@@ -255,6 +255,15 @@ def load_biod(data: str) -> tuple[BioD, float] | None:
     if meta.get("kind") != "bioD":
         return None
     return generate_biod(BioDConfig(**meta["biod"])), float(meta.get("junk_ratio", 0.0))
+
+
+def load_bios(data: str) -> Encoded:
+    """The biographies one pass trains on. In a celebrity dataset (Result 6) every person is seen
+    equally often: a minority person's one biography is repeated as often as a celebrity has
+    biographies (kn.tokenize.equal_exposure)."""
+    bios = load_encoded(data, "bios")
+    config = json.loads((Path(data) / "meta.json").read_text())["provenance"].get("config", {})
+    return equal_exposure(bios) if config.get("n_celebrity") else bios
 
 
 def train_qas(data: str, qa: Encoded) -> Encoded:

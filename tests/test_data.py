@@ -226,3 +226,16 @@ def test_cli_writes_dataset_and_reports_bad_input(tmp_path, capsys):
     assert main(["data", "bios", "--n", "50", "--augment", "multi0", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "augment" in err and "Traceback" not in err
+
+
+def test_celebrity_pass_exposes_everyone_equally(tmp_path):
+    from kn.extraction import ExtractionConfig, stage_config
+    from kn.train import load_bios as training_bios
+    make_dataset(BiosConfig(n=20, n_celebrity=10, vocab_size=600), tmp_path / "d")
+    stored, trained = load_encoded(tmp_path / "d", "bios"), training_bios(str(tmp_path / "d"))
+    assert len(stored) == 10 * 5 + 20                              # the files keep each biography once
+    assert np.bincount(trained.person).tolist() == [5] * 30       # a pass: five of each person's
+    minority = trained.person >= 10
+    assert len({tuple(trained.doc(i)) for i in np.flatnonzero(minority)}) == 20   # the one bio, five times
+    cfg = ExtractionConfig(data=BiosConfig(n=20, n_celebrity=10), exposures=100)
+    assert stage_config(cfg, tmp_path / "d", tmp_path / "r", "pretrain").exposures == 20   # 100 exposures = 20 passes

@@ -105,3 +105,13 @@ def test_spans_cover_all_attributes(corpus):
     for a in ATTRIBUTES:
         s, e = enc.spans[a][:, 0, 0], enc.spans[a][:, 0, 1]
         assert (e > s).all() and (e <= enc.lengths()).all()
+
+
+def test_equal_exposure_repeats_the_fewer_and_refuses_counts_that_do_not_divide():
+    from kn.tokenize import Encoded, equal_exposure
+    docs = Encoded(np.arange(6, dtype=np.int32), np.array([0, 1, 2, 4, 6]), np.array([0, 0, 1, 2]))
+    out = equal_exposure(docs)
+    assert out.person.tolist() == [0, 0, 1, 1, 2, 2]
+    assert [out.doc(i).tolist() for i in range(len(out))][2:] == [[2, 3], [2, 3], [4, 5], [4, 5]]
+    with pytest.raises(DataError, match="divide"):
+        equal_exposure(Encoded(np.arange(5, dtype=np.int32), np.arange(6), np.array([0, 0, 0, 1, 1])))
