@@ -27,25 +27,10 @@ and every probe's log-probability is tracked step by step:
 Step convention: l(t) is measured on theta_t, the weights after t updates, i.e. *before* the
 update of step t; the batch of step t_i holds the injection, so l(t_i) is "just before".
 l(q; theta) = mean log-prob of the target tokens (those of " target") given "<eos>" + prompt.
-Metrics (pure functions of a trajectory; book/papers.md, Chang et al.):
-  t_LAM = argmax_t l(t) over (t_i, t_i + lam_window]     (local acquisition maximum, paper 50 steps)
-  E     = l(t_LAM) - l(t_i)                                (effectivity; for controls at the same t_i)
-  R(t)  = (l(t_LAM + t) - l(t_pre)) / (l(t_LAM) - l(t_pre)), t_pre = the first injection step of
-          the scenario (theta before any injection), t_LAM that of the last injection; l is the mean
-          over paragraphs ("minus_control": the injected mean minus the controls' mean, step by step)
-Forgetting laws, least squares on R(t) after the last injection (`fit_forgetting`):
-  log     R = a - b log t        Chang et al.'s "power law"; t* = exp(a / b) is their learnability
-                                 threshold (a fact not seen again within ~t* steps is forgotten)
-  linear  R = a - b t
-  exp     R = c + a exp(-t / tau)
-  AIC = n log(RSS / n) + 2 (k + 1) (Gaussian residuals, k parameters plus their variance); `best` has the
-  lowest, delta_aic is its lead over the next; `power_law` only when log is best by >= AIC_MARGIN and
-  decays (b > 0): a log law that fits a rising R is no forgetting.
-Intervals (`bootstrap`): each of n_boot resamples draws the seeds with replacement, then within each
-drawn seed its paragraphs with replacement (injected and controls apart), and recomputes the statistic
-from them: the unit is a paragraph, never a step. value = the estimate from all paragraphs; low, high =
-the 2.5 and 97.5 percentiles. Two runs on the same paragraphs (early and late base; batch B and
-batch_factor x B) are compared on the same resamples.
+
+The settings and schedule are kn.dynamics_config's, the probes and trajectories kn.trajectories', the
+measures (t_LAM, effectivity, retainability, forgetting laws) kn.forgetting's, and the pooled paragraphs,
+bootstrap intervals and summaries kn.dynamics_summary's (each module's docstring defines its part).
 
 Result files, in the run folder (a chapter publishes them with kn.results.publish):
   dynamics.json     {"seeds": [...], "n_boot", "scale": {people, steps_per_pass, pretrain_steps, early_step,
@@ -70,187 +55,34 @@ Result files, in the run folder (a chapter publishes them with kn.results.publis
       "aic"}}, "best", "delta_aic", "power_law", "n", "decay_b": I (b of the log law), "valid" (share of
       resamples with a fit), "t": [...], "R": [...]}
   I = {"value", "low", "high"} (None where undefined)
-Entry points: `DynamicsConfig`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `prepare_data`,
-`pretrain_base`, `continue_pretraining`, `local_max`, `effectivity`, `retainability`, `fit_forgetting`,
-`predict`, `bootstrap_draws`, `bootstrap`, `make_pools`, `summarize`, `early_vs_late`, `duplicated_vs_paraphrased`,
-`Trajectories`, `save_trajectories`, `load_trajectories`, `mean_curves`, `interval_text`, `effectivity_table`,
-`forgetting_table`, `difference_table`.
+Entry points: `from_profile`, `run_dynamics`, `compare_batch_sizes`, `scaled`, `prepare_data`, `pretrain_base`,
+`background`, `scale`, `injection_plan`, `make_stream`, `stream_start`, `continue_pretraining`.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kn.data.dataset import BiosConfig, build_bios, write_bios
-from kn.data.injection import MAX_PROBES, PROBE_KINDS, InjectionConfig, generate_injection, load_injection, write_injection
+from kn.data.injection import generate_injection, load_injection, write_injection
 from kn.data.records import ATTRIBUTES
-from kn.errors import DataError, check_count
+from kn.dynamics_config import (STAGES, DynamicsConfig, assign_scenarios, groups, injection_config, injection_steps,
+                                run_index, seed_records, seeds)
+from kn.dynamics_summary import N_BOOT, differences, duplicated_vs_paraphrased, early_vs_late, make_pools, summarize
+from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.results import read_json, write_json
 from kn.tokenize import encode_records, load_tokenizer, train_tokenizer
-
-SCENARIOS = ("once", "duplicated", "paraphrased")
-CONTROL = "control"              # paragraphs probed like the injected ones, never injected
-STAGES = ("early", "late")
-COLUMNS = ("step", "paragraph", "scenario", "kind", "probe", "logprob")
-MAX_LOG_T = float(np.log(1e9))   # a fitted t* beyond 1e9 steps is reported as None (no forgetting)
-LAWS = ("log", "linear", "exp")
-AIC_MARGIN = 2.0                 # "power law" needs the log law's AIC lower than the others' by this
-MIN_POINTS = 5                   # points of R the three fits need (exp has 3 parameters)
-N_BOOT = 1000                    # bootstrap resamples
-
-
-@dataclass(frozen=True)
-class DynamicsConfig:
-    data: BiosConfig = field(default_factory=lambda: BiosConfig(n=10000, vocab_size=4096))  # background
-    model: ModelConfig = field(default_factory=ModelConfig)
-    scenarios: tuple = SCENARIOS
-    n_paragraphs: int = 10           # per scenario and seed, plus as many controls (paper: 120 in all)
-    n_probes: int = 5                # per kind and paragraph (paper: 5)
-    n_seeds: int = 3                 # runs from the shared bases: seeds seed, seed + 1, ...
-    pretrain_exposures: float = 2.0  # base: passes over every biography
-    pretrain_lr: float = 1e-3
-    early_fraction: float = 0.5      # the early base: after this fraction of the pretraining steps
-    stages: tuple = STAGES           # bases to continue from
-    batch_size: int = 32             # windows per step (base and continued)
-    batch_factor: int = 4            # compare_batch_sizes: batch_size x this at equal tokens (paper: 16)
-    window: int = 512
-    lr: float = 1e-3                 # continued pretraining, constant
-    n_steps: int = 1600              # continued pretraining steps
-    t0: int = 100                    # first injection; the steps before let fresh AdamW moments settle
-    n_injections: int = 10           # duplicated / paraphrased (paper: 10)
-    gap: int = 100                   # steps between their injections (paper: 100)
-    eval_every: int = 1              # steps between measurements of l (paper: 1)
-    lam_window: int = 50             # steps searched for t_LAM (paper: 50)
-    device: str = "auto"             # auto | cpu | cuda
-    compile: str = "auto"            # auto (GPU only) | on | off
-    seed: int = 0                    # background, base and the first run
-
-    def __post_init__(self):
-        for name, cls in (("data", BiosConfig), ("model", ModelConfig)):
-            if isinstance(getattr(self, name), dict):
-                object.__setattr__(self, name, cls(**getattr(self, name)))
-        for name in ("scenarios", "stages"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        _check_choices("scenarios", self.scenarios, SCENARIOS)
-        _check_choices("stages", self.stages, STAGES)
-        _check_numbers(self)
-        _check_schedule(self)
-
-
-def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
-    bad = [v for v in values if v not in allowed]
-    if not values or bad or len(set(values)) != len(values):
-        raise DataError(f"{name}: got {values!r}; allowed: a non-empty tuple of distinct values from {', '.join(allowed)}")
-
-
-def _check_numbers(cfg: DynamicsConfig) -> None:
-    check_count("n_paragraphs", cfg.n_paragraphs, 1)
-    check_count("n_probes", cfg.n_probes, 1, MAX_PROBES)
-    for name in ("n_seeds", "batch_factor", "batch_size", "n_steps", "n_injections", "gap", "eval_every", "lam_window"):
-        check_count(name, getattr(cfg, name), 1)
-    check_count("window", cfg.window, 8, cfg.model.context)
-    check_count("t0", cfg.t0)
-    check_count("seed", cfg.seed)
-    for name in ("lr", "pretrain_lr", "pretrain_exposures"):
-        if not getattr(cfg, name) > 0:
-            raise DataError(f"{name}: got {getattr(cfg, name)!r}; allowed: a number > 0")
-    if not 0 < cfg.early_fraction < 1:
-        raise DataError(f"early_fraction: got {cfg.early_fraction!r}; allowed: a number in (0, 1)")
-    for name, allowed in (("device", ("auto", "cpu", "cuda")), ("compile", ("auto", "on", "off"))):
-        if getattr(cfg, name) not in allowed:
-            raise DataError(f"{name}: got {getattr(cfg, name)!r}; allowed: {', '.join(allowed)}")
-
-
-def _check_schedule(cfg: DynamicsConfig) -> None:
-    steps = injection_steps(cfg)
-    last = max(s[-1] for s in steps.values())
-    if last + cfg.lam_window > cfg.n_steps:
-        where = "is past the run" if last >= cfg.n_steps else "leaves less than lam_window steps"
-        raise DataError(f"n_steps: the last injection, at step {last} (t0 + (n_injections - 1) * gap), {where} "
-                        f"(n_steps={cfg.n_steps}, lam_window={cfg.lam_window}); allowed: n_steps >= {last + cfg.lam_window}")
-    if any(len(s) > 1 for s in steps.values()) and cfg.lam_window > cfg.gap:
-        raise DataError(f"lam_window: {cfg.lam_window} is longer than the gap of {cfg.gap} steps between injections; "
-                        f"allowed: lam_window <= gap")
-    if cfg.t0 % cfg.eval_every or cfg.gap % cfg.eval_every:
-        raise DataError(f"eval_every: {cfg.eval_every} must divide t0={cfg.t0} and gap={cfg.gap}, "
-                        "so that l is measured right before every injection")
-    bad = [n for n in ("n_steps", "t0", "gap", "lam_window") if getattr(cfg, n) % cfg.batch_factor]
-    if bad:
-        raise DataError(f"batch_factor: {cfg.batch_factor} does not divide {bad[0]}={getattr(cfg, bad[0])}; allowed: "
-                        "1 or a divisor of n_steps, t0, gap and lam_window (the larger batch runs 1/batch_factor of each)")
-    rows = max(len(v) for v in _per_step(steps, cfg.n_paragraphs).values())
-    if rows > cfg.batch_size:
-        raise DataError(f"batch_size: {cfg.batch_size} rows, but {rows} paragraphs are injected at one step "
-                        f"(n_paragraphs x scenarios); allowed: batch_size >= {rows}")
-
-
-def injection_steps(cfg: DynamicsConfig) -> dict[str, tuple[int, ...]]:
-    """Scenario -> the steps at which each of its paragraphs is injected."""
-    repeated = tuple(cfg.t0 + k * cfg.gap for k in range(cfg.n_injections))
-    return {s: (cfg.t0,) if s == "once" else repeated for s in cfg.scenarios}
-
-
-def _per_step(steps: dict, n_paragraphs: int) -> dict[int, list]:
-    """Step -> [(scenario, injection index)] repeated once per paragraph of the scenario."""
-    out = defaultdict(list)
-    for scenario, ts in steps.items():
-        for k, t in enumerate(ts):
-            out[t] += [(scenario, k)] * n_paragraphs
-    return out
-
-
-def groups(cfg: DynamicsConfig) -> tuple[str, ...]:
-    """The paragraph groups of a run: the scenarios, then the controls."""
-    return cfg.scenarios + (CONTROL,)
-
-
-def seeds(cfg: DynamicsConfig) -> tuple[int, ...]:
-    """The seeds of the runs: seed, seed + 1, ..., seed + n_seeds - 1."""
-    return tuple(range(cfg.seed, cfg.seed + cfg.n_seeds))
-
-
-def _run_index(cfg: DynamicsConfig, seed: int) -> int:
-    if seed not in seeds(cfg):
-        raise DataError(f"seed: got {seed!r}; allowed: one of {list(seeds(cfg))} (seed to seed + n_seeds - 1)")
-    return seed - cfg.seed
-
-
-def injection_config(cfg: DynamicsConfig) -> InjectionConfig:
-    """Every run's paragraphs, in blocks of n_paragraphs x groups, one block per seed."""
-    return InjectionConfig(n_paragraphs=cfg.n_paragraphs * len(groups(cfg)) * cfg.n_seeds,
-                           n_paraphrases=max(1, cfg.n_injections - 1), n_probes=cfg.n_probes, seed=cfg.seed)
-
-
-def seed_records(cfg: DynamicsConfig, records: list[dict], seed: int) -> list[dict]:
-    """The block of paragraph records of one seed's run (its controls included)."""
-    size = cfg.n_paragraphs * len(groups(cfg))
-    r = _run_index(cfg, seed)
-    if len(records) < (r + 1) * size:
-        raise DataError(f"records: {len(records)} paragraphs, but seed {seed} needs {(r + 1) * size}; "
-                        "prepare the data with this config (prepare_data)")
-    return records[r * size: (r + 1) * size]
-
-
-def assign_scenarios(n: int, scenarios: tuple, seed: int) -> list[str]:
-    """Paragraph i -> its group: paragraphs shuffled (seeded), then dealt round robin, so entity
-    types are not tied to a group."""
-    order = np.random.default_rng([seed, 11]).permutation(n)
-    out = [""] * n
-    for j, i in enumerate(order):
-        out[i] = scenarios[j % len(scenarios)]
-    return out
+from kn.trajectories import Trajectories, mean_curves, probe_logprobs, probe_meta, probe_tensors, save_trajectories
 
 
 # ----------------------------------------------------------------------------- data and base model
@@ -425,7 +257,7 @@ def stream_start(cfg: DynamicsConfig, batches, seed: int) -> int:
     run r = seed - cfg.seed after r runs' worth of passes, so runs share no batch. A run at batch_factor
     x the batch (equal tokens) reads the same passes, in rows of the same order."""
     per_run = -(-cfg.n_steps * cfg.batch_size // batches.rows_per_epoch)     # passes one run reads, rounded up
-    return (math.ceil(cfg.pretrain_exposures) + _run_index(cfg, seed) * per_run) * batches.steps_per_epoch
+    return (math.ceil(cfg.pretrain_exposures) + run_index(cfg, seed) * per_run) * batches.steps_per_epoch
 
 
 def make_stream(cfg: DynamicsConfig, data: str | Path, records: list[dict], tokenizer,
@@ -437,115 +269,6 @@ def make_stream(cfg: DynamicsConfig, data: str | Path, records: list[dict], toke
     start = stream_start(cfg, batches, seed)
     return InjectedStream(lambda step: batches(start + step)[0], injection_plan(cfg, records, tokenizer, seed),
                           tokenizer.eos_token_id)
-
-
-# ----------------------------------------------------------------------------- probes and trajectories
-
-
-@dataclass
-class Trajectories:
-    """l for every probe at every measured step: logprob [S, P]; probe columns [P]."""
-    steps: np.ndarray
-    logprob: np.ndarray
-    paragraph: np.ndarray
-    scenario: np.ndarray
-    kind: np.ndarray
-    probe: np.ndarray      # index of the probe within its paragraph and kind
-
-    def select(self, scenario: str, kind: str) -> np.ndarray:
-        """logprob [S, p] of the probes of one scenario and kind."""
-        return self.logprob[:, (self.scenario == scenario) & (self.kind == kind)]
-
-    def table(self) -> dict[str, np.ndarray]:
-        """The tidy table: one row per (step, probe), columns COLUMNS."""
-        s, p = self.logprob.shape
-        cols = {"step": np.repeat(self.steps, p)}
-        cols |= {k: np.tile(getattr(self, k), s) for k in ("paragraph", "scenario", "kind", "probe")}
-        return cols | {"logprob": self.logprob.reshape(-1)}
-
-
-def probe_meta(records: list[dict], scenarios: tuple, seed: int) -> dict[str, np.ndarray]:
-    """Probe columns (paragraph, scenario, kind, probe) plus prompt and target, in record order."""
-    scenario_of = assign_scenarios(len(records), scenarios, seed)
-    rows = []
-    for rec, scenario in zip(records, scenario_of):
-        seen = defaultdict(int)
-        for p in rec["probes"]:
-            rows.append((rec["paragraph"], scenario, p["kind"], seen[p["kind"]], p["prompt"], p["target"]))
-            seen[p["kind"]] += 1
-    names = ("paragraph", "scenario", "kind", "probe", "prompt", "target")
-    return {n: np.array([r[i] for r in rows]) for i, n in enumerate(names)}
-
-
-def probe_tensors(prompts, targets, tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """"<eos>" + prompt + " " + target, right-padded: (ids [P, L], attention mask, target mask)."""
-    full = tokenizer([f"{p} {t}" for p, t in zip(prompts, targets)], add_special_tokens=False)["input_ids"]
-    head = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    width = 1 + max(len(f) for f in full)
-    ids = np.full((len(full), width), tokenizer.pad_token_id, dtype=np.int64)
-    attn, target = np.zeros_like(ids), np.zeros_like(ids, dtype=bool)
-    for i, (f, h) in enumerate(zip(full, head)):
-        if f[: len(h)] != h or len(f) == len(h):
-            raise DataError(f"probe {i}: the prompt's tokens are not a prefix of prompt + ' ' + target")
-        ids[i, 0], ids[i, 1: 1 + len(f)] = tokenizer.eos_token_id, f
-        attn[i, : 1 + len(f)] = 1
-        target[i, 1 + len(h): 1 + len(f)] = True
-    return ids, attn, target
-
-
-@torch.no_grad()
-def probe_logprobs(model, ids, attn, target, chunk: int = 256) -> torch.Tensor:
-    """Mean log-prob of each probe's target tokens, [P] on the model's device (no host sync)."""
-    out = []
-    for s in range(0, len(ids), chunk):
-        x, m = ids[s: s + chunk], target[s: s + chunk, 1:]
-        logits = model(input_ids=x, attention_mask=attn[s: s + chunk]).logits[:, :-1].float()   # [p, L-1, V]
-        logp = logits.gather(-1, x[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)         # next-token log-probs
-        out.append((logp * m).sum(1) / m.sum(1))
-    return torch.cat(out)
-
-
-def save_trajectories(traj: Trajectories, path: str | Path) -> Path:
-    """The tidy table as CSV (written in one go, then renamed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cols, tmp = traj.table(), path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        w.writerows(zip(*(cols[c].tolist() if c != "logprob" else (f"{v:.6f}" for v in cols[c]) for c in COLUMNS)))
-    os.replace(tmp, path)
-    return path
-
-
-def load_trajectories(path: str | Path) -> Trajectories:
-    """Read a CSV written by `save_trajectories`."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    steps = np.unique([int(r["step"]) for r in rows])
-    p = len(rows) // len(steps)
-    first = rows[:p]
-    return Trajectories(steps, np.array([float(r["logprob"]) for r in rows]).reshape(len(steps), p),
-                        np.array([int(r["paragraph"]) for r in first]), np.array([r["scenario"] for r in first]),
-                        np.array([r["kind"] for r in first]), np.array([int(r["probe"]) for r in first]))
-
-
-def mean_curves(trajs: list[Trajectories]) -> dict[str, dict[str, tuple[list, list]]]:
-    """group -> kind -> (steps, mean l over its probes in every run at each step), as plain lists: the
-    reduced trajectories a chapter plots and keeps when the full tables are too large to commit. The
-    runs must share their steps."""
-    steps = _common_steps(trajs)
-    present = {(g, k) for tr in trajs for g, k in zip(tr.scenario.tolist(), tr.kind.tolist())}
-    return {g: {k: (steps.tolist(), np.hstack([tr.select(g, k) for tr in trajs]).mean(axis=1).tolist())
-                for k in PROBE_KINDS if (g, k) in present}
-            for g in SCENARIOS + (CONTROL,) if any(g == x for x, _ in present)}
-
-
-def _common_steps(trajs: list[Trajectories]) -> np.ndarray:
-    steps = trajs[0].steps
-    if any(not np.array_equal(tr.steps, steps) for tr in trajs):
-        raise DataError("trajectories: the runs were measured at different steps; pool runs of one config only")
-    return steps
 
 
 # ----------------------------------------------------------------------------- continued pretraining
@@ -587,311 +310,6 @@ def _run(cfg: DynamicsConfig, out: Path, stage: str, base: str, records: list[di
                                           out / f"continued_{stage}_batch{cfg.batch_size}_seed{seed}", seed, progress)
     save_trajectories(traj, out / f"trajectories_{name}_seed{seed}.csv")
     return traj, schedule
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def _rows(steps: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Row of each step in t (DataError if one was not measured)."""
-    rows = np.searchsorted(steps, t)
-    if np.any(rows >= len(steps)) or np.any(steps[np.minimum(rows, len(steps) - 1)] != t):
-        raise DataError(f"steps: l was not measured at step(s) {np.setdiff1d(t, steps)[:5].tolist()}")
-    return rows
-
-
-def local_max(steps: np.ndarray, l: np.ndarray, t_inj: int, window: int) -> np.ndarray:
-    """t_LAM per probe: the step of the largest l in (t_inj, t_inj + window]; l is [S] or [S, P]."""
-    idx = np.nonzero((steps > t_inj) & (steps <= t_inj + window))[0]
-    if not len(idx):
-        raise DataError(f"lam_window: no measurement in ({t_inj}, {t_inj + window}]")
-    return steps[idx[np.argmax(l[idx], axis=0)]]
-
-
-def _take(l: np.ndarray, rows) -> np.ndarray:
-    """l[rows[p], p] for every probe p (l [S, P]) or l[rows] (l [S])."""
-    return l[rows] if l.ndim == 1 else l[rows, np.arange(l.shape[1])]
-
-
-def effectivity(steps: np.ndarray, l: np.ndarray, t_inj: int, window: int) -> np.ndarray:
-    """E = l(t_LAM) - l(t_inj) per probe (book/papers.md, Chang et al.); l(t_inj) is before the update."""
-    t_lam = local_max(steps, l, t_inj, window)
-    return _take(l, _rows(steps, t_lam)) - l[_rows(steps, np.array([t_inj]))[0]]
-
-
-def retainability(steps: np.ndarray, l: np.ndarray, t_lam, t_pre: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """(t [H], R [H, P]) for t = 1..horizon (book/papers.md, Chang et al.); NaN where l(t_LAM + t) was not
-    measured or the acquisition l(t_LAM) - l(t_pre) is not positive."""
-    l2 = l[:, None] if l.ndim == 1 else l
-    t_lam = np.broadcast_to(np.asarray(t_lam), (l2.shape[1],))
-    pre = l2[_rows(steps, np.array([t_pre]))[0]]
-    gain = _take(l2, _rows(steps, t_lam)) - pre                                          # [P]
-    t = np.arange(1, horizon + 1)
-    want = t_lam[None, :] + t[:, None]                                                   # [H, P]
-    rows = np.minimum(np.searchsorted(steps, want), len(steps) - 1)
-    ok = (steps[rows] == want) & (gain > 0)[None, :]
-    R = np.where(ok, (l2[rows, np.arange(l2.shape[1])] - pre) / np.where(gain > 0, gain, 1.0), np.nan)
-    keep = ok.any(axis=1)
-    return t[keep], (R[keep] if l.ndim > 1 else R[keep, 0])
-
-
-
-
-# ----------------------------------------------------------------------------- forgetting laws
-
-
-def _lstsq(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least squares y ~ X @ coef: (coef, residual sum of squares)."""
-    coef = np.linalg.lstsq(X, y, rcond=None)[0]
-    return coef, float(np.sum((y - X @ coef) ** 2))
-
-
-def aic(rss: float, n: int, k: int) -> float:
-    """AIC of a least-squares fit with k parameters and Gaussian residuals (their variance counts too)."""
-    return float(n * np.log(max(rss, 1e-12 * n) / n) + 2 * (k + 1))
-
-
-def fit_log(t, R) -> dict:
-    """R = a - b log t; t* = exp(a / b) (None when R does not decay, or t* > e^MAX_LOG_T steps)."""
-    t, R = np.asarray(t, float), np.asarray(R, float)
-    (a, slope), rss = _lstsq(np.column_stack([np.ones_like(t), np.log(t)]), R)
-    b = -slope
-    t_star = float(np.exp(a / b)) if b > 0 and a / b < MAX_LOG_T else None
-    return {"a": float(a), "b": float(b), "x_intercept": t_star, "rss": rss, "aic": aic(rss, len(t), 2)}
-
-
-def fit_linear(t, R) -> dict:
-    """R = a - b t."""
-    t, R = np.asarray(t, float), np.asarray(R, float)
-    (a, slope), rss = _lstsq(np.column_stack([np.ones_like(t), t]), R)
-    return {"a": float(a), "b": float(-slope), "rss": rss, "aic": aic(rss, len(t), 2)}
-
-
-def fit_exp(t, R) -> dict:
-    """R = c + a exp(-t / tau): c and a by least squares at each tau; tau on a log grid from 0.1 x the
-    first t to 100 x the last (there the law is a line), then refined between the grid's neighbours."""
-    from scipy.optimize import minimize_scalar
-    t, R = np.asarray(t, float), np.asarray(R, float)
-
-    def fit(log_tau):
-        return _lstsq(np.column_stack([np.ones_like(t), np.exp(-t / np.exp(log_tau))]), R)
-
-    grid = np.log(np.geomspace(0.1 * t.min(), 100 * t.max(), 60))
-    k = int(np.argmin([fit(g)[1] for g in grid]))
-    best = minimize_scalar(lambda g: fit(g)[1], bounds=(grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]),
-                           method="bounded").x
-    log_tau = best if fit(best)[1] <= fit(grid[k])[1] else grid[k]
-    (c, a), rss = fit(log_tau)
-    return {"c": float(c), "a": float(a), "tau": float(np.exp(log_tau)), "rss": rss, "aic": aic(rss, len(t), 3)}
-
-
-FITS = {"log": fit_log, "linear": fit_linear, "exp": fit_exp}
-
-
-def predict(law: str, fit: dict, t) -> np.ndarray:
-    """R(t) of a fitted law (a figure's line)."""
-    t = np.asarray(t, float)
-    if law == "log":
-        return fit["a"] - fit["b"] * np.log(t)
-    if law == "linear":
-        return fit["a"] - fit["b"] * t
-    if law == "exp":
-        return fit["c"] + fit["a"] * np.exp(-t / fit["tau"])
-    raise DataError(f"law: got {law!r}; allowed: {', '.join(LAWS)}")
-
-
-def fit_forgetting(t, R) -> dict:
-    """The three forgetting laws on the finite points of R(t): {"fits": law -> its fit with "aic",
-    "best": the law of lowest AIC, "delta_aic": its lead over the next, "power_law": best is log by
-    >= AIC_MARGIN and decays (b > 0), "n": points}. DataError with fewer than MIN_POINTS points."""
-    t, R = np.asarray(t, float), np.asarray(R, float)
-    ok = np.isfinite(R) & (t > 0)
-    if ok.sum() < MIN_POINTS:
-        raise DataError(f"R: {int(ok.sum())} finite points; the fits need at least {MIN_POINTS}")
-    fits = {law: FITS[law](t[ok], R[ok]) for law in LAWS}
-    order = sorted(LAWS, key=lambda law: fits[law]["aic"])
-    delta = fits[order[1]]["aic"] - fits[order[0]]["aic"]
-    power = order[0] == "log" and delta >= AIC_MARGIN and fits["log"]["b"] > 0
-    return {"fits": fits, "best": order[0], "delta_aic": float(delta), "power_law": bool(power), "n": int(ok.sum())}
-
-
-# ----------------------------------------------------------------------------- pooled paragraphs and intervals
-
-
-@dataclass
-class Pool:
-    """One scenario and probe kind over every seed's run, one column per paragraph (the mean over its
-    probes): l [S, N] and E at each injection [I, N] of the injected paragraphs, the same for the
-    controls (control_l [S, M], control_E at the scenario's injection steps); seed [N] and
-    control_seed [M] name each column's run; t_lam [I x probes]: t_LAM - t_i of the injected probes."""
-    steps: np.ndarray
-    inj: tuple
-    window: int
-    tokens_per_step: int
-    l: np.ndarray
-    E: np.ndarray
-    seed: np.ndarray
-    control_l: np.ndarray
-    control_E: np.ndarray
-    control_seed: np.ndarray
-    t_lam: np.ndarray
-
-
-def paragraph_means(traj: Trajectories, group: str, kind: str, inj: tuple, window: int):
-    """(l [S, n], E [I, n], t_LAM - t_i [I x p]) of one group's paragraphs in one run: E per probe at
-    each injection step in `inj`, then every column averaged over a paragraph's probes."""
-    mask = (traj.scenario == group) & (traj.kind == kind)
-    l, para = traj.logprob[:, mask], traj.paragraph[mask]
-    onehot = para[:, None] == np.unique(para)[None, :]
-    avg = onehot / onehot.sum(axis=0)                                                  # [p, n]
-    E = np.stack([effectivity(traj.steps, l, t, window) for t in inj])                 # [I, p]
-    lam = np.concatenate([local_max(traj.steps, l, t, window) - t for t in inj])
-    return l @ avg, E @ avg, lam
-
-
-def make_pools(trajs: dict[int, Trajectories], cfg: DynamicsConfig) -> dict[tuple[str, str], Pool]:
-    """(scenario, kind) -> its Pool over the runs `trajs` (seed -> trajectories of one stage)."""
-    steps = _common_steps(list(trajs.values()))
-    return {(s, k): _pool(trajs, steps, s, k, inj, cfg) for s, inj in injection_steps(cfg).items() for k in PROBE_KINDS}
-
-
-def _pool(trajs: dict, steps: np.ndarray, scenario: str, kind: str, inj: tuple, cfg: DynamicsConfig) -> Pool:
-    part = {g: [paragraph_means(trajs[seed], g, kind, inj, cfg.lam_window) for seed in trajs] for g in (scenario, CONTROL)}
-    label = {g: np.concatenate([np.full(p[0].shape[1], seed) for seed, p in zip(trajs, part[g])]) for g in part}
-    l, E = ({g: np.hstack([p[i] for p in part[g]]) for g in part} for i in (0, 1))
-    return Pool(steps, inj, cfg.lam_window, cfg.batch_size * cfg.window, l[scenario], E[scenario], label[scenario],
-                l[CONTROL], E[CONTROL], label[CONTROL], np.concatenate([p[2] for p in part[scenario]]))
-
-
-def forgetting_curve(pool: Pool, curve: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(t, R) of a mean curve [S] after the pool's last injection, at the steps where it was measured."""
-    steps, inj, w = pool.steps, pool.inj, pool.window
-    t, R = retainability(steps, curve, local_max(steps, curve, inj[-1], w), inj[0], int(steps[-1] - (inj[-1] + w)))
-    ok = np.isfinite(R)
-    return t[ok], R[ok]
-
-
-def _decay(pool: Pool, curve: np.ndarray) -> float:
-    """b of the log law fitted to the curve's R (NaN with fewer than MIN_POINTS points)."""
-    t, R = forgetting_curve(pool, curve)
-    return fit_log(t, R)["b"] if len(t) >= MIN_POINTS else float("nan")
-
-
-STATISTICS = {   # name -> (pool, injected columns, control columns) -> number
-    "effectivity": lambda p, i, j: p.E[:, i].mean(),
-    "control_effectivity": lambda p, i, j: p.control_E[:, j].mean(),
-    "effectivity_minus_control": lambda p, i, j: p.E[:, i].mean() - p.control_E[:, j].mean(),
-    "forgetting": lambda p, i, j: _decay(p, p.l[:, i].mean(axis=1)),
-    "forgetting_minus_control": lambda p, i, j: _decay(p, p.l[:, i].mean(axis=1) - p.control_l[:, j].mean(axis=1)),
-}
-
-
-def bootstrap_draws(labels: list[np.ndarray], n_boot: int, seed: int = 0) -> list[list[np.ndarray]]:
-    """n_boot two-stage resamples of units labelled by their group (a paragraph by its run's seed):
-    each draws the groups with replacement, then within each drawn group as many of its units, with
-    replacement, for each array of labels apart (injected and control paragraphs); returns per
-    resample one index array per array of labels. The same labels and seed give the same resamples."""
-    rng = np.random.default_rng([seed, 13])
-    names = np.unique(np.concatenate(labels))
-    members = [{g: np.flatnonzero(lab == g) for g in names} for lab in labels]
-    out = []
-    for _ in range(n_boot):
-        drawn = rng.choice(names, size=len(names))
-        out.append([np.concatenate([rng.choice(m[g], size=len(m[g])) for g in drawn]) for m in members])
-    return out
-
-
-@lru_cache(maxsize=4)
-def _draws(seed: tuple, control_seed: tuple, n_boot: int) -> list[list[np.ndarray]]:
-    return bootstrap_draws([np.array(seed), np.array(control_seed)], n_boot)
-
-
-def _number(x) -> float | None:
-    return float(x) if x is not None and np.isfinite(x) else None
-
-
-def interval(value: float, samples) -> dict:
-    """{"value", "low", "high"}: the estimate and the 2.5 / 97.5 percentiles of its finite resamples;
-    all None when the estimate itself is undefined."""
-    s = np.asarray(samples, float)
-    s = s[np.isfinite(s)]
-    low, high = np.percentile(s, [2.5, 97.5]) if len(s) and _number(value) is not None else (None, None)
-    return {"value": _number(value), "low": _number(low), "high": _number(high)}
-
-
-def bootstrap(pools: tuple[Pool, ...], name: str, n_boot: int = N_BOOT, combine=None) -> tuple[dict, float]:
-    """(interval, share of resamples where it is defined) of combine(statistic `name` of each pool) --
-    pools over the same paragraphs, resampled alike; combine defaults to the one pool's value."""
-    first, stat = pools[0], STATISTICS[name]
-    if any(not (np.array_equal(p.seed, first.seed) and np.array_equal(p.control_seed, first.control_seed))
-           for p in pools):
-        raise DataError("pools: the runs compared hold different paragraphs; compare runs of the same seeds")
-    combine = combine or (lambda v: v)
-    every = (slice(None), slice(None))
-    draws = _draws(tuple(first.seed), tuple(first.control_seed), n_boot)
-    samples = [combine(*(stat(p, i, j) for p in pools)) for i, j in draws]
-    return interval(combine(*(stat(p, *every) for p in pools)), samples), float(np.mean(np.isfinite(samples)))
-
-
-# ----------------------------------------------------------------------------- summaries
-
-
-def _forgetting(pool: Pool, curve: np.ndarray, name: str, n_boot: int) -> dict | None:
-    t, R = forgetting_curve(pool, curve)
-    if len(t) < MIN_POINTS:
-        return None
-    f = fit_forgetting(t, R)
-    x = f["fits"]["log"]["x_intercept"]
-    f["fits"]["log"]["x_intercept_tokens"] = None if x is None else x * pool.tokens_per_step
-    decay, valid = bootstrap((pool,), name, n_boot)
-    return f | {"decay_b": decay, "valid": valid, "t": t.tolist(), "R": R.tolist()}
-
-
-def summarize_pool(pool: Pool, n_boot: int = N_BOOT) -> dict:
-    """One scenario and kind: effectivity (injected, control, their difference) with intervals, E per
-    injection, t_LAM - t_i, and the forgetting laws after the last injection (module docstring, SUMMARY)."""
-    out = {name: bootstrap((pool,), name, n_boot)[0]
-           for name in ("effectivity", "control_effectivity", "effectivity_minus_control")}
-    lam = pool.t_lam
-    out |= {"per_injection": pool.E.mean(axis=1).tolist(),
-            "t_lam": {"mean": float(lam.mean()), "median": float(np.median(lam)), "max": int(lam.max())}}
-    mean, control = pool.l.mean(axis=1), pool.control_l.mean(axis=1)
-    return out | {"forgetting": _forgetting(pool, mean, "forgetting", n_boot),
-                  "forgetting_minus_control": _forgetting(pool, mean - control, "forgetting_minus_control", n_boot)}
-
-
-def summarize(pools: dict[tuple[str, str], Pool], n_boot: int = N_BOOT) -> dict:
-    """scenario -> kind -> summarize_pool."""
-    out = defaultdict(dict)
-    for (s, k), pool in pools.items():
-        out[s][k] = summarize_pool(pool, n_boot)
-    return dict(out)
-
-
-def differences(a: dict, b: dict, names: tuple, n_boot: int = N_BOOT) -> dict:
-    """scenario -> kind -> name -> interval of statistic(b) - statistic(a), pools a and b on the same paragraphs."""
-    out = defaultdict(dict)
-    for key in a:
-        out[key[0]][key[1]] = {n: bootstrap((a[key], b[key]), n, n_boot, lambda x, y: y - x)[0] for n in names}
-    return dict(out)
-
-
-def duplicated_vs_paraphrased(pools: dict, n_boot: int = N_BOOT) -> dict:
-    """kind -> name -> interval of duplicated minus paraphrased (effectivity, forgetting, and both minus
-    control): their paragraphs differ but share the runs, so the seeds are resampled together."""
-    names = ("effectivity", "effectivity_minus_control", "forgetting", "forgetting_minus_control")
-    return {k: {n: bootstrap((pools["duplicated", k], pools["paraphrased", k]), n, n_boot, lambda d, p: d - p)[0]
-                for n in names} for k in PROBE_KINDS}
-
-
-def early_vs_late(early: dict, late: dict, n_boot: int = N_BOOT) -> dict:
-    """scenario -> kind -> effectivity and effectivity_minus_control: {"early", "late", "late_minus_early"}."""
-    names = ("effectivity", "effectivity_minus_control")
-    diff, out = differences(early, late, names, n_boot), defaultdict(dict)
-    for (s, k) in early:
-        out[s][k] = {n: {"early": bootstrap((early[s, k],), n, n_boot)[0], "late": bootstrap((late[s, k],), n, n_boot)[0],
-                         "late_minus_early": diff[s][k][n]} for n in names}
-    return dict(out)
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -974,55 +392,3 @@ def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, progress: bool
     write_json(out / "batch_sizes.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t_start,
                **result)
     return result
-
-
-# ----------------------------------------------------------------------------- tables
-
-
-def interval_text(iv: dict | None) -> str:
-    """An interval as "value [low, high]"; blank where undefined."""
-    if not iv or iv["value"] is None:
-        return ""
-    bounds = "" if iv["low"] is None else f" [{iv['low']:.3g}, {iv['high']:.3g}]"
-    return f"{iv['value']:.3g}{bounds}"
-
-
-def effectivity_table(stages: dict, scenarios=SCENARIOS):
-    """Effectivity of the injected paragraphs, of the controls and their difference (nats, 95% interval),
-    one row per stage, scenario and probe kind, as Markdown."""
-    from kn.display import markdown_table
-    names = ("effectivity", "control_effectivity", "effectivity_minus_control")
-    rows = [[stage, s, k] + [interval_text(summary[s][k][n]) for n in names]
-            for stage, summary in stages.items() for s in scenarios for k in PROBE_KINDS]
-    return markdown_table(["base", "scenario", "kind", "E injected", "E control", "E injected - control"], rows)
-
-
-def forgetting_table(summaries: dict, key: str = "forgetting", scenarios=SCENARIOS):
-    """The forgetting laws per label (a stage, a batch size), scenario and kind: AIC of each law, the best
-    and its lead, the log law's decay b (95% interval) and t*, as Markdown; blank where there is no fit."""
-    from kn.display import markdown_table
-    rows = []
-    for label, summary in summaries.items():
-        for s in scenarios:
-            for k in PROBE_KINDS:
-                f = summary[s][k][key]
-                rows.append([label, s, k] + ([""] * 6 if f is None else _law_cells(f)))
-    return markdown_table(["run", "scenario", "kind", "AIC log", "AIC linear", "AIC exp", "lowest AIC by",
-                           "decay b (log law)", "t* (steps)"], rows)
-
-
-def _law_cells(f: dict) -> list[str]:
-    t_star = f["fits"]["log"]["x_intercept"]
-    return [*(f"{f['fits'][law]['aic']:.1f}" for law in LAWS), f"{f['best']} by {f['delta_aic']:.1f}",
-            interval_text(f["decay_b"]), "" if t_star is None else f"{t_star:.3g}"]
-
-
-def difference_table(diffs: dict, scenarios=SCENARIOS):
-    """A comparison of two runs (early_vs_late or small_minus_large): one row per scenario and kind, one
-    column per statistic (its intervals), as Markdown."""
-    from kn.display import markdown_table
-    first = diffs[scenarios[0]][PROBE_KINDS[0]]
-    cols = [(n, sub) for n, v in first.items() for sub in (v if "value" not in v else [None])]
-    rows = [[s, k] + [interval_text(diffs[s][k][n] if sub is None else diffs[s][k][n][sub]) for n, sub in cols]
-            for s in scenarios for k in PROBE_KINDS]
-    return markdown_table(["scenario", "kind"] + [n if sub is None else f"{n}: {sub}" for n, sub in cols], rows)

@@ -1,4 +1,5 @@
-"""kn.dynamics (Chang et al.): t_LAM, effectivity and retainability on hand-made trajectories; the three
+"""kn.dynamics and its parts (kn.dynamics_config, kn.trajectories, kn.forgetting, kn.dynamics_summary;
+Chang et al.): t_LAM, effectivity and retainability on hand-made trajectories; the three
 forgetting laws told apart by AIC on data drawn from each (linear and exponential data that a log fit
 fits with r² > 0.8 are not called a power law); injected minus control on a built case; the bootstrap
 over seeds and paragraphs (covers the truth, narrows with more paragraphs, resamples paragraphs rather
@@ -17,14 +18,16 @@ import pytest
 
 from kn.data.dataset import BiosConfig
 from kn.data.injection import PROBE_KINDS, load_injection
-from kn.dynamics import (CONTROL, COLUMNS, SCENARIOS, DynamicsConfig, InjectedStream, Injection, Pool, Trajectories,
-                         background, bootstrap, bootstrap_draws, compare_batch_sizes, effectivity, effectivity_table,
-                         fit_forgetting, fit_log, forgetting_table, injection_steps, interval, interval_text, load_trajectories,
-                         local_max, make_pools, make_stream, mean_curves, predict, retainability, run_dynamics, scaled,
-                         seed_records, stream_start, summarize, summarize_pool)
+from kn.dynamics import (InjectedStream, Injection, background, compare_batch_sizes, make_stream, run_dynamics, scaled,
+                         stream_start)
+from kn.dynamics_config import CONTROL, SCENARIOS, DynamicsConfig, injection_steps, seed_records
+from kn.dynamics_summary import (Pool, bootstrap, bootstrap_draws, effectivity_table, forgetting_table, interval,
+                                 interval_text, make_pools, summarize, summarize_pool)
 from kn.errors import DataError
+from kn.forgetting import effectivity, fit_forgetting, fit_log, local_max, predict, retainability
 from kn.models import ModelConfig
 from kn.tokenize import load_tokenizer
+from kn.trajectories import COLUMNS, Trajectories, load_trajectories, mean_curves
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=64, context=320)
 # Paragraphs are 12 sentences, ~230-280 tokens at this vocabulary: the window must hold one plus EOS.

@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 
 from kn import profiles
-from kn.dynamics import DynamicsConfig
+from kn.dynamics_config import DynamicsConfig
 from kn.errors import DataError
 from kn.extraction import DATA_KEYS, ExtractionConfig, from_profile
 from kn.models import ModelConfig
