@@ -51,7 +51,7 @@ TABLES = {
         # class and cpu: windows of 256 hold whole biographies (kn.data.summary: ~60-90 tokens); a fifth
         # of train_people is the validation slice that picks the finetune lr; QA fraction 0.8 (paper)
         "class": {"n": 200, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
-                  "window": 256, "batch_size": 16, "exposures": 60, "lr": 3e-3, "qa_fraction": 0.8,
+                  "window": 256, "batch_size": 16, "exposures": 60, "mixed_exposures": 30, "lr": 3e-3, "qa_fraction": 0.8,
                   "valid_fraction": 0.2, "finetune_exposures": 10, "finetune_lr_grid": [1e-4, 3e-4, 1e-3]},
         # 600 people: 300 test_people give intervals of about +-4 points; at 100 (the old cpu scale)
         # the 50 finetuned people could neither pass nor fail a claim
