@@ -346,14 +346,27 @@ def _onelayer_rows(folder):
     return read_rows(folder / "sweep.csv")
 
 
-def _point(rows, **match) -> Interval:
-    """Held-out accuracy (%) of the one sweep point matching `match`, with its interval over test_people."""
+def _row(rows, **match) -> dict:
     sel = [r for r in rows if all(r[k] == v for k, v in match.items())]
     if len(sel) != 1:
         raise FileNotFoundError(f"{len(sel)} sweep points match {match}")
-    if sel[0].get("acc_test_low") in (None, ""):
+    return sel[0]
+
+
+def _point(rows, **match) -> Interval:
+    """Held-out accuracy (%) of the one sweep point matching `match`, with its interval over test_people."""
+    r = _row(rows, **match)
+    if r.get("acc_test_low") in (None, ""):
         raise _NoInterval("sweep.csv has no interval columns (made before intervals): re-run the chapter")
-    return Interval(*(100 * float(sel[0][k]) for k in ("acc_test", "acc_test_low", "acc_test_high")))
+    return Interval(*(100 * float(r[k]) for k in ("acc_test", "acc_test_low", "acc_test_high")))
+
+
+def _learned(rows, label: str, **match) -> tuple[Check, ...]:
+    """The extraction guards of one sweep point: its finetune answers its own train_people, its
+    pretraining memorized the bios."""
+    r = _row(rows, **match)
+    return (Check(f"{label}: train_people QA", 100 * float(r["acc_train"]), GUARD_TRAIN_QA),
+            Check(f"{label}: bios memorized", 100 * float(r["memorization"]), GUARD_MEMORIZED))
 
 
 def _gap(a: Interval, b: Interval) -> Interval:
@@ -372,7 +385,8 @@ def _mlp_gap(folder):
     gap = _gap(mlp, att)
     return Evidence(gap, f"{mlp.value:.1f}% [{mlp.low:.1f}, {mlp.high:.1f}] (attention+MLP) vs {att.value:.1f}% "
                          f"[{att.low:.1f}, {att.high:.1f}] (attention only), held-out: gap {gap.value:+.1f} "
-                         f"[{gap.low:+.1f}, {gap.high:+.1f}]", ceiling=100.0, ceiling_text=ANY_VALUE)
+                         f"[{gap.low:+.1f}, {gap.high:+.1f}]", _learned(rows, "attention+MLP", arch="attn_mlp", **at),
+                    ceiling=100.0, ceiling_text=ANY_VALUE)
 
 
 def _low_rank_gap(folder):
@@ -387,16 +401,18 @@ def _low_rank_gap(folder):
     gaps = {r: _gap(_point(rows, finetune=r, **at), full) for r in lora}
     worst = Interval(*(min(g[i] for g in gaps.values()) for i in range(3)))
     every = ", ".join(f"{r} {g.value:+.1f} [{g.low:+.1f}, {g.high:+.1f}]" for r, g in gaps.items())
-    return Evidence(worst, f"full {full.value:.1f}%; each rank minus full: {every} (held-out, every rank)")
+    return Evidence(worst, f"full {full.value:.1f}%; each rank minus full: {every} (held-out, every rank)",
+                    _learned(rows, "full finetune", finetune="full", **at))
 
 
 def _rank1(folder):
     rows = [r for r in _onelayer_rows(folder) if r["finetune"] == "full" and r["arch"] == "attn_mlp"]
     shares = np.array([[100 * float(r["rank1_qkv"])] for r in rows])
     est = bootstrap([shares], lambda t: float(t.mean()))
+    learned = sum(100 * float(r["acc_train"]) >= GUARD_TRAIN_QA for r in rows)
     return Evidence(est, f"top direction holds {est.value:.0f}% [{est.low:.0f}, {est.high:.0f}] of the attention (qkv) "
                          f"update's squared norm ({len(rows)} full finetunes, resampled over them)",
-                    (Check("full finetunes", len(rows), 3, ""),))
+                    (Check(f"full finetunes that learned train_people (>= {GUARD_TRAIN_QA:g}%)", learned, 3, ""),))
 
 
 CLAIMS = [

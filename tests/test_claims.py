@@ -224,14 +224,16 @@ def test_dynamics_claims(tmp_path, monkeypatch):
     assert [r["verdict"] for r in by_chapter("dynamics")][:3] == ["inconclusive", "not reproduced", "inconclusive"]
 
 
-def onelayer_csv(folder, intervals=True):
+def onelayer_csv(folder, intervals=True, train=0.95):
+    """A sweep whose largest attention+MLP point extracts; its finetunes answer `train` of train_people."""
     folder.mkdir(parents=True, exist_ok=True)
-    lines = ["arch,multiplicity,train_fraction,finetune,acc_test,acc_test_low,acc_test_high,rank1_qkv"]
+    lines = ["arch,multiplicity,train_fraction,finetune,acc_train,memorization,acc_test,acc_test_low,acc_test_high,rank1_qkv"]
     for arch, acc in [("attn_mlp", 0.6), ("attn_only", 0.05)]:
         for ft, drop in [("full", 0.0), ("lora1", 0.5), ("lora8", 0.0)]:
             a = acc - drop * acc
-            lines.append(f"{arch},5,0.75,{ft},{a},{a - 0.05 if intervals else ''},{a + 0.05 if intervals else ''},0.6")
-    lines += ["attn_mlp,1,0.25,full,0.0,0.0,0.05,0.7", "attn_mlp,1,0.75,full,0.0,0.0,0.05,0.7"]   # not the largest: ignored
+            lines.append(f"{arch},5,0.75,{ft},{train},0.99,{a},{a - 0.05 if intervals else ''},"
+                         f"{a + 0.05 if intervals else ''},0.6")
+    lines += [f"attn_mlp,{m},{f},full,{train},0.99,0.0,0.0,0.05,0.7" for m, f in ((1, 0.25), (1, 0.75))]   # not the largest
     (folder / "sweep.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -244,6 +246,9 @@ def test_onelayer_claims_report_every_rank(tmp_path, monkeypatch):
     assert "lora1 -30.0 [-40.0, -20.0], lora8 +0.0 [-10.0, +10.0]" in rows[1]["ours"]    # every rank, not the best
     onelayer_csv(tmp_path / "onelayer" / "cpu", intervals=False)
     assert [r["verdict"] for r in by_chapter("onelayer")][:2] == ["inconclusive"] * 2
+    onelayer_csv(tmp_path / "onelayer" / "cpu", train=0.3)             # the cpu run's case: finetunes fit 30%
+    rows = by_chapter("onelayer")
+    assert [r["verdict"] for r in rows] == ["inconclusive"] * 3 and all("FAILED" in r["guards"] for r in rows)
 
 
 @pytest.mark.parametrize("kind", ["between", ""])
