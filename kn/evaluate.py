@@ -6,10 +6,10 @@ pass per batch, teacher-forced. For a span [s, e) of document tokens it yields:
   exact     argmax right at every span token (and, with require_end, at the token after it):
             the same as exact match of greedy generation of the whole value (Part 3.1 metric)
   first     argmax right at the first span token (first-token accuracy)
-Entry points: `span_scores` / `score_spans`, `qa_accuracy` (train_people vs test_people, per
-attribute), `accuracy` (any selection of QAs), `memorization` (FINDINGS trap 1: values inside the
-person's own bio), `field_losses`
-(loss_name, loss_value per bio for kn.capacity), `greedy_generate`, `majority_baseline`.
+Entry points: `span_scores` / `score_spans`, `accuracy` (QA exact match of any selection of QAs,
+per attribute: kn.extraction scores train_people, the validation slice and test_people with it),
+`memorization` (FINDINGS trap 1: values inside the person's own bio), `field_losses` (loss_name,
+loss_value per bio for kn.capacity), `greedy_generate`, `majority_baseline`.
 """
 from __future__ import annotations
 
@@ -125,27 +125,14 @@ def _mean(x: np.ndarray) -> float:
 
 
 def accuracy(scores: dict, attribute: np.ndarray, select: np.ndarray) -> dict:
-    """Exact-match accuracy per attribute and their mean, first-token accuracy, over selected docs."""
+    """Exact-match accuracy per attribute and their mean (as the paper's tables; NaN without documents),
+    first-token accuracy, over the selected docs (`select`: one bool per document)."""
+    select = _per_doc("select", select, len(scores["exact"])).astype(bool)
     per = {a: _mean(scores["exact"][select & (attribute == i)]) for i, a in enumerate(ATTRIBUTES)}
     first = {a: _mean(scores["first"][select & (attribute == i)]) for i, a in enumerate(ATTRIBUTES)}
     present = [v for v in per.values() if v == v]
     return {"mean": float(np.mean(present)) if present else float("nan"), "per_attribute": per,
             "first_token": _mean(scores["first"][select]), "first_token_per_attribute": first}
-
-
-def qa_accuracy(model, qa: Encoded, attribute, is_test_doc, eos_id: int, pad_id: int, batch_size: int = 64,
-                device=None) -> dict:
-    """Exact match of the answer (value and the '.' after it) for train_people and test_people QAs.
-
-    attribute: per-document index into ATTRIBUTES (`Documents.meta["attribute"]`); is_test_doc:
-    per-document bool. "mean" averages the six attributes (as the paper's tables); a split with
-    no documents gives NaN.
-    """
-    attribute = _per_doc("attribute", attribute, len(qa)).astype(np.int64)
-    test = _per_doc("is_test_doc", is_test_doc, len(qa)).astype(bool)
-    scores = span_scores(model, qa, "answer", eos_id, pad_id, batch_size, device, require_end=True)
-    return {"train": accuracy(scores, attribute, ~test), "test": accuracy(scores, attribute, test),
-            "n_train": int((~test).sum()), "n_test": int(test.sum())}
 
 
 def memorization(model, bios: Encoded, eos_id: int, pad_id: int, batch_size: int = 64, device=None,

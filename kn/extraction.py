@@ -110,21 +110,13 @@ def train_stage(cfg: TrainConfig, progress: bool = True) -> dict:
     finished run of other settings, or from an older starting model, is replaced.
     kn.train.Interrupted when a signal stops the training (run again to resume)."""
     path = Path(cfg.out) / "train.json"
-    if (record := done(path, cfg)) is not None and not _init_is_newer(cfg, path):
+    start = [Path(cfg.init).parent / "train.json"] if cfg.init else []     # the run of the model it starts from
+    if (record := done(path, cfg, after=start)) is not None:
         return record
-    stale = record is not None                                          # same settings, older starting model
+    stale = done(path, cfg) is not None                                 # same settings, older starting model
     other = path.is_file() and not read_json(path).get("interrupted")
     stop_if_interrupted(train(cfg, resume=not stale, overwrite=other, progress=progress), cfg.out)
     return read_json(path)
-
-
-def _init_is_newer(cfg: TrainConfig, record: Path) -> bool:
-    """The model a finetune starts from (its run's train.json) was written after the finetune's record:
-    the same settings, but another starting point, so the finetune is stale."""
-    if not cfg.init:
-        return False
-    init = Path(cfg.init).parent / "train.json"
-    return init.is_file() and init.stat().st_mtime_ns > record.stat().st_mtime_ns
 
 
 def prepare_dataset(cfg: ExtractionConfig, path: Path) -> None:
@@ -202,7 +194,7 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
     run folder of a finished pretraining on the same corpus (kn.onelayer's shared one), finetuned
     from instead of pretraining in out/pretrain."""
     out = Path(out)
-    if (record := done(out / "result.json", cfg)) is not None:
+    if (record := done(out / "result.json", cfg, after=_trained(out, pretrained))) is not None:
         return record
     t0 = time.perf_counter()
     data = Path(cfg.data_dir) if cfg.data_dir is not None else out / "data"
@@ -217,8 +209,10 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
             train_stage(stage_config(cfg, data, pre, "pretrain"), progress)
         memorized = pre / "model"
         final, stages["finetune"], recipes = finetune(cfg, data, memorized, out / "finetune", progress)
-    result = evaluate_model(final, data)
-    if recipes:
+    chosen = next((r for r in recipes if r.get("chosen")), None)     # its train_people and validation scored
+    result = evaluate_model(final, data, splits=("test",) if chosen else SPLITS)
+    if chosen:
+        result["qa"] = {k: chosen[k] for k in SCORED} | result["qa"]
         result["recipes"] = recipes
     if memorized != final:
         result["memorization"] = evaluate_model(memorized, data, splits=())["memorization"]
@@ -227,6 +221,15 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
     result["train_wall_s"] = {k: (v.get("provenance") or {}).get("wall_time_s") for k, v in stages.items()}
     write_json(out / "result.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t0, **result)
     return result
+
+
+SCORED = ("train", "n_train", "valid", "n_valid")     # what a recipe's evaluation keeps
+
+
+def _trained(out: Path, pretrained: str | Path | None) -> list[Path]:
+    """The train.json files a result in `out` was computed from (a re-run of any makes it stale)."""
+    stages = [Path(pretrained) if pretrained is not None else out / "pretrain", out / "mixed", out / "finetune"]
+    return [s / "train.json" for s in stages] + sorted((out / "finetune").glob("lr*/train.json"))
 
 
 def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress: bool = True) -> tuple[Path, dict, list]:
@@ -250,8 +253,8 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     recipes = []
     for lr, (f, _) in zip(grid, runs):
         qa = evaluate_model(f / "model", data, splits=("train", "valid"), memorize=False)["qa"]
-        recipes.append({"finetune_lr": lr, "train": qa["train"], "valid": qa["valid"],
-                        "learned": 100 * qa["train"]["mean"] >= GUARD_TRAIN_QA})
+        recipes.append({"finetune_lr": lr} | {k: qa[k] for k in SCORED}
+                       | {"learned": 100 * qa["train"]["mean"] >= GUARD_TRAIN_QA})
     pool = [i for i in range(len(grid)) if recipes[i]["learned"]] or list(range(len(grid)))
     best = max(pool, key=lambda i: (recipes[i]["valid"]["mean"], -i))
     recipes[best]["chosen"] = True

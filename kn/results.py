@@ -134,10 +134,14 @@ def as_recorded(config) -> dict | list | None:
     return json.loads(json.dumps(asdict(config) if is_dataclass(config) else config, default=str))
 
 
-def done(path: str | Path, config) -> dict | None:
-    """The result file at `path` if it is finished and records `config` (write_json's provenance),
-    else None. Finished: readable and not marked "interrupted" (kn.train's train.json)."""
+def done(path: str | Path, config, after=()) -> dict | None:
+    """The result file at `path` if it is finished, records `config` (write_json's provenance) and is
+    newer than each file of `after` that exists (what it was computed from), else None. Finished:
+    readable and not marked "interrupted" (kn.train's train.json)."""
     path = Path(path)
+    if path.is_file() and any(Path(a).is_file() and Path(a).stat().st_mtime_ns > path.stat().st_mtime_ns
+                              for a in after):
+        return None                                          # an input was made again since: stale
     try:
         record = read_json(path) if path.is_file() else None
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -17,7 +17,7 @@ from kn.data.people import sample_people
 from kn.data.qa import make_qa
 from kn.data.records import ATTRIBUTES
 from kn.errors import DataError
-from kn.evaluate import (doc_rows, field_losses, greedy_generate, majority_baseline, memorization, qa_accuracy,
+from kn.evaluate import (accuracy, doc_rows, field_losses, greedy_generate, majority_baseline, memorization,
                          score_spans, span_scores)
 from kn.tokenize import encode_documents, train_tokenizer
 
@@ -174,26 +174,27 @@ def test_exact_equals_greedy_generation_on_trained_model(data):
     assert 0 < sc["exact"].sum() < len(data.qa) and sc["exact"][trained].mean() > sc["exact"].mean()
 
 
-def test_qa_accuracy_splits_by_people_and_attribute(data):
+def test_accuracy_splits_by_people_and_attribute(data):
     is_train = np.arange(len(data.people)) % 3 == 0
     test_doc = ~is_train[data.qa.person]
-    model = LookupLM(truth_table(data.qa, data.eos, np.nonzero(~test_doc)[0]), data.V)
-    acc = qa_accuracy(model, data.qa, data.attribute, test_doc, data.eos, data.pad, batch_size=32)
-    assert acc["n_train"] == 6 * is_train.sum() and acc["n_test"] == 6 * (~is_train).sum()
-    assert acc["train"]["mean"] == 1.0 and acc["train"]["first_token"] == 1.0
-    assert set(acc["train"]["per_attribute"]) == set(ATTRIBUTES)
-    assert acc["test"]["mean"] == 0.0 and all(v == 0.0 for v in acc["test"]["per_attribute"].values())
-    # wrong on one attribute of the train people: only that attribute drops
-    bad = np.nonzero(~test_doc & (data.attribute == 2))[0]
+
+    def scored(table):
+        return span_scores(LookupLM(table, data.V), data.qa, "answer", data.eos, data.pad, batch_size=32,
+                           require_end=True)
     table = truth_table(data.qa, data.eos, np.nonzero(~test_doc)[0])
-    for i in bad:
+    scores = scored(table)
+    train, test = accuracy(scores, data.attribute, ~test_doc), accuracy(scores, data.attribute, test_doc)
+    assert train["mean"] == 1.0 and train["first_token"] == 1.0 and set(train["per_attribute"]) == set(ATTRIBUTES)
+    assert test["mean"] == 0.0 and all(v == 0.0 for v in test["per_attribute"].values())
+    # wrong on one attribute of the train people: only that attribute drops
+    for i in np.nonzero(~test_doc & (data.attribute == 2))[0]:
         corrupt(table, data.qa, data.eos, i, data.qa.spans["answer"][i, 0, 0], data.V)
-    acc = qa_accuracy(LookupLM(table, data.V), data.qa, data.attribute, test_doc, data.eos, data.pad)
-    per = acc["train"]["per_attribute"]
-    assert per["university"] == 0.0 and all(per[a] == 1.0 for a in ATTRIBUTES if a != "university")
-    assert acc["train"]["mean"] == pytest.approx(5 / 6)
-    with pytest.raises(DataError, match="is_test_doc"):
-        qa_accuracy(model, data.qa, data.attribute, test_doc[:-1], data.eos, data.pad)
+    per = accuracy(scored(table), data.attribute, ~test_doc)
+    assert per["per_attribute"]["university"] == 0.0
+    assert all(per["per_attribute"][a] == 1.0 for a in ATTRIBUTES if a != "university")
+    assert per["mean"] == pytest.approx(5 / 6)
+    with pytest.raises(DataError, match="select"):
+        accuracy(scores, data.attribute, test_doc[:-1])
 
 
 def test_memorization_and_field_losses(data):

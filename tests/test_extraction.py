@@ -100,7 +100,7 @@ def test_recipe_is_the_best_validation_score_among_those_that_learned(tmp_path, 
 
     def evaluate(model, data, splits, memorize):
         train, valid = scores[lr_of(model)]
-        return {"qa": {"train": {"mean": train}, "valid": {"mean": valid}}}
+        return {"qa": {"train": {"mean": train}, "valid": {"mean": valid}, "n_train": 6, "n_valid": 6}}
     monkeypatch.setattr(extraction, "evaluate_model", evaluate)
     cfg = from_profile("smoke", setting="pretrain_finetune", finetune_lr_grid=list(scores))
     model, stage, recipes = finetune(cfg, tmp_path, tmp_path / "init", tmp_path / "ft", progress=False)
@@ -136,3 +136,19 @@ def test_finetune_of_a_newer_pretraining_is_trained_again(tmp_path):
     again = train_stage(ft, progress=False)                               # the same settings, a newer model
     assert again["provenance"]["wall_time_s"] != first["provenance"]["wall_time_s"]
     assert (tmp_path / "ft" / "train.json").stat().st_mtime_ns > (pre / "train.json").stat().st_mtime_ns
+
+
+def test_result_of_a_newer_pretraining_is_computed_again(tmp_path):
+    """A result.json records its settings, not the models it scored: after its pretraining was made
+    again (here: its train.json touched), the finetune is re-run and the result recomputed."""
+    import os
+    cfg = from_profile("smoke", setting="pretrain_finetune", finetune_lr_grid=())
+    run_extraction(cfg, tmp_path, progress=False)
+    result, pretrained = tmp_path / "result.json", tmp_path / "pretrain" / "train.json"
+    stamp = result.stat().st_mtime_ns
+    run_extraction(cfg, tmp_path, progress=False)
+    assert result.stat().st_mtime_ns == stamp                                    # done: reused
+    os.utime(pretrained, ns=(stamp + 10**9, stamp + 10**9))
+    run_extraction(cfg, tmp_path, progress=False)
+    assert result.stat().st_mtime_ns > stamp
+    assert (tmp_path / "finetune" / "train.json").stat().st_mtime_ns > pretrained.stat().st_mtime_ns
