@@ -122,33 +122,18 @@ def test_lr_grid_needs_a_validation_slice(tmp_path):
         from_profile("smoke", finetune_lr_grid=[1e-3, -1])
 
 
-def test_finetune_of_a_newer_pretraining_is_trained_again(tmp_path):
-    """Built from the bug it fixes: a finetune's settings name its starting model by path only, so
-    after the pretraining was re-run (more exposures) the old finetune was reused as if done."""
-    cfg = from_profile("smoke", setting="pretrain_finetune", finetune_lr_grid=())
-    data, pre = tmp_path / "data", tmp_path / "pretrain"
-    prepare_dataset(cfg, data)
-    train_stage(stage_config(cfg, data, pre, "pretrain"), progress=False)
-    ft = stage_config(cfg, data, tmp_path / "ft", "finetune", init=str(pre / "model"), exposures=1)
-    first = train_stage(ft, progress=False)
-    assert train_stage(ft, progress=False) == first                       # done: reused
-    train_stage(stage_config(replace(cfg, exposures=cfg.exposures + 1), data, pre, "pretrain"), progress=False)
-    again = train_stage(ft, progress=False)                               # the same settings, a newer model
-    assert again["provenance"]["wall_time_s"] != first["provenance"]["wall_time_s"]
-    assert (tmp_path / "ft" / "train.json").stat().st_mtime_ns > (pre / "train.json").stat().st_mtime_ns
-
-
 def test_result_of_a_newer_pretraining_is_computed_again(tmp_path):
-    """A result.json records its settings, not the models it scored: after its pretraining was made
-    again (here: its train.json touched), the finetune is re-run and the result recomputed."""
+    """Built from the bug it fixes: a finetune's settings name its starting model by path only, and a
+    result.json records its settings, not the models it scored; after the pretraining was made again
+    (here: its train.json touched), both were reused as if done."""
     import os
     cfg = from_profile("smoke", setting="pretrain_finetune", finetune_lr_grid=())
     run_extraction(cfg, tmp_path, progress=False)
-    result, pretrained = tmp_path / "result.json", tmp_path / "pretrain" / "train.json"
-    stamp = result.stat().st_mtime_ns
+    result, pretrained, tuned = (tmp_path / "result.json", tmp_path / "pretrain" / "train.json",
+                                 tmp_path / "finetune" / "train.json")
+    stamps = result.stat().st_mtime_ns, tuned.stat().st_mtime_ns
     run_extraction(cfg, tmp_path, progress=False)
-    assert result.stat().st_mtime_ns == stamp                                    # done: reused
-    os.utime(pretrained, ns=(stamp + 10**9, stamp + 10**9))
+    assert (result.stat().st_mtime_ns, tuned.stat().st_mtime_ns) == stamps        # done: reused
+    os.utime(pretrained, ns=(stamps[0] + 1, stamps[0] + 1))                       # written after the result
     run_extraction(cfg, tmp_path, progress=False)
-    assert result.stat().st_mtime_ns > stamp
-    assert (tmp_path / "finetune" / "train.json").stat().st_mtime_ns > pretrained.stat().st_mtime_ns
+    assert result.stat().st_mtime_ns > stamps[0] and tuned.stat().st_mtime_ns > stamps[1]
