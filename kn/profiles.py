@@ -50,8 +50,10 @@ TABLES = {
                   "valid_fraction": 0.2, "finetune_lr_grid": [1e-3, 3e-3]},
         # class and cpu: windows of 256 hold whole biographies (kn.data.summary: ~60-90 tokens); a fifth
         # of train_people is the validation slice that picks the finetune lr; QA fraction 0.8 (paper)
-        "class": {"n": 200, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
-                  "window": 256, "batch_size": 16, "exposures": 60, "mixed_exposures": 30, "lr": 3e-3, "qa_fraction": 0.8,
+        # class: 100 people at batch 8, enough optimizer steps to memorize (200 people at 60 exposures and batch
+        # 16, 222 steps, memorized 3-28% of the values and showed nothing; this memorizes multi5+permute 99%)
+        "class": {"n": 100, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 256},
+                  "window": 256, "batch_size": 8, "exposures": 200, "mixed_exposures": 30, "lr": 3e-3, "qa_fraction": 0.8,
                   "valid_fraction": 0.2, "finetune_exposures": 10, "finetune_lr_grid": [1e-4, 3e-4, 1e-3]},
         # 600 people: 300 test_people give intervals of about +-4 points; at 100 (the old cpu scale)
         # the 50 finetuned people could neither pass nor fail a claim
@@ -85,7 +87,7 @@ TABLES = {
     },
     # Part 3.1 Result 6: minority people (the extraction profile's model and budget), as many celebrities;
     # 300 + 300 at cpu: every minority person is tested, +-4 points
-    "celebrity": {"smoke": {"n": 60}, "class": {"n": 100}, "cpu": {"n": 300}, "gpu": {"n": 5000}, "paper": {"n": 100000}},
+    "celebrity": {"smoke": {"n": 60}, "class": {"n": 50}, "cpu": {"n": 300}, "gpu": {"n": 5000}, "paper": {"n": 100000}},
     # Part 3.3: the capacity sweep. `grid` picks lr and batch_size (kn.capacity.best_setting, on bits:
     # capacity is measured on the training data itself); `arms` are the law's points, sizes as
     # (n_layer, n_head, n_embd, N): N grows with the model so that the data hold >= 3x (100 exposures,
