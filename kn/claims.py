@@ -140,9 +140,15 @@ class _NoInterval(Exception):
     """A result without what an interval needs: the claim's row is inconclusive."""
 
 
+def _fit_guards(name: str, train_qa: float, memorized: float) -> tuple[Check, ...]:
+    """The guards of every extraction verdict, from fractions: the run answers its own train_people,
+    its pretraining memorized the bios."""
+    return (Check(f"{name}: train_people QA", 100 * train_qa, GUARD_TRAIN_QA),
+            Check(f"{name}: bios memorized", 100 * memorized, GUARD_MEMORIZED))
+
+
 def _qa_guards(r: dict, name: str) -> tuple[Check, ...]:
-    return (Check(f"{name}: train_people QA", 100 * r["qa"]["train"]["mean"], GUARD_TRAIN_QA),
-            Check(f"{name}: bios memorized", 100 * r["memorization"]["mean"], GUARD_MEMORIZED))
+    return _fit_guards(name, r["qa"]["train"]["mean"], r["memorization"]["mean"])
 
 
 ANY_VALUE = "100% (any value can be generated)"
@@ -362,11 +368,9 @@ def _point(rows, **match) -> Interval:
 
 
 def _learned(rows, label: str, **match) -> tuple[Check, ...]:
-    """The extraction guards of one sweep point: its finetune answers its own train_people, its
-    pretraining memorized the bios."""
+    """The extraction guards of one sweep point."""
     r = _row(rows, **match)
-    return (Check(f"{label}: train_people QA", 100 * float(r["acc_train"]), GUARD_TRAIN_QA),
-            Check(f"{label}: bios memorized", 100 * float(r["memorization"]), GUARD_MEMORIZED))
+    return _fit_guards(label, float(r["acc_train"]), float(r["memorization"]))
 
 
 def _gap(a: Interval, b: Interval) -> Interval:

@@ -47,7 +47,7 @@ from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs,
 from kn.data.dataset import load_encoded
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
-from kn.results import atomic_file, folder_path, write_json
+from kn.results import atomic_file, folder_path, read_json, write_json
 from kn.tokenize import Encoded, equal_exposure, load_tokenizer, pack
 
 MODES = ("pretrain", "mixed", "finetune")
@@ -262,7 +262,7 @@ def load_bios(data: str) -> Encoded:
     equally often: a minority person's one biography is repeated as often as a celebrity has
     biographies (kn.tokenize.equal_exposure)."""
     bios = load_encoded(data, "bios")
-    config = json.loads((Path(data) / "meta.json").read_text())["provenance"].get("config", {})
+    config = read_json(Path(data) / "meta.json")["provenance"].get("config", {})
     return equal_exposure(bios) if config.get("n_celebrity") else bios
 
 
