@@ -9,8 +9,9 @@ paper's unit: paragraphs, models). `verdict` is the only function that turns the
 
   inconclusive    a guard failed, the ceiling is below what the rule needs, there is no interval,
                   or the interval straddles the rule's threshold: the run could not pass or fail
-  reproduced      the whole interval is on the claim's side of the threshold (near: it meets the band)
-  not reproduced  the whole interval is on the other side
+  reproduced      the whole interval is on the claim's side of the threshold (near: an equivalence
+                  test, the whole interval inside the band threshold * (1 +- tolerance))
+  not reproduced  the whole interval is on the other side (near: wholly outside the band)
   not run         no result file at any profile
 
 Every augmentation, rank and arm is reported, never the best of them. For each chapter the largest
@@ -56,7 +57,7 @@ class Check:
 @dataclass(frozen=True)
 class Rule:
     """The effect a claim needs: the interval above (at_least) or below (at_most) `threshold`, or
-    meeting threshold * (1 +- tolerance) (near)."""
+    inside the band threshold * (1 +- tolerance) (near, an equivalence test)."""
     kind: str
     threshold: float
     unit: str = "%"
@@ -68,7 +69,7 @@ class Rule:
 
     def text(self) -> str:
         if self.kind == "near":
-            return f"interval meets {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
+            return f"interval inside {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
         return f"interval {'>=' if self.kind == 'at_least' else '<='} {self.threshold:g}{self.unit}"
 
 
@@ -92,8 +93,12 @@ def verdict(e: Evidence, rule: Rule) -> tuple[str, str]:
         return "inconclusive", f"ceiling {e.ceiling:.1f}{rule.unit} is below the {rule.threshold:g}{rule.unit} the rule needs"
     low, high, t = e.estimate.low, e.estimate.high, rule.threshold
     if rule.kind == "near":
-        return ("reproduced", "interval meets the band") if high >= t * (1 - rule.tolerance) and \
-            low <= t * (1 + rule.tolerance) else ("not reproduced", "interval misses the band")
+        band_low, band_high = t * (1 - rule.tolerance), t * (1 + rule.tolerance)
+        if band_low <= low and high <= band_high:
+            return "reproduced", "interval inside the band"
+        if high < band_low or low > band_high:
+            return "not reproduced", "interval outside the band"
+        return "inconclusive", "interval crosses the band's edge"
     above, below = low >= t, high < t
     if rule.kind == "at_most":
         above, below = high <= t, low > t

@@ -22,9 +22,18 @@ def test_verdict_reads_the_interval_against_the_rule():
     at_most = Rule("at_most", 20)
     assert verdict(Evidence(Interval(5, 3, 8), ""), at_most)[0] == "reproduced"
     assert verdict(Evidence(Interval(30, 25, 35), ""), at_most)[0] == "not reproduced"
+
+
+
+def test_near_is_an_equivalence_test():
+    """Built to fail on the old 'meets the band' rule: the capacity fit 1.14 [0.45, 1.83] touched
+    1.4-2.6 and read 'reproduced'; only an interval wholly inside the band reproduces."""
     near = Rule("near", 2.0, tolerance=0.3)
-    assert verdict(Evidence(Interval(1.0, 0.5, 1.41), ""), near)[0] == "reproduced"      # meets 1.4-2.6
+    assert verdict(Evidence(Interval(1.14, 0.45, 1.83), ""), near) == ("inconclusive", "interval crosses the band's edge")
+    assert verdict(Evidence(Interval(2.0, 1.5, 2.5), ""), near)[0] == "reproduced"
     assert verdict(Evidence(Interval(1.0, 0.5, 1.39), ""), near)[0] == "not reproduced"
+    assert verdict(Evidence(Interval(3.0, 2.7, 3.2), ""), near)[0] == "not reproduced"
+    assert verdict(Evidence(Interval(2.0, 1.0, 3.0), ""), near)[0] == "inconclusive"     # wider than the band
 
 
 def test_a_failed_guard_is_never_a_verdict():
@@ -186,9 +195,9 @@ def test_capacity_claims_guard_and_interval(tmp_path, monkeypatch):
     low = {"bits@100": {"ratio": 0.3, "ci_low": 0.2, "ci_high": 0.69, "n_points": 5, "n_rows": 5, "n_storing_values": 5}}
     write(tmp_path, "capacity", "cpu", "fit", {"fits": low})
     assert next(r for r in by_chapter("capacity") if r["source"] == "Part 3.3, R4")["verdict"] == "not reproduced"
-    wide = dict(low["bits@100"], ci_high=0.71)                                          # the interval reaches 0.7
+    wide = dict(low["bits@100"], ci_high=0.71)                                  # reaches into 0.7-1.3: not inside
     write(tmp_path, "capacity", "cpu", "fit", {"fits": {"bits@100": wide}})
-    assert next(r for r in by_chapter("capacity") if r["source"] == "Part 3.3, R4")["verdict"] == "reproduced"
+    assert next(r for r in by_chapter("capacity") if r["source"] == "Part 3.3, R4")["verdict"] == "inconclusive"
 
 
 def iv(value, low, high):
