@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import tempfile
 import time
@@ -232,7 +233,9 @@ POINT_DEFAULTS = {
     "exposures": 100, "batch_size": 32, "window": 512, "lr": 1e-3, "weight_decay": 0.1, "warmup": 0.05,
     "seed": 0,                                               # data and training
     "quantize": False,                                       # also measure int8 and int4 (Result 8)
+    "curve": 0,                                              # also measure bits at this many log-spaced steps
 }
+MEASURE_ONLY = ("quantize", "curve")                         # change what is measured, not the model
 
 
 def normalise_point(point: dict) -> dict:
@@ -251,10 +254,10 @@ def normalise_point(point: dict) -> dict:
 
 
 def run_folder(point: dict, runs_dir: str | Path) -> Path:
-    """The folder of `point` under runs_dir: data/ and run/, named by the point's hash (`quantize`,
-    which changes only what is measured, left out: the model is shared)."""
+    """The folder of `point` under runs_dir: data/ and run/, named by the point's hash (MEASURE_ONLY
+    keys, which change only what is measured, left out: the model is shared)."""
     p = normalise_point(point)
-    digest = hashlib.sha1(point_key({k: v for k, v in p.items() if k != "quantize"}).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(point_key({k: v for k, v in p.items() if k not in MEASURE_ONLY}).encode()).hexdigest()[:12]
     return Path(runs_dir) / f"{p['data']}-n{p['n']}-{p['arch']}-{p['n_layer']}-{p['n_head']}-{p['n_embd']}-{digest}"
 
 
@@ -289,13 +292,43 @@ def _measure(folder: Path, p: dict, device: str, batch_size: int) -> dict:
     return out
 
 
+def curve_stops(total_steps: int, n: int) -> list[int]:
+    """n optimizer steps, log-spaced from total/2^(n-1)... up to total_steps (the last), distinct."""
+    return sorted({max(1, int(round(total_steps / 2 ** (n - 1 - i)))) for i in range(n)})
+
+
+def _trained(tcfg, stop: int | None) -> dict:
+    """The run trained to `stop` steps (None: to the end), resuming what is there."""
+    from dataclasses import replace
+    from kn.train import train
+    cfg = replace(tcfg, max_steps=stop)
+    return done(Path(cfg.out) / "train.json", cfg) or train(cfg, resume=True, progress=False)
+
+
+def _curve(folder: Path, tcfg, p: dict, device: str, batch_size: int) -> list:
+    """[[step, bits], ...] at curve_stops, in folder/curve.json so that a stopped point keeps its stops."""
+    from kn.tokenize import load_tokenizer
+    from kn.train import Batches
+    path, dev = folder / "curve.json", None if device == "auto" else device
+    curve = read_json(path)["curve"] if path.is_file() else []
+    tok = load_tokenizer(folder / "data" / "tokenizer")
+    total = Batches(tcfg, tok.eos_token_id, tok.pad_token_id).total_steps
+    for stop in curve_stops(total, p["curve"])[:-1]:
+        if stop > (curve[-1][0] if curve else 0):
+            _trained(tcfg, stop)
+            curve.append([stop, run_bound(folder / "run", None, batch_size, dev)["bits"]])
+            write_json(path, config=p, curve=curve)
+    return curve
+
+
 def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str = "auto",
                    eval_batch_size: int = 256) -> dict:
     """One point of the law: build its data, train (resuming an interrupted run), measure the
     bound. Keys: POINT_DEFAULTS. Returns flat numbers: losses, bits and terms, max_bits, n_params
     (all, non-embedding), ratios (also int8/int4 with quantize), steps, final_loss, tokens_per_s,
-    train_s, wall_s. runs_dir=None trains in a temporary folder that is removed afterwards."""
-    from kn.train import train
+    train_s, wall_s, and curve ([[step, bits], ...] ending at the last step; with curve > 0 the run
+    is trained in segments, bit-identical to one run). runs_dir=None trains in a temporary folder
+    that is removed afterwards."""
     t0 = time.perf_counter()
     p = normalise_point(point)
     with tempfile.TemporaryDirectory(prefix="kn-capacity-") as tmp:
@@ -303,11 +336,13 @@ def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str 
         _make_data(p, folder / "data")
         t1 = time.perf_counter()
         tcfg = _train_config(p, folder, device)       # a finished run (a sweep stopped while measuring) is read
-        summary = done(folder / "run" / "train.json", tcfg) or train(tcfg, resume=True, progress=False)
+        curve = _curve(folder, tcfg, p, device, eval_batch_size) if p["curve"] else []
+        summary = _trained(tcfg, None)
         train_s = time.perf_counter() - t1
         out = _measure(folder, p, device, eval_batch_size)
     return {**out, "steps": summary["steps"], "final_loss": summary["final_loss"],
-            "tokens_per_s": summary["tokens_per_s"], "train_s": train_s, "wall_s": time.perf_counter() - t0}
+            "tokens_per_s": summary["tokens_per_s"], "train_s": train_s, "wall_s": time.perf_counter() - t0,
+            "curve": json.dumps(curve + [[summary["steps"], out["bits"]]])}
 
 
 def capacity_sweep(points: list[dict], results_csv: str | Path, workers: int = 1, executor: str = "local",
@@ -422,60 +457,140 @@ def quantize_model(model, bits: int, embeddings: bool = True):
     return model
 
 
-def _point(s: dict, size: tuple, exposures: float, seed: int, **extra) -> dict:
-    l, h, d, n = size
-    return {**s["data"], "n": n, "n_layer": l, "n_head": h, "n_embd": d, "exposures": exposures,
-            "window": s["window"], "seed": seed, **extra}
+# ----------------------------------------------------------------------------- the profile's recipe (Part 3.3)
+#
+# Written before the runs they govern. Every point trains >= min_steps optimizer steps (Part 3.3,
+# Remark A.2: at least 50K steps whatever the batch): the batch is the largest that still gives them,
+# batch 1 if none does (its row's `steps` then says how far it fell short). A size without N gets
+# the people whose value bits are data_bits_per_param x its parameters, and at least enough to reach
+# min_steps at batch 1 at the profile's fewest exposures. The lr of a size is the grid's value that
+# stores the most bits at grid_exposures (capacity has no held-out set: the grid maximises the very
+# quantity measured, as the paper's best-of-grid does); every point of that size uses it.
+
+
+def _biod_cfg(p: dict) -> BioDConfig:
+    return BioDConfig(**{k: p[k] for k in ("n", "k", "c", "d", "l", "t", "n_first", "n_middle", "n_last")},
+                      seed=p["seed"], domain_token=p["domain_token"])
+
+
+def model_params(s: dict, size: tuple, arch: str = "gpt2") -> int:
+    """Parameters of a size on the profile's bioD, embeddings of every token in use counted (the
+    word-level vocabulary holds only tokens the data use: Part 3.3's count)."""
+    from kn.data.biod import vocabulary
+    from kn.models import build_model
+    p = normalise_point({**s["data"], "n": 1, "arch": arch, "n_layer": size[0], "n_head": size[1], "n_embd": size[2]})
+    cfg = ModelConfig(arch=arch, n_layer=size[0], n_head=size[1], n_embd=size[2], mlp_ratio=p["mlp_ratio"],
+                      vocab_size=len(vocabulary(_biod_cfg(p))), context=8)
+    return n_params(build_model(cfg), trainable_only=False)["all"]
+
+
+def people_for(s: dict, size: tuple, arch: str = "gpt2") -> int:
+    """N of a size (size[3] when given): value bits >= data_bits_per_param x params, and enough
+    windows for min_steps at batch 1 at the profile's fewest exposures."""
+    if len(size) == 4:
+        return int(size[3])
+    d = s["data"]
+    value_bits = d["k"] * d["c"] * math.log2(d["d"])                    # per person
+    tokens = BioDConfig(n=1, **{k: d[k] for k in ("k", "c", "d", "l", "t")}).doc_length()
+    fewest = min(arm["exposures"] for arm in s["arms"])
+    by_bits = s["data_bits_per_param"] * model_params(s, size, arch) / value_bits
+    by_steps = s["min_steps"] * s["window"] / (tokens * fewest)
+    return int(math.ceil(max(by_bits, by_steps)))
+
+
+def batch_for(p: dict, min_steps: int) -> int:
+    """The largest batch whose run reaches min_steps (kn.train.Batches' count), 1 if none does."""
+    rows = _biod_cfg(p).doc_length() * p["n"] // p["window"]          # windows of one pass (useful data)
+    batch = max(1, int(rows * p["exposures"] // max(1, min_steps)))
+    while batch > 1 and round(p["exposures"] * (rows // batch)) < min_steps:
+        batch -= 1
+    return batch
+
+
+def _point(s: dict, size: tuple, exposures: float, seed: int, arch: str = "gpt2", **extra) -> dict:
+    p = normalise_point({**s["data"], "n": people_for(s, size, arch), "arch": arch, "n_layer": size[0],
+                         "n_head": size[1], "n_embd": size[2], "exposures": exposures, "window": s["window"],
+                         "weight_decay": s["weight_decay"], "seed": seed, **extra})
+    return p | {"batch_size": batch_for(p, s["min_steps"])}
+
+
+def _size(p: dict) -> tuple:
+    return (p.get("arch", "gpt2"), int(p["n_layer"]), int(p["n_head"]), int(p["n_embd"]))
 
 
 def grid_points(profile: str, seed: int = 0) -> list[dict]:
-    """The profile's learning-rate x batch-size grid, on one size (kn.profiles "capacity")."""
+    """The lr grid of a profile (kn.profiles "capacity"): every size of every arm (arch kept) at
+    grid_exposures, once per lr."""
     from kn.profiles import settings
     s = settings("capacity", profile)
-    g = s["grid"]
-    return [_point(s, g["size"], g["exposures"], seed, lr=lr, batch_size=b) for lr in g["lr"] for b in g["batch_size"]]
+    sizes = {(arm.get("arch", "gpt2"), tuple(size)): None for arm in s["arms"] for size in arm["sizes"]}
+    return [_point(s, size, s["grid_exposures"], seed, arch=arch, lr=lr) for arch, size in sizes for lr in s["lr_grid"]]
 
 
-def best_setting(rows: list[dict]) -> dict:
-    """lr and batch_size of the grid row that stored the most bits."""
-    best = max(rows, key=lambda r: float(r["bits"]))
-    return {"lr": float(best["lr"]), "batch_size": int(best["batch_size"])}
+def best_lr(rows: list[dict]) -> dict:
+    """{(arch, n_layer, n_head, n_embd): lr} of the grid rows: per size, the lr that stored the most bits."""
+    best = {}
+    for r in rows:
+        key = _size(r)
+        if key not in best or float(r["bits"]) > best[key][1]:
+            best[key] = (float(r["lr"]), float(r["bits"]))
+    return {k: lr for k, (lr, _) in best.items()}
 
 
-def profile_points(profile: str, seed: int = 0, **extra) -> list[dict]:
-    """The capacity sweep of a profile (kn.profiles "capacity"): every arm's sizes at its exposures
-    (and arch), with `extra` (lr, batch_size from `best_setting`, quantize) on every point."""
+def profile_points(profile: str, lrs: dict, seed: int = 0, **extra) -> list[dict]:
+    """The capacity sweep of a profile: every arm's sizes at its exposures, the `seeds` block's extra
+    seeds, the `curve` block's bits-over-steps points, each at its size's lr from `lrs` (best_lr);
+    sizes missing from `lrs` (grid not finished) are left out. `extra` on every point (quantize)."""
     from kn.profiles import settings
     s = settings("capacity", profile)
-    return [_point(s, size, arm["exposures"], seed, **({"arch": arm["arch"]} if "arch" in arm else {}), **extra)
-            for arm in s["arms"] for size in arm["sizes"]]
+    curve = s.get("curve", {})
+    out = []
+    for arm in s["arms"]:
+        arch = arm.get("arch", "gpt2")
+        for size in arm["sizes"]:
+            stops = curve.get("stops", 0) if arm["exposures"] == curve.get("exposures") and \
+                tuple(size[:3]) in map(tuple, curve.get("sizes", ())) else 0
+            for sd in [seed] + (list(s["seeds"]["seeds"]) if tuple(size[:3]) in map(tuple, s.get("seeds", {}).get("sizes", ()))
+                                 and arm["exposures"] in s["seeds"]["exposures"] else []):
+                lr = lrs.get((arch, *size[:3]))
+                if lr is not None:
+                    out.append(_point(s, size, arm["exposures"], sd, arch=arch, lr=lr, curve=stops if sd == seed else 0,
+                                      **extra))
+    return out
 
 
 def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | None = None, seed: int = 0,
                    workers: int = 1, train: bool = True) -> dict:
-    """The chapter's whole experiment: the lr x batch grid (results/grid.csv), then the profile's
-    points at the best setting with int8/int4 measured (results/sweep.csv), then every fit
-    (results/fit.json). Finished points are skipped, so a stopped study continues; train=False
-    trains nothing and fits the points already finished (a sweep still running elsewhere).
-    Returns grid, best, points, rows (the finished points), missing (the points not finished) and fits."""
+    """The chapter's whole experiment: the per-size lr grid (results/grid.csv), then the profile's
+    points at each size's best lr with int8/int4 measured (results/sweep.csv), then every fit
+    (results/fit.json). Finished points are skipped, so a stopped study continues, and two studies
+    started side by side share the points; train=False trains nothing and fits the points already
+    finished (a sweep still running elsewhere). Returns grid, lrs, points, rows (the finished
+    points), missing (the points not finished, with the sizes whose grid is not) and fits."""
     from kn.sweep import read_rows
     t0, results = time.perf_counter(), Path(results)
     grid = grid_points(profile, seed)
     if train:
         capacity_sweep(grid, results / "grid.csv", runs_dir=runs_dir, workers=workers)
-    best = best_setting(read_rows(results / "grid.csv"))
-    points = profile_points(profile, seed, quantize=True, **best)
+    grid_keys = {point_key(p) for p in grid}
+    grid_rows = [r for r in (read_rows(results / "grid.csv") if (results / "grid.csv").is_file() else [])
+                 if point_key(r["key"]) in grid_keys]
+    lrs = best_lr(grid_rows)
+    points = profile_points(profile, lrs, seed, quantize=True)
     if train:
         capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)
     keys = {point_key(normalise_point(p)): p for p in points}
-    rows = [r for r in read_rows(results / "sweep.csv") if point_key(r["key"]) in keys]   # not an earlier setting's
+    rows = [r for r in (read_rows(results / "sweep.csv") if (results / "sweep.csv").is_file() else [])
+            if point_key(r["key"]) in keys]                                            # not an earlier recipe's
     finished = {point_key(r["key"]) for r in rows}
     missing = [p for key, p in keys.items() if key not in finished]
+    missing += [p for p in profile_points(profile, {_size(p): p["lr"] for p in grid}, seed, quantize=True)
+                if _size(p) not in lrs]                                                 # sizes still in the grid
     fits = fit_all(rows)
     write_json(results / "fit.json", config={"grid": grid, "points": points}, seed=seed,
-               wall_time=time.perf_counter() - t0, best=best, fits=fits, n_points=len(points), n_done=len(rows))
-    return {"grid": read_rows(results / "grid.csv"), "best": best, "points": points, "rows": rows,
-            "missing": missing, "fits": fits}
+               wall_time=time.perf_counter() - t0, lrs={"/".join(map(str, k)): v for k, v in lrs.items()},
+               fits=fits, n_points=len(points) + len(missing), n_done=len(rows))
+    return {"grid": grid_rows, "lrs": lrs, "points": points, "rows": rows, "missing": missing, "fits": fits}
 
 
 # ----------------------------------------------------------------------------- tables for the chapter

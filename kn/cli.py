@@ -7,6 +7,7 @@
     kn data rewrite --bios data/bios/bios.jsonl --model path/to/local/causal-lm --out data/bior.jsonl
     kn train --config run.toml [--resume | --overwrite]   # see kn.train.TrainConfig
     kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
+    kn sweep capacity --profile cpu  # train a chapter's sweep without the notebook (two at once share it)
     kn book                        # build _build/html from the committed chapters
     kn site                        # check the built pages in headless Chromium (screenshots in _build/screenshots)
 
@@ -126,6 +127,19 @@ def run(chapter: str = typer.Argument(..., help="chapter name (book/<name>.ipynb
     from kn.book import chapters, run_chapter
     for name in chapters() if chapter == "all" else [chapter]:
         typer.echo(f"{name}: {run_chapter(name, profile)}")
+
+
+@app.command("sweep")
+def sweep(chapter: str = typer.Argument(..., help="capacity"),
+          profile: str = typer.Option("smoke", help="smoke | class | cpu | gpu | paper")):
+    """Train a chapter's sweep into its results folder, skipping finished points; several started at once
+    share the points. `kn run CHAPTER` then makes the page from the rows."""
+    from kn.book import results_dir, runs_dir
+    from kn.capacity import capacity_study
+    if chapter != "capacity":
+        raise DataError(f"chapter: got {chapter!r}; allowed: capacity")
+    study = capacity_study(profile, results_dir(chapter, profile), runs_dir(chapter, profile))
+    _summary(results_dir(chapter, profile), done=len(study["rows"]), missing=len(study["missing"]))
 
 
 @app.command("book")

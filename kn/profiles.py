@@ -25,7 +25,8 @@ KEYS = {
     "probing": ("rank_p", "rank_q", "epochs"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr"),
     "celebrity": ("n",),
-    "capacity": ("data", "window", "grid", "arms"),
+    "capacity": ("data", "window", "min_steps", "weight_decay", "data_bits_per_param", "lr_grid", "grid_exposures",
+                 "arms", "seeds", "curve"),
     "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "n_seeds", "pretrain_exposures",
                  "pretrain_lr", "early_fraction", "stages", "batch_size", "batch_factor", "window", "lr", "n_steps", "t0",
                  "n_injections", "gap", "eval_every", "lam_window", "device", "compile", "seed"),
@@ -88,35 +89,39 @@ TABLES = {
     # Part 3.1 Result 6: minority people (the extraction profile's model and budget), as many celebrities;
     # 300 + 300 at cpu: every minority person is tested, +-4 points
     "celebrity": {"smoke": {"n": 60}, "class": {"n": 50}, "cpu": {"n": 300}, "gpu": {"n": 5000}, "paper": {"n": 100000}},
-    # Part 3.3: the capacity sweep. `grid` picks lr and batch_size (kn.capacity.best_setting, on bits:
-    # capacity is measured on the training data itself); `arms` are the law's points, sizes as
-    # (n_layer, n_head, n_embd, N): N grows with the model so that the data hold >= 3x (100 exposures,
-    # ~1 bit/param) or 6x (1000, ~2 bits/param) the bits the paper expects it to store. bioD with L=1,
+    # Part 3.3: the capacity sweep (kn.capacity: the recipe, written before the runs). bioD with L=1,
     # C=4 (106 value bits in 61 tokens a person) and small name pools: values, not names, hold the bits
-    # and the embedding table stays a minority of the parameters.
+    # and the embedding table stays a minority of the parameters. Sizes are (n_layer, n_head, n_embd), N
+    # then follows from data_bits_per_param (4: the data hold 2x the bits of a model at 2 bits/param, so
+    # such a model fills half of them, the fit's limit) and min_steps; (n_layer, n_head, n_embd, N) fixes
+    # N. The lr of each size comes from lr_grid at grid_exposures (most bits); `seeds` adds seeds at some
+    # sizes, `curve` measures bits along training (log-spaced stops) at some sizes.
     "capacity": {
         "smoke": {"data": {"k": 2, "c": 1, "d": 20, "l": 1, "t": 50, "n_first": 10, "n_middle": 10, "n_last": 20},
-                  "window": 64, "grid": {"size": (1, 2, 16, 200), "exposures": 10, "lr": [3e-3, 1e-2], "batch_size": [16]},
-                  "arms": [{"exposures": 10, "sizes": [(1, 2, 16, 200), (1, 2, 32, 200)]}]},
+                  "window": 64, "min_steps": 40, "weight_decay": 0.1, "data_bits_per_param": 4.0,
+                  "lr_grid": [3e-3, 1e-2], "grid_exposures": 10,
+                  "arms": [{"exposures": 10, "sizes": [(1, 2, 16, 200), (1, 2, 32, 200)]}],
+                  "curve": {"sizes": [(1, 2, 16)], "exposures": 10, "stops": 3}},
         "class": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 32, "n_middle": 32, "n_last": 32},
-                  "window": 128, "grid": {"size": (2, 2, 16, 300), "exposures": 100, "lr": [1e-2], "batch_size": [16]},
+                  "window": 128, "min_steps": 5000, "weight_decay": 0.02, "data_bits_per_param": 4.0,
+                  "lr_grid": [3e-3], "grid_exposures": 100,
                   "arms": [{"exposures": 100, "sizes": [(2, 2, 16, 300), (2, 2, 24, 600)]}]},
+        # cpu: 6 GPT-2 sizes, 6.3k-67k parameters (10.6x), >= 50K steps each at both exposure levels
         "cpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 32, "n_middle": 32, "n_last": 32},
-                "window": 128,
-                "grid": {"size": (2, 2, 32, 1000), "exposures": 100, "lr": [3e-3, 1e-2, 3e-2], "batch_size": [16, 32]},
-                "arms": [{"exposures": 100, "sizes": [(2, 2, 16, 300), (2, 2, 24, 600), (2, 2, 32, 1000),
-                                                      (2, 4, 48, 2000), (2, 4, 64, 3200)]},
-                         {"exposures": 100, "arch": "llama", "sizes": [(2, 2, 16, 300), (2, 2, 24, 600), (2, 2, 32, 1000)]},
-                         {"exposures": 1000, "sizes": [(2, 2, 12, 400), (2, 2, 16, 600), (2, 2, 20, 900)]}]},
-        # gpu: ~0.68G tokens at 100 exposures (one command), ~1G at 1000 (a second; the sweep resumes)
+                "window": 128, "min_steps": 50_000, "weight_decay": 0.02, "data_bits_per_param": 4.0,
+                "lr_grid": [1e-3, 3e-3, 1e-2], "grid_exposures": 100,
+                "arms": [{"exposures": e, "sizes": [(2, 2, 12), (2, 2, 16), (2, 2, 24), (2, 2, 32), (2, 2, 40),
+                                                    (2, 2, 48)]} for e in (100, 1000)],
+                "seeds": {"sizes": [(2, 2, 16), (2, 2, 32)], "exposures": [100, 1000], "seeds": [1, 2]},
+                "curve": {"sizes": [(2, 2, 16), (2, 2, 48)], "exposures": 1000, "stops": 8}},
         "gpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 100, "n_middle": 100, "n_last": 100},
-                "window": 512,
-                "grid": {"size": (2, 2, 96, 9000), "exposures": 100, "lr": [1e-3, 3e-3, 1e-2], "batch_size": [64]},
-                "arms": [{"exposures": 100, "sizes": [(2, 2, 64, 4000), (2, 2, 96, 9000), (2, 2, 128, 14000),
-                                                      (2, 4, 192, 31000), (2, 4, 256, 53000)]},
-                         {"exposures": 1000, "sizes": [(2, 2, 32, 3000), (2, 2, 48, 5000), (2, 2, 64, 8000)]}]},
+                "window": 512, "min_steps": 50_000, "weight_decay": 0.02, "data_bits_per_param": 4.0,
+                "lr_grid": [1e-3, 3e-3, 1e-2], "grid_exposures": 100,
+                "arms": [{"exposures": e, "sizes": [(2, 2, 64), (2, 2, 96), (2, 2, 128), (2, 4, 192), (2, 4, 256)]}
+                         for e in (100, 1000)]},
         "paper": {"data": {"k": 4, "c": 1, "d": 100, "l": 2, "t": 100, "n_first": 400, "n_middle": 400, "n_last": 1000},
-                  "window": 512, "grid": {"size": (4, 4, 256, 1_000_000), "exposures": 100, "lr": [1e-3], "batch_size": [96]},
+                  "window": 512, "min_steps": 50_000, "weight_decay": 0.02, "data_bits_per_param": 4.0,
+                  "lr_grid": [1e-3], "grid_exposures": 100,
                   "arms": [{"exposures": e, "sizes": [(l, h, 64 * h, 10_000_000) for l, h in
                                                       [(2, 2), (4, 4), (6, 6), (8, 8), (12, 12), (16, 16), (20, 16)]]}
                            for e in (100, 1000)]},
