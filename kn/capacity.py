@@ -381,11 +381,12 @@ def _at(rows: list[dict], exposures: float | None, arch: str | None) -> list[dic
 
 def fit_capacity(rows: list[dict], exposures: float | None = None, params: str = "n_params", bits: str = "bits",
                  max_fraction: float = 0.5, level: float = 0.95, arch: str | None = None) -> dict:
-    """Least squares bits = ratio * params through the origin over `capacity_rows`, with a
-    `level` t-interval on the slope (n - 1 degrees of freedom). params: n_params (all) or
+    """The law over `capacity_rows`: least squares bits = ratio * params through the origin, with a
+    `level` t-interval on the ratio (n - 1 degrees of freedom), and the log-log slope of bits on
+    params with its t-interval (n - 2; the law says 1). params: n_params (all) or
     n_params_non_embedding; bits: bits, bits_int8 or bits_int4. Returns ratio, ci_low, ci_high,
-    n_points (fitted), n_rows (at these exposures) and n_storing_values (of those rows)."""
-    from scipy import stats
+    slope, slope_low, slope_high (NaN under 3 points), n_points (fitted), n_sizes (distinct
+    params), n_rows (at these exposures) and n_storing_values (of those rows)."""
     pts = capacity_rows(rows, exposures, max_fraction, bits, arch)
     x = np.array([float(r[params]) for r in pts])
     y = np.array([float(r[bits]) for r in pts])
@@ -396,11 +397,29 @@ def fit_capacity(rows: list[dict], exposures: float | None = None, params: str =
     sxx = float(x @ x)
     ratio = float(x @ y) / sxx
     resid = y - ratio * x
-    se = math.sqrt(float(resid @ resid) / (len(x) - 1) / sxx)
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * se
+    half = _t(level, len(x) - 1) * math.sqrt(float(resid @ resid) / (len(x) - 1) / sxx)
     at = _at(rows, exposures, arch)
-    return {"ratio": ratio, "ci_low": ratio - half, "ci_high": ratio + half, "n_points": len(x),
-            "n_rows": len(at), "n_storing_values": sum(stores_values(r) for r in at)}
+    return {"ratio": ratio, "ci_low": ratio - half, "ci_high": ratio + half, **_loglog_slope(x, y, level),
+            "n_points": len(x), "n_sizes": len(set(x)), "n_rows": len(at),
+            "n_storing_values": sum(stores_values(r) for r in at)}
+
+
+def _t(level: float, dof: int) -> float:
+    from scipy import stats
+    return float(stats.t.ppf(0.5 + level / 2, dof))
+
+
+def _loglog_slope(x: np.ndarray, y: np.ndarray, level: float) -> dict:
+    """Slope of log bits on log params (ordinary least squares) with its t-interval; NaN under 3
+    points or 2 sizes."""
+    if len(x) < 3 or len(set(x)) < 2 or np.any(y <= 0):
+        return {"slope": math.nan, "slope_low": math.nan, "slope_high": math.nan}
+    lx, ly = np.log(x), np.log(y)
+    dx = lx - lx.mean()
+    slope = float(dx @ (ly - ly.mean()) / (dx @ dx))
+    resid = ly - ly.mean() - slope * dx
+    half = _t(level, len(x) - 2) * math.sqrt(float(resid @ resid) / (len(x) - 2) / float(dx @ dx))
+    return {"slope": slope, "slope_low": slope - half, "slope_high": slope + half}
 
 
 def fit_all(rows: list[dict]) -> dict:

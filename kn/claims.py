@@ -252,24 +252,37 @@ def _ratio(num: Interval, den: Interval, scale: float = 1.0) -> Interval:
     return Interval(scale * num.value / den.value, scale * num.low / den.high, scale * high)
 
 
+QUANT_EXPOSURES = 1000   # Result 8 quantizes the models trained to capacity: the 1000-exposure fit
+
+
 def _quantized_kept(bits: int) -> Callable[[Path], Evidence]:
-    """% of the full-precision bits kept after int`bits`, summed over the models of the first GPT-2 fit,
-    with an interval resampled over those models."""
+    """% of the full-precision bits kept after int`bits`, summed over the models of the GPT-2 fit at
+    QUANT_EXPOSURES, with an interval resampled over those models."""
     def measure(folder):
         from kn.capacity import capacity_rows
         from kn.sweep import read_rows
         fits = _load(folder, "fit")["fits"]
-        key = next((k for k in sorted(fits) if k.startswith("bits@") and "ratio" in fits[k]), None)
-        if key is None or "ratio" not in fits.get(f"bits_int{bits}@{key.removeprefix('bits@')}", {}):
-            raise FileNotFoundError(f"no int{bits} fit")
-        rows = capacity_rows(read_rows(folder / "sweep.csv"), float(key.removeprefix("bits@")), bits=f"bits_int{bits}",
-                             arch="gpt2")
+        key = f"bits@{QUANT_EXPOSURES}"
+        if "ratio" not in fits.get(key, {}) or "ratio" not in fits.get(f"bits_int{bits}@{QUANT_EXPOSURES}", {}):
+            raise FileNotFoundError(f"no int{bits} fit at {QUANT_EXPOSURES} exposures")
+        rows = capacity_rows(read_rows(folder / "sweep.csv"), QUANT_EXPOSURES, bits=f"bits_int{bits}", arch="gpt2")
         table = np.array([[float(r[f"bits_int{bits}"]), float(r["bits"])] for r in rows])
         kept = bootstrap([table], lambda t: 100 * t[:, 0].sum() / t[:, 1].sum())
         return Evidence(kept, f"int{bits} keeps {kept.value:.0f}% of the bits [{kept.low:.0f}, {kept.high:.0f}] "
                               f"({len(rows)} models of the {key} fit, resampled over models)",
                         (Check("models", len(rows), 3, ""),))
     return measure
+
+
+def _capacity_slope(folder):
+    """The log-log slope of bits on parameters at 1000 exposures: 1 if bits grow in proportion."""
+    fit = _fit(folder, "bits@1000")
+    est = Interval(fit["slope"], fit["slope_low"], fit["slope_high"])
+    if not math.isfinite(est.value):
+        raise _NoInterval("fewer than 3 models or 2 sizes fitted")
+    return Evidence(est, f"slope {est.value:.2f} [{est.low:.2f}, {est.high:.2f}] over {fit['n_points']} models "
+                         f"({fit.get('n_sizes', '?')} sizes)",
+                    (Check("sizes fitted", fit.get("n_sizes", 0), MIN_CAPACITY_POINTS[1000], ""),))
 
 
 def _gated_gap(folder):
@@ -448,6 +461,8 @@ CLAIMS = [
     Claim("Part 3.3, R1", "At 1000 exposures GPT-2 stores about 2 bits per parameter",
           f"~{paper.BITS_PER_PARAM[1000]:g} bits/param", "capacity", _capacity_ratio(1000),
           Rule("near", paper.BITS_PER_PARAM[1000], " bits/param", 0.3)),
+    Claim("Part 3.3, R1", "Bits grow in proportion to parameters (log-log slope 1) at 1000 exposures",
+          "bits = 2 x params", "capacity", _capacity_slope, Rule("near", 1.0, "", 0.2)),
     Claim("Part 3.3, R5", "At 1000 exposures every architecture (LLaMA, Mistral, small MLP) reaches ~2",
           "~2 bits/param each", "capacity", _not_run("other architectures at 1000 exposures"),
           Rule("near", 2, " bits/param", 0.3)),

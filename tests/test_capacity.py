@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, best_setting, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
+from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, batch_for, best_lr, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
                          dequantize, fit_all, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
-                         grid_points, normalise_point, profile_points, stores_values)
+                         curve_stops, grid_points, model_params, normalise_point, profile_points, stores_values)
 from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render, write_biod
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
@@ -216,6 +216,9 @@ def test_fit_capacity_recovers_a_planted_ratio():
     rows = [dict(r, bits_value=0.9 * r["bits"]) for r in rows]                        # values: most of the bits
     fit = fit_capacity(rows, exposures=1000)
     assert fit["n_points"] == 12 and fit["ci_low"] < 2 < fit["ci_high"] and fit["ci_high"] - fit["ci_low"] < 0.1
+    assert fit["slope_low"] < 1 < fit["slope_high"] and fit["slope_high"] - fit["slope_low"] < 0.05 and fit["n_sizes"] == 12
+    sub = [dict(r, bits=r["bits"] ** 0.8) for r in rows[:12]]                         # bits ~ params^0.8: slope 0.8
+    assert fit_capacity(sub, exposures=1000)["slope"] == pytest.approx(0.8, abs=0.02)
     at_chance = [{"exposures": 1000, "n_params": p, "bits": 0.3 * p, "max_bits": 8 * p, "bits_value": 0.1 * p}
                  for p in (2e4, 5e4)]                                     # mostly names: flagged, left out
     fit = fit_capacity(rows + at_chance, exposures=1000)
@@ -239,19 +242,58 @@ def test_attribute_of_tokens_follows_each_sentence():
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
-def test_profile_points_hold_more_bits_than_the_models_can_store(profile):
-    """Each point's data hold >= 3x the bits the paper expects its model to store (1 bit/param at 100
-    exposures, 2 at 1000): otherwise the point measures the data, not the capacity."""
-    from kn.data.biod import vocabulary
-    for p in profile_points(profile, lr=1e-3, batch_size=32):
-        p = normalise_point(p)
+def test_profile_points_follow_the_recipe(profile):
+    """Part 3.3's recipe: every point reaches >= min_steps optimizer steps (Batches' own count on the
+    point's data), its data hold >= 2x the value bits of its model at 2 bits/param (so the fit's
+    half-of-max limit never cuts a model at 2), embeddings a minority; the lr is its size's."""
+    from kn.profiles import settings
+    s = settings("capacity", profile)
+    sizes = {(p["arch"], p["n_layer"], p["n_head"], p["n_embd"]) for p in grid_points(profile)}
+    lrs = {size: 1e-3 * (i + 1) for i, size in enumerate(sorted(sizes))}
+    points = profile_points(profile, lrs)
+    assert len(points) >= len(sizes) and len(grid_points(profile)) == len(sizes) * len(s["lr_grid"])
+    for p in points:
         cfg = BioDConfig(**{k: p[k] for k in ("n", "k", "c", "d", "l", "t", "n_first", "n_middle", "n_last")})
-        model = build_model(ModelConfig(arch=p["arch"], n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
-                                        mlp_ratio=p["mlp_ratio"], vocab_size=len(vocabulary(cfg)), context=64))
-        params = sum(t.numel() for t in model.parameters())
-        expected = {100: 1.0, 1000: 2.0}[p["exposures"]] * params
-        assert max_bits(bound_inputs(cfg)) >= 3 * expected, p
-        assert model.get_input_embeddings().weight.numel() < 0.5 * params, p   # embeddings a minority
+        size = (p["n_layer"], p["n_head"], p["n_embd"])
+        params = model_params(s, size, p["arch"])
+        assert p["n"] * cfg.k * cfg.c * math.log2(cfg.d) >= 4 * params, p
+        assert p["lr"] == lrs[(p["arch"], *size)]
+        if profile == "cpu":                                  # render the data: count windows as Batches does
+            rows = render(generate_biod(cfg)).n_tokens // p["window"]
+            assert round(p["exposures"] * (rows // p["batch_size"])) >= s["min_steps"], p
+    if profile == "cpu":
+        params = sorted(model_params(s, size) for _, *size in sizes)
+        assert len(params) >= 6 and params[-1] >= 10 * params[0]            # >= 6 sizes over >= 10x
+
+
+def test_batch_for_reaches_min_steps_or_falls_to_one():
+    p = normalise_point(dict(TINY_BIOD, window=16, exposures=10))
+    rows = BioDConfig(**TINY_BIOD).doc_length() * TINY_BIOD["n"] // 16
+    for min_steps in (1, 50, 10 * rows // 3, 10 * rows):
+        b = batch_for(p, min_steps)
+        assert 10 * (rows // b) >= min_steps and 10 * (rows // (b + 1)) < min_steps     # the largest such batch
+    assert batch_for(p, 100 * rows) == 1                                    # cannot reach: batch 1, steps say so
+
+
+def test_curve_stops_are_log_spaced_and_end_at_the_run():
+    assert curve_stops(50_000, 4) == [6250, 12500, 25000, 50000]
+    assert curve_stops(3, 5) == [1, 2, 3]
+
+
+def test_curve_point_trains_in_segments_bit_identical(tmp_path):
+    """A point measured along training (curve) trains in segments that resume: the same model and bits
+    as one uninterrupted run, and bits at each stop."""
+    base = dict(TINY_BIOD, n_layer=1, n_head=2, n_embd=16, exposures=4, window=32, batch_size=4, lr=3e-3)
+    one = capacity_point(base, runs_dir=tmp_path / "a")
+    seg = capacity_point(dict(base, curve=3), runs_dir=tmp_path / "b")
+    assert seg["bits"] == one["bits"] and seg["loss_value"] == one["loss_value"] and seg["steps"] == one["steps"]
+    a, b = (AutoModelForCausalLM.from_pretrained(str(run_folder(base, tmp_path / r) / "run" / "model")).state_dict()
+            for r in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    import json
+    curve = json.loads(seg["curve"])
+    assert [s for s, _ in curve] == curve_stops(one["steps"], 3) and curve[-1][1] == seg["bits"]
+    assert json.loads(one["curve"]) == [[one["steps"], one["bits"]]]
 
 
 def test_stores_values_means_value_bits_are_most_of_the_bits():
@@ -259,8 +301,10 @@ def test_stores_values_means_value_bits_are_most_of_the_bits():
     assert not stores_values({"bits": 0.0, "bits_value": 0.0})
 
 
-def test_best_setting_picks_the_most_bits():
-    rows = [{"lr": 1e-3, "batch_size": 16, "bits": 5.0}, {"lr": 1e-2, "batch_size": 32, "bits": 9.0},
-            {"lr": 3e-2, "batch_size": 16, "bits": 1.0}]
-    assert best_setting(rows) == {"lr": 1e-2, "batch_size": 32}
-    assert len(grid_points("cpu")) == 6 and {p["n_embd"] for p in grid_points("cpu")} == {32}
+def test_best_lr_picks_the_most_bits_per_size():
+    rows = [{"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 16, "lr": 1e-3, "bits": 5.0},
+            {"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 16, "lr": 1e-2, "bits": 9.0},
+            {"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "lr": 1e-3, "bits": 7.0},
+            {"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "lr": 3e-2, "bits": 1.0}]
+    assert best_lr(rows) == {("gpt2", 2, 2, 16): 1e-2, ("gpt2", 2, 2, 32): 1e-3}
+    assert len(grid_points("cpu")) == 18 and len({p["n_embd"] for p in grid_points("cpu")}) == 6

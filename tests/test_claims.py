@@ -179,11 +179,30 @@ def test_capacity_claims(tmp_path, monkeypatch):
     r4 = rows[("Part 3.3, R4", "At 1")]
     assert r4["verdict"] == "reproduced" and "0.90 bits/param" in r4["ours"] and "4 of 5 store values" in r4["ours"]
     assert rows[("Part 3.3, R1", "At 1")]["verdict"] == "not run" and "too few" in rows[("Part 3.3, R1", "At 1")]["ours"]
-    assert rows[("Part 3.3, R8", "int8")]["verdict"] == "reproduced"
-    assert rows[("Part 3.3, R8", "int4")]["verdict"] == "reproduced" and "keeps 32%" in rows[("Part 3.3, R8", "int4")]["ours"]
+    assert rows[("Part 3.3, R8", "int8")]["verdict"] == "not run"            # quantization reads the 1000-exposure fit
     assert rows[("Part 3.3, R6-7", "At 1")]["verdict"] == "inconclusive"            # intervals overlap
     for source in ("Part 3.3, R5", "Part 3.3, R10-11", "Part 3.3, R12"):
         assert next(r for r in by_chapter("capacity") if r["source"] == source)["verdict"] == "not run"
+
+
+def test_quantization_reads_the_1000_exposure_models(tmp_path, monkeypatch):
+    """Built to fail on the old key choice (the first fit key in sorted order, "bits@100"): int4 at
+    100 exposures keeps 32%, at 1000 it keeps 80%; the row must report the 1000-exposure models."""
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    one = {"ratio": 1.0, "ci_low": 0.9, "ci_high": 1.1, "n_points": 4}
+    fits = {f"{b}@{e}": one for b in ("bits", "bits_int8", "bits_int4") for e in (100, 1000)}
+    fits["bits@1000"] = dict(one, slope=1.02, slope_low=0.9, slope_high=1.1, n_sizes=4)
+    write(tmp_path, "capacity", "cpu", "fit", {"fits": fits})
+    folder = tmp_path / "capacity" / "cpu"
+    lines = ["arch,exposures,n_params,bits,bits_value,max_bits,stores_values,bits_int8,bits_int4"]
+    lines += [f"gpt2,{e},{1000 * i},{900 * i},{810 * i},{9000 * i},True,{900 * i},{k * 900 * i}"
+              for e, k in ((100, 0.32), (1000, 0.8)) for i in range(1, 5)]
+    (folder / "sweep.csv").write_text("\n".join(lines) + "\n")
+    rows = {(r["source"], r["claim"][:4]): r for r in by_chapter("capacity")}
+    int4 = rows[("Part 3.3, R8", "int4")]
+    assert "keeps 80%" in int4["ours"] and int4["verdict"] == "not reproduced"
+    slope = rows[("Part 3.3, R1", "Bits")]
+    assert slope["verdict"] == "reproduced" and "slope 1.02 [0.90, 1.10]" in slope["ours"]
 
 
 def test_capacity_claims_guard_and_interval(tmp_path, monkeypatch):
