@@ -620,36 +620,79 @@ def _flag(row: dict) -> str:
 
 
 def model_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """(header, lines) of every model: size, data, the bits split by term, value loss over chance,
-    bits/param in full precision and after int8/int4. For kn.book.markdown_table."""
-    header = ["arch", "exposures", "params (non-emb.)", "N", "bits: names", "values", "diversity", "of max",
+    """(header, lines) of every model: size, seed, recipe (lr, batch, steps), data, the bits split by
+    term, value loss over chance, bits/param in full precision and after int8/int4. For
+    kn.book.markdown_table."""
+    header = ["exposures", "params", "seed", "lr", "batch", "steps", "N", "bits: names", "values", "of max",
               "value loss / chance", "stores values", "bits/param", "int8", "int4"]
     lines = []
-    for r in sorted(rows, key=lambda r: (r.get("arch", "gpt2"), r["exposures"], r["n_params"])):
+    for r in sorted(rows, key=lambda r: (r.get("arch", "gpt2"), r["exposures"], r["n_params"], r["seed"])):
         p = float(r["n_params"])
-        lines.append([r.get("arch", "gpt2"), f"{r['exposures']:g}", f"{int(p):,} ({int(r['n_params_non_embedding']):,})",
-                      f"{int(r['n']):,}", f"{r['bits_name']:,.0f}", f"{r['bits_value']:,.0f}", f"{r['bits_diversity']:,.0f}",
-                      f"{r['bits'] / r['max_bits']:.0%}", f"{r['loss_value'] / r['chance_value']:.2f}", _flag(r),
-                      f"{r['bits'] / p:.3f}", f"{r['bits_int8'] / p:.3f}", f"{r['bits_int4'] / p:.3f}"])
+        lines.append([f"{r.get('arch', 'gpt2')} {r['exposures']:g}", f"{int(p):,}", str(r["seed"]), f"{r['lr']:g}",
+                      str(r["batch_size"]), f"{int(r['steps']):,}", f"{int(r['n']):,}", f"{r['bits_name']:,.0f}",
+                      f"{r['bits_value']:,.0f}", f"{r['bits'] / r['max_bits']:.0%}",
+                      f"{r['loss_value'] / r['chance_value']:.2f}", _flag(r), f"{r['bits'] / p:.3f}",
+                      f"{r['bits_int8'] / p:.3f}", f"{r['bits_int4'] / p:.3f}"])
     return header, lines
 
 
 def grid_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """(header, lines) of the lr x batch grid, most bits first."""
-    header = ["lr", "batch_size", "bits", "value loss / chance", "bits/param"]
-    lines = [[f"{r['lr']:g}", str(r["batch_size"]), f"{r['bits']:,.0f}", f"{r['loss_value'] / r['chance_value']:.2f}",
-              f"{r['bits'] / r['n_params']:.3f}"] for r in sorted(rows, key=lambda r: -float(r["bits"]))]
+    """(header, lines) of the lr grid: per size, the bits each lr stored; the chosen lr (most bits) in bold."""
+    lrs = sorted({float(r["lr"]) for r in rows})
+    best = best_lr(rows)
+    header = ["size (layers x width)", "params", "steps"] + [f"lr {lr:g}: bits" for lr in lrs]
+    lines = []
+    for size in sorted(best, key=lambda k: (k[0], k[3])):
+        at = {float(r["lr"]): r for r in rows if _size(r) == size}
+        cells = [(f"**{at[lr]['bits']:,.0f}**" if lr == best[size] else f"{at[lr]['bits']:,.0f}") if lr in at else "-"
+                 for lr in lrs]
+        any_row = next(iter(at.values()))
+        lines.append([f"{size[0]} {size[1]}x{size[3]}", f"{int(any_row['n_params']):,}", f"{int(any_row['steps']):,}"]
+                     + cells)
     return header, lines
 
 
+def seed_spread(rows: list[dict]) -> list[dict]:
+    """Per (arch, exposures, size) with more than one seed: params, the seeds' bits/param, their mean and range."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.get("arch", "gpt2"), float(r["exposures"]), _size(r)), []).append(r)
+    out = []
+    for (arch, e, _), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[1][0]["n_params"])):
+        if len(rs) > 1:
+            ratios = [float(r["bits"]) / float(r["n_params"]) for r in rs]
+            out.append({"arch": arch, "exposures": e, "n_params": int(rs[0]["n_params"]), "ratios": ratios,
+                        "mean": float(np.mean(ratios)), "low": min(ratios), "high": max(ratios)})
+    return out
+
+
+def points_to_decide(fit: dict, threshold: float, tolerance: float) -> str:
+    """What would decide a near rule (band threshold * (1 +- tolerance)) that this fit leaves open:
+    the interval's half-width needed to sit wholly inside (estimate in the band) or outside (estimate
+    outside) the band, and the models that would give it, if the half-width shrinks as 1/sqrt(models)."""
+    lo, hi = threshold * (1 - tolerance), threshold * (1 + tolerance)
+    r, half, n = fit["ratio"], (fit["ci_high"] - fit["ci_low"]) / 2, fit["n_points"]
+    if fit["ci_low"] >= lo and fit["ci_high"] <= hi or fit["ci_high"] < lo or fit["ci_low"] > hi:
+        return "decided"
+    need = min(r - lo, hi - r) if lo <= r <= hi else (lo - r if r < lo else r - hi)
+    if need <= 0:
+        return f"the estimate {r:.2f} sits on the band's edge: no number of models decides it"
+    models = math.ceil(n * (half / need) ** 2)
+    return (f"a half-width under {need:.2f} (now {half:.2f}), about {models} models at this spread "
+            f"(now {n})")
+
+
 def fit_table(fits: dict) -> tuple[list[str], list[list]]:
-    """(header, lines) of every fit of `fit_all`: ratio with its interval, or why there is none."""
-    header = ["fit", "bits/param", "95% interval", "models fitted", "store values / run"]
+    """(header, lines) of every fit of `fit_all`: ratio and log-log slope with their intervals, or why
+    there is none."""
+    header = ["fit", "bits/param", "95% interval", "log-log slope", "models fitted", "store values / run"]
     lines = []
     for key, f in fits.items():
         if "ratio" in f:
-            lines.append([key, f"{f['ratio']:.3f}", f"{f['ci_low']:.3f} to {f['ci_high']:.3f}", str(f["n_points"]),
-                          f"{f['n_storing_values']} / {f['n_rows']}"])
+            slope = (f"{f['slope']:.2f} [{f['slope_low']:.2f}, {f['slope_high']:.2f}]"
+                     if math.isfinite(f.get("slope", math.nan)) else "-")
+            lines.append([key, f"{f['ratio']:.3f}", f"{f['ci_low']:.3f} to {f['ci_high']:.3f}", slope,
+                          str(f["n_points"]), f"{f['n_storing_values']} / {f['n_rows']}"])
         else:
-            lines.append([key, "-", "-", "0", f["error"].split(";")[0]])
+            lines.append([key, "-", "-", "-", "0", f["error"].split(";")[0]])
     return header, lines
