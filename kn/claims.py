@@ -57,17 +57,20 @@ class Check:
 @dataclass(frozen=True)
 class Rule:
     """The effect a claim needs: the interval above (at_least) or below (at_most) `threshold`, or
-    inside the band threshold * (1 +- tolerance) (near, an equivalence test)."""
+    inside the band threshold * (1 +- tolerance) (near, an equivalence test). `meets` (the interval
+    touches the band) is the near rule used until 2026-12-04, kept for the rule history only."""
     kind: str
     threshold: float
     unit: str = "%"
     tolerance: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in ("at_least", "at_most", "near"):
-            raise ValueError(f"kind: got {self.kind!r}; allowed: at_least, at_most, near")
+        if self.kind not in ("at_least", "at_most", "near", "meets"):
+            raise ValueError(f"kind: got {self.kind!r}; allowed: at_least, at_most, near, meets")
 
     def text(self) -> str:
+        if self.kind == "meets":
+            return f"interval meets {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
         if self.kind == "near":
             return f"interval inside {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
         return f"interval {'>=' if self.kind == 'at_least' else '<='} {self.threshold:g}{self.unit}"
@@ -92,6 +95,9 @@ def verdict(e: Evidence, rule: Rule) -> tuple[str, str]:
     if rule.kind == "at_least" and e.ceiling is not None and e.ceiling < rule.threshold:
         return "inconclusive", f"ceiling {e.ceiling:.1f}{rule.unit} is below the {rule.threshold:g}{rule.unit} the rule needs"
     low, high, t = e.estimate.low, e.estimate.high, rule.threshold
+    if rule.kind == "meets":
+        touches = high >= t * (1 - rule.tolerance) and low <= t * (1 + rule.tolerance)
+        return ("reproduced", "interval meets the band") if touches else ("not reproduced", "interval misses the band")
     if rule.kind == "near":
         band_low, band_high = t * (1 - rule.tolerance), t * (1 + rule.tolerance)
         if band_low <= low and high <= band_high:
@@ -493,6 +499,58 @@ CLAIMS = [
     Claim("Xu & Chen", "The finetuning update is dominated by one direction", "rank-1 dominated",
           "onelayer", _rank1, Rule("at_least", 50)),
 ]
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    """A rule, guard or threshold changed after a result of its claim existed: the claims page shows
+    it with the verdict the current evidence gets under the old test."""
+    source: str                      # Claim.source
+    statement: str                   # the start of Claim.statement (several claims share a source)
+    date: str
+    change: str                      # old -> new, in words
+    old_rule: Rule | None = None     # the rule before; None: the rule did not change
+    had_guards: bool = True          # False: the guards were added by this change
+
+
+RULE_CHANGES = [
+    RuleChange("Part 3.1, R3", "Knowledge augmentation", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
+    RuleChange("Part 3.1, R3 (LoRA)", "The same", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
+    RuleChange("Part 3.1, R5", "Q-probing", "2026-12-01", "threshold 50 -> 30 points", Rule("at_least", 50, " points")),
+    *[RuleChange("Xu & Chen", start, "2026-12-01", "guards added (train_people QA >= 80%, bios memorized >= 90%)",
+                 had_guards=False) for start in ("One layer", "Low-rank", "The finetuning")],
+    RuleChange("Part 3.3, R4", "At 100", "2026-12-04", "near: interval meets the band -> interval inside the band",
+               Rule("meets", paper.BITS_PER_PARAM[100], " bits/param", 0.3)),
+    RuleChange("Part 3.3, R1", "At 1000", "2026-12-04", "near: interval meets the band -> interval inside the band",
+               Rule("meets", paper.BITS_PER_PARAM[1000], " bits/param", 0.3)),
+]
+
+
+def rule_history() -> list[dict]:
+    """One row per RULE_CHANGES entry: claim, date, change, the verdict now and under the old test,
+    both on the claim's current evidence (its chapter's largest profile with results)."""
+    rows = []
+    for change in RULE_CHANGES:
+        claim = next(c for c in CLAIMS if c.source == change.source and c.statement.startswith(change.statement))
+        row = {"source": claim.source, "claim": claim.statement, "date": change.date, "change": change.change,
+               "now": "not run", "before": "not run"}
+        at = latest_profile(claim.chapter)
+        try:
+            e = claim.measure(results_dir(claim.chapter, at)) if at else None
+        except (FileNotFoundError, KeyError, _NoInterval):
+            e = None
+        if e is not None:
+            old = e if change.had_guards else Evidence(e.estimate, e.text, (), e.ceiling, e.ceiling_text)
+            row["now"] = verdict(e, claim.rule)[0]
+            row["before"] = verdict(old, change.old_rule or claim.rule)[0]
+        rows.append(row)
+    return rows
+
+
+def history_markdown(rows: list[dict]):
+    return markdown_table(["claim", "changed", "change", "verdict now", "under the old test"],
+                          [[f"{r['source']}: {r['claim']}", r["date"], r["change"], f"**{r['now']}**", r["before"]]
+                           for r in rows])
 
 
 def claims_table(chapter: str | None = None, profile: str | None = None) -> list[dict]:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from kn.claims import Check, Evidence, Rule, claims_table, latest_profile, verdict
+from kn.claims import CLAIMS, Check, Evidence, Rule, claims_table, latest_profile, verdict
 from kn.intervals import Interval, bootstrap, mean_accuracy
 from kn.data.records import ATTRIBUTES
 
@@ -283,3 +283,16 @@ def test_onelayer_claims_report_every_rank(tmp_path, monkeypatch):
 def test_rule_kind_is_checked(kind):
     with pytest.raises(ValueError, match="allowed: at_least, at_most, near"):
         Rule(kind, 1.0)
+
+
+def test_rule_history_gives_the_verdict_under_the_old_test(tmp_path, monkeypatch):
+    """The capacity fit that read 'reproduced' under the old near rule (the interval meets the band)
+    is inconclusive now; the history row says both, computed from the same evidence."""
+    from kn.claims import RULE_CHANGES, rule_history
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    fit = {"ratio": 1.14, "ci_low": 0.45, "ci_high": 1.83, "n_points": 3, "n_rows": 3, "n_storing_values": 3}
+    write(tmp_path, "capacity", "cpu", "fit", {"fits": {"bits@1000": fit}})
+    row = next(r for r in rule_history() if r["source"] == "Part 3.3, R1" and r["claim"].startswith("At 1000"))
+    assert (row["now"], row["before"]) == ("inconclusive", "reproduced") and row["date"] == "2026-12-04"
+    claims = {(c.source, c.statement) for c in CLAIMS}
+    assert all(any(s == ch.source and st.startswith(ch.statement) for s, st in claims) for ch in RULE_CHANGES)
