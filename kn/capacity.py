@@ -594,7 +594,13 @@ def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | Non
     grid_keys = {point_key(p) for p in grid}
     grid_rows = [r for r in (read_rows(results / "grid.csv") if (results / "grid.csv").is_file() else [])
                  if point_key(r["key"]) in grid_keys]
-    lrs = best_lr(grid_rows)
+    per_size = {}
+    for p in grid:
+        per_size[_size(p)] = per_size.get(_size(p), 0) + 1
+    done_rows = {}
+    for r in grid_rows:
+        done_rows.setdefault(_size(r), []).append(r)
+    lrs = best_lr([r for size, rs in done_rows.items() if len(rs) == per_size[size] for r in rs])   # whole grids only
     points = profile_points(profile, lrs, seed, quantize=True)
     if train:
         capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)

@@ -581,8 +581,10 @@ def claims_table(chapter: str | None = None, profile: str | None = None) -> list
 
 
 def claims_markdown(rows: list[dict]):
-    """The claims table as Markdown for a notebook to display (rendered as a table in the book)."""
-    return markdown_table(["source", "claim", "paper", "ours (95% interval)", "rule", "guards", "ceiling", "profile",
-                           "verdict"],
-                          [[r["source"], r["claim"], r["paper"], r["ours"] or "-", r["rule"], r["guards"] or "-",
-                            r["ceiling"] or "-", r["profile"] or "-", f"**{r['verdict']}** ({r['why']})"] for r in rows])
+    """The claims table as Markdown for a notebook to display: the verdict beside the claim, the test
+    (rule, guards, ceiling, profile) in one last column, so that it reads at 1280 px without
+    scrolling sideways."""
+    return markdown_table(["claim", "verdict", "ours (95% interval); the paper", "test"],
+                          [[f"{r['source']}: {r['claim']}", f"**{r['verdict']}** ({r['why']})",
+                            f"{r['ours'] or '-'}; paper: {r['paper']}", f"rule: {r['rule']}; guards: {r['guards'] or '-'}; ceiling: {r['ceiling'] or '-'}; "
+                                        f"profile: {r['profile'] or '-'}"] for r in rows])

@@ -1,9 +1,11 @@
 """The built website as a reader meets it: every page of the table of contents, opened in headless
 Chromium from a loopback HTTP server, checked for what shows broken in a browser.
 
-A page fails when an image did not load (naturalWidth 0), Markdown table syntax (`|---|`) shows as
-text, a literal backtick shows outside code, a Python traceback shows, a formula is left unrendered
-by MathJax, a link inside the site points at a missing file or anchor, or the page requests anything
+A page fails, at 1280 or 1920 px, when an image did not load (naturalWidth 0), Markdown table syntax
+(`|---|`) shows as text, a literal backtick or Markdown emphasis (`**x**`, `*x*`) shows outside code,
+a formula shows as plain text (`log2(`, `e^`, a product `400*400` rendered as italics), a table is
+wider than the page (columns clipped or behind a sideways scrollbar), a Python traceback shows, a
+formula is left unrendered by MathJax, a link inside the site points at a missing file or anchor, or the page requests anything
 outside the site (the book must read offline). One screenshot per page is written beside the site.
 Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe: fd 3 in, fd 4 out),
 so nothing but the Debian package `chromium` is needed.
@@ -32,7 +34,7 @@ from kn.errors import DataError
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", "--remote-debugging-pipe"]
-WIDTH, HEIGHT, MAX_SHOT = 1280, 900, 16000   # viewport and screenshot height cap, CSS pixels
+WIDTHS, HEIGHT, MAX_SHOT = (1280, 1920), 900, 16000   # viewports checked (screenshots at the first), CSS pixels
 TIMEOUT = 60.0                               # seconds for one page to load and be checked
 
 # Runs in the page after its load event; resolves to {problems: [...], links: [...]}.
@@ -57,6 +59,25 @@ CHECK_JS = r"""
   for (let n = walk.nextNode(); n; n = walk.nextNode())
     if (n.nodeValue.includes("`") && !n.parentElement.closest(code))
       problems.push(`literal backtick: ${n.nodeValue.trim().slice(0, 80)}`);
+  const plain = "code, script, style, textarea, pre, .cell_input, .math, mjx-container, div[class*='highlight-']";
+  const walk2 = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+  for (let n = walk2.nextNode(); n; n = walk2.nextNode()) {
+    if (n.parentElement.closest(plain)) continue;
+    const v = n.nodeValue;
+    if (/\*\*\S/.test(v) || /(^|[\s(])\*[^\s*][^*]*\*(?=[\s).,;:]|$)/.test(v))
+      problems.push(`literal Markdown emphasis: ${v.trim().slice(0, 80)}`);
+    if (/\blog_?2\s*\(|\\frac|\\log|\be\^[({\w]/.test(v))
+      problems.push(`formula as plain text: ${v.trim().slice(0, 80)}`);
+  }
+  for (const em of article.querySelectorAll("em"))
+    if (/^\d[\d,.]*$/.test(em.textContent) && /\d$/.test(em.previousSibling?.textContent || ""))
+      problems.push(`a product written with * shown as italics: ...${(em.previousSibling.textContent || "").slice(-12)}${em.textContent}...`);
+  for (const t of article.querySelectorAll("table")) {
+    const box = t.parentElement;
+    if (t.scrollWidth > article.clientWidth + 2 || box.scrollWidth > box.clientWidth + 2)
+      problems.push(`table wider than the page at ${window.innerWidth} px (${t.scrollWidth} > ${article.clientWidth}): ` +
+                    `columns clipped: ${t.innerText.slice(0, 40).replace(/\s+/g, " ")}`);
+  }
   const math = [...article.querySelectorAll(".math")];
   for (const m of math)
     if (!m.querySelector("mjx-container") && !m.closest("mjx-container"))
@@ -174,13 +195,22 @@ def link_problems(links: list[str], base: str, html_dir: Path) -> list[str]:
 
 
 def check_page(browser: Browser, base: str, page: str, html_dir: Path, shot: Path | None) -> list[str]:
-    """Load one page in a new tab, check it, optionally save a full-page screenshot."""
+    """Every problem of one page at each of WIDTHS (each named once), with a screenshot at the first."""
+    problems = []
+    for i, width in enumerate(WIDTHS):
+        problems += [p for p in _check_at(browser, base, page, html_dir, shot if i == 0 else None, width)
+                     if p not in problems]
+    return problems
+
+
+def _check_at(browser: Browser, base: str, page: str, html_dir: Path, shot: Path | None, width: int) -> list[str]:
+    """Load one page in a new tab `width` px wide, check it, optionally save a full-page screenshot."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     try:
         for method in ("Page.enable", "Network.enable"):
             browser.send(method, session=session)
-        browser.send("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": HEIGHT,
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": HEIGHT,
                                                             "deviceScaleFactor": 1, "mobile": False}, session)
         nav = browser.send("Page.navigate", {"url": base + page}, session)
         if nav.get("errorText"):
@@ -197,7 +227,7 @@ def check_page(browser: Browser, base: str, page: str, html_dir: Path, shot: Pat
                      and not e["params"]["request"]["url"].startswith((base, "data:", "blob:", "about:"))]
         if shot is not None:
             size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
-            clip = {"x": 0, "y": 0, "width": WIDTH, "height": min(size["height"], MAX_SHOT), "scale": 1}
+            clip = {"x": 0, "y": 0, "width": width, "height": min(size["height"], MAX_SHOT), "scale": 1}
             png = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
                                                           "clip": clip}, session)["data"]
             shot.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """The browser check of the built website (kn.site): headless Chromium passes the committed book and
-catches a raw pipe table, a missing image, a broken link and formulas left unrendered when MathJax is
-not served. Skips without the Debian package `chromium` (.ci/run installs it).
+catches a raw pipe table, a missing image, a broken link, formulas left unrendered when MathJax is
+not served, a table wider than the page at 1280 and 1920 px, literal Markdown emphasis and a formula
+written as plain text. Skips without the Debian package `chromium` (.ci/run installs it).
     Run: pytest tests/test_site.py
 """
 import shutil
@@ -40,8 +41,18 @@ def test_broken_pages_fail(site, tmp_path):
     data = html / "book" / "data.html"
     data.write_text(data.read_text().replace(
         ARTICLE, ARTICLE + '<img src="no_such.png"><a href="no_such_page.html">x</a><a href="intro.html#no-such">y</a>', 1))
-    problems = check_site(html, pages=["book/claims.html", "book/data.html", "book/dynamics.html"],
+    wide = "".join(f"<td>{'x' * 40}_{i}</td>" for i in range(20))                # 20 unbreakable columns
+    intro = html / "book" / "intro.html"
+    intro.write_text(intro.read_text().replace(ARTICLE, ARTICLE + f'<table style="table-layout:fixed;width:3000px">'
+                                               f'<tr>{wide}</tr></table>'
+                                               "<p>the verdict is **inconclusive**; bits &gt;= N log2(N0 / e^loss)"
+                                               "; N0 = 400<em>400</em>1000</p>", 1))
+    problems = check_site(html, pages=["book/claims.html", "book/data.html", "book/dynamics.html", "book/intro.html"],
                           screenshots=tmp_path / "shots")
+    found = problems["book/intro.html"]
+    for start in ("table wider than the page at 1280 px", "table wider than the page at 1920 px",
+                  "literal Markdown emphasis", "formula as plain text", "a product written with * shown as italics"):
+        assert any(p.startswith(start) for p in found), (start, found)
     assert "Markdown table syntax (|---|) shown as text" in problems["book/claims.html"]
     assert {"image not loaded: no_such.png", "broken link: book/no_such_page.html",
             "broken anchor: book/intro.html#no-such"} <= set(problems["book/data.html"])
