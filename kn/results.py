@@ -62,14 +62,31 @@ def git_state(cwd: str | Path | None = None) -> dict:
     return {"commit": head.strip(), "diff": diff}
 
 
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")  # what sets speed
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and which of CPU_FLAGS it has (from /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cpu_model": platform.processor() or platform.machine(), "cpu_flags": []}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", platform.machine()), "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+
+
 def hardware() -> dict:
-    """CPU, core count and, where torch sees one, the GPU."""
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": None}
+    """CPU (model and the flags that set its speed), core count, precision and, where
+    torch sees one, the GPU. Precision is kn.train's rule: bf16 autocast on a GPU, fp32 on the CPU."""
+    info = {"cpu": platform.processor() or platform.machine(), **cpu_info(), "cores": os.cpu_count(), "gpu": None}
     try:
         import torch
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
         info["torch"] = torch.__version__
+        info["precision"] = "bf16 autocast" if info["gpu"] else "fp32"
     except ImportError:
         pass
     return info

@@ -6,6 +6,7 @@ kn.tokenize does not import kn.data).   Run: pytest tests/test_results.py
 import json
 import subprocess
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -84,3 +85,13 @@ def test_layers():
     assert "kn.book" not in out
     script = "import sys; import kn.tokenize; print([m for m in sys.modules if m.startswith('kn.data')])"
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_provenance_records_cpu_flags_and_precision():
+    """Speeds differ between machines by CPU flags (bf16 instructions) and precision: every result says both."""
+    from kn.results import CPU_FLAGS, hardware
+    hw = hardware()
+    assert set(hw["cpu_flags"]) <= set(CPU_FLAGS) and hw["cpu_model"] and hw["precision"] in ("fp32", "bf16 autocast")
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if "avx2" in text.split():
+        assert "avx2" in hw["cpu_flags"]
