@@ -301,8 +301,9 @@ def _trained(tcfg, stop: int | None) -> dict:
     """The run trained to `stop` steps (None: to the end), resuming what is there."""
     from dataclasses import replace
     from kn.train import train
+    from kn.train import stop_if_interrupted
     cfg = replace(tcfg, max_steps=stop)
-    return done(Path(cfg.out) / "train.json", cfg) or train(cfg, resume=True, progress=False)
+    return done(Path(cfg.out) / "train.json", cfg) or stop_if_interrupted(train(cfg, resume=True, progress=False), cfg.out)
 
 
 def _curve(folder: Path, tcfg, p: dict, device: str, batch_size: int) -> list:
@@ -374,9 +375,14 @@ def capacity_rows(rows: list[dict], exposures: float | None = None, max_fraction
             if stores_values(r) and float(r[bits]) <= max_fraction * float(r["max_bits"])]
 
 
+def clean(row: dict) -> bool:
+    """A row of the law: no junk, no domain token (Results 10-12 are variations, not points of the law)."""
+    return not float(row.get("junk_ratio", 0) or 0) and row.get("domain_token") in (None, False, "False", 0)
+
+
 def _at(rows: list[dict], exposures: float | None, arch: str | None) -> list[dict]:
     return [r for r in rows if (exposures is None or float(r["exposures"]) == float(exposures))
-            and (arch is None or r.get("arch", "gpt2") == arch)]
+            and (arch is None or r.get("arch", "gpt2") == arch) and clean(r)]
 
 
 def fit_capacity(rows: list[dict], exposures: float | None = None, params: str = "n_params", bits: str = "bits",
@@ -426,7 +432,7 @@ def fit_all(rows: list[dict]) -> dict:
     """Every fit the chapter reports: per arch and exposures, of bits, bits_int8 and bits_int4.
     Keys "bits@100" (gpt2) or "llama:bits@100"; a fit that cannot be made holds its reason."""
     fits = {}
-    for arch, e in sorted({(r.get("arch", "gpt2"), float(r["exposures"])) for r in rows}):
+    for arch, e in sorted({(r.get("arch", "gpt2"), float(r["exposures"])) for r in rows if clean(r)}):
         for bits in [b for b in ("bits", "bits_int8", "bits_int4") if all(b in r for r in rows)]:
             key = f"{'' if arch == 'gpt2' else arch + ':'}{bits}@{e:g}"
             try:
@@ -519,7 +525,7 @@ def people_for(s: dict, size: tuple, arch: str = "gpt2") -> int:
 
 def batch_for(p: dict, min_steps: int) -> int:
     """The largest batch whose run reaches min_steps (kn.train.Batches' count), 1 if none does."""
-    rows = _biod_cfg(p).doc_length() * p["n"] // p["window"]          # windows of one pass (useful data)
+    rows = int(_biod_cfg(p).doc_length() * p["n"] * (1 + p["junk_ratio"])) // p["window"]   # windows of one pass
     batch = max(1, int(rows * p["exposures"] // max(1, min_steps)))
     while batch > 1 and round(p["exposures"] * (rows // batch)) < min_steps:
         batch -= 1
@@ -557,8 +563,9 @@ def best_lr(rows: list[dict]) -> dict:
 
 
 def profile_points(profile: str, lrs: dict, seed: int = 0, **extra) -> list[dict]:
-    """The capacity sweep of a profile: every arm's sizes at its exposures, the `seeds` block's extra
-    seeds, the `curve` block's bits-over-steps points, each at its size's lr from `lrs` (best_lr);
+    """The capacity sweep of a profile: every arm's sizes at its exposures (and arch, junk_ratio,
+    domain_token), the `seeds` block's extra seeds, the `curve` block's bits-over-steps points, each
+    at its size's lr from `lrs` (best_lr, by arch and size: junk arms use the clean grid's lr);
     sizes missing from `lrs` (grid not finished) are left out. `extra` on every point (quantize)."""
     from kn.profiles import settings
     s = settings("capacity", profile)
@@ -566,15 +573,18 @@ def profile_points(profile: str, lrs: dict, seed: int = 0, **extra) -> list[dict
     out = []
     for arm in s["arms"]:
         arch = arm.get("arch", "gpt2")
+        data = {k: arm[k] for k in ("junk_ratio", "domain_token") if k in arm}
+        plain = arch == "gpt2" and not data                      # seeds and curves: the law's own arms
         for size in arm["sizes"]:
-            stops = curve.get("stops", 0) if arm["exposures"] == curve.get("exposures") and \
+            stops = curve.get("stops", 0) if plain and arm["exposures"] == curve.get("exposures") and \
                 tuple(size[:3]) in map(tuple, curve.get("sizes", ())) else 0
-            for sd in [seed] + (list(s["seeds"]["seeds"]) if tuple(size[:3]) in map(tuple, s.get("seeds", {}).get("sizes", ()))
-                                 and arm["exposures"] in s["seeds"]["exposures"] else []):
+            more = s.get("seeds", {})
+            for sd in [seed] + (list(more["seeds"]) if plain and tuple(size[:3]) in map(tuple, more.get("sizes", ()))
+                                 and arm["exposures"] in more["exposures"] else []):
                 lr = lrs.get((arch, *size[:3]))
                 if lr is not None:
                     out.append(_point(s, size, arm["exposures"], sd, arch=arch, lr=lr, curve=stops if sd == seed else 0,
-                                      **extra))
+                                      **data, **extra))
     return out
 
 

@@ -299,10 +299,45 @@ def _gated_gap(folder):
                     (Check("LLaMA value-storing models fitted", gated["n_points"], 3, ""),))
 
 
-def _not_run(what: str) -> Callable[[Path], Evidence]:
+def _llama_law(folder):
+    """LLaMA's 1000-exposure fit: Result 5 says every architecture stores ~2 bits/param there."""
+    fit = _fit(folder, "llama:bits@1000")
+    return Evidence(_as_interval(fit), "LLaMA " + _fit_text(fit),
+                    (Check("LLaMA value-storing models fitted", fit["n_points"], MIN_CAPACITY_POINTS[1000], ""),))
+
+
+def _variant_ratio(num: dict, den: dict, what: str) -> Callable[[Path], Evidence]:
+    """Bits of the `num` rows over bits of the `den` rows, size by size (GPT-2, 100 exposures, seed 0).
+    With a handful of sizes there is no resampling to do: the interval is the range over sizes, so a
+    rule on it needs every size to pass. Guards: >= 2 sizes, and the clean models store values."""
     def measure(folder):
-        raise FileNotFoundError(f"{what}: not run at any profile yet")
+        from kn.capacity import stores_values
+        from kn.sweep import read_rows
+        rows = [r for r in read_rows(folder / "sweep.csv") if float(r["exposures"]) == 100 and r.get("arch") == "gpt2"
+                and int(r.get("seed", 0)) == 0]
+        def pick(r, sel):
+            return float(r.get("junk_ratio", 0) or 0) == sel["junk_ratio"] and \
+                str(r.get("domain_token")) == str(sel["domain_token"])
+        by = {}
+        for r in rows:
+            for name, sel in (("num", num), ("den", den), ("clean", CLEAN)):
+                if pick(r, sel):
+                    by.setdefault(int(r["n_embd"]), {})[name] = r
+        pairs = {d: v for d, v in sorted(by.items()) if "num" in v and "den" in v}
+        if not pairs:
+            raise FileNotFoundError(f"{what}: not run at this recipe")
+        ratios = [float(v["num"]["bits"]) / max(float(v["den"]["bits"]), 1.0) for v in pairs.values()]
+        est = Interval(float(np.median(ratios)), min(ratios), max(ratios))
+        clean = [v["clean"] for v in pairs.values() if "clean" in v]
+        each = ", ".join(f"{int(v['num']['n_params']):,} params: {float(v['num']['bits']):,.0f} / "
+                         f"{float(v['den']['bits']):,.0f} bits = {x:.1f}x" for v, x in zip(pairs.values(), ratios))
+        return Evidence(est, f"{what} {est.value:.1f}x (range over {len(ratios)} sizes {est.low:.1f}-{est.high:.1f}x: {each})",
+                        (Check("sizes", len(ratios), 2, ""),
+                         Check("clean models storing values", sum(map(stores_values, clean)), len(ratios), "")))
     return measure
+
+
+CLEAN, JUNK, DOMAIN = ({"junk_ratio": j, "domain_token": d} for j, d in ((0.0, False), (7.0, False), (7.0, True)))
 
 
 # ----------------------------------------------------------------------------- Chang et al.
@@ -469,8 +504,8 @@ CLAIMS = [
           Rule("near", paper.BITS_PER_PARAM[1000], " bits/param", 0.3)),
     Claim("Part 3.3, R1", "Bits grow in proportion to parameters (log-log slope 1) at 1000 exposures",
           "bits = 2 x params", "capacity", _capacity_slope, Rule("near", 1.0, "", 0.2)),
-    Claim("Part 3.3, R5", "At 1000 exposures every architecture (LLaMA, Mistral, small MLP) reaches ~2",
-          "~2 bits/param each", "capacity", _not_run("other architectures at 1000 exposures"),
+    Claim("Part 3.3, R5", "At 1000 exposures the gated MLP (LLaMA) also stores ~2 bits per parameter",
+          "~2 bits/param each", "capacity", _llama_law,
           Rule("near", 2, " bits/param", 0.3)),
     Claim("Part 3.3, R6-7", "At 100 exposures the gated MLP (LLaMA) stores 1.3x less than GPT-2", "1.3x",
           "capacity", _gated_gap, Rule("at_least", 1.15, "x")),
@@ -479,9 +514,9 @@ CLAIMS = [
     Claim("Part 3.3, R8", "int4 quantization loses most of them", f"~{paper.INT4_BITS_PER_PARAM:g} of 2 bits/param",
           "capacity", _quantized_kept(4), Rule("at_most", 50)),
     Claim("Part 3.3, R10-11", "Junk data (7 junk : 1 useful token) cuts capacity ~20x at 100 exposures", "~20x",
-          "capacity", _not_run("junk data"), Rule("at_least", 5, "x")),
+          "capacity", _variant_ratio(CLEAN, JUNK, "clean over junk bits"), Rule("at_least", 5, "x")),
     Claim("Part 3.3, R12", "A domain token before useful data recovers most of it", "20x -> 2x",
-          "capacity", _not_run("the domain token"), Rule("at_least", 5, "x")),
+          "capacity", _variant_ratio(DOMAIN, JUNK, "domain token over junk bits"), Rule("at_least", 5, "x")),
     Claim("Chang et al.", "Each exposure to a fact lifts its log-probability above never-injected controls",
           "bump, then decay", "dynamics", _bump, Rule("at_least", 0.0, " nats")),
     Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base)", "no increase",

@@ -110,8 +110,14 @@ TABLES = {
         "cpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 32, "n_middle": 32, "n_last": 32},
                 "window": 128, "min_steps": 50_000, "weight_decay": 0.02, "data_bits_per_param": 4.0,
                 "lr_grid": [1e-3, 3e-3, 1e-2], "grid_exposures": 100,
-                "arms": [{"exposures": e, "sizes": [(2, 2, 12), (2, 2, 16), (2, 2, 24), (2, 2, 32), (2, 2, 40),
-                                                    (2, 2, 48)]} for e in (100, 1000)],
+                "arms": [*({"exposures": e, "sizes": [(2, 2, 12), (2, 2, 16), (2, 2, 24), (2, 2, 32), (2, 2, 40),
+                                                     (2, 2, 48)]} for e in (100, 1000)),
+                         # Results 5-7: the gated MLP (its own lr grid); Results 10-12: 7 junk tokens per useful
+                         # one, without and with a domain token, on the clean arm's people and lr
+                         *({"exposures": e, "arch": "llama", "sizes": [(2, 2, 12), (2, 2, 16), (2, 2, 24)]}
+                           for e in (100, 1000)),
+                         {"exposures": 100, "sizes": [(2, 2, 16), (2, 2, 24)], "junk_ratio": 7.0},
+                         {"exposures": 100, "sizes": [(2, 2, 16), (2, 2, 24)], "junk_ratio": 7.0, "domain_token": True}],
                 "seeds": {"sizes": [(2, 2, 16), (2, 2, 32)], "exposures": [100, 1000], "seeds": [1, 2]},
                 "curve": {"sizes": [(2, 2, 16), (2, 2, 48)], "exposures": 1000, "stops": 8}},
         "gpu": {"data": {"k": 4, "c": 4, "d": 100, "l": 1, "t": 100, "n_first": 100, "n_middle": 100, "n_last": 100},

@@ -253,13 +253,14 @@ def test_profile_points_follow_the_recipe(profile):
     points = profile_points(profile, lrs)
     assert len(points) >= len(sizes) and len(grid_points(profile)) == len(sizes) * len(s["lr_grid"])
     for p in points:
-        cfg = BioDConfig(**{k: p[k] for k in ("n", "k", "c", "d", "l", "t", "n_first", "n_middle", "n_last")})
+        cfg = BioDConfig(**{k: p[k] for k in ("n", "k", "c", "d", "l", "t", "n_first", "n_middle", "n_last",
+                                              "domain_token")})
         size = (p["n_layer"], p["n_head"], p["n_embd"])
         params = model_params(s, size, p["arch"])
         assert p["n"] * cfg.k * cfg.c * math.log2(cfg.d) >= 4 * params, p
         assert p["lr"] == lrs[(p["arch"], *size)]
         if profile == "cpu":                                  # render the data: count windows as Batches does
-            rows = render(generate_biod(cfg)).n_tokens // p["window"]
+            rows = int(render(generate_biod(cfg)).n_tokens * (1 + p["junk_ratio"])) // p["window"]   # + junk
             assert round(p["exposures"] * (rows // p["batch_size"])) >= s["min_steps"], p
     if profile == "cpu":
         params = sorted(model_params(s, size) for _, *size in sizes)
@@ -307,4 +308,5 @@ def test_best_lr_picks_the_most_bits_per_size():
             {"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "lr": 1e-3, "bits": 7.0},
             {"arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 32, "lr": 3e-2, "bits": 1.0}]
     assert best_lr(rows) == {("gpt2", 2, 2, 16): 1e-2, ("gpt2", 2, 2, 32): 1e-3}
-    assert len(grid_points("cpu")) == 18 and len({p["n_embd"] for p in grid_points("cpu")}) == 6
+    grid = grid_points("cpu")                                      # 6 GPT-2 and 3 LLaMA sizes, 3 lrs each
+    assert len(grid) == 27 and len({(p["arch"], p["n_embd"]) for p in grid}) == 9 and not any(p["junk_ratio"] for p in grid)

@@ -296,3 +296,24 @@ def test_rule_history_gives_the_verdict_under_the_old_test(tmp_path, monkeypatch
     assert (row["now"], row["before"]) == ("inconclusive", "reproduced") and row["date"] == "2026-12-04"
     claims = {(c.source, c.statement) for c in CLAIMS}
     assert all(any(s == ch.source and st.startswith(ch.statement) for s, st in claims) for ch in RULE_CHANGES)
+
+
+def test_junk_and_domain_token_rows_compare_size_by_size(tmp_path, monkeypatch):
+    """Results 10-12 at the new recipe: clean over junk bits and domain-token over junk bits, per size;
+    the interval is the range over sizes (every size must pass); a clean model storing no values fails a guard."""
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    write(tmp_path, "capacity", "cpu", "fit", {"fits": {}})
+    lines = ["arch,exposures,seed,n_embd,n_params,junk_ratio,domain_token,bits,bits_value"]
+    for d, clean, junk, dom in ((16, 3000, 200, 1500), (24, 9000, 1000, 6000)):
+        for j, t, b in ((0.0, False, clean), (7.0, False, junk), (7.0, True, dom)):
+            lines.append(f"gpt2,100,0,{d},{d * 600},{j},{t},{b},{0.9 * b}")
+    (tmp_path / "capacity" / "cpu" / "sweep.csv").write_text("\n".join(lines) + "\n")
+    rows = {r["source"]: r for r in by_chapter("capacity")}
+    junk, domain = rows["Part 3.3, R10-11"], rows["Part 3.3, R12"]
+    assert junk["verdict"] == "reproduced" and "range over 2 sizes 9.0-15.0x" in junk["ours"]      # 3000/200, 9000/1000
+    assert domain["verdict"] == "reproduced" and "6.0-7.5x" in domain["ours"]                       # 1500/200 = 7.5, 6000/1000 = 6
+    lines[1] = lines[1].replace(",3000,2700.0", ",3000,100.0")                                     # mostly names
+    (tmp_path / "capacity" / "cpu" / "sweep.csv").write_text("\n".join(lines) + "\n")
+    for source in ("Part 3.3, R10-11", "Part 3.3, R12"):      # a pair of sizes whose clean model holds no values
+        assert "clean models storing values 1.0 (>= 2) FAILED" in next(r for r in by_chapter("capacity")
+                                                                       if r["source"] == source)["why"]
