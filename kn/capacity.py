@@ -644,7 +644,9 @@ def model_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     lines = []
     for r in sorted(rows, key=lambda r: (r.get("arch", "gpt2"), r["exposures"], r["n_params"], r["seed"])):
         p = float(r["n_params"])
-        lines.append([f"{r.get('arch', 'gpt2')} {r['exposures']:g}", f"{int(p):,}", str(r["seed"]), f"{r['lr']:g}",
+        variant = "" if clean(r) else f", junk {float(r['junk_ratio']):g}:1" + (" + domain" if not r["domain_token"] in
+                                                                                 (False, "False", 0) else "")
+        lines.append([f"{r.get('arch', 'gpt2')} {r['exposures']:g}{variant}", f"{int(p):,}", str(r["seed"]), f"{r['lr']:g}",
                       str(r["batch_size"]), f"{int(r['steps']):,}", f"{int(r['n']):,}", f"{r['bits_name']:,.0f}",
                       f"{r['bits_value']:,.0f}", f"{r['bits'] / r['max_bits']:.0%}",
                       f"{r['loss_value'] / r['chance_value']:.2f}", _flag(r), f"{r['bits'] / p:.3f}",
