@@ -310,3 +310,19 @@ def test_best_lr_picks_the_most_bits_per_size():
     assert best_lr(rows) == {("gpt2", 2, 2, 16): 1e-2, ("gpt2", 2, 2, 32): 1e-3}
     grid = grid_points("cpu")                                      # 6 GPT-2 and 3 LLaMA sizes, 3 lrs each
     assert len(grid) == 27 and len({(p["arch"], p["n_embd"]) for p in grid}) == 9 and not any(p["junk_ratio"] for p in grid)
+
+
+def test_kn_sweep_trains_the_profile_and_refuses_other_chapters(tmp_path, monkeypatch, capsys):
+    """`kn sweep capacity` runs the study into the chapter's results folder (a second call trains
+    nothing: every point is done); another chapter is one line, exit 2."""
+    from kn.cli import main
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
+    assert main(["sweep", "capacity", "--profile", "smoke"]) == 0
+    rows = read_rows(tmp_path / "results" / "capacity" / "smoke" / "sweep.csv")
+    assert len(rows) == 2 and all(r["steps"] >= 40 for r in rows)
+    mtime = (tmp_path / "results" / "capacity" / "smoke" / "sweep.csv").stat().st_mtime_ns
+    assert main(["sweep", "capacity", "--profile", "smoke"]) == 0
+    assert (tmp_path / "results" / "capacity" / "smoke" / "sweep.csv").stat().st_mtime_ns == mtime
+    assert main(["sweep", "onelayer", "--profile", "smoke"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("kn: error: chapter: got 'onelayer'")
