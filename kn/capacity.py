@@ -588,32 +588,43 @@ def profile_points(profile: str, lrs: dict, seed: int = 0, **extra) -> list[dict
     return out
 
 
+def _lrs(grid: list[dict], results: Path) -> tuple[list[dict], dict]:
+    """(the grid's finished rows, best_lr of the sizes whose whole grid is finished)."""
+    from kn.sweep import read_rows
+    keys = {point_key(p) for p in grid}
+    rows = [r for r in (read_rows(results / "grid.csv") if (results / "grid.csv").is_file() else [])
+            if point_key(r["key"]) in keys]
+    want, have = {}, {}
+    for p in grid:
+        want[_size(p)] = want.get(_size(p), 0) + 1
+    for r in rows:
+        have.setdefault(_size(r), []).append(r)
+    return rows, best_lr([r for size, rs in have.items() if len(rs) == want[size] for r in rs])
+
+
+def training_order(points: list[dict], seed: int) -> list[dict]:
+    """The law's points first (seed `seed`, clean data), then its other seeds, then the variations."""
+    return sorted(points, key=lambda p: (not clean(p), p["seed"] != seed))
+
+
 def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | None = None, seed: int = 0,
                    workers: int = 1, train: bool = True) -> dict:
-    """The chapter's whole experiment: the per-size lr grid (results/grid.csv), then the profile's
-    points at each size's best lr with int8/int4 measured (results/sweep.csv), then every fit
-    (results/fit.json). Finished points are skipped, so a stopped study continues, and two studies
-    started side by side share the points; train=False trains nothing and fits the points already
-    finished (a sweep still running elsewhere). Returns grid, lrs, points, rows (the finished
-    points), missing (the points not finished, with the sizes whose grid is not) and fits."""
+    """The chapter's whole experiment, arch by arch (GPT-2 first): the per-size lr grid
+    (results/grid.csv), then the profile's points at each size's best lr with int8/int4 measured
+    (results/sweep.csv, in `training_order`), then every fit (results/fit.json). Finished points are
+    skipped, so a stopped study continues, and two studies started side by side share the points;
+    train=False trains nothing and fits the points already finished (a sweep still running
+    elsewhere). Returns grid, lrs, points, rows (the finished points), missing (the points not
+    finished, with the sizes whose grid is not) and fits."""
     from kn.sweep import read_rows
     t0, results = time.perf_counter(), Path(results)
     grid = grid_points(profile, seed)
-    if train:
-        capacity_sweep(grid, results / "grid.csv", runs_dir=runs_dir, workers=workers)
-    grid_keys = {point_key(p) for p in grid}
-    grid_rows = [r for r in (read_rows(results / "grid.csv") if (results / "grid.csv").is_file() else [])
-                 if point_key(r["key"]) in grid_keys]
-    per_size = {}
-    for p in grid:
-        per_size[_size(p)] = per_size.get(_size(p), 0) + 1
-    done_rows = {}
-    for r in grid_rows:
-        done_rows.setdefault(_size(r), []).append(r)
-    lrs = best_lr([r for size, rs in done_rows.items() if len(rs) == per_size[size] for r in rs])   # whole grids only
+    for arch in dict.fromkeys(p["arch"] for p in grid) if train else ():
+        capacity_sweep([p for p in grid if p["arch"] == arch], results / "grid.csv", runs_dir=runs_dir, workers=workers)
+        mine = [p for p in profile_points(profile, _lrs(grid, results)[1], seed, quantize=True) if p["arch"] == arch]
+        capacity_sweep(training_order(mine, seed), results / "sweep.csv", runs_dir=runs_dir, workers=workers)
+    grid_rows, lrs = _lrs(grid, results)
     points = profile_points(profile, lrs, seed, quantize=True)
-    if train:
-        capacity_sweep(points, results / "sweep.csv", runs_dir=runs_dir, workers=workers)
     keys = {point_key(normalise_point(p)): p for p in points}
     rows = [r for r in (read_rows(results / "sweep.csv") if (results / "sweep.csv").is_file() else [])
             if point_key(r["key"]) in keys]                                            # not an earlier recipe's
