@@ -7,7 +7,7 @@
 5 dataset folders: --out onto a dataset, bioD into a bioS folder, a rewrite that stops part-way
 6 bad values: one line naming the value, before any work
 7 interrupted train: exit code 75; metrics.jsonl after SIGKILL + resume; provenance of a dirty tree
-issue 26: resume on regenerated data, damaged checkpoints and losses, edited or impossible results, bad CSV rows, a full disk
+26 (issue 26) resume on changed data, damaged checkpoints, edited or impossible results, bad CSV rows, a full disk
 
 Kills are real (SIGKILL of a child process at the chosen moment).
 Run: OMP_NUM_THREADS=1 pytest tests/test_faults.py
