@@ -19,7 +19,6 @@ profile with results is used (paper > gpu > cpu > class > smoke), and the table 
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from kn.data.records import ATTRIBUTES
 from kn.display import markdown_table
 from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, person_table
 from kn.profiles import PROFILES
-from kn.results import results_dir
+from kn.results import read_json, results_dir
 
 GUARD_TRAIN_QA = 80.0      # % of train_people's QAs answered: the finetune (or mixed) run learned its task
 GUARD_MEMORIZED = 90.0     # % of bio values reproduced in the person's own bio: the knowledge is there
@@ -135,7 +134,8 @@ def latest_profile(chapter: str) -> str | None:
 
 
 def _load(folder: Path, name: str) -> dict:
-    return json.loads((folder / f"{name}.json").read_text())
+    """A result file through kn.results.read_json: a damaged or edited one is refused, not read."""
+    return read_json(folder / f"{name}.json")
 
 
 # ----------------------------------------------------------------------------- intervals over people

@@ -3,15 +3,19 @@
 A Part 3.1 result keeps each test person's six answers (kn.extraction `items`); `person_table`
 turns them into a [people, attributes] 0/1 table, `mean_accuracy` is the paper's average (over
 attributes of each attribute's accuracy), and `bootstrap` resamples the people of one or more
-tables, each on its own, for a percentile interval of any statistic of them.
+tables, each on its own, for a percentile interval of any statistic of them. `check_values`
+refuses a result file whose per-person answers could not have been measured (kn.results.read_json
+calls it on every file it reads).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 from kn.data.records import ATTRIBUTES
+from kn.errors import DataError
 
 N_BOOT = 2000
 
@@ -21,6 +25,49 @@ class Interval(NamedTuple):
     value: float
     low: float
     high: float
+
+
+ANSWERS = (0, 1, -1)              # a QA item: wrong, right, no QA of that attribute
+PROBE_ANSWERS = (0, 1, None)      # a probe item: wrong, right, no label
+MEAN_TOLERANCE = 1e-9             # a stored mean and the mean of its items differ by float rounding only
+
+
+def check_values(record: dict, path) -> None:
+    """DataError naming `path` and the field unless a result's per-person items are one per person
+    and allowed values (qa.items: ANSWERS; a probe's q.items: PROBE_ANSWERS) and qa.test.mean is the
+    mean of qa.items (both NaN without test people)."""
+    qa, probe = record.get("qa"), record.get("q")
+    if isinstance(qa, dict) and isinstance(qa.get("items"), dict):
+        items = qa["items"]
+        _check_items({f"qa.items.{a}": items.get(a) for a in ATTRIBUTES}, items, ANSWERS, path)
+        stored, mean = (qa.get("test") or {}).get("mean"), mean_accuracy(person_table(items)) / 100
+        if not _same(stored, mean):
+            raise DataError(f"result: {str(path)!r}: qa.test.mean is {stored!r} but its items give {mean!r}; "
+                            "restore the file or run its experiment again")
+    if isinstance(probe, dict) and isinstance(probe.get("items"), dict):
+        items = probe["items"]
+        columns = {f"q.items.{kind}.{a}.correct": (by_attr.get(a) or {}).get("correct")
+                   for kind, by_attr in items.items() if kind != "person" for a in ATTRIBUTES}
+        _check_items(columns, items, PROBE_ANSWERS, path)
+
+
+def _same(stored, mean: float) -> bool:
+    """`stored` is a number equal to `mean` up to rounding (or both are NaN: no test people)."""
+    if isinstance(stored, bool) or not isinstance(stored, (int, float)):
+        return False
+    return abs(stored - mean) <= MEAN_TOLERANCE or (math.isnan(stored) and math.isnan(mean))
+
+
+def _check_items(columns: dict, items: dict, allowed: tuple, path) -> None:
+    """DataError unless each of `columns` ({field: values}) holds one allowed value per items["person"]."""
+    n = len(items.get("person") or [])
+    for field, values in columns.items():
+        if not isinstance(values, list) or len(values) != n:
+            raise DataError(f"result: {str(path)!r}: {field} is not a list of {n} items (one per person)")
+        bad = next((i for i, v in enumerate(values) if not (v is None or type(v) is int) or v not in allowed), None)
+        if bad is not None:
+            raise DataError(f"result: {str(path)!r}: {field}[{bad}] is {values[bad]!r}; allowed: "
+                            f"{', '.join(map(str, allowed))}")
 
 
 def person_table(items: dict) -> np.ndarray:

@@ -2,17 +2,23 @@
 
 Every file the book reads is written here, with the config, seed, git commit, hardware and wall
 time of the run that made it (STYLE.md, "Results"). A JSON is written under a temporary name, then
-renamed. When the `kn` package differs from its commit, the patch is kept beside the JSON as
-<name>.diff and the provenance names it with its sha256. A CSV grows one row at a time: each row
-is one write to a file opened for appending, under an fcntl lock, with its columns checked against
-the header; an unfinished last line (a crash mid-write) is dropped with a warning.
+renamed, with a "checksum" key last: the sha256 of the canonical JSON of everything else. `read_json`
+refuses a file that does not match it (edited by hand or damaged), and one without it under
+book/results (the committed results, all checksummed: a hand edit could delete the key); elsewhere
+(runs, datasets) a file without one predates checksums and is read as it is. It also refuses
+impossible values (kn.intervals.check_values). When the `kn` package differs from its commit, the
+patch is kept beside the JSON as <name>.diff and the provenance names it with its sha256. A CSV
+grows one row at a time: each row is one write to a file opened for appending, under an fcntl
+lock, with its columns checked against the header; a write that fails (a full disk) is cut back to
+the rows before it; an unfinished last line (a crash mid-write) is dropped with a warning, and so
+are rows that are not rows of the file (a repeated header, another column count).
 
 Where results live: a chapter's result files in `results_dir(chapter, profile)` (book/results/,
 committed), its runs (datasets, checkpoints, models) in `runs_dir(chapter, profile)` (runs/, not
 committed). An experiment skips a stage whose result file is `done` (finished, and recording the
 same config), and `publish`es a run's result file into its chapter's results folder.
-Entry points: `provenance`, `write_json`, `read_json`, `done`, `publish`, `results_dir`, `runs_dir`,
-`append_csv`, `read_csv`, `folder_path`, `atomic_file`.
+Entry points: `provenance`, `write_json`, `read_json`, `checksum`, `done`, `publish`, `results_dir`,
+`runs_dir`, `append_csv`, `read_csv`, `folder_path`, `atomic_file`.
 """
 from __future__ import annotations
 
@@ -32,10 +38,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kn.errors import DataError
+from kn.intervals import check_values
 from kn.profiles import check_profile
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
+COMMITTED = ROOT / "book" / "results"       # every result file here carries a checksum
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+ -]*$")   # a result file's name (spaces allowed): no folders
 log = logging.getLogger(__name__)
 
@@ -122,8 +130,17 @@ def atomic_file(path: str | Path):
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:                                   # a full disk: `path` is left as it was
+        if e.filename not in (None, str(tmp)):
+            raise                                          # about another file, which it names
+        raise _naming(e, path) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """`e` as an OSError naming `path` (a failed write() names no file)."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def write_json(path: str | Path, config=None, seed=None, wall_time: float | None = None, **data) -> Path:
@@ -136,14 +153,40 @@ def write_json(path: str | Path, config=None, seed=None, wall_time: float | None
             tmp.write_text(git["diff"])
     else:
         diff.unlink(missing_ok=True)                       # a patch from an earlier, dirty write
-    record = {**data, "provenance": provenance(as_recorded(config), seed, wall_time, git, diff.name)}
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    _write_record(path, {**data, "provenance": provenance(as_recorded(config), seed, wall_time, git, diff.name)})
     return path
 
 
+def checksum(record: dict) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of `record` without its "checksum" key."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _write_record(path: Path, record: dict) -> dict:
+    """`record` as JSON values, its checksum last, written atomically; returns what was written."""
+    record = json.loads(json.dumps(record, default=str))          # what a reader gets back: str keys, lists
+    record["checksum"] = checksum(record)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON file; a result file's checksum and values checked (see the module docstring): one
+    DataError line naming the file when they are not what write_json wrote."""
+    path = Path(path)
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict):
+        return record
+    if "checksum" in record and record["checksum"] != checksum(record):
+        raise DataError(f"result: {str(path)!r} does not match its checksum (edited by hand or damaged); "
+                        "restore it (git checkout) or run its experiment again")
+    if "checksum" not in record and path.resolve().is_relative_to(COMMITTED.resolve()):
+        raise DataError(f"result: {str(path)!r} has no checksum, and every result under book/results has one; "
+                        "restore it (git checkout) or run its experiment again")
+    check_values(record, path)
+    return record
 
 
 def as_recorded(config) -> dict | list | None:
@@ -154,7 +197,8 @@ def as_recorded(config) -> dict | list | None:
 def done(path: str | Path, config, after=()) -> dict | None:
     """The result file at `path` if it is finished, records `config` (write_json's provenance) and is
     newer than each file of `after` that exists (what it was computed from), else None. Finished:
-    readable and not marked "interrupted" (kn.train's train.json)."""
+    readable and not marked "interrupted" (kn.train's train.json). One that fails read_json's checks
+    (edited or damaged) is a DataError, not computed again over it."""
     path = Path(path)
     if path.is_file() and any(Path(a).is_file() and Path(a).stat().st_mtime_ns > path.stat().st_mtime_ns
                               for a in after):
@@ -202,9 +246,7 @@ def publish(src: str | Path, chapter: str, profile: str, name: str) -> dict:
         record["provenance"]["git_diff"] = dst.with_suffix(".diff").name
     else:
         dst.with_suffix(".diff").unlink(missing_ok=True)     # a patch from an earlier, dirty result
-    with atomic_file(dst) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return record
+    return _write_record(dst, record)
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -250,16 +292,37 @@ def append_csv(path: str | Path, row: dict) -> Path:
             os.ftruncate(fd, end)
         header = next(csv.reader(io.StringIO(data[:end].decode(), newline="")), None)
         text = _line(list(row)) + _line(list(row.values())) if header is None else _line(_columns(header, row, path))
-        while text:
-            text = text[os.write(fd, text):]
-        os.fsync(fd)
+        _write_all(fd, text, end, path)
     finally:
         os.close(fd)                                        # also releases the lock
     return path
 
 
+def _write_all(fd: int, text: bytes, size: int, path: Path) -> None:
+    """Write `text` at the end of the file (of `size` bytes) and fsync; on an OSError (a full disk)
+    cut the file back to `size`, so that no part of a row is left, and raise it naming `path`."""
+    try:
+        while text:
+            text = text[os.write(fd, text):]
+        os.fsync(fd)
+    except OSError as e:
+        os.ftruncate(fd, size)
+        raise _naming(e, path) from e
+
+
 def read_csv(path: str | Path) -> list[dict]:
-    """The rows of a CSV written by append_csv, as strings (an unfinished last line is left out)."""
+    """The rows of a CSV written by append_csv, as strings. Left out, with a warning: an unfinished
+    last line, a repeated header (two files joined) and a row of another column count."""
     path = Path(path)
     data = path.read_bytes()
-    return list(csv.DictReader(io.StringIO(data[:_complete(data, path)].decode(), newline="")))
+    lines = csv.reader(io.StringIO(data[:_complete(data, path)].decode(), newline=""))
+    header = next(lines, None)
+    rows = []
+    for values in lines:
+        if values == header or len(values) != len(header):
+            log.warning("%s: line %d dropped (%s): %.80r", path, lines.line_num,
+                        "a repeated header" if values == header else f"{len(values)} values for {len(header)} columns",
+                        values)
+            continue
+        rows.append(dict(zip(header, values)))
+    return rows

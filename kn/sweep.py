@@ -4,10 +4,12 @@ A point is a dict of plain values; its key is the point as sorted JSON. `run_swe
 calls the module-level function `fn(point) -> dict` for every point whose key is not yet in the
 CSV, and appends {key, **point, **fn(point)} as each one finishes (kn.results.append_csv: one
 locked write per row, columns checked against the header), so a sweep can be stopped and
-continued in parts. Before running a point a sweep claims it: an fcntl lock on
-<csv>.claims/<hash of the key>.lock, held until its row is written. Two sweeps on one CSV share
-the work: each skips the points the other has finished or holds, then waits for those it skipped
-and runs any whose holder died without writing a row. Executors:
+continued in parts. A malformed row (another column count, a repeated header, an empty or NaN
+result) is dropped with a warning and does not count: its point runs again. Before running a
+point a sweep claims it: an fcntl lock on <csv>.claims/<hash of the key>.lock, held until its row
+is written. Two sweeps on one CSV share the work: each skips the points the other has finished
+or holds, then waits for those it skipped and runs any whose holder died without writing a row.
+Executors:
   local     in this process, one after another (workers=1), or `workers` processes at once
             (several small models on one under-used GPU)
   submitit  one job per point through submitit: cluster="slurm" on a SLURM cluster, "local" to
@@ -41,14 +43,52 @@ def point_key(point: dict) -> str:
                       separators=(",", ":"), default=str)
 
 
+# Result columns where NaN means "not measured for this point", not a failed run: int8/int4 bits of a
+# point without quantize and the second value's loss of a bioS run (kn.capacity); the rank-1 share of
+# a matrix the model lacks or its finetuning left alone (kn.onelayer).
+NOT_MEASURED = ("bits_int8", "ratio_int8", "bits_int4", "ratio_int4", "loss_value1",
+                "rank1_qkv", "rank1_attn_out", "rank1_mlp_in", "rank1_mlp_out", "rank1_embed")
+
+
 def done_keys(path: str | Path) -> set[str]:
+    """The keys of the CSV's whole rows: a point whose row is malformed (`_rows`) is not done."""
     path = Path(path)
-    return {row["key"] for row in read_csv(path)} if path.is_file() else set()
+    return {row["key"] for row in _rows(path)} if path.is_file() else set()
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """The CSV's rows with numbers parsed back (JSON where it parses, else the string)."""
-    return [{k: _parse(v) for k, v in row.items()} for row in read_csv(path)]
+    """The CSV's whole rows (`_rows`) with numbers parsed back (JSON where it parses, else the string)."""
+    return [{k: _parse(v) for k, v in row.items()} for row in _rows(path)]
+
+
+def _rows(path: Path) -> list[dict]:
+    """read_csv's rows less the malformed ones (`_fault`), with a warning: the sweep runs their
+    points again. A CSV without a key column (not a sweep's) is read as it is."""
+    table = read_csv(path)
+    if table and "key" not in table[0]:
+        return table
+    rows = []
+    for row in table:
+        fault = _fault(row)
+        if fault:
+            log.warning("%s: row of %.80s dropped (%s): its point runs again", path, row["key"], fault)
+        else:
+            rows.append(row)
+    return rows
+
+
+def _fault(row: dict) -> str | None:
+    """Why a sweep row is malformed: its key is not a point, or a result column (not the key, not
+    the point's) is empty or NaN (NOT_MEASURED aside); None for a whole row."""
+    try:
+        point = json.loads(row["key"])
+    except json.JSONDecodeError:
+        point = None
+    if not isinstance(point, dict):
+        return "its key is not a point"
+    results = {k: v for k, v in row.items() if k != "key" and k not in SCRATCH_KEYS and k not in point}
+    bad = [k for k, v in results.items() if v == "" or (v.lower() == "nan" and k not in NOT_MEASURED)]
+    return f"empty or NaN {bad}" if bad else None
 
 
 def _parse(v: str):

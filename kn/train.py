@@ -11,12 +11,15 @@ every train QA (finetune). AdamW, linear warmup then cosine to min_lr_ratio * lr
 placement, bf16 autocast and data parallel come from `accelerate` (`accelerate launch` works);
 torch.compile is used on GPU. A checkpoint (every `checkpoint_every` steps and on SIGTERM/SIGINT)
 is a `save_pretrained` folder plus state.pt (trainable weights, optimizer, scheduler, RNG, step)
-and state.json (step, config; written last), written under a temporary name and swapped in with
-the old one renamed aside, so a crash at any moment leaves a complete one that the next run
-recovers; `resume=True` continues bit-exactly on CPU, and refuses settings that differ from the
-checkpoint's. A run folder is locked (fcntl, out/train.lock) against a second writer, and a new
-run refuses a folder that holds a checkpoint or a model unless `overwrite=True`. LoRA's
-initialisation is drawn from the config's seed.
+and state.json (step, config, the data's fingerprint, the last logged loss and, last, the sha256 of
+every other file), written under a temporary name and swapped in with the old one renamed aside,
+so a crash at any moment leaves a complete one that the next run recovers; `resume=True`
+continues bit-exactly on CPU, and refuses settings that differ from the checkpoint's, data that
+changed since (`data_fingerprint`), files that do not match their checksums, and a first logged
+loss that is not finite or is MAX_RESUME_RISE above the checkpoint's (which is left as it was).
+A run folder is locked (fcntl, out/train.lock) against a second writer, and a new run refuses a
+folder that holds a checkpoint or a model unless `overwrite=True`. LoRA's initialisation is
+drawn from the config's seed.
 One loop, `fit`, trains every model of the book: `train` above, kn.dynamics' continued pretraining
 (evaluation hook) and kn.bidirectional's masked LM (its own batches): all of them get the
 checkpoints, resume, run-folder lock and signal handling described here.
@@ -25,6 +28,7 @@ Entry points: `TrainConfig`, `load_config`, `train`, `fit` (with `Fit`, `Hooks`)
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -54,6 +58,8 @@ MODES = ("pretrain", "mixed", "finetune")
 IGNORE = -100
 EXIT_INTERRUPTED = 75      # `kn train` exit code when a signal stopped it (sysexits EX_TEMPFAIL): checkpoint written
 MAX_EXPOSURES = 100_000    # the papers' longest runs are 1000 exposures; more is a typo that would train for weeks
+MAX_RESUME_RISE = 2.0      # nats: a resumed run continues its curve (bit-exactly on CPU); a first logged loss
+                           # this far above the checkpoint's last (7.4x the perplexity) is a damaged state, not noise
 log = logging.getLogger(__name__)
 
 
@@ -403,9 +409,11 @@ def save_model(model, tokenizer, path: Path) -> None:
     swap_in(tmp, path)
 
 
-def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config: dict, evals: dict) -> None:
+def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config: dict, evals: dict,
+                    fingerprint: str | None = None, loss: float | None = None) -> None:
     """Model, state.pt (with the evaluations so far), then state.json (the mark of a complete
-    checkpoint; holds the run's settings) in path.tmp; swapped in."""
+    checkpoint: the run's settings, the data's fingerprint, the last logged loss and the files'
+    checksums) in path.tmp; swapped in."""
     tmp = _aside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -413,8 +421,63 @@ def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config:
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save({"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": rng, "step": step, "evals": {t: v.cpu() for t, v in evals.items()}}, tmp / "state.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=2, default=str))
+    state = {"step": step, "config": config, "data": fingerprint, "loss": loss, "checksum": checksums(tmp)}
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
     swap_in(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()        # read in chunks
+
+
+def checksums(checkpoint: Path) -> dict:
+    """{file: sha256} of a checkpoint's files but state.json (state.pt, model/*)."""
+    return {str(p.relative_to(checkpoint)): file_sha256(p) for p in sorted(checkpoint.rglob("*"))
+            if p.is_file() and p.name != "state.json"}
+
+
+def check_checksums(checkpoint: Path) -> None:
+    """DataError naming the files of `checkpoint` that differ from the checksums in its state.json
+    (none recorded: a checkpoint from before checksums, read as it is)."""
+    saved = _state(checkpoint).get("checksum")
+    if saved is None:
+        log.warning("checkpoint %s has no checksums (written before them): its files are not checked", checkpoint)
+        return
+    now = checksums(checkpoint)
+    bad = [k for k in saved if saved[k] != now.get(k)]
+    if bad:
+        raise DataError(f"checkpoint: {bad} in {str(checkpoint)!r} do not match the checksums in its state.json "
+                        "(damaged since it was written); start again with overwrite=True (--overwrite)")
+
+
+def _state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "state.json").read_text())
+
+
+def data_fingerprint(data: str | Path) -> str:
+    """sha256 of what a run trains on: the tokenizer's files and tokens.npz, or for a bioD folder
+    (re-rendered from its config) the tokenizer's files and meta.json's bioD config."""
+    data = Path(data)
+    meta = read_json(data / "meta.json") if (data / "meta.json").is_file() else {}
+    files = sorted((data / "tokenizer").glob("*"))
+    h = hashlib.sha256()
+    if meta.get("kind") == "bioD":
+        h.update(json.dumps([meta.get("biod"), meta.get("junk_ratio", 0.0)], sort_keys=True).encode())
+    else:
+        files.append(data / "tokens.npz")
+    for p in files:
+        if p.is_file():
+            h.update(f"{p.name} {file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def check_same_data(checkpoint: Path, fingerprint: str | None, data) -> None:
+    """DataError if the data's fingerprint differs from the one the checkpoint recorded."""
+    saved = _state(checkpoint).get("data")
+    if fingerprint is not None and saved is not None and saved != fingerprint:
+        raise DataError(f"resume: the data in {str(data)!r} changed since the checkpoint (fingerprint "
+                        f"{saved[:12]} -> {fingerprint[:12]}); start again with overwrite=True (--overwrite)")
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -444,12 +507,14 @@ def recover_checkpoint(path: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, opt, sched) -> tuple[int, dict]:
-    """Weights, optimizer, scheduler and RNG from a checkpoint; returns (step, evaluations so far)."""
+    """Weights, optimizer, scheduler and RNG from a checkpoint whose files match their checksums;
+    returns (step, evaluations so far)."""
     try:
         state = torch.load(path / "state.pt", weights_only=False)
     except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
         raise DataError(f"checkpoint: {str(path / 'state.pt')!r} is empty or unreadable ({type(e).__name__}: "
                         f"{str(e)[:80]}); start again with overwrite=True (--overwrite)") from None
+    check_checksums(path)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["trainable"].items():
@@ -505,9 +570,11 @@ def check_same_settings(checkpoint: Path, config: dict) -> None:
                         "the checkpoint's settings, or start again with overwrite=True (--overwrite)")
 
 
-def prepare_run(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
+def prepare_run(out: Path, config: dict, resume: bool, overwrite: bool, fingerprint: str | None = None,
+                data=None) -> None:
     """Make `out` ready: with overwrite, empty it of an earlier run; otherwise recover a checkpoint
-    left by a crash, refuse a folder holding a run unless resuming, and refuse changed settings."""
+    left by a crash, refuse a folder holding a run unless resuming, and refuse changed settings
+    or data (`fingerprint` of the folder `data`)."""
     if overwrite:
         for name in RUN_FILES:
             p = out / name
@@ -522,6 +589,7 @@ def prepare_run(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
                         "to start again")
     if checkpoint:
         check_same_settings(checkpoint, config)
+        check_same_data(checkpoint, fingerprint, data)
 
 
 def can_resume(out: Path, config: dict) -> bool:
@@ -666,7 +734,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
     spec = Fit(batches.total_steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay, cfg.grad_clip,
                cfg.compile, cfg.threads, cfg.checkpoint_every, cfg.log_every, cfg.max_steps)
     hooks = Hooks(pad_id=tokenizer.pad_token_id if cfg.mode == "finetune" else None)
-    s = fit(model, batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks, resume, overwrite, progress, cfg.mode)
+    s = fit(model, batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks, resume, overwrite, progress, cfg.mode,
+            data=cfg.data)
     summary = {"mode": cfg.mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss",
                                                       "tokens_per_s", "n_params")},
                "flops_per_token": fpt, "mfu": mfu(s["tokens_per_s"] * fpt, acc.device),
@@ -677,32 +746,48 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
 
 
 def fit(model, batches, spec: Fit, out: str | Path, config: dict, tokenizer, acc, hooks: Hooks = Hooks(),
-        resume: bool = False, overwrite: bool = False, progress: bool = True, desc: str = "train") -> dict:
+        resume: bool = False, overwrite: bool = False, progress: bool = True, desc: str = "train",
+        data: str | Path | None = None) -> dict:
     """Train `model` on batches(step) -> (ids [B, T], labels [B, T]) in run folder `out`, locked for
     the run. `config` holds the run's settings: a resumed run must have the same (BOOKKEEPING
-    aside). A folder holding a checkpoint or a model needs resume=True or overwrite=True. Returns
-    steps, total_steps, interrupted, final_loss, tokens_per_s, n_params, device, world_size,
-    history (the logged steps of this call), wall_time and evals (step -> tensor, with hooks.evaluate)."""
+    aside), and the same data when `data` names their folder. A folder holding a checkpoint or a
+    model needs resume=True or overwrite=True. Returns steps, total_steps, interrupted, final_loss,
+    tokens_per_s, n_params, device, world_size, history (the logged steps of this call), wall_time
+    and evals (step -> tensor, with hooks.evaluate)."""
     out = folder_path(out, "out")
     with run_lock(out) if acc.is_main_process else nullcontext(), cpu_threads(spec.threads, acc.device):
+        fingerprint = data_fingerprint(data) if data is not None and acc.is_main_process else None
         if acc.is_main_process:
-            prepare_run(out, config, resume, overwrite)
+            prepare_run(out, config, resume, overwrite, fingerprint, data)
         acc.wait_for_everyone()
         checkpoint = out / "checkpoint" if resume and checkpoint_step(out / "checkpoint") is not None else None
-        return _fit(model, batches, spec, out, config, tokenizer, acc, hooks, checkpoint, progress, desc)
+        return _fit(model, batches, spec, out, config, tokenizer, acc, hooks, checkpoint, progress, desc, fingerprint)
+
+
+def check_resumed_loss(loss: float, before: float | None, start: int, step: int) -> None:
+    """DataError if the first logged loss after resuming at `start` is not finite or is more than
+    MAX_RESUME_RISE above `before`, the checkpoint's last logged loss."""
+    if math.isfinite(loss) and (before is None or loss <= before + MAX_RESUME_RISE):
+        return
+    was = "none logged" if before is None else f"{before:.4g}"
+    raise DataError(f"resume: the loss over steps {start + 1}-{step} is {loss:.4g} against {was} before the checkpoint "
+                    f"at step {start} (allowed: finite, at most {MAX_RESUME_RISE:g} nats more), so its state is "
+                    "damaged; the checkpoint is left as it was; start again with overwrite=True (--overwrite)")
 
 
 def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hooks: Hooks, checkpoint: Path | None,
-         progress: bool, desc: str) -> dict:
-    """The loop of `fit`, in a prepared and locked folder, from `checkpoint` or from step 0."""
+         progress: bool, desc: str, fingerprint: str | None = None) -> dict:
+    """The loop of `fit`, in a prepared and locked folder, from `checkpoint` or from step 0. After a
+    resume, no checkpoint is written before the first logged loss passed check_resumed_loss."""
     from tqdm.auto import tqdm
 
     model = model.to(acc.device)
     opt = optimizer_for(model, spec.lr, spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
-    start, evals = 0, {}
+    start, evals, last_loss = 0, {}, None
     if checkpoint is not None:
         start, evals = load_checkpoint(checkpoint, model, opt, sched)
+        last_loss = _state(checkpoint).get("loss")
         if acc.is_main_process:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed %s at step %d", out, start)
@@ -717,7 +802,7 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
     model.train()
     t_start = time.perf_counter()
     loss_sum, tokens_done, n_logged, window_t0 = torch.zeros((), device=acc.device), 0, 0, time.perf_counter()
-    history = []
+    history, unchecked = [], checkpoint is not None            # the first loss after a resume is checked
     bar = tqdm(total=end, initial=start, disable=not (progress and acc.is_main_process), desc=desc, unit="step")
     with StopFlag() as stop:
         step = start
@@ -735,6 +820,10 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
             step += 1
             if step % spec.log_every == 0 or step == end:
                 mean = (loss_sum / n_logged).item()                       # the one host sync per log
+                if unchecked:
+                    check_resumed_loss(mean, last_loss, start, step)
+                    unchecked = False
+                last_loss = mean
                 dt = time.perf_counter() - window_t0
                 rec = {"step": step, "loss": mean, "lr": sched.get_last_lr()[0], "tokens_per_s": tokens_done / dt,
                        "elapsed_s": time.perf_counter() - t_start}
@@ -745,15 +834,19 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
                 bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
                 loss_sum.zero_(); tokens_done, n_logged, window_t0 = 0, 0, time.perf_counter()
             bar.update(1)
-            if acc.is_main_process and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < end:
-                save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals)
+            if acc.is_main_process and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < end \
+                    and not unchecked:
+                save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals, fingerprint,
+                                last_loss)
         interrupted = stop.set and step < end
     bar.close()
+    if unchecked and n_logged:                                  # stopped before the first log after a resume
+        check_resumed_loss((loss_sum / n_logged).item(), last_loss, start, step)
     if hooks.evaluate and step == spec.total_steps:
         evals[step] = _evaluate(model, acc, hooks.evaluate)
     wall = time.perf_counter() - t_start
     if acc.is_main_process:
-        save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals)
+        save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals, fingerprint, last_loss)
         if not interrupted:
             save_model(raw, tokenizer, out / "model")
     if interrupted:

@@ -7,6 +7,7 @@
 5 dataset folders: --out onto a dataset, bioD into a bioS folder, a rewrite that stops part-way
 6 bad values: one line naming the value, before any work
 7 interrupted train: exit code 75; metrics.jsonl after SIGKILL + resume; provenance of a dirty tree
+26 (issue 26) resume on changed data, damaged checkpoints, edited or impossible results, bad CSV rows, a full disk
 
 Kills are real (SIGKILL of a child process at the chosen moment).
 Run: OMP_NUM_THREADS=1 pytest tests/test_faults.py
@@ -397,3 +398,200 @@ def test_dirty_tree_keeps_its_diff(tmp_path, monkeypatch):
     subprocess.run(git + ["commit", "-qm", "clean"], check=True)
     prov = json.loads(write_json(tmp_path / "out" / "r.json", value=1).read_text())["provenance"]
     assert not prov["git_dirty"] and prov["git_diff"] is None and not (tmp_path / "out" / "r.diff").exists()
+
+
+# ---- issue 26: resume, checksums, validated results
+
+
+def files_of(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("seed, vocab_size, refused", [(0, 500, False), (1, 500, True), (1, 600, True)])
+def test_resume_refuses_data_regenerated_in_place(data, tmp_path, seed, vocab_size, refused):
+    """Built to fail: another seed trained on another tokenizer's ids without a word, another
+    vocabulary died in a traceback. The same data made again resumes."""
+    import shutil
+    from kn.data.dataset import BiosConfig, make_dataset
+    from kn.train import train
+    d, run = tmp_path / "d", tmp_path / "r"
+    shutil.copytree(data, d)
+    train(cfg(str(d), run, max_steps=5), progress=False)
+    make_dataset(BiosConfig(n=60, augment="multi2+permute", vocab_size=vocab_size, seed=seed), d, overwrite=True)
+    if not refused:
+        assert train(cfg(str(d), run), resume=True, progress=False)["history"][0]["step"] == 6
+        return
+    before = files_of(run / "checkpoint")
+    with pytest.raises(DataError, match=r"^resume: the data in '.*/d' changed since the checkpoint \(fingerprint "
+                                        r"[0-9a-f]{12} -> [0-9a-f]{12}\); start again with overwrite=True") as e:
+        train(cfg(str(d), run), resume=True, progress=False)
+    assert "\n" not in str(e.value) and files_of(run / "checkpoint") == before
+
+
+def flip_exponent_bit(state_pt):
+    """Flip the top exponent bit of the first value of the final layer norm's weight, in state.pt's bytes."""
+    import torch
+    state = torch.load(state_pt, weights_only=False)
+    weight = next(v for k, v in state["trainable"].items() if k.endswith("final_layer_norm.weight"))
+    raw, target = bytearray(state_pt.read_bytes()), weight.numpy().tobytes()
+    at = raw.find(target)
+    assert at >= 0 and raw.find(target, at + 1) < 0
+    raw[at + 3] ^= 0x40                                      # float32, little-endian: bit 30, the exponent's top bit
+    state_pt.write_bytes(bytes(raw))
+
+
+def test_flipped_bit_in_a_checkpoint_is_refused(data, tmp_path, capsys):
+    """Built to fail: the damaged checkpoint resumed 'successfully' to a NaN or 1e33 loss, interrupted false."""
+    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", exposures=2, max_steps=5, checkpoint_every=4)
+    assert cli(capsys, "train", "--config", toml)[0] == 0
+    flip_exponent_bit(tmp_path / "o" / "checkpoint" / "state.pt")
+    before = files_of(tmp_path / "o")
+    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", exposures=2, checkpoint_every=4)
+    rc, io = cli(capsys, "train", "--config", toml, "--resume")
+    assert rc == 2 and io.err.count("\n") == 1
+    assert io.err.startswith("kn: error: checkpoint: ['state.pt'] in ") and "do not match the checksums" in io.err
+    assert files_of(tmp_path / "o") == before                       # checkpoint, model and train.json as they were
+
+
+def damage_before_checksum(checkpoint, how):
+    """A checkpoint whose state was damaged before it was written (its checksums match): the final
+    layer norm's weight with a flipped exponent bit (a NaN loss) or 50x too large (a finite jump)."""
+    import hashlib
+    import torch
+    if how == "nan":
+        flip_exponent_bit(checkpoint / "state.pt")
+    else:
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        name = next(k for k in state["trainable"] if k.endswith("final_layer_norm.weight"))
+        state["trainable"][name] *= 50
+        torch.save(state, checkpoint / "state.pt")
+    meta = json.loads((checkpoint / "state.json").read_text())
+    meta.setdefault("checksum", {})["state.pt"] = hashlib.sha256((checkpoint / "state.pt").read_bytes()).hexdigest()
+    (checkpoint / "state.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how, loss", [("nan", "nan"), ("jump", r"\d[\d.e+]*")])
+def test_resumed_loss_that_is_not_finite_or_jumps_stops(data, tmp_path, how, loss):
+    """Built to fail: a state damaged before its checksum was taken trained on to a NaN or huge loss."""
+    from kn.train import train
+    run = tmp_path / "r"
+    before_loss = train(cfg(data, run, max_steps=5), progress=False)["history"][-1]["loss"]
+    damage_before_checksum(run / "checkpoint", how)
+    before = files_of(run)
+    with pytest.raises(DataError, match=rf"^resume: the loss over steps 6-6 is {loss} against {before_loss:.4g} "
+                                        r"before the checkpoint at step 5 \(allowed: finite, at most 2 nats more\)"):
+        train(cfg(data, run), resume=True, progress=False)
+    assert files_of(run) == before                                   # checkpoint, model and train.json as they were
+
+
+def part31(test_share, train=1.0, n=200, seed=0):
+    """The fields of a Part 3.1 result: n test people answering each QA right with probability test_share."""
+    import numpy as np
+    from kn.data.records import ATTRIBUTES
+    table = (np.random.default_rng(seed).random((n, len(ATTRIBUTES))) < test_share).astype(int)
+    items = {"person": list(range(n))} | {a: table[:, k].tolist() for k, a in enumerate(ATTRIBUTES)}
+    return {"qa": {"test": {"mean": float(table.mean(axis=0).mean())}, "train": {"mean": train}, "items": items},
+            "memorization": {"mean": 1.0}}
+
+
+def claim(source):
+    from kn.claims import claims_table
+    return next(r for r in claims_table() if r["source"] == source)
+
+
+def test_hand_edited_result_is_refused(tmp_path, monkeypatch):
+    """Built to fail: editing train_people's QA from 11.3% to 95% flipped R2 from inconclusive to reproduced."""
+    from kn.results import done
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    path = write_json(tmp_path / "augmentation" / "cpu" / "single.json", config={"n": 1}, **part31(0.027, train=0.113))
+    assert claim("Part 3.1, R2")["verdict"] == "inconclusive" and done(path, {"n": 1})
+    path.write_text(path.read_text().replace('"mean": 0.113', '"mean": 0.95'))
+    message = rf"^result: '{path}' does not match its checksum \(edited by hand or damaged\)"
+    with pytest.raises(DataError, match=message):
+        claim("Part 3.1, R2")
+    with pytest.raises(DataError, match=message):                 # not taken as done, nor computed over
+        done(path, {"n": 1})
+
+
+def test_committed_results_carry_checksums_and_one_without_is_refused(tmp_path, monkeypatch):
+    """Built to fail: no result file had a checksum, so deleting one would pass unnoticed."""
+    import kn.results
+    from kn.results import read_json
+    committed = sorted(kn.results.COMMITTED.rglob("*.json"))
+    assert committed and all(json.loads(p.read_text()).get("checksum") for p in committed)
+    assert all(read_json(p) for p in committed)
+    monkeypatch.setattr(kn.results, "COMMITTED", tmp_path)
+    path = write_json(tmp_path / "augmentation" / "cpu" / "single.json", value=1)
+    record = json.loads(path.read_text())
+    del record["checksum"]
+    path.write_text(json.dumps(record, indent=2))
+    with pytest.raises(DataError, match=rf"^result: '{path}' has no checksum"):
+        read_json(path)
+
+
+def impossible(fault):
+    r = part31(0.999)
+    if fault == "item 7":
+        r["qa"]["items"]["major"][3] = 7
+        r["qa"]["test"]["mean"] = (5 + (sum(r["qa"]["items"]["major"]) / 200)) / 6   # the mean of the items, 7 and all
+    else:
+        r["qa"]["test"]["mean"] = 0.5                                               # not the mean of its items
+    return r
+
+
+@pytest.mark.parametrize("fault, field", [("item 7", r"qa.items.major\[3\] is 7; allowed: 0, 1, -1"),
+                                          ("mean", r"qa.test.mean is 0.5 but its items give 0.99")])
+def test_impossible_result_values_are_refused(tmp_path, monkeypatch, fault, field):
+    """Built to fail: a per-person item 7 gave '100.3% [100.0, 101.0]' test_people."""
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    path = write_json(tmp_path / "mixed_training" / "cpu" / "single.json", **impossible(fault))
+    with pytest.raises(DataError, match=rf"^result: '{path}': {field}"):
+        claim("Part 3.1, R1")
+
+
+@pytest.mark.parametrize("fault, rerun", [("nan", [2]), ("empty", [2]), ("columns", [2]), ("header", [])])
+def test_malformed_csv_row_is_dropped_and_its_point_rerun(tmp_path, caplog, fault, rerun):
+    """Built to fail: a NaN or empty result or a short row counted as done; a repeated header was a row."""
+    out = tmp_path / "r.csv"
+    run_sweep(POINTS, square, out)
+    lines = out.read_bytes().decode().splitlines(keepends=True)         # header, then x = 0, 1, 2, 3
+    edit = {"nan": lambda s: s.replace(",4,", ",nan,"), "empty": lambda s: s.replace(",4,", ",,"),
+            "columns": lambda s: s.replace(",p2", ""), "header": lambda s: lines[0] + s}
+    lines[3] = edit[fault](lines[3])
+    out.write_bytes("".join(lines).encode())
+    assert len(read_rows(out)) == 4 - len(rerun) and "dropped" in caplog.text
+    assert [r["x"] for r in run_sweep(POINTS, square, out)] == rerun
+    assert table(out) == WANT
+
+
+def test_full_disk_leaves_no_partial_file_and_names_it(tmp_path, monkeypatch):
+    """Built to fail: a half row stayed in the CSV, and neither error named the file."""
+    import errno
+    out = tmp_path / "r.csv"
+    append_csv(out, {"key": "a", "x": 1, "note": "first"})
+    before, real = out.read_bytes(), os.write
+
+    def half_then_full(fd, data):
+        real(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", half_then_full)
+        with pytest.raises(OSError, match=rf"No space left on device: '{out}'") as e:
+            append_csv(out, {"key": "b", "x": 2, "note": "a longer second row, cut half-way"})
+    assert e.value.errno == errno.ENOSPC and out.read_bytes() == before
+    assert read_csv(out) == [{"key": "a", "x": "1", "note": "first"}]
+
+    path = write_json(tmp_path / "r.json", value=1)
+    before, real_text = path.read_bytes(), Path.write_text
+
+    def full(self, text, *a, **k):
+        if not self.name.startswith(".r.json.tmp"):
+            return real_text(self, text, *a, **k)
+        real_text(self, text[: len(text) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", full)
+        with pytest.raises(OSError, match=rf"No space left on device: '{path}'"):
+            write_json(path, value=2)
+    assert path.read_bytes() == before and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from kn.errors import DataError
-from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
+from kn.results import checksum, done, publish, read_json, results_dir, runs_dir, write_json
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def test_publish_copies_the_result_and_its_patch(tmp_path, monkeypatch):
     src = write_json(tmp_path / "run" / "result.json", config={"n": 1}, accuracy=0.5)
     record = read_json(src)
     record["provenance"] |= {"git_dirty": True, "git_diff": "result.diff"}  # as written from a dirty tree
-    src.write_text(json.dumps(record))
+    src.write_text(json.dumps(record | {"checksum": checksum(record)}))
     (tmp_path / "run" / "result.diff").write_text("--- a/kn/x.py\n")
     got = publish(src, "mixed_training", "smoke", "single")
     dst = tmp_path / "results" / "mixed_training" / "smoke" / "single.json"
@@ -61,7 +61,7 @@ def test_publish_copies_the_result_and_its_patch(tmp_path, monkeypatch):
     write_json(src, config={"n": 1}, accuracy=0.75)                         # clean again: the old patch goes
     record = read_json(src)
     record["provenance"] |= {"git_dirty": False, "git_diff": None}
-    src.write_text(json.dumps(record))
+    src.write_text(json.dumps(record | {"checksum": checksum(record)}))
     assert publish(src, "mixed_training", "smoke", "single")["accuracy"] == 0.75
     assert sorted(p.name for p in dst.parent.iterdir()) == ["single.json"]
     publish(src, "mixed_training", "smoke", "multi5+permute LoRA")          # the chapters' run names have spaces
@@ -95,3 +95,12 @@ def test_provenance_records_cpu_flags_and_precision():
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if "avx2" in text.split():
         assert "avx2" in hw["cpu_flags"]
+
+
+def test_checksum_survives_what_json_changes(tmp_path):
+    """write_json checksums what a reader gets back: int keys become strings, tuples lists, NaN stays."""
+    path = write_json(tmp_path / "r.json", config={"n": 1}, evals={10: 0.5, 2: float("nan")}, pair=(1, 2), at=Path("x"))
+    record = read_json(path)
+    assert list(record)[-1] == "checksum" and record["checksum"] == checksum(record)
+    assert record["evals"]["10"] == 0.5 and record["pair"] == [1, 2] and record["at"] == "x"
+    assert done(path, {"n": 1})["pair"] == [1, 2]

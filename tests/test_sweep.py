@@ -46,13 +46,13 @@ def test_bad_executor(tmp_path):
         run_sweep(POINTS, square, tmp_path / "r.csv", executor="ray")
 
 
-def nan_for_odd(point):
-    return {"y": float("nan") if point["x"] % 2 else 1.0}
+def not_quantized(point):
+    return {"y": 1.0, "bits_int8": float("nan")}              # NaN: int8 not measured for this point
 
 
 def test_runs_dir_is_not_identity_and_nan_reads_back(tmp_path):
     out = tmp_path / "r.csv"
-    run_sweep([{"x": 1, "runs_dir": "/checkout/a"}], nan_for_odd, out)
-    assert run_sweep([{"x": 1, "runs_dir": "/elsewhere/b"}], nan_for_odd, out) == []   # same point, other scratch
-    y = read_rows(out)[0]["y"]
-    assert isinstance(y, float) and y != y                                              # NaN, not the string "nan"
+    run_sweep([{"x": 1, "runs_dir": "/checkout/a"}], not_quantized, out)
+    assert run_sweep([{"x": 1, "runs_dir": "/elsewhere/b"}], not_quantized, out) == []   # same point, other scratch
+    bits = read_rows(out)[0]["bits_int8"]
+    assert isinstance(bits, float) and bits != bits                                    # NaN, not the string "nan"
