@@ -634,7 +634,7 @@ def with_config(meta, **kw):
     (lambda m: m | {"provenance": None}, r": provenance: got None; allowed: an object"),
     (lambda m: m | {"kind": ["bioD"]}, r": kind: got \['bioD'\]; allowed: bioD, import"),
     (lambda m: with_config(m, n_celebrity="0"), r": provenance\.config\.n_celebrity: got '0'; allowed: an integer >= 0"),
-])
+], ids=["list", "provenance-null", "kind-list", "n_celebrity-string"])
 def test_meta_json_of_the_wrong_shape_is_one_line_naming_the_field(small, tmp_path, change, problem):
     from kn.train import load_biod, load_bios
     out = copy_of(small, tmp_path)

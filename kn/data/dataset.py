@@ -11,8 +11,8 @@
 
 `load_encoded(out, "bios")` reads the token arrays back; `read_meta(out)` reads meta.json, checked.
 `out` (symlinks resolved) must be a new or empty folder, or hold a dataset (its meta.json), which
-is replaced only when asked (overwrite=True, `--overwrite`); anything else in it is refused before
-any work. meta.json goes first and comes back last, every file is written under a temporary name,
+is replaced only when asked (overwrite=True, `--overwrite`); a folder holding anything else (but
+folders kn wrote, such as kn.dynamics' injection/) is refused before any work. meta.json goes first and comes back last, every file is written under a temporary name,
 and .kn-unfinished marks a write in progress, so a write that stopped part-way leaves a folder that
 readers refuse and the next write may replace. kn.tokenize (transformers: seconds to import) is
 imported where it is used, so that `--out` is checked first.
