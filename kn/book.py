@@ -6,6 +6,8 @@ executed notebook then replaces the chapter, so a run at another profile or a fa
 published page as it was. The chapter writes its result files to kn.results.results_dir(name, profile).
 `build_book()` builds _build/html with Jupyter Book without executing anything, after checking that
 every notebook in the table of contents has executed outputs and ran at the book's profile.
+papermill writes under a temporary name, renamed into place once whole; a SIGTERM or SIGINT to kn
+first stops what it started (the kernel, jupyter-book and their children), then acts as it would.
 """
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import ast
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from kn.display import markdown_table  # noqa: F401 - chapters import it from here
@@ -50,16 +55,22 @@ def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None
     if not src.is_file():
         raise DataError(f"chapter: no notebook {chapter!r}; allowed: {', '.join(chapters()) or 'none'}")
     out = Path(output) if output else book / f"{chapter}.{profile}.ipynb"
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.ipynb")      # papermill wants the .ipynb suffix
     os.environ.update(CHAPTER_ENV)   # inherited by the kernel
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(str(src), str(out), parameters={"profile": profile}, cwd=str(book),
-                                   kernel_name="python3", progress_bar=False, log_output=False)
-    except Exception:
+        with children_stopped_on_signal(tmp):
+            papermill.execute_notebook(str(src), str(tmp), parameters={"profile": profile}, cwd=str(book),
+                                       kernel_name="python3", progress_bar=False, log_output=False)
+        hide_injected_parameters(tmp)
+        os.replace(tmp, out)
+    except papermill.PapermillExecutionError:
+        os.replace(tmp, out)                 # whole, with the failing cell's error
         log.error("%s failed at profile %s: the executed notebook is %s; %s is unchanged", chapter, profile, out, src)
         raise
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("ran %s at profile %s in %.1f s", chapter, profile, time.perf_counter() - t0)
-    hide_injected_parameters(out)
     if bad := figure_problems(out):
         raise DataError("; ".join(bad))
     if output is None and profile == book_profile(book.parent):
@@ -152,5 +163,43 @@ def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
     if warnings_as_errors:
         cmd += ["-W", "-n", "--keep-going"]
-    subprocess.run(cmd, check=True)
+    with children_stopped_on_signal():
+        subprocess.run(cmd, check=True)
     return root / "_build" / "html" / "index.html"
+
+
+def stop_children(timeout: float = 5.0) -> None:
+    """Terminate every process this one started, and theirs (SIGTERM, then SIGKILL after `timeout` s)."""
+    import psutil                          # installed with ipykernel, which runs the chapters
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with suppress(psutil.NoSuchProcess):
+            child.terminate()
+    for child in psutil.wait_procs(children, timeout=timeout)[1]:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+@contextmanager
+def children_stopped_on_signal(*partial: Path):
+    """While the block runs, SIGTERM or SIGINT to kn first stops its children (stop_children) and removes
+    the `partial` files it was writing, then does what it would have done: a child in its own session
+    (papermill's kernel) would not see kn die."""
+    if threading.current_thread() is not threading.main_thread():     # handlers are set in the main thread only
+        yield
+        return
+    old = {s: h for s in (signal.SIGTERM, signal.SIGINT) if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}
+
+    def stop(signum, frame):
+        stop_children()
+        for path in partial:
+            path.unlink(missing_ok=True)
+        signal.signal(signum, old[signum])
+        signal.raise_signal(signum)
+    for s in old:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)

@@ -199,6 +199,7 @@ def run_bound(run: str | Path, bits: int | None = None, batch_size: int = 64, de
     """The bound of a trained run folder (kn.train out/), on its own training data; with `bits`,
     of its model fake-quantized to that many bits (Result 8). Returns losses, bits and its terms,
     max_bits, n_params (all, non-embedding) and the capacity ratios."""
+    from kn.data.dataset import read_meta
     from kn.train import load_biod
     run = Path(run)
     data = read_json(run / "train.json")["provenance"]["config"]["data"]
@@ -211,7 +212,7 @@ def run_bound(run: str | Path, bits: int | None = None, batch_size: int = 64, de
         losses = biod_losses(model, loaded[0], batch_size=batch_size)
         bound, top, chance = biod_bound(sizes, losses), max_bits(sizes), chance_value(sizes)
     else:
-        n = read_json(Path(data) / "meta.json")["counts"]["people"]
+        n = read_meta(data)["counts"]["people"]
         losses = {**bios_losses(model, data, batch_size), "loss_value1": math.nan}
         bound, top = bios_bound(n, losses["loss_name"], losses["loss_value"]), bios_max_bits(n)
         chance = math.log(S0_BIOS / 2)                      # the six values of a person, pronoun left out

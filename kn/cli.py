@@ -11,9 +11,11 @@
     kn book                        # build _build/html from the committed chapters
     kn site                        # check the built pages in headless Chromium (screenshots in _build/screenshots)
 
-Exit codes: 0 done; 2 bad input (one line on stderr); 75 training stopped by SIGTERM/SIGINT
-after writing its checkpoint (rerun with --resume). Writing into a folder that already holds a
-dataset or a run needs --overwrite (or --resume for a run).
+Exit codes: 0 done; 1 an OS error such as a full disk (one line naming the path); 2 bad input (one
+line on stderr); 75 training stopped by SIGTERM/SIGINT after writing its checkpoint (rerun with
+--resume). Writing into a folder that already holds a dataset or a run needs --overwrite (or
+--resume for a run); `kn data bios|biod|import --out` takes only a new or empty folder otherwise,
+checked before any module that takes seconds to import.
 """
 from __future__ import annotations
 
@@ -62,6 +64,8 @@ def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six
                 skip_bad: bool = typer.Option(False, help="skip records that fail validation and count them"),
                 overwrite: bool = typer.Option(False, help="replace a dataset already in --out")):
     """A dataset folder (QA, tokenizer, token spans, meta) from biographies made elsewhere."""
+    from kn.data.dataset import check_dataset_out
+    check_dataset_out(out, overwrite, inputs=(file,))       # before kn.data.importer imports transformers
     from kn.data.importer import ImportConfig, import_bios
     ds, skipped = import_bios(ImportConfig(file, seed, train_fraction, vocab_size, skip_bad), out, overwrite)
     _summary(out, people=len(ds.is_train), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)),
@@ -76,6 +80,8 @@ def data_biod(n: int = 1000, k: int = 4, c: int = 2, d: int = 100, l: int = 2, t
               out: str = typer.Option(..., help="output folder"),
               overwrite: bool = typer.Option(False, help="replace the dataset already in --out")):
     """bioD(N, K, C, D, L, T) of Part 3.3: a folder `kn train` pretrains on (re-rendered every epoch)."""
+    from kn.data.dataset import check_dataset_out
+    check_dataset_out(out, overwrite)                        # before kn.data.biod imports transformers
     from kn.data.biod import BioDConfig, write_biod
     cfg = BioDConfig(n=n, k=k, c=c, d=d, l=l, t=t, seed=seed, domain_token=domain_token)
     write_biod(cfg, out, junk_ratio=junk_ratio, records=records, overwrite=overwrite)
@@ -162,13 +168,17 @@ def site(html: str = typer.Option("_build/html", help="the built book")):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: a DataError (bad parameter or file) is one line on stderr and exit code 2."""
+    """Entry point: a DataError (bad parameter or file) is one line on stderr and exit code 2; an
+    OSError (disk full, permission denied) one line naming the path, exit code 1."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         rc = app(args=argv, standalone_mode=False)
     except DataError as e:
         typer.echo(f"kn: error: {e}", err=True)
         return 2
+    except OSError as e:
+        typer.echo(f"kn: error: {e.filename}: {e.strerror or e}" if e.filename else f"kn: error: {e}", err=True)
+        return 1
     except Exception as e:  # click usage errors (unknown option, bad type) have their own message
         import click
         if isinstance(e, click.exceptions.ClickException):

@@ -48,10 +48,10 @@ import numpy as np
 import torch
 
 from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs, mix, render
-from kn.data.dataset import load_encoded
+from kn.data.dataset import load_encoded, read_meta
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
-from kn.results import atomic_file, folder_path, read_json, write_json
+from kn.results import atomic_file, folder_path, write_json
 from kn.tokenize import Encoded, equal_exposure, load_tokenizer, pack
 
 MODES = ("pretrain", "mixed", "finetune")
@@ -91,10 +91,10 @@ class TrainConfig:
 
     def __post_init__(self):
         if isinstance(self.model, dict):
-            try:
-                object.__setattr__(self, "model", ModelConfig(**self.model))
-            except TypeError as e:
-                raise DataError(f"model: {e}") from None
+            allowed = [f.name for f in fields(ModelConfig)]
+            if unknown := sorted(set(self.model) - set(allowed)):
+                raise DataError(f"model: unknown keys {unknown}; allowed: {', '.join(allowed)}")
+            object.__setattr__(self, "model", ModelConfig(**self.model))
         if not isinstance(self.model, ModelConfig):
             raise DataError(f"model: got {self.model!r}; allowed: a ModelConfig or a [model] table")
         check_types(self)
@@ -256,8 +256,7 @@ def epoch_batches(epoch_rows, steps_per_epoch: int, batch_size: int):
 
 def load_biod(data: str) -> tuple[BioD, float] | None:
     """(bioD, junk_ratio) of a folder whose meta.json has "kind": "bioD"; None for other folders."""
-    path = Path(data) / "meta.json"
-    meta = json.loads(path.read_text()) if path.is_file() else {}
+    meta = read_meta(data) if (Path(data) / "meta.json").is_file() else {}
     if meta.get("kind") != "bioD":
         return None
     return generate_biod(BioDConfig(**meta["biod"])), float(meta.get("junk_ratio", 0.0))
@@ -268,7 +267,7 @@ def load_bios(data: str) -> Encoded:
     equally often: a minority person's one biography is repeated as often as a celebrity has
     biographies (kn.tokenize.equal_exposure)."""
     bios = load_encoded(data, "bios")
-    config = read_json(Path(data) / "meta.json")["provenance"].get("config", {})
+    config = read_meta(data)["provenance"]["config"]
     return equal_exposure(bios) if config.get("n_celebrity") else bios
 
 

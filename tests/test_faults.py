@@ -7,15 +7,21 @@
 5 dataset folders: --out onto a dataset, bioD into a bioS folder, a rewrite that stops part-way
 6 bad values: one line naming the value, before any work
 7 interrupted train: exit code 75; metrics.jsonl after SIGKILL + resume; provenance of a dirty tree
-26 (issue 26) resume on changed data, damaged checkpoints, edited or impossible results, bad CSV rows, a full disk
+26 (issue 26) resume on changed data, damaged checkpoints, edited or impossible results, bad CSV rows, a full disk;
+   --out (a folder without a dataset, a symlink, the input inside it) refused before slow imports; a full
+   disk as one line, nothing that looks whole (dataset files, papermill's notebook); kn book and kn run
+   stop their children on SIGTERM; a truncated tokens.npz, meta.json of the wrong shape, a [model] typo
 
 Kills are real (SIGKILL of a child process at the chosen moment).
 Run: OMP_NUM_THREADS=1 pytest tests/test_faults.py
 """
+import errno
 import hashlib
 import json
 import multiprocessing
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -595,3 +601,252 @@ def test_full_disk_leaves_no_partial_file_and_names_it(tmp_path, monkeypatch):
         with pytest.raises(OSError, match=rf"No space left on device: '{path}'"):
             write_json(path, value=2)
     assert path.read_bytes() == before and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+# ---- issue 26: --out, OS errors, meta.json, children
+
+BIOS = ["data", "bios", "--n", "20", "--vocab-size", "400"]
+BIOD = ["data", "biod", "--n", "20", "--k", "2", "--d", "10", "--t", "10"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A 20-person bioS dataset folder; tests that change it take a copy_of it."""
+    from kn.data.dataset import BiosConfig, make_dataset
+    out = tmp_path_factory.mktemp("small") / "d"
+    make_dataset(BiosConfig(n=20, vocab_size=400), out)
+    return out
+
+
+def copy_of(folder, tmp_path):
+    return Path(shutil.copytree(folder, tmp_path / "d"))
+
+
+def enospc(path):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def names(folder):
+    return sorted(p.name for p in Path(folder).iterdir())
+
+
+def data_commands(small):
+    return {"bios": BIOS, "biod": BIOD, "import": ["data", "import", str(small / "bios.jsonl"), "--vocab-size", "300"]}
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_out_onto_a_folder_without_a_dataset_is_refused(small, tmp_path, capsys, overwrite):
+    out = tmp_path / "mine"
+    (out / "tokenizer").mkdir(parents=True)
+    (out / "tokenizer" / "my_vocab.txt").write_text("mine")
+    (out / "bios.jsonl").write_text("mine\n")
+    for command in data_commands(small).values():
+        rc, io = cli(capsys, *command, "--out", str(out), *overwrite)
+        assert rc == 2 and io.err == (f"kn: error: out: {str(out)!r} is not empty and holds no kn dataset "
+                                      "(it has: bios.jsonl, tokenizer/); choose an empty or new folder\n")
+    assert (out / "tokenizer" / "my_vocab.txt").read_text() == "mine" and (out / "bios.jsonl").read_text() == "mine\n"
+    assert names(out) == ["bios.jsonl", "tokenizer"]
+
+
+def test_out_through_a_symlink_checks_the_folder_it_points_at(tmp_path, capsys):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "meta.json").write_text('{"mine": true}')                   # not a kn dataset's meta.json
+    (tmp_path / "link").symlink_to(theirs)
+    rc, io = cli(capsys, *BIOD, "--out", str(tmp_path / "link"), "--overwrite")
+    assert rc == 2 and io.err == (f"kn: error: out: {str(theirs)!r} is not empty and holds no kn dataset "
+                                  "(it has: meta.json); choose an empty or new folder\n")
+    assert names(theirs) == ["meta.json"] and (theirs / "meta.json").read_text() == '{"mine": true}'
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "to_empty").symlink_to(tmp_path / "empty")
+    assert cli(capsys, *BIOD, "--out", str(tmp_path / "to_empty"))[0] == 0
+    assert (tmp_path / "empty" / "meta.json").is_file()
+
+
+def test_import_into_the_folder_of_its_input_is_refused(small, tmp_path, capsys):
+    out = copy_of(small, tmp_path)
+    before = (out / "bios.jsonl").read_bytes()
+    rc, io = cli(capsys, "data", "import", str(out / "bios.jsonl"), "--out", str(out), "--vocab-size", "300",
+                 "--overwrite")
+    assert rc == 2 and io.err == (f"kn: error: out: {str(out)!r} holds the input {str(out / 'bios.jsonl')!r}; "
+                                  "write the dataset to a folder outside it\n")
+    assert (out / "bios.jsonl").read_bytes() == before
+
+
+REFUSED_CHILD = r"""
+import sys
+from kn.cli import main
+rc = main(sys.argv[1:])
+print(rc, sorted(m for m in ("torch", "transformers", "tokenizers") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", ["bios", "biod", "import"])
+def test_out_is_refused_before_any_slow_import(small, tmp_path, command):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    r = child(REFUSED_CHILD, *data_commands(small)[command], "--out", out)
+    assert r.stdout.splitlines()[-1] == "2 []" and "holds no kn dataset (it has: notes.txt)" in r.stderr
+    assert names(out) == ["notes.txt"]
+
+
+def test_disk_full_mid_dataset_is_one_line_and_leaves_nothing_that_looks_whole(tmp_path, capsys, monkeypatch):
+    import kn.data.dataset
+
+    def full(f, **arrays):
+        f.write(b"PK\x03\x04 half an archive")
+        raise enospc(f.name)
+    monkeypatch.setattr(kn.data.dataset.np, "savez", full)
+    out = tmp_path / "d"
+    rc, io = cli(capsys, *BIOS, "--out", str(out))
+    assert rc == 1 and re.fullmatch(rf"kn: error: {re.escape(str(out))}/\.tokens\.npz\.tmp-\d+: "
+                                    r"No space left on device\n", io.err)
+    assert names(out) == [".kn-unfinished", "bios.jsonl", "qa.jsonl", "tokenizer"]     # no meta.json: readers refuse
+    monkeypatch.undo()
+    assert cli(capsys, *BIOS, "--out", str(out))[0] == 0          # kn's unfinished folder needs no --overwrite
+    assert (out / "meta.json").is_file() and not (out / ".kn-unfinished").exists()
+
+
+def test_disk_full_mid_tokenizer_leaves_no_tokenizer(tmp_path, capsys, monkeypatch):
+    import kn.data.biod
+
+    class FullDisk:
+        def save_pretrained(self, path):
+            Path(path).mkdir()
+            (Path(path) / "tokenizer.json").write_text('{"model": {"vo')
+            raise enospc(Path(path) / "tokenizer.json")
+    monkeypatch.setattr(kn.data.biod, "make_tokenizer", lambda cfg: FullDisk())
+    rc, io = cli(capsys, *BIOD, "--out", str(tmp_path / "d"))
+    assert rc == 1 and io.err.endswith("/tokenizer.json: No space left on device\n") and io.err.count("\n") == 1
+    assert names(tmp_path / "d") == [".kn-unfinished", "biod.jsonl"]                # no tokenizer, no meta.json
+
+
+NOTEBOOK = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": ['profile = "smoke"'],
+                       "outputs": [], "execution_count": None}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 4}
+
+
+def test_disk_full_while_papermill_writes_leaves_no_notebook(tmp_path, monkeypatch):
+    import papermill
+    from kn.book import run_chapter
+    (tmp_path / "ch.ipynb").write_text(json.dumps(NOTEBOOK))
+
+    def full(src, out, **kw):
+        Path(out).write_text('{"cells": [')
+        raise enospc(out)
+    monkeypatch.setattr(papermill, "execute_notebook", full)
+    with pytest.raises(OSError, match="No space left"):
+        run_chapter("ch", "smoke", book=tmp_path)
+    assert names(tmp_path) == ["ch.ipynb"]
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, **kw: shutil.copy(src, out))
+    assert run_chapter("ch", "smoke", output=tmp_path / "ch.smoke.ipynb", book=tmp_path) == tmp_path / "ch.smoke.ipynb"
+    assert names(tmp_path) == ["ch.ipynb", "ch.smoke.ipynb"]
+
+
+def started(path, parent, timeout=120):
+    """Wait until `path` exists (a child of `parent` started), failing if the parent exits first."""
+    t0 = time.time()
+    while not path.exists():
+        assert parent.poll() is None, parent.stderr.read()[-2000:]
+        assert time.time() - t0 < timeout
+        time.sleep(0.1)
+
+
+def sigterm(parent):
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) == -signal.SIGTERM
+    time.sleep(4)                                   # the children would have written `late` by now
+
+
+def spawn(script, *args):
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=Path(__file__).resolve().parents[1])
+
+
+BOOK_CHILD = r"""
+import sys
+from pathlib import Path
+import kn.book
+root = Path(sys.argv[1])
+sys.executable = str(root / "bin" / "python")       # build_book runs the jupyter-book beside it: the fake
+kn.book.build_book(root)
+"""
+
+
+def test_sigterm_to_kn_book_stops_jupyter_book(tmp_path):
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\n")
+    (tmp_path / "_config.yml").write_text("parse:\n  myst_substitutions:\n    book_profile: smoke\n")
+    fake = tmp_path / "bin" / "jupyter-book"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {tmp_path}/started\nsleep 3\ntouch {tmp_path}/late\n")
+    fake.chmod(0o755)
+    parent = spawn(BOOK_CHILD, tmp_path)
+    started(tmp_path / "started", parent)
+    sigterm(parent)
+    assert not (tmp_path / "late").exists()
+
+
+RUN_CHILD = r"""
+import sys
+from pathlib import Path
+from kn.book import run_chapter
+book = Path(sys.argv[1])
+run_chapter("slow", "smoke", output=book / "out.ipynb", book=book)
+"""
+SLOW_CELL = """import os, subprocess, time
+open("kernel.pid", "w").write(str(os.getpid()))
+subprocess.Popen(["sh", "-c", "touch started; sleep 3; touch late"])
+time.sleep(60)"""
+
+
+def test_sigterm_to_kn_run_stops_the_kernel_and_its_children(tmp_path):
+    import psutil
+    slow = {**NOTEBOOK["cells"][0], "metadata": {}, "source": [SLOW_CELL]}
+    (tmp_path / "slow.ipynb").write_text(json.dumps(NOTEBOOK | {"cells": NOTEBOOK["cells"] + [slow]}))
+    parent = spawn(RUN_CHILD, tmp_path)
+    started(tmp_path / "started", parent)
+    kernel = int((tmp_path / "kernel.pid").read_text())
+    sigterm(parent)
+    assert names(tmp_path) == ["kernel.pid", "slow.ipynb", "started"]       # no late, no notebook, whole or not
+    assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
+
+
+def test_truncated_tokens_npz_is_one_line_naming_it(small, tmp_path):
+    from kn.data.dataset import load_encoded
+    out = copy_of(small, tmp_path)
+    npz = out / "tokens.npz"
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    with pytest.raises(DataError, match=rf"^data: {re.escape(repr(str(npz)))} is truncated .*--overwrite$") as e:
+        load_encoded(out, "bios")
+    assert "\n" not in str(e.value)
+
+
+def with_config(meta, **kw):
+    return meta | {"provenance": meta["provenance"] | {"config": meta["provenance"]["config"] | kw}}
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m: [m], r" is not a kn dataset's meta\.json"),
+    (lambda m: m | {"provenance": None}, r": provenance: got None; allowed: an object"),
+    (lambda m: m | {"kind": ["bioD"]}, r": kind: got \['bioD'\]; allowed: bioD, import"),
+    (lambda m: with_config(m, n_celebrity="0"), r": provenance\.config\.n_celebrity: got '0'; allowed: an integer >= 0"),
+], ids=["list", "provenance-null", "kind-list", "n_celebrity-string"])
+def test_meta_json_of_the_wrong_shape_is_one_line_naming_the_field(small, tmp_path, change, problem):
+    from kn.train import load_biod, load_bios
+    out = copy_of(small, tmp_path)
+    meta = out / "meta.json"
+    meta.write_text(json.dumps(change(json.loads(meta.read_text()))))
+    for read in (load_biod, load_bios):
+        with pytest.raises(DataError, match=rf"^data: {re.escape(repr(str(meta)))}{problem}") as e:
+            read(str(out))
+        assert "\n" not in str(e.value)
+
+
+def test_model_key_typo_says_the_allowed_keys(tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'data = "{tmp_path}"\nout = "{tmp_path / "o"}"\n[model]\nn_layers = 1\n')
+    rc, io = cli(capsys, "train", "--config", str(toml))
+    assert rc == 2 and io.err == ("kn: error: model: unknown keys ['n_layers']; allowed: arch, n_layer, n_head, "
+                                  "n_embd, mlp_ratio, vocab_size, context, tie_embeddings\n")

@@ -27,7 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from kn.data.dataset import dataset_folder
+from kn.data.dataset import dataset_folder, save_tokenizer
 from kn.data.records import write_jsonl
 from kn.errors import DataError, check_count, check_number
 from kn.results import atomic_file, write_json
@@ -339,15 +339,15 @@ def write_biod(cfg: BioDConfig, out_dir: str | Path, junk_ratio: float = 0.0, re
     under "biod", junk_ratio, the bound's sizes). kn.train regenerates the bioD from the config and
     re-renders it every epoch, with junk_ratio junk tokens per useful token; records=True also writes
     biod.jsonl (epoch-0 biographies, for reading). A folder holding a dataset is replaced (all its
-    dataset files) only with overwrite=True."""
+    dataset files) only with overwrite=True; other non-empty folders are refused (check_dataset_out)."""
     junk_ratio = check_number("junk_ratio", junk_ratio, unit="junk tokens per useful token")
-    out = dataset_folder(out_dir, overwrite)
     written = {}
-    if records:
-        with atomic_file(out / "biod.jsonl") as tmp:
-            written["n_records"] = write_jsonl(to_records(generate_biod(cfg)), tmp)
-    make_tokenizer(cfg).save_pretrained(str(out / "tokenizer"))
-    write_json(out / "meta.json", config={**asdict(cfg), "junk_ratio": junk_ratio}, seed=cfg.seed, kind="bioD",
-               biod=asdict(cfg), junk_ratio=junk_ratio, **bound_inputs(cfg), doc_length=cfg.doc_length(),
-               n_tokens=cfg.n * cfg.doc_length(), vocab_size=len(vocabulary(cfg)), **written)
+    with dataset_folder(out_dir, overwrite) as out:
+        if records:
+            with atomic_file(out / "biod.jsonl") as tmp:
+                written["n_records"] = write_jsonl(to_records(generate_biod(cfg)), tmp)
+        save_tokenizer(make_tokenizer(cfg), out)
+        write_json(out / "meta.json", config={**asdict(cfg), "junk_ratio": junk_ratio}, seed=cfg.seed, kind="bioD",
+                   biod=asdict(cfg), junk_ratio=junk_ratio, **bound_inputs(cfg), doc_length=cfg.doc_length(),
+                   n_tokens=cfg.n * cfg.doc_length(), vocab_size=len(vocabulary(cfg)), **written)
     return out

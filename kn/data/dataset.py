@@ -9,16 +9,26 @@
     out/meta.json       config, counts, seed, git commit, hardware, wall time (kn.results);
                         the only file that differs between two runs with the same config
 
-`load_encoded(out, "bios")` reads the token arrays back. A folder that holds a dataset (its
-meta.json) is replaced only when asked (overwrite=True, `--overwrite`); meta.json goes first and
-comes back last, so a write that stopped part-way leaves a folder that readers refuse.
+`load_encoded(out, "bios")` reads the token arrays back; `read_meta(out)` reads meta.json, checked.
+`out` (symlinks resolved) must be a new or empty folder, or hold a dataset (its meta.json), which
+is replaced only when asked (overwrite=True, `--overwrite`); a folder holding anything else (but
+folders kn wrote, such as kn.dynamics' injection/) is refused before any work. meta.json goes first and comes back last, every file is written under a temporary name,
+and .kn-unfinished marks a write in progress, so a write that stopped part-way leaves a folder that
+readers refuse and the next write may replace. kn.tokenize (transformers: seconds to import) is
+imported where it is used, so that `--out` is checked first.
 """
 from __future__ import annotations
 
+import json
+import os
+import reprlib
 import shutil
 import time
+import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,13 +37,17 @@ from kn.data.compose import concat
 from kn.data.people import People, populations, sample_people
 from kn.data.qa import make_qa, qa_records, split_people, valid_people
 from kn.data.records import ATTRIBUTES, write_jsonl
-from kn.errors import DataError, check_count
+from kn.errors import DataError, check_count, check_number
 from kn.results import atomic_file, folder_path, write_json
-from kn.tokenize import Encoded, encode_documents, encode_records, train_tokenizer
+
+if TYPE_CHECKING:
+    from kn.tokenize import Encoded
 
 KINDS = ("bioS", "bioR")
 MIN_VOCAB = 300                 # kn.tokenize.train_tokenizer: 256 bytes, the specials and some merges
+UNFINISHED = ".kn-unfinished"   # a dataset write in progress (or stopped): removed once meta.json is written
 DATASET_FILES = ("meta.json", "meta.diff", "tokens.npz", "bios.jsonl", "qa.jsonl", "biod.jsonl", "tokenizer")
+META_KINDS = ("bioD", "import")  # meta.json "kind"; absent for `kn data bios`
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ def _bior_multi(augment: str) -> int:
 
 def build_bios(cfg: BiosConfig) -> BiosDataset:
     """Generate people, biographies, QA and the tokenizer, and encode everything."""
+    from kn.tokenize import encode_documents, encode_records, train_tokenizer
     check_count("vocab_size", cfg.vocab_size, MIN_VOCAB)     # before the work, not after it in train_tokenizer
     if cfg.n_celebrity:
         celeb, plain = populations(cfg.n_celebrity, cfg.n, cfg.seed)
@@ -121,54 +136,144 @@ def save_encoded(enc: Encoded, prefix: str) -> dict:
     return arrays
 
 
-def check_dataset_out(out: str | Path, overwrite: bool = False) -> Path:
-    """`out` as a dataset folder to write: DataError if it is under a file, or already holds a
-    dataset (meta.json) and not `overwrite`."""
-    out = folder_path(out, "out")
-    if (out / "meta.json").exists() and not overwrite:
-        raise DataError(f"out: {str(out)!r} already holds a dataset (meta.json); pass --overwrite (overwrite=True) "
-                        "to replace it, or choose another folder")
+def is_dataset(folder: str | Path) -> bool:
+    """Whether `folder` holds a kn dataset: a meta.json that kn.results.write_json wrote (an object
+    with provenance), whatever else it says."""
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "provenance" in meta
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def check_dataset_out(out: str | Path, overwrite: bool = False, inputs: tuple = ()) -> Path:
+    """`out`, symlinks resolved, as a dataset folder to write: a new or empty folder, a dataset with
+    `overwrite`, or a write of kn's that stopped part-way (UNFINISHED). Else DataError naming what
+    it holds (folders kn wrote, with their own meta.json, may stay beside a dataset), as when one of
+    `inputs` (the files it is made from) lies inside it."""
+    out = folder_path(Path(out).resolve(), "out")
+    for path in inputs:
+        if Path(path).resolve().is_relative_to(out):
+            raise DataError(f"out: {str(out)!r} holds the input {str(path)!r}; write the dataset to a folder "
+                            "outside it")
+    if is_dataset(out):
+        if not overwrite:
+            raise DataError(f"out: {str(out)!r} already holds a dataset (meta.json); pass --overwrite "
+                            "(overwrite=True) to replace it, or choose another folder")
+        return out
+    if not out.exists() or (out / UNFINISHED).exists():
+        return out
+    other = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not (p.is_dir() and is_dataset(p)))
+    if other:
+        raise DataError(f"out: {str(out)!r} is not empty and holds no kn dataset (it has: {_listing(other)}); "
+                        "choose an empty or new folder")
     return out
 
 
-def dataset_folder(out: str | Path, overwrite: bool = False) -> Path:
-    """`out` emptied of any dataset files (meta.json first), after check_dataset_out; other files stay."""
+@contextmanager
+def dataset_folder(out: str | Path, overwrite: bool = False):
+    """Yields `out` (after check_dataset_out) emptied of any dataset files, meta.json first, and
+    marked UNFINISHED until the block ends without error; other files stay."""
     out = check_dataset_out(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / UNFINISHED).touch()
     for name in DATASET_FILES:
         p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    yield out
+    (out / UNFINISHED).unlink()
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """`tokenizer.save_pretrained` into out/tokenizer through a temporary folder, removed on error."""
+    tmp = out / f".tokenizer.tmp-{os.getpid()}"
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, out / "tokenizer")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_meta(meta: dict) -> None:
+    """DataError naming the first field of a dataset's meta.json that kn reads and that is not what
+    kn wrote: provenance.config, kind, counts.people, the config's n_celebrity, biod, junk_ratio."""
+    def need(name, value, kind, allowed):
+        if not isinstance(value, kind):
+            raise DataError(f"{name}: got {reprlib.repr(value)}; allowed: {allowed}")
+    need("provenance", meta["provenance"], dict, "an object")
+    need("provenance.config", meta["provenance"].get("config"), dict, "an object")
+    if "n_celebrity" in meta["provenance"]["config"]:
+        check_count("provenance.config.n_celebrity", meta["provenance"]["config"]["n_celebrity"])
+    kind = meta.get("kind")
+    if kind is not None and kind not in META_KINDS:
+        raise DataError(f"kind: got {reprlib.repr(kind)}; allowed: {', '.join(META_KINDS)}, or absent (bioS, bioR)")
+    if kind != "bioD":
+        need("counts", meta.get("counts"), dict, "an object")
+        check_count("counts.people", meta["counts"].get("people"))
+        return
+    from kn.data.biod import BioDConfig       # kn.data.biod imports this module
+    need("biod", meta.get("biod"), dict, "an object of BioDConfig fields")
+    try:
+        BioDConfig(**meta["biod"])
+    except (DataError, TypeError) as e:
+        raise DataError(f"biod: {e}") from None
+    check_number("junk_ratio", meta.get("junk_ratio", 0.0))
+
+
+def read_meta(folder: str | Path) -> dict:
+    """A dataset's meta.json, checked for the fields kn reads; DataError naming the file and field."""
+    path = Path(folder) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or "provenance" not in meta:
+        raise DataError(f"data: {str(path)!r} is not a kn dataset's meta.json (a JSON object with provenance); "
+                        "build the dataset with `kn data bios`, `biod` or `import`")
+    try:
+        _check_meta(meta)
+    except DataError as e:
+        raise DataError(f"data: {str(path)!r}: {e}; build the dataset again with --overwrite") from None
+    return meta
 
 
 def load_encoded(out: str | Path, prefix: str) -> Encoded:
     """Read `bios` or `qa` token arrays written by `write_bios`."""
+    from kn.tokenize import Encoded
     path = Path(out) / "tokens.npz"
     if not path.is_file():
         raise DataError(f"out: no tokens.npz in {str(out)!r}; build the dataset with `kn data bios`")
     if not (Path(out) / "meta.json").is_file():
         raise DataError(f"out: no meta.json in {str(out)!r}: its dataset was not written to the end; "
                         "build it again with --overwrite")
-    z = np.load(path)
-    spans = {k[len(prefix) + 6:]: z[k] for k in z.files if k.startswith(f"{prefix}_span_")}
-    return Encoded(z[f"{prefix}_ids"], z[f"{prefix}_offsets"], z[f"{prefix}_person"], spans)
+    try:
+        with np.load(path) as z:
+            spans = {k[len(prefix) + 6:]: z[k] for k in z.files if k.startswith(f"{prefix}_span_")}
+            return Encoded(z[f"{prefix}_ids"], z[f"{prefix}_offsets"], z[f"{prefix}_person"], spans)
+    except (zipfile.BadZipFile, EOFError, ValueError, KeyError) as e:
+        raise DataError(f"data: {str(path)!r} is truncated or not kn's token arrays ({type(e).__name__}: {e}); "
+                        "build the dataset again with --overwrite") from None
 
 
 def write_bios(ds: BiosDataset, out: str | Path, wall_time: float | None = None, overwrite: bool = False,
                **meta) -> Path:
     """Write the folder, meta.json last; `meta` adds keys to meta.json (e.g. an import's skipped records)."""
-    out = dataset_folder(out, overwrite)
-    for name, records in (("bios.jsonl", ds.bios), ("qa.jsonl", ds.qa)):
-        with atomic_file(out / name) as tmp:
-            write_jsonl(records, tmp)
-    ds.tokenizer.save_pretrained(str(out / "tokenizer"))
-    with atomic_file(out / "tokens.npz") as tmp, open(tmp, "wb") as f:  # np.savez: no timestamps, byte-identical
-        np.savez(f, **save_encoded(ds.bios_tokens, "bios"), **save_encoded(ds.qa_tokens, "qa"))
-    write_json(out / "meta.json", config=asdict(ds.config), seed=ds.config.seed, wall_time=wall_time,
-               counts={"people": len(ds.is_train), "bios": len(ds.bios), "qa": len(ds.qa),
-                       "bio_tokens": int(len(ds.bios_tokens.ids)), "vocab_size": len(ds.tokenizer),
-                       "train_people": int(ds.is_train.sum()), "test_people": int((~ds.is_train).sum()),
-                       "valid_people": 0 if ds.is_valid is None else int(ds.is_valid.sum())}, **meta)
+    with dataset_folder(out, overwrite) as out:
+        for name, records in (("bios.jsonl", ds.bios), ("qa.jsonl", ds.qa)):
+            with atomic_file(out / name) as tmp:
+                write_jsonl(records, tmp)
+        save_tokenizer(ds.tokenizer, out)
+        with atomic_file(out / "tokens.npz") as tmp, open(tmp, "wb") as f:  # np.savez: no timestamps, byte-identical
+            np.savez(f, **save_encoded(ds.bios_tokens, "bios"), **save_encoded(ds.qa_tokens, "qa"))
+        write_json(out / "meta.json", config=asdict(ds.config), seed=ds.config.seed, wall_time=wall_time,
+                   counts={"people": len(ds.is_train), "bios": len(ds.bios), "qa": len(ds.qa),
+                           "bio_tokens": int(len(ds.bios_tokens.ids)), "vocab_size": len(ds.tokenizer),
+                           "train_people": int(ds.is_train.sum()), "test_people": int((~ds.is_train).sum()),
+                           "valid_people": 0 if ds.is_valid is None else int(ds.is_valid.sum())}, **meta)
     return out
 
 

@@ -65,8 +65,8 @@ def build_import(cfg: ImportConfig) -> tuple[BiosDataset, list[str]]:
 
 def import_bios(cfg: ImportConfig, out, overwrite: bool = False) -> tuple[BiosDataset, list[str]]:
     """Build and write the folder (`out` is checked first: an existing dataset is replaced only with
-    overwrite); meta.json also records how many records were skipped."""
-    check_dataset_out(out, overwrite)
+    overwrite, and it may not hold the input file); meta.json also records how many records were skipped."""
+    check_dataset_out(out, overwrite, inputs=(cfg.path,))
     t0 = time.perf_counter()
     ds, skipped = build_import(cfg)
     write_bios(ds, out, wall_time=time.perf_counter() - t0, overwrite=overwrite, kind="import", skipped=len(skipped))
