@@ -72,7 +72,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kn.data.dataset import BiosConfig, build_bios, write_bios
+from kn.data.dataset import BiosConfig, build_bios, read_meta, write_bios
 from kn.data.injection import generate_injection, load_injection, write_injection
 from kn.data.records import ATTRIBUTES
 from kn.dynamics_config import (STAGES, DynamicsConfig, assign_scenarios, groups, injection_config, injection_steps,
@@ -163,7 +163,7 @@ def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progre
     out = Path(out)
     tcfg = stage_config(cfg, Path(data), out)
     paths = {"early": out / "early", "late": out / "model"}
-    data_meta = {"bios": read_json(Path(data) / "meta.json")["provenance"]["config"],    # new data or tokenizer:
+    data_meta = {"bios": read_meta(data)["provenance"]["config"],                      # new data or tokenizer:
                  "injection": asdict(injection_config(cfg))}                           # a new base
     if _same_config(out / "train.json", asdict(tcfg)) and _same_config(out / "data.json", data_meta) and \
             all(p.is_dir() for p in paths.values()):

@@ -24,7 +24,7 @@ import numpy as np
 
 from kn.claims import GUARD_TRAIN_QA
 from kn.data.bios import parse_augment
-from kn.data.dataset import BiosConfig, load_encoded, make_dataset
+from kn.data.dataset import BiosConfig, load_encoded, make_dataset, read_meta
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.models import ModelConfig
@@ -90,7 +90,7 @@ def _bios_per_person(cfg: ExtractionConfig) -> float:
     if cfg.data_dir is None:
         groups = [cfg.data.augment] + ([cfg.data.celebrity_augment] if cfg.data.n_celebrity else [])
         return max(parse_augment(a).per_person for a in groups)
-    counts = read_json(Path(cfg.data_dir) / "meta.json")["counts"]
+    counts = read_meta(cfg.data_dir)["counts"]
     return counts["bios"] / counts["people"]
 
 
