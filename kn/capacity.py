@@ -236,7 +236,8 @@ POINT_DEFAULTS = {
     "quantize": False,                                       # also measure int8 and int4 (Result 8)
     "curve": 0,                                              # also measure bits at this many log-spaced steps
 }
-MEASURE_ONLY = ("quantize", "curve")                         # change what is measured, not the model
+MEASURE_ONLY = ("quantize",)                                 # changes what is measured, not the model (a curve
+                                                             # point trains in segments: a folder of its own)
 
 
 def normalise_point(point: dict) -> dict:
@@ -315,8 +316,12 @@ def _curve(folder: Path, tcfg, p: dict, device: str, batch_size: int) -> list:
     curve = read_json(path)["curve"] if path.is_file() else []
     tok = load_tokenizer(folder / "data" / "tokenizer")
     total = Batches(tcfg, tok.eos_token_id, tok.pad_token_id).total_steps
+    from kn.train import checkpoint_step
     for stop in curve_stops(total, p["curve"])[:-1]:
         if stop > (curve[-1][0] if curve else 0):
+            if (checkpoint_step(folder / "run" / "checkpoint") or 0) > stop:
+                raise DataError(f"curve: the run in {str(folder)!r} is past step {stop} and cannot be measured there; "
+                                "remove the folder to train it again")
             _trained(tcfg, stop)
             curve.append([stop, run_bound(folder / "run", None, batch_size, dev)["bits"]])
             write_json(path, config=p, curve=curve)

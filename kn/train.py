@@ -51,7 +51,7 @@ from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs,
 from kn.data.dataset import load_encoded, read_meta
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
-from kn.results import atomic_file, folder_path, write_json
+from kn.results import atomic_file, folder_path, read_json, write_json
 from kn.tokenize import Encoded, equal_exposure, load_tokenizer, pack
 
 MODES = ("pretrain", "mixed", "finetune")

@@ -288,8 +288,8 @@ def test_curve_point_trains_in_segments_bit_identical(tmp_path):
     one = capacity_point(base, runs_dir=tmp_path / "a")
     seg = capacity_point(dict(base, curve=3), runs_dir=tmp_path / "b")
     assert seg["bits"] == one["bits"] and seg["loss_value"] == one["loss_value"] and seg["steps"] == one["steps"]
-    a, b = (AutoModelForCausalLM.from_pretrained(str(run_folder(base, tmp_path / r) / "run" / "model")).state_dict()
-            for r in "ab")
+    a, b = (AutoModelForCausalLM.from_pretrained(str(run_folder(point, tmp_path / r) / "run" / "model")).state_dict()
+            for point, r in ((base, "a"), (dict(base, curve=3), "b")))
     assert all(torch.equal(a[k], b[k]) for k in a)
     import json
     curve = json.loads(seg["curve"])
