@@ -850,3 +850,20 @@ def test_model_key_typo_says_the_allowed_keys(tmp_path, capsys):
     rc, io = cli(capsys, "train", "--config", str(toml))
     assert rc == 2 and io.err == ("kn: error: model: unknown keys ['n_layers']; allowed: arch, n_layer, n_head, "
                                   "n_embd, mlp_ratio, vocab_size, context, tie_embeddings\n")
+
+
+def test_disk_full_in_a_sweep_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    """ENOSPC while `kn sweep` appends a row: one line naming the CSV, exit 1, no part of a row left."""
+    import kn.results
+    from kn.cli import main
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
+
+    def full(fd, text, size, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(kn.results, "_write_all", full)
+    assert main(["sweep", "capacity", "--profile", "smoke"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("kn: error: ") and err[-1].endswith("grid.csv: No space left on device")
+    grid = tmp_path / "results" / "capacity" / "smoke" / "grid.csv"
+    assert not grid.exists() or read_rows(grid) == []
