@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -156,15 +157,16 @@ def _gone(pid: int) -> bool:
 
 
 def remove_stale_temporaries(out: str | Path) -> list[Path]:
-    """Delete the temporary dataset files (.<name>.tmp-<pid>, kn.results.atomic_file) in `out` whose
-    process is gone: left by a run killed where no handler runs (SIGKILL, power loss)."""
+    """Delete the temporary dataset files and folders (.<name>.tmp-<pid>: kn.results.atomic_file,
+    kn.data.dataset.save_tokenizer) in `out` whose process is gone: left by a run killed where no
+    handler runs (SIGKILL, power loss)."""
     out, stale = Path(out), []
     if not out.is_dir():
         return stale
     for p in out.iterdir():
         name, _, pid = p.name.rpartition(".tmp-")
-        if name[1:] in DATASET_FILES and name.startswith(".") and pid.isdigit() and p.is_file() and _gone(int(pid)):
-            p.unlink(missing_ok=True)
+        if name.startswith(".") and name[1:] in DATASET_FILES and pid.isdigit() and _gone(int(pid)):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
             stale.append(p)
             log.info("removed %s, left by process %s, which is gone", p, pid)
     return stale
