@@ -7,10 +7,11 @@ train_people / test_people by seed, a tokenizer trained on this corpus, token sp
 Experiments take the folder as their data: `TrainConfig(data=DIR)`,
 `ExtractionConfig(data_dir=DIR)`. Entry points: `ImportConfig`, `build_import`, `import_bios`.
 
-Memory grows with the file, not with its records: biographies stay compact JSON (kn.data.records.
-Biographies), QAs are made when read, texts are tokenized CHUNK at a time. Under `signals_stop` a
-SIGTERM or SIGINT raises `Stopped`, so no temporary file outlives the process; those of a process
-that was killed outright are removed by the next import into the folder.
+Memory grows with the file, not with its records: biographies stay compact JSON
+(kn.data.records.Biographies), QAs are made when read, and texts are tokenized in batches
+(BATCH_CHARS characters of biographies, CHUNK people's QAs). Under `signals_stop` a SIGTERM or
+SIGINT raises `Stopped`, so no temporary file outlives the process; those of a process that was
+killed outright are removed by the next import into the folder.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from itertools import chain, islice
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -37,7 +38,8 @@ from kn.tokenize import Encoded, encode_documents, encode_records, train_tokeniz
 
 log = logging.getLogger(__name__)
 
-CHUNK = 4096                  # biographies tokenized, or people given QAs, per batch
+CHUNK = 4096                  # people given QAs (and their QA tokens) per batch
+BATCH_CHARS = 1 << 18         # characters of biography text tokenized per batch: ~100 B of offsets a token
 EXIT_STOPPED = 75             # `kn data import` stopped by SIGTERM/SIGINT (sysexits EX_TEMPFAIL, as `kn train`)
 
 
@@ -62,10 +64,17 @@ def people_of(bios: Biographies) -> tuple[np.ndarray, list[str], dict[str, list[
             {a: [r["attributes"][a] for r in recs] for a in ATTRIBUTES}, [r["group"] for r in recs])
 
 
-def chunks(items: Iterable, n: int = CHUNK) -> Iterator[list]:
-    it = iter(items)
-    while chunk := list(islice(it, n)):
-        yield chunk
+def batches(bios: Iterable[dict], chars: int = BATCH_CHARS) -> Iterator[list[dict]]:
+    """Biographies in consecutive batches of about `chars` characters of text (at least one each)."""
+    batch, n = [], 0
+    for rec in bios:
+        batch.append(rec)
+        n += len(rec["text"])
+        if n >= chars:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
 
 
 class QARecords:
@@ -98,8 +107,8 @@ def concat_encoded(parts: list[Encoded]) -> Encoded:
     spans = {}
     for k in parts[0].spans:
         m = max(p.spans[k].shape[1] for p in parts)
-        spans[k] = np.concatenate([np.pad(p.spans[k], ((0, 0), (0, m - p.spans[k].shape[1]), (0, 0)), constant_values=-1)
-                                   for p in parts])
+        pad = lambda a: np.pad(a, ((0, 0), (0, m - a.shape[1]), (0, 0)), constant_values=-1)  # noqa: E731
+        spans[k] = np.concatenate([pad(p.spans[k]) for p in parts])
     lengths = np.concatenate([p.lengths() for p in parts])
     return Encoded(np.concatenate([p.ids for p in parts]), np.concatenate([[0], np.cumsum(lengths)]),
                    np.concatenate([p.person for p in parts]), spans)
@@ -185,7 +194,7 @@ def _build(cfg: ImportConfig) -> tuple[BiosDataset, list[str]]:
     qa = QARecords(ids, names, values, is_train)
     tokenizer = train_tokenizer(chain((r["text"] for r in bios), qa.texts()), vocab_size=cfg.vocab_size)
     keys = ("name",) + ATTRIBUTES
-    bios_tokens = concat_encoded([encode_records(chunk, tokenizer, keys=keys) for chunk in chunks(bios)])
+    bios_tokens = concat_encoded([encode_records(batch, tokenizer, keys=keys) for batch in batches(bios)])
     qa_tokens = concat_encoded([encode_documents(docs, tokenizer) for docs, *_ in qa.chunks()])
     ds = BiosDataset(cfg, None, groups, is_train, bios, qa, tokenizer, bios_tokens, qa_tokens)
     return ds, bios.skipped
@@ -199,5 +208,6 @@ def import_bios(cfg: ImportConfig, out, overwrite: bool = False) -> tuple[BiosDa
     ds, skipped = build_import(cfg)
     remove_stale_temporaries(out)
     with collections_paused():
-        write_bios(ds, out, wall_time=time.perf_counter() - t0, overwrite=overwrite, kind="import", skipped=len(skipped))
+        write_bios(ds, out, wall_time=time.perf_counter() - t0, overwrite=overwrite, kind="import",
+                   skipped=len(skipped))
     return ds, skipped

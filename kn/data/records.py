@@ -377,7 +377,8 @@ class _People:
 
     def _agrees(self, key, rec: dict, where: str) -> None:
         at, first = self.first[self.index[key]]
-        pairs = [("name", first["name"], rec["name"])] + [(a, first["attributes"][a], rec["attributes"][a]) for a in ATTRIBUTES]
+        pairs = [("name", first["name"], rec["name"])]
+        pairs += [(a, first["attributes"][a], rec["attributes"][a]) for a in ATTRIBUTES]
         if key in self.pronoun and rec["pronoun"] is not None:
             at_pronoun, pronoun = self.pronoun[key]
             pairs.append(("pronoun", pronoun, rec["pronoun"]))
@@ -405,7 +406,8 @@ class Biographies:
             self._add(rec, f"{path}:{lineno}", skip_bad)
         if not self.lines:
             first = f"; first: {' | '.join(self.skipped[:3])}" if self.skipped else ""
-            raise DataError(f"path: {str(path)!r} holds no readable biography records ({len(self.skipped)} skipped{first})")
+            raise DataError(f"path: {str(path)!r} holds no readable biography records "
+                            f"({len(self.skipped)} skipped{first})")
         keys = list(self._people.index)
         kept = all(k[0] == "id" and isinstance(k[1], int) for k in keys)
         self.ids = [k[1] for k in keys] if kept else list(range(len(keys)))        # per person
