@@ -18,22 +18,29 @@ elsewhere:
 is written in `text`. In bioS, text[start:end] equals the value; in bioR it may be another surface
 form of it ("2nd October 1996", "MIT"). A span never ends in ".": a value such as "Acme Inc." ends
 the sentence with its own full stop, and its span stops before it (kn.data.qa writes such an
-answer the same way). Entry points: `write_jsonl`, `read_jsonl`, `read_bios` / `load_bios`.
+answer the same way). Entry points: `write_jsonl`, `read_jsonl`, `read_bios` / `load_bios`, `Biographies`.
 
 `read_bios` also accepts records made by other generators: flat ones (name, the six attributes or
 their aliases and a text), a nested person dict ({"person": {"name": ..., "birth_date": ...},
 "texts": [...]}), several texts per record (each becomes one biography), spans given as [s, e] or
 [[s, e], ...] or found by search, a pronoun in any case. A bad record is one line naming its line
-number and field.
+number and field; lines are read as bytes and checked before they are parsed (UTF-8, at most
+MAX_LINE_BYTES, JSON nested at most MAX_DEPTH deep), so no line can crash or exhaust a read.
+`Biographies` holds a file's biographies as compact JSON (about the file's size in memory).
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
+from array import array
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from kn.errors import DataError
+
+log = logging.getLogger(__name__)
 
 ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company_name", "company_city")
 
@@ -49,6 +56,10 @@ ATTRIBUTE_ALIASES = {
 PRONOUNS = ("he", "she", "they")
 RECORD_KEYS = ("person", "person_id", "name", "pronoun", "group", "attributes", "text", "texts", "spans")
 _YEAR = re.compile(r"\d{3,4}")   # a birth date names its year; a day-of-month field ("2") does not
+MAX_LINE_BYTES = 1 << 20         # a longer line is a bad record, skipped unread (a 50 MB text would need GBs)
+MAX_DEPTH = 64                   # arrays and objects nested deeper are a bad record (kn's own nest 4 deep)
+INT64 = (-(1 << 63), (1 << 63) - 1)   # an integer person id becomes a numpy int64
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")   # a \ud800-\udfff escape: half a pair, or alone
 
 
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
@@ -64,23 +75,79 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
     return n
 
 
+def _raw_lines(f, path) -> Iterator[tuple[int, bytes | DataError]]:
+    """(line number, bytes) of a binary file; a line over MAX_LINE_BYTES is read past in chunks."""
+    lineno = 0
+    while line := f.readline(MAX_LINE_BYTES + 1):
+        lineno += 1
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            size = len(line)
+            while line and not line.endswith(b"\n"):
+                line = f.readline(1 << 16)
+                size += len(line)
+            yield lineno, DataError(f"{path}:{lineno}: line of {size:,} bytes; allowed: at most {MAX_LINE_BYTES:,} "
+                                    "bytes per line (kn.data.records.MAX_LINE_BYTES)")
+        else:
+            yield lineno, line
+
+
+def _depth(value) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (1 for a flat object), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            todo += [(x, d + 1) for x in (v.values() if isinstance(v, dict) else v)]
+    return deepest
+
+
+def _unencodable(rec: dict) -> str | None:
+    """The first key whose value (or the key itself) holds a lone surrogate, which UTF-8 cannot write."""
+    for k, v in rec.items():
+        try:
+            json.dumps({k: v}, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return k
+    return None
+
+
+def parse_line(raw: bytes, where: str) -> dict | DataError:
+    """One JSONL line as a JSON object, or the DataError that says why it is not one."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return DataError(f"{where}: not valid UTF-8 (byte {e.start + 1} of the line is 0x{raw[e.start]:02x}); "
+                         "expected UTF-8 text")
+    nested = f"JSON nested deeper than {MAX_DEPTH} levels; allowed: at most {MAX_DEPTH} (kn.data.records.MAX_DEPTH)"
+    try:
+        rec = json.loads(line)
+    except RecursionError:
+        return DataError(f"{where}: {nested}")
+    except ValueError as e:       # JSONDecodeError, or an integer of more digits than Python converts
+        return DataError(f"{where}: not valid JSON ({getattr(e, 'msg', str(e).split(':')[0])}); "
+                         "expected one JSON object per line")
+    if not isinstance(rec, dict):
+        return DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(rec) > MAX_DEPTH:
+        return DataError(f"{where}: {nested}")
+    if _SURROGATE.search(line) and (key := _unencodable(rec)) is not None:
+        return DataError(f"{where}: field {key!r}: holds a lone surrogate escape (\\ud800-\\udfff); "
+                         "allowed: text that UTF-8 can write (a surrogate pair only as a whole)")
+    return rec
+
+
 def jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict | DataError]]:
     """(line number, record) of a JSONL file; an unreadable line gives a DataError instead."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"path: no such JSONL file {str(path)!r}")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line")
-                continue
-            if not isinstance(rec, dict):
-                rec = DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            yield lineno, rec
+    with open(path, "rb") as f:
+        for lineno, raw in _raw_lines(f, path):
+            if isinstance(raw, DataError):
+                yield lineno, raw
+            elif raw.strip():
+                yield lineno, parse_line(raw, f"{path}:{lineno}")
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
@@ -109,12 +176,12 @@ def _bad(where: str, field: str, value, allowed: str) -> DataError:
     return DataError(f"{where}: field {field!r}: got {_short(value)}; allowed: {allowed}")
 
 
-def _flatten(rec: dict, where: str) -> tuple[dict, object]:
-    """Lift a nested person dict to the top level; returns (fields, person id or None)."""
+def _flatten(rec: dict, where: str) -> tuple[dict, object, str]:
+    """Lift a nested person dict to the top level; returns (fields, person id or None, its field)."""
     person = rec.get("person")
     if not isinstance(person, dict):
-        pid = person if person is not None else rec.get("person_id")
-        return {k: v for k, v in rec.items() if k not in ("person", "person_id")}, pid
+        field = "person" if person is not None else "person_id"
+        return {k: v for k, v in rec.items() if k not in ("person", "person_id")}, rec.get(field), field
     fields = {k: v for k, v in rec.items() if k != "person"}
     for k, v in person.items():
         if k in ("id", "person_id"):
@@ -122,8 +189,9 @@ def _flatten(rec: dict, where: str) -> tuple[dict, object]:
         if k in fields and fields[k] != v:
             raise _bad(where, f"person.{k}", v, f"the value given at the top level ({_short(fields[k])}) or only one of them")
         fields[k] = v
-    pid = person.get("id", person.get("person_id", fields.pop("person_id", None)))
-    return fields, pid
+    top = fields.pop("person_id", None)
+    key = next((k for k in ("id", "person_id") if k in person), None)
+    return fields, (top if key is None else person[key]), ("person_id" if key is None else f"person.{key}")
 
 
 def _check_value(where: str, key: str, attr: str, value) -> str:
@@ -209,8 +277,26 @@ def _is_pair(p) -> bool:
     return isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in p)
 
 
-def _given_spans(text: str, value, where: str, key: str) -> list[list[int]]:
-    """[s, e] or [[s, e], ...] -> checked, trimmed [[s, e], ...]."""
+def _norm(s: str) -> str:
+    return " ".join(s.split()).rstrip(".").casefold()
+
+
+def _written_as(covered: str, key: str, value: str) -> bool:
+    """Whether a span's text writes `value`: the same up to case, runs of whitespace and a final '.',
+    or one of its bioR surface forms (another date format, a short name: kn.data.bior.surface_forms)."""
+    if covered in (value, value.rstrip(".")) or _norm(covered) == _norm(value):
+        return True
+    if key not in ATTRIBUTES:
+        return False
+    from kn.data.bior import surface_forms   # kn.data.bior imports this module
+    try:
+        return any(_norm(covered) == _norm(form) for form in surface_forms(key, value))
+    except DataError:                        # a birth date not written like 'October 2, 1996'
+        return False
+
+
+def _given_spans(text: str, value, where: str, key: str, written: str | None = None) -> list[list[int]]:
+    """[s, e] or [[s, e], ...] -> checked, trimmed [[s, e], ...]; each must cover `written` if given."""
     pairs = [value] if _is_pair(value) else value
     if not isinstance(pairs, list) or not pairs or not all(_is_pair(p) for p in pairs):
         raise _bad(where, key, value, "[start, end] or a list of [start, end] pairs (integers)")
@@ -220,13 +306,16 @@ def _given_spans(text: str, value, where: str, key: str) -> list[list[int]]:
         if text[s].isspace() or text[e - 1].isspace():
             raise _bad(where, key, [s, e], f"a span that starts and ends inside the value, not on a space "
                                            f"(it covers {text[s:e]!r})")
+        if written is not None and not _written_as(text[s:e], key.removeprefix("spans."), written):
+            raise _bad(where, key, [s, e], f"a span of {_short(written)} (compared ignoring case, runs of spaces and a "
+                                           f"final '.', or a bioR surface form of it); it covers {_short(text[s:e])}")
     return [_trim(text, p) for p in pairs]
 
 
 def _spans(text: str, given: dict | None, values: dict, where: str) -> dict:
     """Spans of the name and every attribute: given ones checked, the rest found in the text."""
     given = {ATTRIBUTE_ALIASES.get(k, k): v for k, v in (given or {}).items()}
-    spans = {k: _given_spans(text, v, where, f"spans.{k}") for k, v in given.items()}
+    spans = {k: _given_spans(text, v, where, f"spans.{k}", values.get(k)) for k, v in given.items()}
     for key, value in values.items():
         if key not in spans:
             spans[key] = [_trim(text, sp) for sp in find_spans(text, value)]
@@ -237,9 +326,11 @@ def _spans(text: str, given: dict | None, values: dict, where: str) -> dict:
 
 def normalize_record(rec: dict, where: str = "record") -> list[dict]:
     """The biographies of one record in kn's schema (one per text); person is the given id or None."""
-    fields, pid = _flatten(rec, where)
+    fields, pid, id_field = _flatten(rec, where)
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, (int, str))):
-        raise _bad(where, "person", pid, "an integer or string id, or a person object")
+        raise _bad(where, id_field, pid, "an integer or string id, or a person object")
+    if isinstance(pid, int) and not INT64[0] <= pid <= INT64[1]:
+        raise _bad(where, id_field, pid, "an integer id in [-2**63, 2**63 - 1] (it becomes an int64), or a string id")
     name = fields.get("name")
     if not isinstance(name, str) or not name.strip():
         raise _bad(where, "name", name, "a non-empty string")
@@ -261,55 +352,104 @@ def normalize_record(rec: dict, where: str = "record") -> list[dict]:
 
 
 class _People:
-    """Checks that the records of one person agree and that one name is one person."""
+    """Checks that the records of one person agree (name, attributes, pronoun) and that one name is one
+    person; numbers people by first appearance and keeps each one's name, group and attributes."""
 
     def __init__(self):
-        self.first: dict = {}      # person key -> (where, name, attributes)
+        self.index: dict = {}      # person key -> number, by first appearance
+        self.first: list = []      # per person: (where, {"name", "group", "attributes"}) of its first record
+        self.pronoun: dict = {}    # person key -> (where, pronoun) of its first record that gives one
         self.by_name: dict = {}    # name -> person key
 
-    def check(self, key, rec: dict, where: str) -> None:
-        if key in self.first:
-            at, name, attrs = self.first[key]
-            for field, old, new in [("name", name, rec["name"])] + [(a, attrs[a], rec["attributes"][a]) for a in ATTRIBUTES]:
-                if old != new:
-                    raise _bad(where, field, new, f"{_short(old)}, as given for the same person at {at}")
-            return
-        if self.by_name.get(rec["name"], key) != key:
+    def check(self, key, rec: dict, where: str) -> int:
+        """The person's number; DataError if `rec` disagrees with an earlier record of that person."""
+        if key in self.index:
+            self._agrees(key, rec, where)
+        elif self.by_name.get(rec["name"], key) != key:
             raise _bad(where, "name", rec["name"], "a name not already used by another person (names must be unique)")
-        self.first[key], self.by_name[rec["name"]] = (where, rec["name"], rec["attributes"]), key
+        else:
+            self.index[key], self.by_name[rec["name"]] = len(self.first), key
+            attrs = {a: sys.intern(v) for a, v in rec["attributes"].items()}   # values repeat across people
+            self.first.append((where, {"name": rec["name"], "group": rec["group"], "attributes": attrs}))
+        if rec["pronoun"] is not None:
+            self.pronoun.setdefault(key, (where, rec["pronoun"]))
+        return self.index[key]
+
+    def _agrees(self, key, rec: dict, where: str) -> None:
+        at, first = self.first[self.index[key]]
+        pairs = [("name", first["name"], rec["name"])]
+        pairs += [(a, first["attributes"][a], rec["attributes"][a]) for a in ATTRIBUTES]
+        if key in self.pronoun and rec["pronoun"] is not None:
+            at_pronoun, pronoun = self.pronoun[key]
+            pairs.append(("pronoun", pronoun, rec["pronoun"]))
+        for field, old, new in pairs:
+            if old != new:
+                raise _bad(where, field, new, f"{_short(old)}, as given for the same person at "
+                                              f"{at_pronoun if field == 'pronoun' else at}")
 
 
-def read_bios(path: str | Path, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
-    """Biographies of a JSONL file in kn's schema, and the messages of records skipped (skip_bad).
+class Biographies:
+    """The biographies of a JSONL file in kn's schema, each held as compact JSON (about the file's size
+    in memory, few objects for the garbage collector) and decoded as it is iterated; `skipped` holds
+    the messages of records skipped (skip_bad), each also logged as it is met.
 
     Person ids: kept when every record gives an integer id; otherwise numbered by first appearance
     of the id (or, without one, of the name), a given id kept as extra "source_person".
     """
-    bios, skipped, keys, people = [], [], [], _People()
-    for lineno, rec in jsonl_lines(path):
-        where = f"{path}:{lineno}"
+
+    def __init__(self, path: str | Path, skip_bad: bool = False):
+        self.skipped: list[str] = []
+        self.lines: list[str] = []        # per biography: its record without "person", compact JSON
+        self.number = array("q")          # per biography: its person's number
+        self._people = _People()
+        for lineno, rec in jsonl_lines(path):
+            self._add(rec, f"{path}:{lineno}", skip_bad)
+        if not self.lines:
+            first = f"; first: {' | '.join(self.skipped[:3])}" if self.skipped else ""
+            raise DataError(f"path: {str(path)!r} holds no readable biography records "
+                            f"({len(self.skipped)} skipped{first})")
+        keys = list(self._people.index)
+        kept = all(k[0] == "id" and isinstance(k[1], int) for k in keys)
+        self.ids = [k[1] for k in keys] if kept else list(range(len(keys)))        # per person
+        self.source = [str(k[1]) if not kept and k[0] == "id" else None for k in keys]
+
+    def _add(self, rec: dict | DataError, where: str, skip_bad: bool) -> None:
         try:
             if isinstance(rec, DataError):
                 raise rec
             found = normalize_record(rec, where)
             key = ("id", found[0]["person"]) if found[0]["person"] is not None else ("name", found[0]["name"])
-            people.check(key, found[0], where)
+            number = self._people.check(key, found[0], where)
         except DataError as e:
             if not skip_bad:
                 raise
-            skipped.append(str(e))
-            continue
-        bios += found
-        keys += [key] * len(found)
-    if not bios:
-        raise DataError(f"path: {str(path)!r} holds no readable biography records ({len(skipped)} skipped)")
-    if not all(k[0] == "id" and isinstance(k[1], int) for k in keys):
-        number = {}
-        for rec, key in zip(bios, keys):
-            if key[0] == "id":
-                rec.setdefault("extra", {})["source_person"] = str(key[1])
-            rec["person"] = number.setdefault(key, len(number))
-    return bios, skipped
+            self.skipped.append(str(e))
+            log.warning("skipped %s", e)
+            return
+        for bio in found:
+            del bio["person"]
+            self.lines.append(json.dumps(bio, ensure_ascii=False, separators=(",", ":")))
+            self.number.append(number)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __iter__(self) -> Iterator[dict]:
+        for line, i in zip(self.lines, self.number):
+            rec = {"person": self.ids[i], **json.loads(line)}
+            if self.source[i] is not None:
+                rec.setdefault("extra", {})["source_person"] = self.source[i]
+            yield rec
+
+    def people(self) -> list[dict]:
+        """Per person, by first appearance: person (its id), name, group and attributes."""
+        return [{"person": pid, **first} for pid, (_, first) in zip(self.ids, self._people.first)]
+
+
+def read_bios(path: str | Path, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
+    """Biographies of a JSONL file in kn's schema (see `Biographies`), and the messages of records skipped."""
+    bios = Biographies(path, skip_bad)
+    return list(bios), bios.skipped
 
 
 def load_bios(path: str | Path) -> list[dict]:
