@@ -15,6 +15,7 @@ import ast
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,9 +47,28 @@ def chapters(root: Path = ROOT) -> list[str]:
     return names
 
 
+LOCAL_RESULTS = "book/results-local"   # under the root: result files of runs at another profile than the book's
+
+
+@contextmanager
+def _results_root(profile: str, root: Path):
+    """At a profile other than the book's (a teacher's class run), result files go to
+    root/LOCAL_RESULTS, beside the committed ones as the run's notebook is beside its chapter, so
+    that a run never rewrites a tracked file; KN_RESULTS_ROOT, when set, wins."""
+    local = profile != book_profile(root) and "KN_RESULTS_ROOT" not in os.environ
+    if local:
+        os.environ["KN_RESULTS_ROOT"] = str(root / LOCAL_RESULTS)
+    try:
+        yield
+    finally:
+        if local:
+            os.environ.pop("KN_RESULTS_ROOT", None)
+
+
 def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None, book: Path = BOOK) -> Path:
     """Execute one chapter with papermill into `output` (default book/<chapter>.<profile>.ipynb); at the
-    book's profile and without `output`, the executed notebook then replaces the chapter."""
+    book's profile and without `output`, the executed notebook then replaces the chapter. At another
+    profile its result files go to LOCAL_RESULTS (untracked), not to book/results."""
     import papermill
     check_profile(profile)
     src = book / f"{chapter}.ipynb"
@@ -59,7 +79,7 @@ def run_chapter(chapter: str, profile: str = "smoke", output: Path | None = None
     os.environ.update(CHAPTER_ENV)   # inherited by the kernel
     t0 = time.perf_counter()
     try:
-        with children_stopped_on_signal(tmp):
+        with children_stopped_on_signal(tmp), _results_root(profile, book.parent):
             papermill.execute_notebook(str(src), str(tmp), parameters={"profile": profile}, cwd=str(book),
                                        kernel_name="python3", progress_bar=False, log_output=False)
         hide_injected_parameters(tmp)
@@ -166,6 +186,36 @@ def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
     with children_stopped_on_signal():
         subprocess.run(cmd, check=True)
     return root / "_build" / "html" / "index.html"
+
+
+def stage_preview(profile: str, root: Path = ROOT) -> Path:
+    """A copy of the book's sources in root/_build/<profile>-src where each chapter run at `profile`
+    (book/<chapter>.<profile>.ipynb) stands in for its page; DataError when none was."""
+    runs = {name: nb for name in chapters(root) if (nb := root / "book" / f"{name}.{profile}.ipynb").is_file()}
+    if not runs:
+        raise DataError(f"profile: no chapter has been run at {profile!r}; run `kn run CHAPTER --profile {profile}` first")
+    src = root / "_build" / f"{profile}-src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns("*.*.ipynb", "results*"))
+    for name in ("_config.yml", "_toc.yml", "_static"):
+        if (root / name).is_dir():
+            shutil.copytree(root / name, src / name)
+        elif (root / name).is_file():
+            shutil.copy(root / name, src / name)
+    for name, nb in runs.items():
+        shutil.copy(nb, src / "book" / f"{name}.ipynb")
+    return src
+
+
+def build_preview(profile: str, root: Path = ROOT) -> Path:
+    """A website of the chapters run at `profile` (the others as published) in root/_build/<profile>/html,
+    for a teacher to look at a class run; the published _build/html is left alone."""
+    src = stage_preview(profile, root)
+    exe = Path(sys.executable).parent / "jupyter-book"
+    with children_stopped_on_signal():
+        subprocess.run([str(exe) if exe.exists() else "jupyter-book", "build", str(src), "--path-output",
+                        str(root / "_build" / profile)], check=True)
+    return root / "_build" / profile / "_build" / "html" / "index.html"
 
 
 def stop_children(timeout: float = 5.0) -> None:

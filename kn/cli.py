@@ -160,9 +160,15 @@ def sweep(chapter: str = typer.Argument(..., help="capacity"),
 
 
 @app.command("book")
-def book(strict: bool = typer.Option(True, help="treat Sphinx warnings as errors")):
-    """Build _build/html from the committed, executed chapters (executes nothing)."""
-    from kn.book import build_book
+def book(strict: bool = typer.Option(True, help="treat Sphinx warnings as errors"),
+         profile: Optional[str] = typer.Option(None, help="preview the chapters run at this profile (kn run CH --profile P) "
+                                                          "in _build/P, the others as published")):
+    """Build _build/html from the committed, executed chapters (executes nothing); with --profile, a preview."""
+    from kn.book import build_book, build_preview
+    if profile is not None:
+        from kn.profiles import check_profile
+        typer.echo(str(build_preview(check_profile(profile))))
+        return
     typer.echo(str(build_book(warnings_as_errors=strict)))
 
 

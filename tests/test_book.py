@@ -2,6 +2,7 @@
 with Sphinx warnings as errors, and a chapter run at another profile or a failed run leaves the
 published page alone.    Run: pytest tests/test_book.py
 """
+import os
 import shutil
 
 import nbformat
@@ -129,3 +130,29 @@ def test_book_refuses_page_at_another_profile(tmp_path):
     nbformat.write(book, nb)
     with pytest.raises(DataError, match="probing ran at profile 'smoke', the book is at 'cpu'"):
         build_book(root)
+
+
+def test_run_at_another_profile_keeps_its_results_beside_the_committed_ones(tmp_path, monkeypatch):
+    """A teacher's class run must not rewrite tracked result files: at a profile other than the book's,
+    results_dir points under book/results-local (untracked); at the book's profile, where it was."""
+    monkeypatch.delenv("KN_RESULTS_ROOT", raising=False)
+    book = tiny_book(tmp_path, "from kn.results import results_dir\nprint(results_dir('tiny', profile))")
+    out = run_chapter("tiny", "class", book=book)
+    assert nbformat.read(out, 4).cells[-1].outputs[0].text.strip() == str(tmp_path / "book" / "results-local" / "tiny" / "class")
+    assert "KN_RESULTS_ROOT" not in os.environ                      # restored after the run
+    run_chapter("tiny", "cpu", book=book)
+    assert nbformat.read(book / "tiny.ipynb", 4).cells[-1].outputs[0].text.strip() == str(ROOT / "book" / "results" / "tiny" / "cpu")
+    assert "book/results-local/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_preview_stages_the_runs_at_a_profile(tmp_path):
+    """`kn book --profile class` builds from a copy where each chapter run at class stands in for its page."""
+    from kn.book import stage_preview
+    book = tiny_book(tmp_path, "print(profile)")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/tiny\n")
+    with pytest.raises(DataError, match="^profile: no chapter has been run at 'class'"):
+        stage_preview("class", tmp_path)
+    run_chapter("tiny", "class", book=book)
+    src = stage_preview("class", tmp_path)
+    assert (src / "book" / "tiny.ipynb").read_bytes() == (book / "tiny.class.ipynb").read_bytes()
+    assert not list((src / "book").glob("*.*.ipynb")) and (src / "_config.yml").is_file()
