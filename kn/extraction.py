@@ -29,7 +29,7 @@ from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
-from kn.results import done, publish, read_json, runs_dir, write_json
+from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
 from kn.train import TrainConfig, stop_if_interrupted, train
 
 SETTINGS = ("mixed", "pretrain_finetune")
@@ -296,11 +296,16 @@ def pretraining_key(cfg: ExtractionConfig) -> dict | None:
 def run_suite(chapter: str, profile: str, configs: dict, progress: bool = True) -> dict:
     """Run named experiments of a chapter: models and data under runs/<chapter>/<profile>/<name>/
     (not committed), each result.json published to the chapter's results folder. A run whose
-    pretraining equals an earlier one's (e.g. a LoRA finetune) finetunes that model. Returns name -> result."""
+    pretraining equals an earlier one's (e.g. a LoRA finetune) finetunes that model. A run with no
+    folder whose published result records the same settings is that result (a page re-rendered from
+    its committed files, not retrained). Returns name -> result."""
     out, pretrained = {}, {}
     for name, cfg in configs.items():
         key = json.dumps(pretraining_key(cfg), sort_keys=True, default=str)
         run = runs_dir(chapter, profile) / name
+        if not run.exists() and (record := done(results_dir(chapter, profile) / f"{name}.json", cfg)) is not None:
+            out[name] = record
+            continue
         run_extraction(cfg, run, progress=progress, pretrained=pretrained.get(key))
         pretrained.setdefault(key, run / "pretrain")
         out[name] = publish(run / "result.json", chapter, profile, name)

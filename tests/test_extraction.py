@@ -137,3 +137,16 @@ def test_result_of_a_newer_pretraining_is_computed_again(tmp_path):
     os.utime(pretrained, ns=(stamps[0] + 1, stamps[0] + 1))                       # written after the result
     run_extraction(cfg, tmp_path, progress=False)
     assert result.stat().st_mtime_ns > stamps[0] and tuned.stat().st_mtime_ns > stamps[1]
+
+
+def test_a_page_is_re_rendered_from_its_committed_result(tmp_path, monkeypatch):
+    """A run with no folder whose published result records the same settings is that result: the page
+    re-renders without training."""
+    from kn.extraction import run_suite
+    from kn.results import results_dir, write_json
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
+    cfg = from_profile("smoke", setting="mixed", augment="single")
+    write_json(results_dir("ch", "smoke") / "single.json", config=cfg, seed=0, qa={"marker": 1})
+    assert run_suite("ch", "smoke", {"single": cfg}, progress=False)["single"]["qa"] == {"marker": 1}
+    assert not (tmp_path / "runs").exists()                                    # nothing trained
