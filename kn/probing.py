@@ -462,8 +462,14 @@ def run_probes(run_dir: str | Path, out_file: str | Path, rank_p: int, rank_q: i
     """P- and Q-probes of the pretrained model run_dir/pretrain/model on the dataset run_dir/data (a
     kn.extraction run), on the GPU when there is one; writes {"p": p_probe, "q": q_probe} to out_file
     with write_json and returns the record. A finished out_file of the same config (run name,
-    model's training time, ranks, epochs, seed) is returned as it is."""
+    model's training time, ranks, epochs, seed) is returned as it is; so is one of the same run, ranks,
+    epochs and seed when run_dir is gone (a page re-rendered from its committed files)."""
     run_dir = Path(run_dir)
+    same = {"run": run_dir.name, "rank_p": rank_p, "rank_q": rank_q, "epochs": epochs, "seed": seed}
+    if not run_dir.exists() and Path(out_file).is_file():
+        record = read_json(out_file)
+        if {k: record["provenance"]["config"].get(k) for k in same} == same:
+            return record
     if not (run_dir / "pretrain" / "model").is_dir() or not (run_dir / "data").is_dir():
         raise DataError(f"run_dir: {str(run_dir)!r} needs pretrain/model and data (a kn.extraction run); "
                         "train it first")

@@ -276,3 +276,17 @@ def test_q_table_rows_per_run_and_attribute():
     assert [r[:2] for r in rows[5:7]] == [["single", ATTRIBUTES[5]], ["multi5", ATTRIBUTES[0]]]
     by_attribute = {r[1]: r[2:] for r in rows[:6]}
     assert by_attribute["birth_date"] == ["25%", "50%", "– (0)", "10%"] and by_attribute["major"][2] == "50% (4)"
+
+
+def test_probes_re_render_from_their_committed_result(tmp_path):
+    """With the run folder gone, a finished probe result of the same run, ranks, epochs and seed is
+    returned as it is (the page re-renders); other settings need the model and say so in one line."""
+    from kn.errors import DataError
+    from kn.probing import run_probes
+    from kn.results import write_json
+    out = tmp_path / "single.json"
+    write_json(out, config={"run": "single", "model_written_at": "t", "rank_p": 0, "rank_q": 0, "epochs": 5, "seed": 0},
+               p={"marker": 1}, q={})
+    assert run_probes(tmp_path / "gone" / "single", out, rank_p=0, rank_q=0, epochs=5)["p"] == {"marker": 1}
+    with pytest.raises(DataError, match="^run_dir"):
+        run_probes(tmp_path / "gone" / "single", out, rank_p=2, rank_q=0, epochs=5)
