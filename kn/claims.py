@@ -546,14 +546,28 @@ class RuleChange:
     change: str                      # old -> new, in words
     old_rule: Rule | None = None     # the rule before; None: the rule did not change
     had_guards: bool = True          # False: the guards were added by this change
+    same_quantity: bool = True       # False: the old test measured another quantity (no verdict to compute)
 
+
+INTERVALS = "point estimate -> 95% interval"        # 2026-12-01: every rule moved from estimates to intervals
+OTHER = f"{INTERVALS}, and another quantity"
 
 RULE_CHANGES = [
+    RuleChange("Part 3.1, R1", "Mixed training", "2026-12-01", f"threshold 70% -> 50% ({INTERVALS})", Rule("at_least", 70)),
     RuleChange("Part 3.1, R3", "Knowledge augmentation", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
     RuleChange("Part 3.1, R3 (LoRA)", "The same", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
     RuleChange("Part 3.1, R5", "Q-probing", "2026-12-01", "threshold 50 -> 30 points", Rule("at_least", 50, " points")),
     *[RuleChange("Xu & Chen", start, "2026-12-01", "guards added (train_people QA >= 80%, bios memorized >= 90%)",
                  had_guards=False) for start in ("One layer", "Low-rank", "The finetuning")],
+    RuleChange("Part 3.1, R7", "A bidirectional", "2026-12-01",
+               f"masked model <= 40% -> GPT-2 minus masked >= 20 points ({OTHER})", same_quantity=False),
+    RuleChange("Part 3.3, R8", "int4", "2026-12-01", f"15-55% kept -> <= 50% kept ({INTERVALS})", same_quantity=False),
+    *[RuleChange("Chang et al.", start, "2026-12-01", f"{change} ({OTHER})", same_quantity=False) for start, change in
+      (("Each exposure", "effectivity >= 0.05 nats -> minus never-injected controls >= 0"),
+       ("More pretraining", "late / early effectivity <= 1.2 -> late - early <= 0.05 nats"),
+       ("Forgetting", "R^2 of a decaying log-t line >= 0.5 -> AIC of log t over linear and exp by >= 2"),
+       ("Duplicated", "disjoint decay intervals (score 2) -> decay difference >= 0"),
+       ("Larger batches", "disjoint decay intervals (score 2) -> decay difference >= 0"))],
     RuleChange("Part 3.3, R4", "At 100", "2026-12-04", "near: interval meets the band -> interval inside the band",
                Rule("meets", paper.BITS_PER_PARAM[100], " bits/param", 0.3)),
     RuleChange("Part 3.3, R1", "At 1000", "2026-12-04", "near: interval meets the band -> interval inside the band",
@@ -577,7 +591,8 @@ def rule_history() -> list[dict]:
         if e is not None:
             old = e if change.had_guards else Evidence(e.estimate, e.text, (), e.ceiling, e.ceiling_text)
             row["now"] = verdict(e, claim.rule)[0]
-            row["before"] = verdict(old, change.old_rule or claim.rule)[0]
+            row["before"] = verdict(old, change.old_rule or claim.rule)[0] if change.same_quantity else \
+                "not comparable (another quantity)"
         rows.append(row)
     return rows
 
