@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -28,6 +27,7 @@ from kn.display import markdown_table  # noqa: F401 - chapters import it from he
 from kn.errors import DataError
 from kn.profiles import check_profile
 from kn.results import ROOT, results_dir, runs_dir  # noqa: F401 - chapters import them from here
+from kn.signals import signals_handled
 
 BOOK = ROOT / "book"
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _results_root(profile: str, root: Path):
     """At a profile other than the book's (a teacher's class run), result files go to
     root/LOCAL_RESULTS, beside the committed ones as the run's notebook is beside its chapter, so
     that a run never rewrites a tracked file; KN_RESULTS_ROOT, when set, wins."""
-    local = profile != book_profile(root) and "KN_RESULTS_ROOT" not in os.environ
+    local = (root / "_config.yml").is_file() and profile != book_profile(root) and "KN_RESULTS_ROOT" not in os.environ
     if local:
         os.environ["KN_RESULTS_ROOT"] = str(root / LOCAL_RESULTS)
     try:
@@ -238,10 +238,7 @@ def children_stopped_on_signal(*partial: Path):
     """While the block runs, SIGTERM or SIGINT to kn first stops its children (stop_children) and removes
     the `partial` files it was writing, then does what it would have done: a child in its own session
     (papermill's kernel) would not see kn die."""
-    if threading.current_thread() is not threading.main_thread():     # handlers are set in the main thread only
-        yield
-        return
-    old = {s: h for s in (signal.SIGTERM, signal.SIGINT) if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}
+    old = {}
 
     def stop(signum, frame):
         stop_children()
@@ -249,10 +246,6 @@ def children_stopped_on_signal(*partial: Path):
             path.unlink(missing_ok=True)
         signal.signal(signum, old[signum])
         signal.raise_signal(signum)
-    for s in old:
-        signal.signal(s, stop)
-    try:
+    with signals_handled(stop) as saved:
+        old.update(saved)
         yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from kn.data.dataset import DATASET_FILES, BiosDataset, check_dataset_out, write
 from kn.data.qa import qa_documents, qa_records_of, split_people
 from kn.data.records import ATTRIBUTES, Biographies
 from kn.errors import check_count
+from kn.signals import SIGNALS, signals_handled
 from kn.tokenize import Encoded, encode_documents, encode_records, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -136,23 +136,12 @@ def signals_stop():
     """Inside the block SIGTERM and SIGINT raise Stopped, so every atomic_file removes its temporary
     file on the way out (a default SIGTERM ends the process where it stands); later signals are
     ignored until the block ends. Handlers can only be set in the main thread; elsewhere a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
     def stop(signum, frame):
-        for sig in old:
+        for sig in SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         raise Stopped(f"stopped by {signal.Signals(signum).name}")
-
-    for sig in old:
-        signal.signal(sig, stop)
-    try:
+    with signals_handled(stop):
         yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def _gone(pid: int) -> bool:
