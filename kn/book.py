@@ -182,13 +182,16 @@ def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
         raise DataError("book: " + "; ".join(bad))
     if bad := profile_problems(root):
         raise DataError("book: " + "; ".join(bad))
-    exe = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(root)]
-    if warnings_as_errors:
-        cmd += ["-W", "-n", "--keep-going"]
-    with children_stopped_on_signal():
-        subprocess.run(cmd, check=True)
+    _jupyter_book(root, root, *(["-W", "-n", "--keep-going"] if warnings_as_errors else []))
     return root / "_build" / "html" / "index.html"
+
+
+def _jupyter_book(src: Path, out: Path, *flags: str) -> None:
+    """`jupyter-book build src --path-output out` (the one beside this Python, if there), stopped with kn."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    with children_stopped_on_signal():
+        subprocess.run([str(exe) if exe.exists() else "jupyter-book", "build", str(src), "--path-output", str(out),
+                        *flags], check=True)
 
 
 def stage_preview(profile: str, root: Path = ROOT) -> Path:
@@ -213,11 +216,7 @@ def stage_preview(profile: str, root: Path = ROOT) -> Path:
 def build_preview(profile: str, root: Path = ROOT) -> Path:
     """A website of the chapters run at `profile` (the others as published) in root/_build/<profile>/html,
     for a teacher to look at a class run; the published _build/html is left alone."""
-    src = stage_preview(profile, root)
-    exe = Path(sys.executable).parent / "jupyter-book"
-    with children_stopped_on_signal():
-        subprocess.run([str(exe) if exe.exists() else "jupyter-book", "build", str(src), "--path-output",
-                        str(root / "_build" / profile)], check=True)
+    _jupyter_book(stage_preview(profile, root), root / "_build" / profile)
     return root / "_build" / profile / "_build" / "html" / "index.html"
 
 

@@ -302,8 +302,7 @@ def curve_stops(total_steps: int, n: int) -> list[int]:
 def _trained(tcfg, stop: int | None) -> dict:
     """The run trained to `stop` steps (None: to the end), resuming what is there."""
     from dataclasses import replace
-    from kn.train import train
-    from kn.train import stop_if_interrupted
+    from kn.train import stop_if_interrupted, train
     cfg = replace(tcfg, max_steps=stop)
     return done(Path(cfg.out) / "train.json", cfg) or stop_if_interrupted(train(cfg, resume=True, progress=False), cfg.out)
 
@@ -311,12 +310,11 @@ def _trained(tcfg, stop: int | None) -> dict:
 def _curve(folder: Path, tcfg, p: dict, device: str, batch_size: int) -> list:
     """[[step, bits], ...] at curve_stops, in folder/curve.json so that a stopped point keeps its stops."""
     from kn.tokenize import load_tokenizer
-    from kn.train import Batches
+    from kn.train import Batches, checkpoint_step
     path, dev = folder / "curve.json", None if device == "auto" else device
     curve = read_json(path)["curve"] if path.is_file() else []
     tok = load_tokenizer(folder / "data" / "tokenizer")
     total = Batches(tcfg, tok.eos_token_id, tok.pad_token_id).total_steps
-    from kn.train import checkpoint_step
     for stop in curve_stops(total, p["curve"])[:-1]:
         if stop > (curve[-1][0] if curve else 0):
             if (checkpoint_step(folder / "run" / "checkpoint") or 0) > stop:

@@ -13,9 +13,10 @@
 
 Exit codes: 0 done; 1 an OS error such as a full disk (one line naming the path); 2 bad input (one
 line on stderr); 75 training stopped by SIGTERM/SIGINT after writing its checkpoint (rerun with
---resume), or an import stopped before its dataset was complete (run it again). Writing into a folder that already holds a dataset or a run needs --overwrite (or
---resume for a run); `kn data bios|biod|import --out` takes only a new or empty folder otherwise,
-checked before any module that takes seconds to import.
+--resume), or an import stopped before its dataset was complete (run it again). Writing into a
+folder that already holds a dataset or a run needs --overwrite (or --resume for a run);
+`kn data bios|biod|import --out` takes only a new or empty folder otherwise, checked before any
+module that takes seconds to import.
 """
 from __future__ import annotations
 

@@ -482,7 +482,7 @@ def check_same_data(checkpoint: Path, fingerprint: str | None, data) -> None:
 def checkpoint_step(path: Path) -> int | None:
     """The step of a complete checkpoint folder (its state.json is readable), else None."""
     try:
-        return int(json.loads((path / "state.json").read_text())["step"])
+        return int(_state(path)["step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -560,7 +560,7 @@ def _flat(config: dict) -> dict:
 
 def check_same_settings(checkpoint: Path, config: dict) -> None:
     """DataError naming the settings that differ from the checkpoint's (BOOKKEEPING may differ)."""
-    saved = _flat(json.loads((checkpoint / "state.json").read_text())["config"])
+    saved = _flat(_state(checkpoint)["config"])
     now = _flat(config)
     changed = [k for k in saved if k.split(".")[0] not in BOOKKEEPING and saved[k] != now.get(k)]
     if changed:
