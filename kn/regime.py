@@ -147,3 +147,18 @@ def selected(profile: str) -> str | None:
 def confirmation_configs(name: str, profile: str = "cpu") -> dict[int, ExtractionConfig]:
     """CONFIRMATION: the chosen setting on seeds 0, 1 and 2, each scored once on test_people."""
     return {seed: search_config(name, profile, seed)[0] for seed in (0, 1, 2)}
+
+
+def search_table(profile: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) for kn.display.markdown_table: every setting with its expected cpu hours and, once
+    run, its steps, exposures, training hours and the end point of its curve; the choice marked."""
+    done, chosen = {r["setting"]: r for r in search_rows(profile)}, selected(profile)
+    pct = lambda x: "-" if x is None or x != x else f"{100 * x:.1f}%"  # noqa: E731
+    rows = []
+    for name in SETTINGS:
+        r = done.get(name, {})
+        ran = [f"{r['steps']:,}", f"{r['exposures']:.0f}", f"{r['train_hours']:.2f}" + ("" if r["within_budget"] else
+               " (over budget)"), pct(r["train_qa"]), pct(r["memorized"]), pct(r["valid_qa"])] if r else ["not run"] + ["-"] * 5
+        rows.append([name + (" **chosen**" if name == chosen else ""), f"{expected_hours(name):.2f}", *ran])
+    return ["setting", "expected cpu hours", "steps", "exposures", "hours", "train_people QA", "bios memorized",
+            "validation slice QA"], rows

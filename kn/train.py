@@ -114,6 +114,8 @@ class TrainConfig:
             raise DataError(f"device: got {self.device!r}; allowed: auto, cpu, cuda")
         if self.compile not in ("auto", "on", "off"):
             raise DataError(f"compile: got {self.compile!r}; allowed: auto, on, off")
+        if self.warmup_people and self.mode == "finetune":
+            raise DataError("warmup_people: a warm-up on a subset of people is for pretrain or mixed, not finetune")
         if self.window > self.model.context:
             raise DataError(f"window: {self.window} exceeds the model context {self.model.context}")
 
@@ -222,8 +224,8 @@ class Batches:
 
     def subset_batches(self, share: float):
         """step -> batch over round(share * people) people drawn by seed: the curriculum's warm-up."""
-        if self.cfg.mode == "finetune" or self.biod is not None:
-            raise DataError(f"warmup_people: a warm-up on a subset needs pretrain or mixed on bios, got {self.cfg.mode!r}")
+        if self.biod is not None:
+            raise DataError("warmup_people: a warm-up on a subset of people needs biographies, not a bioD folder")
         people = np.unique(self.bios.person)
         keep = np.random.default_rng([self.cfg.seed, 6]).permutation(people)[:max(1, round(share * len(people)))]
         bios = self.bios.take(np.flatnonzero(np.isin(self.bios.person, keep)))
