@@ -11,7 +11,9 @@ stopped. Entry points: `ExtractionConfig`, `from_profile`, `run_extraction`, `ru
 named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`, `finetune`.
 A validation slice of train_people (data.valid_fraction; split "valid", never trained on) chooses
 the finetune lr among `finetune_lr_grid` (among the lrs whose model learned its train_people);
-test_people are scored once, on the final model.
+test_people are scored once, on the final model. Every stage keeps a learning curve (kn.curves:
+train_people QA, bios memorized and validation-slice QA on fixed samples, `curve_points` of them),
+in its train.json and in the result's "curves"; `warmup_people` trains on a subset of people first.
 """
 from __future__ import annotations
 

@@ -413,7 +413,7 @@ def p_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, 
     heads = [(kind, j, k) for kind in cfg.kinds for j in range(6) for k in range(6)]
     sc, steps = _train_heads(model, data, rows, pos, heads, cfg, rank, device, progress, "P-probe")
     grid = lambda kind, key: [[sc[(kind, j, k)][key] for k in range(6)] for j in range(6)]  # noqa: E731
-    ahead = [(j, k) for j in range(6) for k in range(6) if j < k]   # single: value k not yet written at j
+    ahead = [[j, k] for j in range(6) for k in range(6) if j < k]   # single: value k not yet written at j
     return {**{kind: grid(kind, "test") for kind in cfg.kinds},
             "items_ahead": {"person": data.bios.person[~data.is_train].tolist(), "cells": ahead,
                             **{kind: [sc[(kind, j, k)]["items"]["correct"] for j, k in ahead] for kind in cfg.kinds}},

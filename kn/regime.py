@@ -33,7 +33,7 @@ from pathlib import Path
 from kn.errors import DataError
 from kn.extraction import ExtractionConfig, evaluate_model, from_profile, prepare_dataset, stage_config, train_stage
 from kn.models import ModelConfig
-from kn.results import read_json, results_dir, runs_dir, write_json
+from kn.results import done, read_json, results_dir, runs_dir, write_json
 
 CHAPTER = "mixed_training"
 BUDGET_HOURS = 3.0
@@ -113,9 +113,11 @@ def result_path(name: str, profile: str, seed: int = 0) -> Path:
 def run_setting(name: str, profile: str, progress: bool = False, seed: int = 0) -> dict:
     """Train one setting (resuming an interrupted run of it), score the final model on train_people
     and the validation slice (never test_people) and write its row and learning curve to
-    results/mixed_training/<profile>/r1-search-<name>.json. kn.train.Interrupted when a signal
-    stopped it (run again to resume)."""
+    results/mixed_training/<profile>/r1-search-<name>.json (returned as it is when done for these
+    settings). kn.train.Interrupted when a signal stopped it (run again to resume)."""
     cfg, data = search_config(name, profile, seed)
+    if (record := done(result_path(name, profile, seed), cfg, after=[_folder(name, profile, seed) / "mixed" / "train.json"])):
+        return record["row"]
     t0 = time.perf_counter()
     stage = train_stage(stage_config(cfg, data, _folder(name, profile, seed) / "mixed", "mixed",
                                      checkpoint_every=CHECKPOINT_EVERY), progress)
