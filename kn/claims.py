@@ -10,7 +10,8 @@ paper's unit: paragraphs, models). `verdict` is the only function that turns the
   inconclusive    a guard failed, the ceiling is below what the rule needs, there is no interval,
                   or the interval straddles the rule's threshold: the run could not pass or fail
   reproduced      the whole interval is on the claim's side of the threshold (near: an equivalence
-                  test, the whole interval inside the band threshold * (1 +- tolerance))
+                  test, the whole interval inside the band threshold * (1 +- tolerance); within: the
+                  same with the absolute band threshold +- tolerance, e.g. a gap of 0 +- 10 points)
   not reproduced  the whole interval is on the other side (near: wholly outside the band)
   not run         no result file at any profile
 
@@ -29,7 +30,7 @@ import numpy as np
 from kn import paper
 from kn.data.records import ATTRIBUTES
 from kn.display import markdown_table
-from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, person_table
+from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, paired_gap, person_table
 from kn.profiles import PROFILES
 from kn.results import read_json, results_dir
 
@@ -53,25 +54,39 @@ class Check:
         return f"{self.name} {self.value:.1f}{self.unit} (>= {self.needed:g}){'' if self.ok else ' FAILED'}"
 
 
+KINDS = ("at_least", "at_most", "near", "within", "meets")
+
+
+def band(rule: "Rule") -> tuple[float, float]:
+    """The band an equivalence rule (near, within, meets) needs the interval in."""
+    t = rule.threshold
+    if rule.kind == "within":
+        return t - rule.tolerance, t + rule.tolerance
+    return t * (1 - rule.tolerance), t * (1 + rule.tolerance)
+
+
 @dataclass(frozen=True)
 class Rule:
     """The effect a claim needs: the interval above (at_least) or below (at_most) `threshold`, or
-    inside the band threshold * (1 +- tolerance) (near, an equivalence test). `meets` (the interval
-    touches the band) is the near rule used until 2026-12-04, kept for the rule history only."""
+    inside the band threshold * (1 +- tolerance) (near, an equivalence test), or inside threshold
+    +- tolerance in the rule's unit (within: equivalence with an absolute margin). `meets` (the
+    interval touches the band) is the near rule used until 2026-12-04, kept for the rule history only."""
     kind: str
     threshold: float
     unit: str = "%"
     tolerance: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in ("at_least", "at_most", "near", "meets"):
-            raise ValueError(f"kind: got {self.kind!r}; allowed: at_least, at_most, near, meets")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: got {self.kind!r}; allowed: {', '.join(KINDS)}")
 
     def text(self) -> str:
         if self.kind == "meets":
             return f"interval meets {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
         if self.kind == "near":
             return f"interval inside {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
+        if self.kind == "within":
+            return f"interval inside {self.threshold:+g} +- {self.tolerance:g}{self.unit}"
         return f"interval {'>=' if self.kind == 'at_least' else '<='} {self.threshold:g}{self.unit}"
 
 
@@ -95,10 +110,11 @@ def verdict(e: Evidence, rule: Rule) -> tuple[str, str]:
         return "inconclusive", f"ceiling {e.ceiling:.1f}{rule.unit} is below the {rule.threshold:g}{rule.unit} the rule needs"
     low, high, t = e.estimate.low, e.estimate.high, rule.threshold
     if rule.kind == "meets":
-        touches = high >= t * (1 - rule.tolerance) and low <= t * (1 + rule.tolerance)
+        band_low, band_high = band(rule)
+        touches = high >= band_low and low <= band_high
         return ("reproduced", "interval meets the band") if touches else ("not reproduced", "interval misses the band")
-    if rule.kind == "near":
-        band_low, band_high = t * (1 - rule.tolerance), t * (1 + rule.tolerance)
+    if rule.kind in ("near", "within"):
+        band_low, band_high = band(rule)
         if band_low <= low and high <= band_high:
             return "reproduced", "interval inside the band"
         if high < band_low or low > band_high:
@@ -183,6 +199,42 @@ def _gain(name_with: str, name_without: str, what: str) -> Callable[[Path], Evid
         return Evidence(est, f"{what}: {tb:.1f}% -> {ta:.1f}%, gain {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
                         _qa_guards(a, name_with) + _qa_guards(b, name_without), 100.0 - tb, f"{100 - tb:.1f} points")
     return measure
+
+
+LORA_MARGIN = 10.0     # points: LoRA "about as good as" full finetuning (Part 3.1, R3) means a gap within this
+
+
+def _lora_gap(folder):
+    """Held-out accuracy of LoRA minus full finetuning, multi5+permute (the same pretrained model and
+    test_people: resampled over people, paired), with both runs' guards."""
+    lora, full = _load(folder, "multi5+permute LoRA"), _load(folder, "multi5+permute")
+    a, b = _items(lora, "LoRA"), _items(full, "full finetune")
+    same = lora["qa"]["items"]["person"] == full["qa"]["items"]["person"]
+    est = paired_gap(a, b) if same else accuracy_gap(a, b)
+    return Evidence(est, f"LoRA {mean_accuracy(a):.1f}% vs full {mean_accuracy(b):.1f}% test_people: gap "
+                         f"{est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}] ({'paired' if same else 'unpaired'})",
+                    _qa_guards(lora, "LoRA") + _qa_guards(full, "full finetune"))
+
+
+def _p_probe_ahead(folder):
+    """P-probe (first token) at the positions before a value that single bios have not yet written
+    (position j < attribute k): multi5+permute minus single, resampled over test people, with the
+    ceiling of what a probe trained on train_people can name."""
+    aug = results_dir("augmentation", folder.name)
+    runs = {a: _load(folder, a)["p"] for a in ("multi5+permute", "single")}
+    if any("items_ahead" not in p for p in runs.values()):
+        raise _NoInterval("P-probe results without per-person items ahead of the value: re-run the probing chapter")
+    tables = [np.array([[np.nan if v is None else v for v in cell] for cell in p["items_ahead"]["first"]], float).T
+              for p in runs.values()]
+    est = accuracy_gap(*tables)
+    multi = runs["multi5+permute"]
+    ceiling = 100 * float(np.mean([multi["ceiling"]["first"][ATTRIBUTES[k]] for _, k in multi["items_ahead"]["cells"]]))
+    single = mean_accuracy(tables[1])
+    guards = tuple(Check(f"{a}: bios memorized", 100 * _load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
+                   for a in runs if (aug / f"{a}.json").is_file())
+    return Evidence(est, f"P-probe before the value is written: {single:.1f}% (single) vs {mean_accuracy(tables[0]):.1f}% "
+                         f"(multi5+permute), first token: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
+                    guards, ceiling - single, f"{ceiling:.1f}% of test first tokens seen in probe training")
 
 
 def _q_probe_gap(folder):
@@ -487,8 +539,11 @@ CLAIMS = [
     Claim("Part 3.1, R3", "Knowledge augmentation (multi5+permute) makes it extractable after finetuning",
           f"{paper.PART31_MEAN['R3 multi5+permute, pretrain + finetune']}%", "augmentation",
           _test_accuracy("multi5+permute"), Rule("at_least", 50)),
-    Claim("Part 3.1, R3 (LoRA)", "The same holds with LoRA finetuning", "similar to full finetune",
-          "augmentation", _test_accuracy("multi5+permute LoRA"), Rule("at_least", 50)),
+    Claim("Part 3.1, R3 (LoRA)", "LoRA finetuning extracts about as well as full finetuning (multi5+permute)",
+          "similar to full finetune", "augmentation", _lora_gap, Rule("within", 0, " points", LORA_MARGIN)),
+    Claim("Part 3.1, R4", "P-probing: multi5+permute stores every attribute before its value is written; single does not",
+          "~100% at every position vs only at or after its own", "probing", _p_probe_ahead,
+          Rule("at_least", 30, " points")),
     Claim("Part 3.1, R5", "Q-probing from the name: near chance for single, high for multi5+permute",
           "0.2% vs 73-99.7%", "probing", _q_probe_gap, Rule("at_least", 30, " points")),
     Claim("Part 3.1, R6", "Celebrities with augmented bios lift a plain minority",
@@ -547,6 +602,7 @@ class RuleChange:
     old_rule: Rule | None = None     # the rule before; None: the rule did not change
     had_guards: bool = True          # False: the guards were added by this change
     same_quantity: bool = True       # False: the old test measured another quantity (no verdict to compute)
+    old_measure: Callable[[Path], Evidence] | None = None   # the old test's quantity, when it is still measured
 
 
 INTERVALS = "point estimate -> 95% interval"        # 2026-12-01: every rule moved from estimates to intervals
@@ -554,8 +610,13 @@ OTHER = f"{INTERVALS}, and another quantity"
 
 RULE_CHANGES = [
     RuleChange("Part 3.1, R1", "Mixed training", "2026-12-01", f"threshold 70% -> 50% ({INTERVALS})", Rule("at_least", 70)),
-    RuleChange("Part 3.1, R3", "Knowledge augmentation", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
-    RuleChange("Part 3.1, R3 (LoRA)", "The same", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
+    RuleChange("Part 3.1, R3", "Knowledge augmentation", "2026-12-01", f"threshold 80% -> 50% ({INTERVALS})",
+               Rule("at_least", 80)),
+    RuleChange("Part 3.1, R3 (LoRA)", "LoRA finetuning", "2026-12-01", f"threshold 80% -> 50% ({INTERVALS})",
+               Rule("at_least", 80), old_measure=_test_accuracy("multi5+permute LoRA")),
+    RuleChange("Part 3.1, R3 (LoRA)", "LoRA finetuning", "2026-12-04",
+               f"LoRA held-out >= 50% -> LoRA minus full finetuning inside 0 +- {LORA_MARGIN:g} points",
+               Rule("at_least", 50), old_measure=_test_accuracy("multi5+permute LoRA")),
     RuleChange("Part 3.1, R5", "Q-probing", "2026-12-01", "threshold 50 -> 30 points", Rule("at_least", 50, " points")),
     *[RuleChange("Xu & Chen", start, "2026-12-01", "guards added (train_people QA >= 80%, bios memorized >= 90%)",
                  had_guards=False) for start in ("One layer", "Low-rank", "The finetuning")],
@@ -584,17 +645,24 @@ def rule_history() -> list[dict]:
         row = {"source": claim.source, "claim": claim.statement, "date": change.date, "change": change.change,
                "now": "not run", "before": "not run"}
         at = latest_profile(claim.chapter)
-        try:
-            e = claim.measure(results_dir(claim.chapter, at)) if at else None
-        except (FileNotFoundError, KeyError, _NoInterval):
-            e = None
+        e, old = _measured(claim.measure, claim.chapter, at), _measured(change.old_measure, claim.chapter, at)
         if e is not None:
-            old = e if change.had_guards else Evidence(e.estimate, e.text, (), e.ceiling, e.ceiling_text)
+            old = old or (e if change.had_guards else Evidence(e.estimate, e.text, (), e.ceiling, e.ceiling_text))
             row["now"] = verdict(e, claim.rule)[0]
             row["before"] = verdict(old, change.old_rule or claim.rule)[0] if change.same_quantity else \
                 "not comparable (another quantity)"
         rows.append(row)
     return rows
+
+
+def _measured(measure, chapter: str, at: str | None) -> Evidence | None:
+    """measure's evidence at profile `at`, or None (no measure, no profile, or not measurable there)."""
+    if measure is None or at is None:
+        return None
+    try:
+        return measure(results_dir(chapter, at))
+    except (FileNotFoundError, KeyError, _NoInterval):
+        return None
 
 
 def history_markdown(rows: list[dict]):

@@ -94,7 +94,8 @@ def lora_rank(finetune: str) -> int:
 
 
 def point_config(point: dict) -> ExtractionConfig:
-    """The kn.extraction config (pretrain_finetune) of a point."""
+    """The kn.extraction config (pretrain_finetune) of a point; no learning curves (a sweep of many
+    small runs reads their end points)."""
     p = check_point(point)
     model = ModelConfig(n_layer=1, n_head=p["n_head"], n_embd=p["n_embd"], mlp_ratio=ARCHS[p["arch"]],
                         vocab_size=p["vocab_size"], context=p["window"])
@@ -103,7 +104,7 @@ def point_config(point: dict) -> ExtractionConfig:
                       vocab_size=p["vocab_size"])
     keys = ("exposures", "batch_size", "window", "lr", "finetune_exposures", "finetune_batch_size", "seed")
     rank = lora_rank(p["finetune"])
-    return ExtractionConfig(setting="pretrain_finetune", data=data, model=model, lora_rank=rank,
+    return ExtractionConfig(setting="pretrain_finetune", data=data, model=model, lora_rank=rank, curve_points=0,
                             finetune_lr=p["lora_lr"] if rank else p["finetune_lr"], **{k: p[k] for k in keys})
 
 

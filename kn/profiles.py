@@ -20,6 +20,7 @@ KEYS = {
     "data": ("n", "n_biod", "n_paragraphs"),
     "extraction": (*_PEOPLE, "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction",   # BiosConfig
                    "valid_fraction", "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr",
+                   "weight_decay", "warmup_people", "warmup_people_steps", "curve_points", "curve_people",
                    "mixed_exposures", "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size",
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "probing": ("rank_p", "rank_q", "epochs"),

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.curves import curve_every, curve_evaluator, curve_rows
 from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs, mix, render
 from kn.data.dataset import load_encoded, read_meta
 from kn.errors import DataError
@@ -88,6 +89,10 @@ class TrainConfig:
     checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
     log_every: int = 20
     max_steps: int | None = None       # stop early (e.g. to test resume); the schedule is unchanged
+    curve_points: int = 0              # pretrain/mixed/finetune: about this many learning-curve points (kn.curves)
+    curve_people: int = 200            # people of each group a curve point scores (a fixed sample)
+    warmup_people: float = 0.0         # pretrain/mixed curriculum: share of people trained on first (0 = none)
+    warmup_people_steps: float = 0.0   # share of the steps spent on them before everyone is trained on
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -109,6 +114,8 @@ class TrainConfig:
             raise DataError(f"device: got {self.device!r}; allowed: auto, cpu, cuda")
         if self.compile not in ("auto", "on", "off"):
             raise DataError(f"compile: got {self.compile!r}; allowed: auto, on, off")
+        if self.warmup_people and self.mode == "finetune":
+            raise DataError("warmup_people: a warm-up on a subset of people is for pretrain or mixed, not finetune")
         if self.window > self.model.context:
             raise DataError(f"window: {self.window} exceeds the model context {self.model.context}")
 
@@ -127,12 +134,17 @@ class TrainConfig:
                 "seed": (self.seed >= 0, "an integer >= 0"), "log_every": (self.log_every >= 1, "an integer >= 1"),
                 "threads": (self.threads >= 0, "an integer >= 0 (0 = torch's default)"),
                 "checkpoint_every": (self.checkpoint_every >= 0, "an integer >= 0 (0 = only at the end)"),
-                "max_steps": (self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or unset")}
+                "max_steps": (self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or unset"),
+                "curve_points": (self.curve_points >= 0, "an integer >= 0 (0 = no learning curve)"),
+                "curve_people": (self.curve_people >= 1, "an integer >= 1"),
+                "warmup_people": (0 <= self.warmup_people < 1, "0 <= x < 1 (0 = no warm-up on a subset)"),
+                "warmup_people_steps": (0 <= self.warmup_people_steps < 1, "0 <= x < 1")}
 
 
 KINDS = {"int": ("batch_size", "window", "lora_rank", "lora_embed_rank", "seed", "checkpoint_every", "log_every",
-                 "max_steps", "threads"),
-         "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip"),
+                 "max_steps", "threads", "curve_points", "curve_people"),
+         "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip",
+                    "warmup_people", "warmup_people_steps"),
          "str": ("data", "out", "mode", "device", "compile", "init")}
 OPTIONAL = ("init", "max_steps")
 
@@ -178,7 +190,10 @@ class Batches:
 
     A bioD folder (meta.json "kind": "bioD", written by kn.data.biod.write_biod) is
     re-rendered every epoch (sentence order re-drawn), with fresh junk at its junk_ratio; one
-    epoch is then one exposure of every useful biography.
+    epoch is then one exposure of every useful biography. With warmup_people (a curriculum, as
+    the subset warm-up of Zucchet et al. 2025), the first warmup_people_steps of the steps train on
+    that share of the people only (their bios and, mixed, their train QAs), drawn by seed; the
+    number of steps is the same.
     """
 
     def __init__(self, cfg: TrainConfig, eos_id: int, pad_id: int):
@@ -203,23 +218,47 @@ class Batches:
         self.steps_per_epoch = self.rows_per_epoch // cfg.batch_size
         self.total_steps = max(1, int(round(cfg.exposures * self.steps_per_epoch)))
         self._batch = epoch_batches(self.epoch_rows, self.steps_per_epoch, cfg.batch_size)
+        self.warm_steps = int(round(cfg.warmup_people_steps * self.total_steps)) if cfg.warmup_people else 0
+        if self.warm_steps:
+            self._warm = self.subset_batches(cfg.warmup_people)
+
+    def subset_batches(self, share: float):
+        """step -> batch over round(share * people) people drawn by seed: the curriculum's warm-up."""
+        if self.biod is not None:
+            raise DataError("warmup_people: a warm-up on a subset of people needs biographies, not a bioD folder")
+        people = np.unique(self.bios.person)
+        keep = np.random.default_rng([self.cfg.seed, 6]).permutation(people)[:max(1, round(share * len(people)))]
+        bios = self.bios.take(np.flatnonzero(np.isin(self.bios.person, keep)))
+        qa = None if self.qa is None else self.qa.take(np.flatnonzero(np.isin(self.qa.person, keep)))
+        if qa is not None and not len(qa):
+            raise DataError(f"warmup_people: {share:g} of the people holds no train_people; allowed: a larger share")
+        n_bio = int(bios.lengths().sum() + len(bios)) // self.cfg.window
+        rows = int(round(n_bio / (1 - self.cfg.qa_fraction))) if self.cfg.mode == "mixed" else n_bio
+        if rows < self.cfg.batch_size:
+            raise DataError(f"warmup_people: {share:g} of the people makes {rows} rows a pass, fewer than batch_size "
+                            f"{self.cfg.batch_size}; allowed: a larger share")
+        return epoch_batches(lambda e: self.rows(e, bios, qa, rows), rows // self.cfg.batch_size, self.cfg.batch_size)
 
     def epoch_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(input ids [R, T], labels [R, T]) of one pass, shuffled by (seed, epoch)."""
+        return self.rows(epoch, self.bios, self.qa, self.rows_per_epoch)
+
+    def rows(self, epoch: int, bios: Encoded | None, qa: Encoded | None, rows_per_epoch: int):
+        """epoch_rows of the given bios and train QAs: rows_per_epoch rows (finetune: every QA)."""
         cfg, seed = self.cfg, self.cfg.seed * 100_003 + epoch
         if cfg.mode == "finetune":
-            ids, labels = qa_rows(self.qa, self.eos, self.pad)
+            ids, labels = qa_rows(qa, self.eos, self.pad)
             order = np.random.default_rng([seed, 4]).permutation(len(ids))
             return ids[order], labels[order]
-        bio = pack(self.docs(epoch) if self.biod is not None else self.bios, self.eos, cfg.window, seed)
+        bio = pack(self.docs(epoch) if self.biod is not None else bios, self.eos, cfg.window, seed)
         if cfg.mode == "pretrain":
             return bio, bio
-        n_qa = self.rows_per_epoch - len(bio)
+        n_qa = rows_per_epoch - len(bio)
         qa_windows, k = [], 0
         while sum(len(w) for w in qa_windows) < n_qa:   # repack train QAs until there are enough
-            qa_windows.append(pack(self.qa, self.eos, cfg.window, seed * 7919 + k, drop_last=False))
+            qa_windows.append(pack(qa, self.eos, cfg.window, seed * 7919 + k, drop_last=False))
             k += 1
-        rows = np.concatenate([bio, *qa_windows])[: self.rows_per_epoch]
+        rows = np.concatenate([bio, *qa_windows])[: rows_per_epoch]
         rows = rows[np.random.default_rng([seed, 5]).permutation(len(rows))]
         return rows, rows
 
@@ -236,7 +275,7 @@ class Batches:
         return Encoded(useful.ids[keep], useful.offsets - np.arange(len(useful.offsets)), useful.person)
 
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._batch(step)
+        return self._warm(step) if step < self.warm_steps else self._batch(step)
 
 
 def epoch_batches(epoch_rows, steps_per_epoch: int, batch_size: int):
@@ -733,12 +772,19 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
     spec = Fit(batches.total_steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay, cfg.grad_clip,
                cfg.compile, cfg.threads, cfg.checkpoint_every, cfg.log_every, cfg.max_steps)
     hooks = Hooks(pad_id=tokenizer.pad_token_id if cfg.mode == "finetune" else None)
+    if every := curve_every(batches.total_steps, cfg.curve_points):
+        if batches.biod is not None:
+            raise DataError("curve_points: learning curves score QAs; a bioD folder has none (set curve_points = 0)")
+        evaluate = curve_evaluator(cfg.data, cfg.curve_people, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
+        hooks = replace(hooks, evaluate=evaluate, eval_every=every)
     s = fit(model, batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks, resume, overwrite, progress, cfg.mode,
             data=cfg.data)
     summary = {"mode": cfg.mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss",
                                                       "tokens_per_s", "n_params")},
                "flops_per_token": fpt, "mfu": mfu(s["tokens_per_s"] * fpt, acc.device),
                **{k: s[k] for k in ("device", "world_size", "history")}}
+    if every:
+        summary["curve"] = curve_rows(s["evals"])
     if acc.is_main_process:
         write_json(Path(cfg.out) / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=s["wall_time"], **summary)
     return summary
