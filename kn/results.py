@@ -33,7 +33,7 @@ import platform
 import re
 import subprocess
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -209,7 +209,38 @@ def done(path: str | Path, config, after=()) -> dict | None:
         return None                                          # not a result file: compute it again
     if not isinstance(record, dict) or record.get("interrupted") or "provenance" not in record:
         return None
-    return record if record["provenance"].get("config") == as_recorded(config) else None
+    return record if same_config(record["provenance"].get("config"), config) else None
+
+
+def same_config(recorded, config) -> bool:
+    """Whether a result that recorded `recorded` was made with `config`: the same values, where a
+    field the record lacks (added to the config after the result was written) holds its default.
+    Such a field must default to what runs did before it existed."""
+    return _same(recorded, as_recorded(config), _defaults(config))
+
+
+def _defaults(config) -> dict:
+    """{field: its default as recorded} of a dataclass, nested dataclass values as their own."""
+    if not is_dataclass(config):
+        return {}
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            out[f.name] = _defaults(value)
+        elif f.default is not MISSING or f.default_factory is not MISSING:
+            out[f.name] = as_recorded(f.default if f.default is not MISSING else f.default_factory())
+    return out
+
+
+def _same(recorded, current, defaults: dict) -> bool:
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded == current
+    if set(recorded) - set(current):
+        return False                                         # a field since removed
+    return all(_same(recorded[k], v, defaults.get(k, {}) if isinstance(defaults.get(k), dict) else {})
+               if k in recorded else k in defaults and not isinstance(defaults[k], dict) and defaults[k] == v
+               for k, v in current.items())
 
 
 # ----------------------------------------------------------------------------- chapters' folders
