@@ -31,8 +31,9 @@ KEYS = {
                  "pretrain_lr", "early_fraction", "stages", "batch_size", "batch_factor", "window", "lr", "n_steps", "t0",
                  "n_injections", "gap", "eval_every", "lam_window", "device", "compile", "seed"),
     "onelayer": ("arch", "multiplicity", "train_fraction", "finetune", "augment_extra", "n", "n_embd", "n_head",
-                 "vocab_size", "window", "batch_size", "lr", "exposures", "finetune_exposures", "finetune_lr",
-                 "finetune_batch_size", "lora_lr", "seed"),            # kn.onelayer's point keys but runs_dir
+                 "vocab_size", "window", "batch_size", "lr", "exposures", "curve", "finetune_exposures", "finetune_lr",
+                 "finetune_batch_size", "lora_lr", "valid_fraction", "finetune_lr_grid", "lora_lr_grid",
+                 "seed"),                                              # kn.onelayer's point keys but runs_dir
 }
 
 TABLES = {
@@ -160,16 +161,23 @@ TABLES = {
     "onelayer": {
         "smoke": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2], "train_fraction": [0.5],
                   "finetune": ["full"], "n": 24, "n_embd": 32, "n_head": 2, "vocab_size": 400, "window": 64,
-                  "batch_size": 8, "lr": 3e-3, "exposures": 2, "finetune_exposures": 1, "finetune_batch_size": 8},
+                  "batch_size": 8, "lr": 3e-3, "exposures": 2, "curve": 2, "finetune_exposures": 1,
+                  "finetune_batch_size": 8, "valid_fraction": 0.25, "finetune_lr_grid": [1e-3, 3e-3]},
         "class": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [5], "train_fraction": [0.75],
                   "finetune": ["full"], "augment_extra": "permute", "n": 200, "n_embd": 128, "n_head": 4,
                   "vocab_size": 2048, "window": 256, "batch_size": 16, "lr": 3e-3, "exposures": 60,
                   "finetune_exposures": 10, "finetune_lr": 1e-4},
-        # at 100 people no one-layer model extracted (<= 9% held-out, baseline 8%); 400 with permute does
+        # cpu: 400 people at batch 16 and 100 exposures (780 steps) memorized 99% of M = 1's bios but 49% of
+        # M = 5's, and a fixed finetune lr of 1e-4 fit <= 30% of train_people. Now 200 people at batch 8 and 200
+        # exposures: the same tokens (the same time) in twice the steps (~1,560), each fact seen twice as often;
+        # the curve shows memorization over those steps. A fifth of train_people is the validation slice that
+        # picks the finetune lr among those that fit train_people (kn.extraction.finetune); the grids span 10x
+        # around where the one-layer model fit best (full: 1e-4 too small; LoRA rank 1: 1e-2 fit 10%)
         "cpu": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 5], "train_fraction": [0.25, 0.75],
-                "finetune": ["full", "lora1", "lora8"], "augment_extra": "permute", "n": 400, "n_embd": 128,
-                "n_head": 4, "vocab_size": 2048, "window": 256, "batch_size": 16, "lr": 3e-3, "exposures": 100,
-                "finetune_exposures": 10, "finetune_lr": 1e-4, "lora_lr": 1e-2},
+                "finetune": ["full", "lora1", "lora8"], "augment_extra": "permute", "n": 200, "n_embd": 128,
+                "n_head": 4, "vocab_size": 2048, "window": 256, "batch_size": 8, "lr": 3e-3, "exposures": 200,
+                "curve": 5, "finetune_exposures": 10, "valid_fraction": 0.2, "finetune_lr_grid": [3e-4, 1e-3, 3e-3],
+                "lora_lr_grid": [3e-3, 1e-2, 3e-2]},
         "gpu": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2, 5], "train_fraction": [0.1, 0.25, 0.5, 0.75],
                 "finetune": ["full", "lora1", "lora2", "lora8"], "n": 2000, "n_embd": 256, "n_head": 4,
                 "vocab_size": 4096, "window": 256, "batch_size": 64, "lr": 1e-3, "exposures": 200,
