@@ -134,7 +134,7 @@ TABLES = {
                            for e in (100, 1000)]},
     },
     # Chang et al.: background bioS, base model, continued pretraining with injections (kn.dynamics). Many
-    # people, few passes: a pass is long (cpu: ~74 steps); 3 seeds share the data and the bases. With
+    # people, few passes: a pass is long (cpu: ~74 steps); the seeds share the data and the bases. With
     # 10,000 people the tokenizer splits the invented names finely: paragraphs take up to ~300 tokens.
     "dynamics": {
         "smoke": {"n": 200, "vocab_size": 1000, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
@@ -145,10 +145,16 @@ TABLES = {
                   "n_paragraphs": 2, "n_probes": 5, "pretrain_exposures": 2, "pretrain_lr": 3e-3, "batch_size": 16,
                   "window": 320, "lr": 1e-3, "n_steps": 52, "t0": 8, "n_injections": 3, "gap": 8, "lam_window": 8,
                   "eval_every": 2},
+        # cpu seeds, from the 3-seed run of 2026-12-01 and kn.dynamics_claims.seeds_needed (pooled intervals
+        # bounded by the mean of the scenarios' half-widths): bump 3, batch size 2 (duplicated and paraphrased),
+        # stage gain ~435 (+0.041 against <= 0.05), duplicated vs paraphrased ~163 (-0.004 against >= 0), power
+        # law unknown (AIC leads of -23 and -8 against +2, points without intervals). 6 seeds is the cap a
+        # 60-minute chapter allows (~8 min a seed beside ~4 min of data and base): it binds for two claims.
+        # lam_window = gap: the 12-step window held the largest t_LAM (12) at its edge.
         "cpu": {"n": 10000, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 320},
-                "n_paragraphs": 4, "n_probes": 5, "pretrain_exposures": 2, "pretrain_lr": 3e-3, "batch_size": 32,
-                "window": 320, "lr": 1e-3, "n_steps": 96, "t0": 16, "n_injections": 3, "gap": 16, "lam_window": 12,
-                "eval_every": 2},
+                "n_paragraphs": 4, "n_probes": 5, "n_seeds": 6, "pretrain_exposures": 2, "pretrain_lr": 3e-3,
+                "batch_size": 32, "window": 320, "lr": 1e-3, "n_steps": 96, "t0": 16, "n_injections": 3, "gap": 16,
+                "lam_window": 16, "eval_every": 2},
         "gpu": {"n": 50000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
                 "n_paragraphs": 20, "n_probes": 5, "pretrain_exposures": 4, "pretrain_lr": 1e-3, "batch_size": 96,
                 "window": 512, "lr": 4e-4, "n_steps": 1600, "t0": 100, "n_injections": 10, "gap": 100, "lam_window": 48},
