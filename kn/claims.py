@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from kn import paper
+from kn import dynamics_claims, paper
 from kn.data.records import ATTRIBUTES
 from kn.display import markdown_table
 from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, paired_gap, person_table
@@ -405,23 +405,46 @@ def _interval_of(d: dict | None) -> Interval:
     return Interval(d["value"], d["low"], d["high"])
 
 
-SEEDS_AND_PARAGRAPHS = "resampled over seeds and paragraphs"
+def _dynamics(number: Callable) -> Callable[[Path], Evidence]:
+    """A claim's number from kn.dynamics_claims (the one the dynamics page shows) as evidence."""
+    def measure(folder):
+        try:
+            estimate, text = number(folder)
+        except ValueError as err:
+            raise _NoInterval(str(err)) from None
+        return Evidence(estimate, text)
+    return measure
 
 
-def _bump(folder):
+def _power_law(folder):
+    """The smaller AIC lead of duplicated and paraphrased; the log law must decay in both."""
+    try:
+        estimate, text, decay_low = dynamics_claims.power_law(folder)
+    except ValueError as err:
+        raise _NoInterval(str(err)) from None
+    return Evidence(estimate, text, (Check("decay b, lower end of its interval (both)", decay_low, 1e-9, ""),))
+
+
+# The tests of these claims before 2026-12-04 (once scenario only), kept for the rule history
+
+
+SEEDS_AND_PARAGRAPHS = dynamics_claims.SEEDS_AND_PARAGRAPHS
+
+
+def _bump_once(folder):
     e = _interval_of(_late(folder)["effectivity_minus_control"])
     return Evidence(e, f"effectivity minus never-injected controls {e.value:+.3f} nats [{e.low:+.3f}, {e.high:+.3f}] "
                        f"(memorization probes, injected once, late base; {SEEDS_AND_PARAGRAPHS})")
 
 
-def _stage_gain(folder):
+def _stage_gain_once(folder):
     d = _interval_of(_load(folder, "dynamics")["early_vs_late"]["once"]["memorization"]["effectivity_minus_control"]
                      ["late_minus_early"])
     return Evidence(d, f"late minus early base, effectivity minus controls {d.value:+.3f} nats [{d.low:+.3f}, {d.high:+.3f}] "
                        f"(injected once; {SEEDS_AND_PARAGRAPHS})")
 
 
-def _power_law(folder):
+def _power_law_once(folder):
     """AIC of the best other law minus the log-t law's (> 0: the power law fits best), on the
     retainability of injected minus control probes; the decay must be above 0."""
     f = _late(folder)["forgetting_minus_control"]
@@ -438,21 +461,12 @@ def _power_law(folder):
                     (Check("decay b, lower end of its interval", b.low, 1e-9, ""),))
 
 
-def _decay_gap(d: Interval, names: tuple[str, str]) -> Evidence:
-    return Evidence(d, f"decay b ({names[0]}) minus decay b ({names[1]}) {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
-                       f"({SEEDS_AND_PARAGRAPHS})")
-
-
-def _duplicated_forgets_faster(folder):
-    d = _load(folder, "dynamics")["duplicated_minus_paraphrased"]["late"]["memorization"]["forgetting"]
-    return _decay_gap(_interval_of(d), ("duplicated", "paraphrased"))
-
-
-def _batch_forgets_slower(folder):
+def _batch_once(folder):
     r = _load(folder, "batch_sizes")
     small, large = sorted(r["batch_sizes"])[0], sorted(r["batch_sizes"])[-1]
-    return _decay_gap(_interval_of(r["small_minus_large"]["once"]["memorization"]["forgetting"]),
-                      (f"batch {small}", f"batch {large}"))
+    d = _interval_of(r["small_minus_large"]["once"]["memorization"]["forgetting"])
+    return Evidence(d, f"decay b (batch {small}) minus decay b (batch {large}) {d.value:+.3f} [{d.low:+.3f}, "
+                       f"{d.high:+.3f}] ({SEEDS_AND_PARAGRAPHS})")
 
 
 # ----------------------------------------------------------------------------- Xu & Chen
@@ -572,16 +586,19 @@ CLAIMS = [
           "capacity", _variant_ratio(CLEAN, JUNK, "clean over junk bits"), Rule("at_least", 5, "x")),
     Claim("Part 3.3, R12", "A domain token before useful data recovers most of it", "20x -> 2x",
           "capacity", _variant_ratio(DOMAIN, JUNK, "domain token over junk bits"), Rule("at_least", 5, "x")),
-    Claim("Chang et al.", "Each exposure to a fact lifts its log-probability above never-injected controls",
-          "bump, then decay", "dynamics", _bump, Rule("at_least", 0.0, " nats")),
-    Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base)", "no increase",
-          "dynamics", _stage_gain, Rule("at_most", 0.05, " nats")),
-    Claim("Chang et al.", "Forgetting follows a power law (linear in log t), better than linear or exponential",
+    Claim("Chang et al.", "Each exposure to a fact lifts its log-probability above never-injected controls "
+          "(mean over the scenarios)",
+          "bump, then decay", "dynamics", _dynamics(dynamics_claims.bump), Rule("at_least", 0.0, " nats")),
+    Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base, mean over the scenarios)",
+          "no increase",
+          "dynamics", _dynamics(dynamics_claims.stage_gain), Rule("at_most", 0.05, " nats")),
+    Claim("Chang et al.", "Forgetting follows a power law (linear in log t), better than linear or exponential "
+          "(duplicated and paraphrased, each)",
           "R ~ -a log t", "dynamics", _power_law, Rule("at_least", 2.0, " AIC")),
     Claim("Chang et al.", "Duplicated injection is forgotten faster than paraphrased", "faster decay",
-          "dynamics", _duplicated_forgets_faster, Rule("at_least", 0.0, "")),
-    Claim("Chang et al.", "Larger batches forget more slowly", "batch 2048 vs 128",
-          "dynamics", _batch_forgets_slower, Rule("at_least", 0.0, "")),
+          "dynamics", _dynamics(dynamics_claims.duplicated_forgets_faster), Rule("at_least", 0.0, "")),
+    Claim("Chang et al.", "Larger batches forget more slowly (duplicated and paraphrased, each)", "batch 2048 vs 128",
+          "dynamics", _dynamics(dynamics_claims.batch_forgets_slower), Rule("at_least", 0.0, "")),
     Claim("Xu & Chen", "One layer of attention + MLP extracts held-out facts; attention alone does not",
           "MLP needed", "onelayer", _mlp_gap, Rule("at_least", 20, " points")),
     Claim("Xu & Chen", "Low-rank finetuning extracts about as well as full finetuning (every rank)", "holds for both",
@@ -629,11 +646,24 @@ RULE_CHANGES = [
        ("Forgetting", "R^2 of a decaying log-t line >= 0.5 -> AIC of log t over linear and exp by >= 2"),
        ("Duplicated", "disjoint decay intervals (score 2) -> decay difference >= 0"),
        ("Larger batches", "disjoint decay intervals (score 2) -> decay difference >= 0"))],
+    *[RuleChange("Chang et al.", start, "2026-12-04", change, old_measure=measure) for start, change, measure in
+      (("Each exposure", "the once scenario -> the mean over once, duplicated and paraphrased", _bump_once),
+       ("More pretraining", "the once scenario -> the mean over once, duplicated and paraphrased", _stage_gain_once),
+       ("Forgetting", "AIC lead of the once scenario (a point) -> the smaller of duplicated's and paraphrased's "
+                      "(bootstrap intervals); decay b > 0 in both", _power_law_once),
+       ("Larger batches", "the once scenario -> the smaller of duplicated's and paraphrased's", _batch_once))],
     RuleChange("Part 3.3, R4", "At 100", "2026-12-04", "near: interval meets the band -> interval inside the band",
                Rule("meets", paper.BITS_PER_PARAM[100], " bits/param", 0.3)),
     RuleChange("Part 3.3, R1", "At 1000", "2026-12-04", "near: interval meets the band -> interval inside the band",
                Rule("meets", paper.BITS_PER_PARAM[1000], " bits/param", 0.3)),
 ]
+
+
+def _evidence(measure: Callable[[Path], Evidence], folder: Path) -> Evidence | None:
+    try:
+        return measure(folder)
+    except (FileNotFoundError, KeyError, _NoInterval):
+        return None
 
 
 def rule_history() -> list[dict]:
@@ -645,10 +675,11 @@ def rule_history() -> list[dict]:
         row = {"source": claim.source, "claim": claim.statement, "date": change.date, "change": change.change,
                "now": "not run", "before": "not run"}
         at = latest_profile(claim.chapter)
-        e, old = _measured(claim.measure, claim.chapter, at), _measured(change.old_measure, claim.chapter, at)
+        e, old = (_measured(m, claim.chapter, at) for m in (claim.measure, change.old_measure or claim.measure))
         if e is not None:
-            old = old or (e if change.had_guards else Evidence(e.estimate, e.text, (), e.ceiling, e.ceiling_text))
             row["now"] = verdict(e, claim.rule)[0]
+        if old is not None:
+            old = old if change.had_guards else Evidence(old.estimate, old.text, (), old.ceiling, old.ceiling_text)
             row["before"] = verdict(old, change.old_rule or claim.rule)[0] if change.same_quantity else \
                 "not comparable (another quantity)"
         rows.append(row)
@@ -706,3 +737,18 @@ def claims_markdown(rows: list[dict]):
                           [[f"{r['source']}: {r['claim']}", f"**{r['verdict']}** ({r['why']})",
                             f"{r['ours'] or '-'}; paper: {r['paper']}", f"rule: {r['rule']}; guards: {r['guards'] or '-'}; ceiling: {r['ceiling'] or '-'}; "
                                         f"profile: {r['profile'] or '-'}"] for r in rows])
+
+def seeds_needed_table(profile: str | None = None):
+    """Per Chang et al. claim (the dynamics chapter at `profile`, default its largest with results): our
+    number, the rule's threshold, the seeds the run used and those its interval would need to clear the
+    threshold (kn.dynamics_claims.seeds_needed), as Markdown."""
+    at = profile or latest_profile("dynamics")
+    folder = results_dir("dynamics", at)
+    n_seeds = len(_load(folder, "dynamics")["seeds"])
+    rows = []
+    for c in (c for c in CLAIMS if c.chapter == "dynamics"):
+        e = _evidence(c.measure, folder)
+        need = None if e is None else dynamics_claims.seeds_needed(e.estimate, c.rule.threshold, n_seeds)
+        number = "-" if e is None else f"{e.estimate.value:+.3g} [{e.estimate.low:+.3g}, {e.estimate.high:+.3g}]"
+        rows.append([c.statement, number, c.rule.text(), str(n_seeds), "-" if need is None else str(need)])
+    return markdown_table(["claim", "ours (95% interval)", "rule", "seeds run", "seeds needed"], rows)

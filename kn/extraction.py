@@ -8,7 +8,7 @@ distribution), per attribute, next to how well the biographies were memorized (F
 and the majority-guess baseline. Every stage is skipped when its result file is done
 (kn.results.done: finished, with the same config), so an interrupted experiment continues where it
 stopped. Entry points: `ExtractionConfig`, `from_profile`, `run_extraction`, `run_suite` (several
-named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`, `finetune`.
+named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`, `finetune` (`chosen_lr`, `finetuned_model`).
 A validation slice of train_people (data.valid_fraction; split "valid", never trained on) chooses
 the finetune lr among `finetune_lr_grid` (among the lrs whose model learned its train_people);
 test_people are scored once, on the final model. Every stage keeps a learning curve (kn.curves:
@@ -267,7 +267,7 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     check_valid_slice(cfg, data)
     runs = []
     for lr in grid:
-        folder = out if len(grid) == 1 else out / f"lr{lr:g}"
+        folder = out if len(grid) == 1 else _lr_folder(out, lr)
         ft = stage_config(cfg, data, folder, "finetune", init=str(init), exposures=cfg.finetune_exposures, lr=lr,
                           batch_size=cfg.finetune_batch_size, lora_rank=cfg.lora_rank,
                           lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
@@ -283,6 +283,21 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     best = max(pool, key=lambda i: (recipes[i]["valid"]["mean"], -i))
     recipes[best]["chosen"] = True
     return runs[best][0] / "model", runs[best][1], recipes
+
+
+def _lr_folder(out: Path, lr: float) -> Path:
+    return out / f"lr{lr:g}"
+
+
+def chosen_lr(result: dict) -> float | None:
+    """The finetune lr a run chose on its validation slice (None: no grid, cfg.finetune_lr)."""
+    return next((r["finetune_lr"] for r in result.get("recipes", []) if r.get("chosen")), None)
+
+
+def finetuned_model(out: str | Path, result: dict) -> Path:
+    """The model folder of the finetuning that `result` (of run folder `out`) evaluated."""
+    lr = chosen_lr(result)
+    return Path(out) / "finetune" / "model" if lr is None else _lr_folder(Path(out) / "finetune", lr) / "model"
 
 
 def results_table(results: dict) -> tuple[list[str], list[list[str]]]:

@@ -23,7 +23,10 @@ drawn from the config's seed.
 One loop, `fit`, trains every model of the book: `train` above, kn.dynamics' continued pretraining
 (evaluation hook) and kn.bidirectional's masked LM (its own batches): all of them get the
 checkpoints, resume, run-folder lock and signal handling described here.
-Entry points: `TrainConfig`, `load_config`, `train`, `fit` (with `Fit`, `Hooks`), `epoch_batches`, `accelerator`.
+A run can be measured along the way (`measured_curve`): trained in segments that resume, bit-identical
+to one run, measured at log-spaced steps (`curve_stops`).
+Entry points: `TrainConfig`, `load_config`, `train`, `fit` (with `Fit`, `Hooks`), `epoch_batches`, `accelerator`,
+`train_to`, `measured_curve`.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs,
 from kn.data.dataset import load_encoded, read_meta
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
-from kn.results import atomic_file, folder_path, read_json, write_json
+from kn.results import atomic_file, done, folder_path, read_json, write_json
 from kn.tokenize import Encoded, equal_exposure, load_tokenizer, pack
 
 MODES = ("pretrain", "mixed", "finetune")
@@ -919,6 +922,36 @@ def stop_if_interrupted(summary: dict, out: str | Path) -> dict:
         raise Interrupted(f"stopped by a signal at step {summary['steps']} of {summary['total_steps']}; "
                           f"run again to resume from the checkpoint in {str(out)!r}")
     return summary
+
+
+def train_to(cfg: TrainConfig, stop: int | None = None) -> dict:
+    """The run of cfg trained to `stop` steps (None: to the end), resuming what is there; its train.json."""
+    c = replace(cfg, max_steps=stop)
+    return done(Path(c.out) / "train.json", c) or stop_if_interrupted(train(c, resume=True, progress=False), c.out)
+
+
+def curve_stops(total_steps: int, n: int) -> list[int]:
+    """n optimizer steps, log-spaced from total/2^(n-1)... up to total_steps (the last), distinct."""
+    return sorted({max(1, int(round(total_steps / 2 ** (n - 1 - i)))) for i in range(n)})
+
+
+def measured_curve(cfg: TrainConfig, n: int, measure: Callable[[], float], path: str | Path, config: dict) -> list:
+    """[[step, measure()], ...] at curve_stops(total, n) but the last (the caller measures the finished
+    run), the run of cfg trained to each stop in turn; kept in `path` (with `config`) so that a stopped
+    run keeps its stops. DataError if the run is already past a stop that is not measured."""
+    path = Path(path)
+    curve = read_json(path)["curve"] if path.is_file() else []
+    tok = load_tokenizer(Path(cfg.data) / "tokenizer")
+    total = Batches(cfg, tok.eos_token_id, tok.pad_token_id).total_steps
+    for stop in curve_stops(total, n)[:-1]:
+        if stop > (curve[-1][0] if curve else 0):
+            if (checkpoint_step(Path(cfg.out) / "checkpoint") or 0) > stop:
+                raise DataError(f"curve: the run in {cfg.out!r} is past step {stop} and cannot be measured there; "
+                                "remove the folder to train it again")
+            train_to(cfg, stop)
+            curve.append([stop, measure()])
+            write_json(path, config=config, curve=curve)
+    return curve
 
 
 def _config_of(model) -> ModelConfig:

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from kn.claims import CLAIMS, Check, Evidence, Rule, claims_table, latest_profile, verdict
+from kn.claims import CLAIMS, Check, Evidence, Rule, claims_table, latest_profile, rule_history, seeds_needed_table, verdict
+from kn.dynamics_claims import seeds_needed
 from kn.intervals import Interval, bootstrap, mean_accuracy
 from kn.data.records import ATTRIBUTES
 
@@ -227,29 +228,61 @@ def forgetting(b, aic_log, aic_linear, aic_exp=100.0):
     return {"fits": {"log": {"aic": aic_log}, "linear": {"aic": aic_linear}, "exp": {"aic": aic_exp}}, "decay_b": b}
 
 
+def dynamics_files(tmp_path, bump=iv(0.3, 0.1, 0.5), gain=iv(-0.01, -0.04, 0.03), leads=(iv(5, 3, 8), iv(4, 2.5, 6)),
+                   decay=iv(0.3, 0.25, 0.35), dup=iv(0.2, 0.1, 0.3), batch=(iv(0.1, 0.02, 0.2), iv(0.2, 0.05, 0.3))):
+    """dynamics.json and batch_sizes.json with the claims' numbers; the once scenario's (the old tests')
+    numbers straddle every threshold."""
+    once = {"effectivity_minus_control": iv(0.1, -0.1, 0.3), "forgetting_minus_control": forgetting(decay, 10, 9)}
+    fam = {s: {"memorization": {"forgetting_minus_control": forgetting(decay, 10, 15)}} for s in ("duplicated", "paraphrased")}
+    result = {"seeds": [0, 1, 2], "stages": {"late": {"once": {"memorization": once}, **fam}},
+              "early_vs_late": {"once": {"memorization": {"effectivity_minus_control": {"late_minus_early": iv(0, -0.1, 0.1)}}}},
+              "duplicated_minus_paraphrased": {"late": {"memorization": {"forgetting": dup}}},
+              "claims": {"bump": bump, "stage_gain": gain, "scenarios": ["once", "duplicated", "paraphrased"],
+                         "aic_lead": dict(zip(("duplicated", "paraphrased"), leads))}}
+    write(tmp_path, "dynamics", "cpu", "dynamics", result)
+    per = dict(zip(("duplicated", "paraphrased"), batch)) | {"once": iv(0.1, -0.1, 0.3)}
+    write(tmp_path, "dynamics", "cpu", "batch_sizes", {"batch_sizes": [128, 32], "small_minus_large":
+                                                       {s: {"memorization": {"forgetting": v}} for s, v in per.items()}})
+
+
 def test_dynamics_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
-    once = {"effectivity_minus_control": iv(0.4, 0.2, 0.6), "forgetting_minus_control": forgetting(iv(0.3, 0.25, 0.35), 10, 15)}
-    result = {"stages": {"late": {"once": {"memorization": once}}},
-              "early_vs_late": {"once": {"memorization": {"effectivity_minus_control": {"late_minus_early": iv(-0.01, -0.04, 0.03)}}}},
-              "duplicated_minus_paraphrased": {"late": {"memorization": {"forgetting": iv(0.2, 0.1, 0.3)}}}}
-    write(tmp_path, "dynamics", "cpu", "dynamics", result)
-    write(tmp_path, "dynamics", "cpu", "batch_sizes", {"batch_sizes": [128, 32],
-                                                       "small_minus_large": {"once": {"memorization": {"forgetting": iv(0.1, 0.02, 0.2)}}}})
-    assert [r["verdict"] for r in by_chapter("dynamics")] == ["reproduced"] * 5
-    assert "batch 32) minus decay b (batch 128" in by_chapter("dynamics")[4]["ours"]
-    # built to fail the power law: a line in t fits better (lower AIC) though R falls with log t too
-    once["forgetting_minus_control"] = forgetting(iv(0.3, 0.25, 0.35), 15, 10)
-    result["duplicated_minus_paraphrased"]["late"]["memorization"]["forgetting"] = iv(0.05, -0.1, 0.2)   # straddles 0
-    result["early_vs_late"]["once"]["memorization"]["effectivity_minus_control"]["late_minus_early"] = iv(0.3, 0.2, 0.4)
-    write(tmp_path, "dynamics", "cpu", "dynamics", result)
+    dynamics_files(tmp_path)
     rows = by_chapter("dynamics")
-    assert rows[2]["verdict"] == "not reproduced" and "log-t better by -5.0" in rows[2]["ours"]
-    assert rows[3]["verdict"] == "inconclusive" and rows[1]["verdict"] == "not reproduced"
-    once["forgetting_minus_control"] = forgetting(iv(0.01, -0.02, 0.04), 10, 15)                # no decay at all
-    once["effectivity_minus_control"] = iv(None, None, None)                                    # undefined estimate
-    write(tmp_path, "dynamics", "cpu", "dynamics", result)
-    assert [r["verdict"] for r in by_chapter("dynamics")][:3] == ["inconclusive", "not reproduced", "inconclusive"]
+    assert [r["verdict"] for r in rows] == ["reproduced"] * 5
+    assert "batch 32) minus decay b (batch 128" in rows[4]["ours"] and "the smaller +0.100 [+0.020, +0.200]" in rows[4]["ours"]
+    assert "the smaller +4.0 [+2.5, +6.0]" in rows[2]["ours"]            # both needed: the worse of the two
+    table = seeds_needed_table("cpu").data.splitlines()                  # the rows' own numbers, 3 seeds run
+    assert len(table) == 2 + 5 and "| +0.3 [+0.1, +0.5] | interval >= 0 nats | 3 | 2 |" in table[2]
+    # built to fail: a line in t beats the log law in one scenario; the stage gain is above 0.05; one batch
+    # difference straddles 0
+    dynamics_files(tmp_path, gain=iv(0.3, 0.2, 0.4), leads=(iv(5, 3, 8), iv(-5, -8, -3)),
+                   batch=(iv(0.1, 0.02, 0.2), iv(0.05, -0.1, 0.2)), dup=iv(0.05, -0.1, 0.2))
+    assert [r["verdict"] for r in by_chapter("dynamics")] == ["reproduced", "not reproduced", "not reproduced",
+                                                              "inconclusive", "inconclusive"]
+    dynamics_files(tmp_path, bump=iv(None, None, None), decay=iv(0.01, -0.02, 0.04))   # undefined; no decay
+    rows = by_chapter("dynamics")
+    assert [r["verdict"] for r in rows][:3] == ["inconclusive", "reproduced", "inconclusive"]
+    assert "guard failed: decay b" in rows[2]["why"]
+
+
+def test_dynamics_rule_history_gives_the_old_tests_verdict(tmp_path, monkeypatch):
+    """The four claims whose rule moved from the once scenario to the family show the verdict under the
+    once-only test, computed from the same files."""
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
+    dynamics_files(tmp_path)
+    rows = [r for r in rule_history() if r["date"] == "2026-12-04" and r["source"] == "Chang et al."]
+    assert len(rows) == 4 and all(r["now"] == "reproduced" for r in rows)
+    assert [r["before"] for r in rows] == ["inconclusive", "inconclusive", "not reproduced", "inconclusive"]
+
+
+def test_seeds_needed_scales_with_the_interval():
+    """Half-width 0.1 at 3 seeds, 0.05 from the threshold: 4x the seeds halve it; the side toward the
+    threshold counts; an estimate on the threshold can never clear it."""
+    assert seeds_needed(Interval(0.05, -0.05, 0.5), 0.0, 3) == 12
+    assert seeds_needed(Interval(-0.05, -0.5, 0.05), 0.0, 3) == 12
+    assert seeds_needed(Interval(0.3, 0.1, 0.5), 0.0, 3) == 2 and seeds_needed(Interval(1, 0.99, 1.01), 0, 3) == 1
+    assert seeds_needed(Interval(0.0, -0.1, 0.1), 0.0, 3) is None
 
 
 def onelayer_csv(folder, intervals=True, train=0.95):
