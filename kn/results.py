@@ -85,18 +85,29 @@ def cpu_info() -> dict:
     return {"cpu_model": fields.get("model name", platform.machine()), "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
 
 
+_PRECISIONS: list[dict] = []       # what training runs in this process chose (kn.precision), in order
+
+
+def record_precision(choice: dict) -> None:
+    """Note a precision a run of this process chose (kn.precision.choose): hardware() reports it."""
+    if choice not in _PRECISIONS:
+        _PRECISIONS.append(choice)
+
+
 def hardware() -> dict:
-    """CPU (model and the flags that set its speed), core count, precision and, where
-    torch sees one, the GPU. Precision is kn.train's rule: bf16 autocast on a GPU, fp32 on the CPU."""
+    """CPU (model and the flags that set its speed), core count, where torch sees one the GPU, and
+    "precision": every precision (dtype, attention, reason) that training runs in this process
+    chose (kn.precision), none when none trained here. Files written before the choice existed
+    say "fp32" or "bf16 autocast" (kn's rule then: bf16 on a GPU, fp32 on the CPU)."""
     info = {"cpu": platform.processor() or platform.machine(), **cpu_info(), "cores": os.cpu_count(), "gpu": None}
     try:
         import torch
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
         info["torch"] = torch.__version__
-        info["precision"] = "bf16 autocast" if info["gpu"] else "fp32"
     except ImportError:
         pass
+    info["precision"] = list(_PRECISIONS)
     return info
 
 
@@ -209,7 +220,18 @@ def done(path: str | Path, config, after=()) -> dict | None:
         return None                                          # not a result file: compute it again
     if not isinstance(record, dict) or record.get("interrupted") or "provenance" not in record:
         return None
-    return record if record["provenance"].get("config") == as_recorded(config) else None
+    return record if same_config(record["provenance"].get("config"), config) else None
+
+
+def same_config(recorded, config) -> bool:
+    """Whether a recorded config is `config`'s. A setting added to a config class after files were
+    recorded is listed in its ADDED_SETTINGS with the value every earlier run had: a record
+    without it matches a config at that value (kn.train.TrainConfig's precision, trim_vocab)."""
+    now = as_recorded(config)
+    added = getattr(config, "ADDED_SETTINGS", {})
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        recorded = {k: v for k, v in added.items() if k in now} | recorded
+    return recorded == now
 
 
 # ----------------------------------------------------------------------------- chapters' folders

@@ -8,8 +8,11 @@ A bioD folder (Part 3.3) pretrains on biographies re-rendered every epoch, junk 
 
 Training length is counted in exposures: passes over every biography (pretrain, mixed) or over
 every train QA (finetune). AdamW, linear warmup then cosine to min_lr_ratio * lr. Device
-placement, bf16 autocast and data parallel come from `accelerate` (`accelerate launch` works);
-torch.compile is used on GPU. A checkpoint (every `checkpoint_every` steps and on SIGTERM/SIGINT)
+placement and data parallel come from `accelerate` (`accelerate launch` works); torch.compile is
+used on GPU. Precision (fp32 or bf16 autocast) and the attention kernel are chosen at the start of
+a run by kn.precision (`precision`, `attention`: auto measures on the machine at hand) and
+recorded in train.json and the checkpoint. With `trim_vocab` a new model (pretrain, mixed) has
+rows only for the tokens its data use (kn.vocab); its saved models have the tokenizer's rows. A checkpoint (every `checkpoint_every` steps and on SIGTERM/SIGINT)
 is a `save_pretrained` folder plus state.pt (trainable weights, optimizer, scheduler, RNG, step)
 and state.json (step, config, the data's fingerprint, the last logged loss and, last, the sha256 of
 every other file), written under a temporary name and swapped in with the old one renamed aside,
@@ -41,6 +44,7 @@ import tomllib
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import ClassVar
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -51,8 +55,10 @@ from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs,
 from kn.data.dataset import load_encoded, read_meta
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
+from kn.precision import Precision, check_setting, choose, legacy, set_attention
 from kn.results import atomic_file, folder_path, read_json, write_json
 from kn.tokenize import Encoded, equal_exposure, load_tokenizer, pack
+from kn.vocab import VocabMap, expand, trim
 
 MODES = ("pretrain", "mixed", "finetune")
 IGNORE = -100
@@ -85,9 +91,14 @@ class TrainConfig:
     device: str = "auto"               # auto | cpu | cuda
     compile: str = "auto"              # auto (GPU only) | on | off
     threads: int = 1                   # CPU runs: torch threads (0 = torch's default); the count changes the curve
+    precision: str = "auto"            # auto (measured: bf16 where the hardware has it, if faster) | fp32 | bf16
+    attention: str = "auto"            # auto (measured) | sdpa | eager
+    trim_vocab: bool = False           # pretrain, mixed: embedding and head only for the tokens the data use
     checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
     log_every: int = 20
     max_steps: int | None = None       # stop early (e.g. to test resume); the schedule is unchanged
+    # settings added after runs were recorded, at the value those runs had (kn.results.same_config)
+    ADDED_SETTINGS: ClassVar[dict] = {"precision": "fp32", "attention": "sdpa", "trim_vocab": False}
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -109,6 +120,13 @@ class TrainConfig:
             raise DataError(f"device: got {self.device!r}; allowed: auto, cpu, cuda")
         if self.compile not in ("auto", "on", "off"):
             raise DataError(f"compile: got {self.compile!r}; allowed: auto, on, off")
+        check_setting("precision", self.precision)
+        check_setting("attention", self.attention)
+        if not isinstance(self.trim_vocab, bool):
+            raise DataError(f"trim_vocab: got {self.trim_vocab!r}; allowed: true or false")
+        if self.trim_vocab and self.mode == "finetune":
+            raise DataError("trim_vocab: a finetune starts from a saved model with the tokenizer's rows; "
+                            "allowed: false in finetune mode (trim the pretraining run instead)")
         if self.window > self.model.context:
             raise DataError(f"window: {self.window} exceeds the model context {self.model.context}")
 
@@ -133,7 +151,7 @@ class TrainConfig:
 KINDS = {"int": ("batch_size", "window", "lora_rank", "lora_embed_rank", "seed", "checkpoint_every", "log_every",
                  "max_steps", "threads"),
          "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip"),
-         "str": ("data", "out", "mode", "device", "compile", "init")}
+         "str": ("data", "out", "mode", "device", "compile", "init", "precision", "attention")}
 OPTIONAL = ("init", "max_steps")
 
 
@@ -315,10 +333,12 @@ def lr_lambda(total_steps: int, warmup: float = 0.05, min_lr_ratio: float = 0.1)
     return f
 
 
-def make_model(cfg: TrainConfig, vocab_size: int):
-    """A new model (pretrain, mixed) or the init model (finetune), LoRA-wrapped if asked."""
+def make_model(cfg: TrainConfig, vocab_size: int, vocab: VocabMap | None = None):
+    """A new model (pretrain, mixed; cut to `vocab` when given) or the init model (finetune),
+    LoRA-wrapped if asked."""
     if cfg.mode != "finetune":
-        return build_model(replace(cfg.model, vocab_size=vocab_size), seed=cfg.seed)
+        model = build_model(replace(cfg.model, vocab_size=vocab_size), seed=cfg.seed)
+        return trim(model, vocab) if vocab is not None else model
     from transformers import AutoModelForCausalLM
     if not Path(cfg.init, "config.json").is_file():
         raise DataError(f"init: no model (config.json) in {cfg.init!r}")
@@ -328,6 +348,17 @@ def make_model(cfg: TrainConfig, vocab_size: int):
     if cfg.lora_rank:
         model = add_lora(model, cfg.lora_rank, cfg.lora_embed_rank, seed=cfg.seed)
     return model
+
+
+def vocab_in_use(batches: Batches, eos_id: int, vocab_size: int) -> VocabMap | None:
+    """The map of the tokens a pretrain or mixed run trains on (biographies, train QAs, EOS); None
+    when it uses every token."""
+    if batches.biod is not None:
+        raise DataError("trim_vocab: a bioD folder is rendered anew every epoch, so the tokens it uses are not "
+                        "known up front; allowed: false for bioD data")
+    arrays = [batches.bios.ids, [eos_id]] + ([batches.qa.ids] if batches.qa is not None else [])
+    vocab = VocabMap.of(arrays, vocab_size)
+    return vocab if len(vocab.used) < vocab_size else None
 
 
 def add_lora(model, rank: int, embed_rank: int = 0, seed: int = 0):
@@ -359,10 +390,11 @@ def optimizer_for(model, lr: float, weight_decay: float = 0.1) -> torch.optim.Op
 
 
 def accelerator(device: str = "auto"):
-    """The Accelerator of a run on device auto | cpu | cuda: bf16 autocast on a GPU, fp32 on the CPU."""
+    """The Accelerator of a run on device auto | cpu | cuda. Its own mixed precision is off: the
+    run's autocast is kn.precision's choice (training_step)."""
     from accelerate import Accelerator
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda else "no")
+    return Accelerator(cpu=not use_cuda, mixed_precision="no")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -391,7 +423,7 @@ def save_model(model, tokenizer, path: Path) -> None:
     """A from_pretrained folder (LoRA merged into a copy), written atomically."""
     tmp = _aside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    to_save = model
+    to_save = expand(model) if hasattr(model, "kn_vocab") else model     # a trimmed model: the tokenizer's rows
     if hasattr(model, "merge_and_unload"):
         import copy
         to_save = copy.deepcopy(model)
@@ -409,10 +441,10 @@ def save_model(model, tokenizer, path: Path) -> None:
 
 
 def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config: dict, evals: dict,
-                    fingerprint: str | None = None, loss: float | None = None) -> None:
+                    fingerprint: str | None = None, loss: float | None = None, precision: dict | None = None) -> None:
     """Model, state.pt (with the evaluations so far), then state.json (the mark of a complete
-    checkpoint: the run's settings, the data's fingerprint, the last logged loss and the files'
-    checksums) in path.tmp; swapped in."""
+    checkpoint: the run's settings, the data's fingerprint, the last logged loss, the precision it
+    runs in and the files' checksums) in path.tmp; swapped in."""
     tmp = _aside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -420,7 +452,8 @@ def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config:
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save({"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": rng, "step": step, "evals": {t: v.cpu() for t, v in evals.items()}}, tmp / "state.pt")
-    state = {"step": step, "config": config, "data": fingerprint, "loss": loss, "checksum": checksums(tmp)}
+    state = {"step": step, "config": config, "data": fingerprint, "loss": loss, "precision": precision,
+             "checksum": checksums(tmp)}
     (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
     swap_in(tmp, path)
 
@@ -675,12 +708,15 @@ def cpu_threads(n: int, device):
         torch.set_num_threads(before)
 
 
-def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool = False):
-    """One optimizer step as a function (x, labels, mask) -> detached loss; nothing syncs the host."""
+def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool = False,
+                  precision: Precision | None = None):
+    """One optimizer step as a function (x, labels, mask) -> detached loss, under `precision`'s
+    autocast (None: fp32); nothing syncs the host."""
     forward = torch.compile(model) if compile else model
+    precision = precision or Precision("fp32", "sdpa", "")
 
     def step(x, y, mask=None):
-        with acc.autocast():
+        with precision.autocast(acc.device):
             loss = forward(input_ids=x, attention_mask=mask, labels=y).loss
         acc.backward(loss)
         if grad_clip:
@@ -703,9 +739,15 @@ class Fit:
     grad_clip: float = 1.0             # 0: no clipping
     compile: str = "auto"              # auto (GPU only) | on | off
     threads: int = 1                   # CPU: torch threads for the run (0 = torch's default), then restored
+    precision: str = "auto"            # kn.precision: auto | fp32 | bf16
+    attention: str = "auto"            # kn.precision: auto | sdpa | eager
     checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
     log_every: int = 20
     max_steps: int | None = None       # stop early; the schedule is unchanged
+
+    def __post_init__(self):
+        check_setting("precision", self.precision)
+        check_setting("attention", self.attention)
 
 
 @dataclass(frozen=True)
@@ -728,17 +770,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
     tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer") if cfg.mode != "finetune" else load_tokenizer(cfg.init)
     batches = Batches(cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
     check_vocab(batches, len(tokenizer))
-    model = make_model(cfg, len(tokenizer))
+    vocab = vocab_in_use(batches, tokenizer.eos_token_id, len(tokenizer)) if cfg.trim_vocab else None
+    model = make_model(cfg, len(tokenizer), vocab)
     fpt = flops_per_token(_config_of(model), n_params(model, trainable_only=False)["non_embedding"], cfg.window)
     spec = Fit(batches.total_steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay, cfg.grad_clip,
-               cfg.compile, cfg.threads, cfg.checkpoint_every, cfg.log_every, cfg.max_steps)
+               cfg.compile, cfg.threads, cfg.precision, cfg.attention, cfg.checkpoint_every, cfg.log_every,
+               cfg.max_steps)
     hooks = Hooks(pad_id=tokenizer.pad_token_id if cfg.mode == "finetune" else None)
-    s = fit(model, batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks, resume, overwrite, progress, cfg.mode,
-            data=cfg.data)
+    s = fit(model, vocab.batches(batches) if vocab else batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks,
+            resume, overwrite, progress, cfg.mode, data=cfg.data)
     summary = {"mode": cfg.mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss",
-                                                      "tokens_per_s", "n_params")},
+                                                      "tokens_per_s")},
+               "n_params": n_params(expand(model)) if vocab else s["n_params"],     # as saved: the tokenizer's rows
+               "vocab": vocab.record() if vocab else {"tokenizer": len(tokenizer), "trimmed": False},
                "flops_per_token": fpt, "mfu": mfu(s["tokens_per_s"] * fpt, acc.device),
-               **{k: s[k] for k in ("device", "world_size", "history")}}
+               **{k: s[k] for k in ("precision", "device", "world_size", "history")}}
     if acc.is_main_process:
         write_json(Path(cfg.out) / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=s["wall_time"], **summary)
     return summary
@@ -784,19 +830,24 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
     opt = optimizer_for(model, spec.lr, spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
     start, evals, last_loss = 0, {}, None
+    rank, world = acc.process_index, acc.num_processes
     if checkpoint is not None:
         start, evals = load_checkpoint(checkpoint, model, opt, sched)
         last_loss = _state(checkpoint).get("loss")
+        precision = resumed_precision(_state(checkpoint), spec, acc.device)
         if acc.is_main_process:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed %s at step %d", out, start)
-    elif acc.is_main_process:
-        (out / "metrics.jsonl").write_text("")
+    else:
+        precision = run_precision(model, _tensors(batches(0), rank, world, acc.device, hooks.pad_id), spec, acc)
+        if acc.is_main_process:
+            (out / "metrics.jsonl").write_text("")
+    set_attention(model, precision.attention)
+    log.info("%s: %s (%s)", out, precision.name, precision.reason)
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
-    step_fn = training_step(model, opt, sched, acc, spec.grad_clip, use_compile(spec.compile, acc.device))
+    step_fn = training_step(model, opt, sched, acc, spec.grad_clip, use_compile(spec.compile, acc.device), precision)
     end = min(spec.total_steps, spec.max_steps or spec.total_steps)
-    rank, world = acc.process_index, acc.num_processes
 
     model.train()
     t_start = time.perf_counter()
@@ -807,14 +858,10 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
         step = start
         while step < end and not stop.set:
             if hooks.evaluate and step % hooks.eval_every == 0:
-                evals[step] = _evaluate(model, acc, hooks.evaluate)
-            ids, labels = batches(step)
-            ids, labels = ids[rank::world], labels[rank::world]        # data parallel: this rank's rows
-            x = torch.from_numpy(ids).to(acc.device, non_blocking=True).long()
-            y = torch.from_numpy(labels).to(acc.device, non_blocking=True).long()
-            mask = None if hooks.pad_id is None else x != hooks.pad_id
+                evals[step] = _evaluate(model, acc, hooks.evaluate, precision)
+            x, y, mask = _tensors(batches(step), rank, world, acc.device, hooks.pad_id)
             loss_sum += step_fn(x, y, mask)
-            tokens_done += int(ids.size) * world
+            tokens_done += int(x.numel()) * world
             n_logged += 1
             step += 1
             if step % spec.log_every == 0 or step == end:
@@ -836,16 +883,17 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
             if acc.is_main_process and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < end \
                     and not unchecked:
                 save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals, fingerprint,
-                                last_loss)
+                                last_loss, precision.record())
         interrupted = stop.set and step < end
     bar.close()
     if unchecked and n_logged:                                  # stopped before the first log after a resume
         check_resumed_loss((loss_sum / n_logged).item(), last_loss, start, step)
     if hooks.evaluate and step == spec.total_steps:
-        evals[step] = _evaluate(model, acc, hooks.evaluate)
+        evals[step] = _evaluate(model, acc, hooks.evaluate, precision)
     wall = time.perf_counter() - t_start
     if acc.is_main_process:
-        save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals, fingerprint, last_loss)
+        save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals, fingerprint, last_loss,
+                        precision.record())
         if not interrupted:
             save_model(raw, tokenizer, out / "model")
     if interrupted:
@@ -853,15 +901,43 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
     tok_s = float(np.mean([h["tokens_per_s"] for h in history[1:]] or [h["tokens_per_s"] for h in history] or [0.0]))
     summary = {"steps": step, "total_steps": spec.total_steps, "interrupted": interrupted,
                "final_loss": history[-1]["loss"] if history else None, "tokens_per_s": tok_s,
-               "n_params": n_params(raw), "device": str(acc.device), "world_size": world, "history": history,
-               "wall_time": wall}
+               "n_params": n_params(raw), "precision": precision.record(), "device": str(acc.device),
+               "world_size": world, "history": history, "wall_time": wall}
     return summary | ({"evals": evals} if hooks.evaluate else {})
 
 
-def _evaluate(model, acc, evaluate):
+def _tensors(batch: tuple, rank: int, world: int, device, pad_id: int | None) -> tuple:
+    """(x, labels, attention mask or None) of this rank's rows (data parallel) of batch (ids, labels)."""
+    ids, labels = batch[0][rank::world], batch[1][rank::world]
+    x = torch.from_numpy(ids).to(device, non_blocking=True).long()
+    y = torch.from_numpy(labels).to(device, non_blocking=True).long()
+    return x, y, None if pad_id is None else x != pad_id
+
+
+def run_precision(model, batch: tuple, spec: Fit, acc) -> Precision:
+    """kn.precision.choose on the main process, the same for every process of a data-parallel run."""
+    choice = [choose(model, batch, spec.precision, spec.attention, acc.device) if acc.is_main_process else None]
+    if acc.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+        broadcast_object_list(choice)
+    return choice[0]
+
+
+def resumed_precision(state: dict, spec: Fit, device) -> Precision:
+    """The precision a checkpoint's run chose (kn.precision.legacy when it records none); DataError
+    when the run sets another (auto allows any: a resumed run continues in what it ran in)."""
+    p = Precision(**state["precision"]) if state.get("precision") else legacy(device)
+    if spec.precision not in ("auto", p.dtype) or spec.attention not in ("auto", p.attention):
+        raise DataError(f"resume: the checkpoint ran in {p.name}, which precision={spec.precision!r}, "
+                        f"attention={spec.attention!r} exclude; resume with settings that allow it, or start "
+                        "again with overwrite=True (--overwrite)")
+    return p
+
+
+def _evaluate(model, acc, evaluate, precision: Precision):
     """evaluate(model) in eval mode, under the run's autocast, without gradients."""
     model.eval()
-    with torch.no_grad(), acc.autocast():
+    with torch.no_grad(), precision.autocast(acc.device):
         value = evaluate(model)
     model.train()
     return value

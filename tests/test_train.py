@@ -185,11 +185,13 @@ def test_cpu_run_uses_its_threads_and_restores_them(data, tmp_path, monkeypatch)
 
 
 def test_checkpoint_from_before_checksums_resumes(data, tmp_path):
-    """A checkpoint without checksums, data fingerprint or loss (written before them) is read as it is."""
+    """A checkpoint without checksums, data fingerprint, loss or precision (written before them) is read
+    as it is, and continues in kn's precision of then (fp32 and SDPA on the CPU)."""
     run = tmp_path / "r"
     train(cfg(data, run, max_steps=3, checkpoint_every=2, log_every=1), progress=False)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert set(state) == {"step", "config", "data", "loss", "checksum"} and "state.pt" in state["checksum"]
+    assert set(state) == {"step", "config", "data", "loss", "precision", "checksum"} and "state.pt" in state["checksum"]
     (run / "checkpoint" / "state.json").write_text(json.dumps({"step": state["step"], "config": state["config"]}))
     done = train(cfg(data, run, checkpoint_every=2, log_every=1), resume=True, progress=False)
     assert done["history"][0]["step"] == 4 and done["steps"] == done["total_steps"]
+    assert (done["precision"]["dtype"], done["precision"]["attention"]) == ("fp32", "sdpa")
