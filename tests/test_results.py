@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pytest
 
@@ -35,6 +35,19 @@ def test_done_needs_a_finished_file_with_the_same_config(tmp_path):
     assert done(path, Point()) is None
     path.write_text('{"value": 7}')                                        # no provenance, so no config
     assert done(path, Point()) is None
+
+
+def test_a_record_from_before_an_added_setting_matches_its_old_value(tmp_path):
+    """kn.train.TrainConfig's precision, attention and trim_vocab came after runs were recorded: a
+    train.json without them is the run of a config at fp32, SDPA, untrimmed (capacity's pinned
+    settings), not of one that lets the machine choose."""
+    from kn.train import TrainConfig
+    old = TrainConfig(data="d", out="o", precision="fp32", attention="sdpa")
+    path = tmp_path / "train.json"
+    write_json(path, config={k: v for k, v in asdict(old).items() if k not in TrainConfig.ADDED_SETTINGS}, value=1)
+    assert done(path, old)["value"] == 1
+    assert done(path, TrainConfig(data="d", out="o")) is None                          # precision auto
+    assert done(path, TrainConfig(data="d", out="o", precision="fp32", attention="sdpa", trim_vocab=True)) is None
 
 
 def test_chapter_folders_follow_the_environment(tmp_path, monkeypatch):
@@ -87,11 +100,17 @@ def test_layers():
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
-def test_provenance_records_cpu_flags_and_precision():
-    """Speeds differ between machines by CPU flags (bf16 instructions) and precision: every result says both."""
-    from kn.results import CPU_FLAGS, hardware
+def test_provenance_records_cpu_flags_and_precision(monkeypatch):
+    """Speeds differ between machines by CPU flags (bf16 instructions) and precision: every result says
+    both, precision as what the process's runs chose (kn.precision)."""
+    import kn.results
+    from kn.results import CPU_FLAGS, hardware, record_precision
+    monkeypatch.setattr(kn.results, "_PRECISIONS", [])                   # this test's record only
+    assert hardware()["precision"] == []
+    record_precision({"dtype": "bf16", "attention": "eager", "reason": "test", "seconds_per_step": {}})
     hw = hardware()
-    assert set(hw["cpu_flags"]) <= set(CPU_FLAGS) and hw["cpu_model"] and hw["precision"] in ("fp32", "bf16 autocast")
+    assert set(hw["cpu_flags"]) <= set(CPU_FLAGS) and hw["cpu_model"]
+    assert {"dtype": "bf16", "attention": "eager", "reason": "test", "seconds_per_step": {}} in hw["precision"]
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if "avx2" in text.split():
         assert "avx2" in hw["cpu_flags"]
