@@ -135,7 +135,8 @@ def cfg(data, out, **kw):
     from kn.models import ModelConfig
     from kn.train import TrainConfig
     base = dict(data=data, out=str(out), model=ModelConfig(n_layer=1, n_head=2, n_embd=32, context=64), window=64,
-                batch_size=8, exposures=2, lr=3e-3, log_every=1, checkpoint_every=4)
+                batch_size=8, exposures=2, lr=3e-3, log_every=1, checkpoint_every=4,
+                precision="fp32", attention="sdpa")   # auto may choose otherwise in a child process than here
     return TrainConfig(**(base | kw))
 
 
