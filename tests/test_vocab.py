@@ -55,7 +55,7 @@ def test_trimmed_run_saves_the_tokenizer_rows(data, tmp_path):
 def test_trimmed_and_untrimmed_reach_the_same_loss(data, tmp_path):
     """>= 1,000 steps on 3 seeds (a tiny model on the test corpus, 56% of its tokens in use): the mean
     final loss (last 100 steps) of the trimmed runs is within 2 seed standard deviations of the
-    untrimmed runs'. benchmarks/vocab.py runs the same comparison on the Part 3.1 cpu model."""
+    untrimmed runs'. benchmarks/steps.py (equal loss) compares them on the Part 3.1 cpu model."""
     final = {}
     for trim_vocab in (False, True):
         final[trim_vocab] = []
