@@ -133,7 +133,8 @@ def train_cmd(config: str = typer.Option(..., help="TOML file: TrainConfig keys 
     from kn.train import EXIT_INTERRUPTED, load_config, train
     summary = train(load_config(config), resume=resume, overwrite=overwrite)
     typer.echo(json.dumps({k: summary[k] for k in ("mode", "steps", "interrupted", "final_loss", "tokens_per_s",
-                                                   "n_params", "mfu")}))
+                                                   "n_params", "mfu", "vocab")}
+                          | {"precision": f"{summary['precision']['dtype']}+{summary['precision']['attention']}"}))
     if summary["interrupted"]:
         raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -137,9 +137,9 @@ def _measured(model, batch: tuple, cands: list, device, precision: str) -> Preci
     if med[best] * MARGIN > med[first]:
         best = first
     flags = [f for f in BF16_FLAGS if f in cpu_info()["cpu_flags"]]
+    hardware = f"bf16 instructions: {', '.join(flags)}" if flags else "no bf16 instructions: fp32 only"
     why = (f"auto, measured ({ROUNDS} steps each on the run's first batch): {best} "
-           f"{med[first] / med[best]:.2f}x {first}" + (f"; bf16 instructions: {', '.join(flags)}" if flags else "")
-           + ("" if precision == "auto" else f"; precision {precision} as set"))
+           f"{med[first] / med[best]:.2f}x {first}; " + (hardware if precision == "auto" else f"precision {precision} as set"))
     dtype, attn = best.split("+")
     return Precision(dtype, attn, why, {k: round(v, 6) for k, v in med.items()})
 

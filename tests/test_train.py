@@ -128,11 +128,13 @@ def test_cli_train(tmp_path, data, capsys):
     from kn.cli import main
     path = tmp_path / "run.toml"
     path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\nexposures = 1\nwindow = 64\nbatch_size = 8\n'
-                    '[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n')
+                    'precision = "fp32"\ntrim_vocab = true\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n')
     assert main(["train", "--config", str(path)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "pretrain"
-    path.write_text('data = "x"\nout = "y"\nmode = "distill"\n')
-    assert main(["train", "--config", str(path)]) == 2
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["mode"] == "pretrain" and out["vocab"]["trimmed"] and out["precision"].startswith("fp32+")
+    for bad in ('mode = "distill"', 'precision = "fp16"'):
+        path.write_text(f'data = "x"\nout = "y"\n{bad}\n')
+        assert main(["train", "--config", str(path)]) == 2
 
 
 def test_recover_checkpoint_keeps_the_newest_complete_one(tmp_path):
