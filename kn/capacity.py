@@ -38,6 +38,7 @@ from kn.errors import DataError, check_number
 from kn.models import ModelConfig, n_params
 from kn.results import done, read_json, write_json
 from kn.sweep import point_key, run_sweep
+from kn.train import measured_curve, train_to
 
 LN2 = math.log(2)
 N0_BIOS = 400 * 400 * 1000                                  # bioS names: first x middle x last
@@ -298,36 +299,11 @@ def _measure(folder: Path, p: dict, device: str, batch_size: int) -> dict:
     return out
 
 
-def curve_stops(total_steps: int, n: int) -> list[int]:
-    """n optimizer steps, log-spaced from total/2^(n-1)... up to total_steps (the last), distinct."""
-    return sorted({max(1, int(round(total_steps / 2 ** (n - 1 - i)))) for i in range(n)})
-
-
-def _trained(tcfg, stop: int | None) -> dict:
-    """The run trained to `stop` steps (None: to the end), resuming what is there."""
-    from dataclasses import replace
-    from kn.train import stop_if_interrupted, train
-    cfg = replace(tcfg, max_steps=stop)
-    return done(Path(cfg.out) / "train.json", cfg) or stop_if_interrupted(train(cfg, resume=True, progress=False), cfg.out)
-
-
 def _curve(folder: Path, tcfg, p: dict, device: str, batch_size: int) -> list:
-    """[[step, bits], ...] at curve_stops, in folder/curve.json so that a stopped point keeps its stops."""
-    from kn.tokenize import load_tokenizer
-    from kn.train import Batches, checkpoint_step
-    path, dev = folder / "curve.json", None if device == "auto" else device
-    curve = read_json(path)["curve"] if path.is_file() else []
-    tok = load_tokenizer(folder / "data" / "tokenizer")
-    total = Batches(tcfg, tok.eos_token_id, tok.pad_token_id).total_steps
-    for stop in curve_stops(total, p["curve"])[:-1]:
-        if stop > (curve[-1][0] if curve else 0):
-            if (checkpoint_step(folder / "run" / "checkpoint") or 0) > stop:
-                raise DataError(f"curve: the run in {str(folder)!r} is past step {stop} and cannot be measured there; "
-                                "remove the folder to train it again")
-            _trained(tcfg, stop)
-            curve.append([stop, run_bound(folder / "run", None, batch_size, dev)["bits"]])
-            write_json(path, config=p, curve=curve)
-    return curve
+    """[[step, bits], ...] at kn.train.curve_stops, in folder/curve.json so that a stopped point keeps its stops."""
+    dev = None if device == "auto" else device
+    return measured_curve(tcfg, p["curve"], lambda: run_bound(folder / "run", None, batch_size, dev)["bits"],
+                          folder / "curve.json", p)
 
 
 def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str = "auto",
@@ -346,7 +322,7 @@ def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str 
         t1 = time.perf_counter()
         tcfg = _train_config(p, folder, device)       # a finished run (a sweep stopped while measuring) is read
         curve = _curve(folder, tcfg, p, device, eval_batch_size) if p["curve"] else []
-        summary = _trained(tcfg, None)
+        summary = train_to(tcfg)
         train_s = time.perf_counter() - t1
         out = _measure(folder, p, device, eval_batch_size)
     return {**out, "steps": summary["steps"], "final_loss": summary["final_loss"],

@@ -10,7 +10,8 @@ paper's unit: paragraphs, models). `verdict` is the only function that turns the
   inconclusive    a guard failed, the ceiling is below what the rule needs, there is no interval,
                   or the interval straddles the rule's threshold: the run could not pass or fail
   reproduced      the whole interval is on the claim's side of the threshold (near: an equivalence
-                  test, the whole interval inside the band threshold * (1 +- tolerance))
+                  test, the whole interval inside the band threshold * (1 +- tolerance); within: the
+                  same with the absolute band threshold +- tolerance, e.g. a gap of 0 +- 10 points)
   not reproduced  the whole interval is on the other side (near: wholly outside the band)
   not run         no result file at any profile
 
@@ -26,10 +27,10 @@ from typing import Callable
 
 import numpy as np
 
-from kn import paper
+from kn import dynamics_claims, paper
 from kn.data.records import ATTRIBUTES
 from kn.display import markdown_table
-from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, person_table
+from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, paired_gap, person_table
 from kn.profiles import PROFILES
 from kn.results import read_json, results_dir
 
@@ -53,25 +54,39 @@ class Check:
         return f"{self.name} {self.value:.1f}{self.unit} (>= {self.needed:g}){'' if self.ok else ' FAILED'}"
 
 
+KINDS = ("at_least", "at_most", "near", "within", "meets")
+
+
+def band(rule: "Rule") -> tuple[float, float]:
+    """The band an equivalence rule (near, within, meets) needs the interval in."""
+    t = rule.threshold
+    if rule.kind == "within":
+        return t - rule.tolerance, t + rule.tolerance
+    return t * (1 - rule.tolerance), t * (1 + rule.tolerance)
+
+
 @dataclass(frozen=True)
 class Rule:
     """The effect a claim needs: the interval above (at_least) or below (at_most) `threshold`, or
-    inside the band threshold * (1 +- tolerance) (near, an equivalence test). `meets` (the interval
-    touches the band) is the near rule used until 2026-12-04, kept for the rule history only."""
+    inside the band threshold * (1 +- tolerance) (near, an equivalence test), or inside threshold
+    +- tolerance in the rule's unit (within: equivalence with an absolute margin). `meets` (the
+    interval touches the band) is the near rule used until 2026-12-04, kept for the rule history only."""
     kind: str
     threshold: float
     unit: str = "%"
     tolerance: float = 0.0
 
     def __post_init__(self):
-        if self.kind not in ("at_least", "at_most", "near", "meets"):
-            raise ValueError(f"kind: got {self.kind!r}; allowed: at_least, at_most, near, meets")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: got {self.kind!r}; allowed: {', '.join(KINDS)}")
 
     def text(self) -> str:
         if self.kind == "meets":
             return f"interval meets {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
         if self.kind == "near":
             return f"interval inside {self.threshold:g}{self.unit} +- {100 * self.tolerance:.0f}%"
+        if self.kind == "within":
+            return f"interval inside {self.threshold:+g} +- {self.tolerance:g}{self.unit}"
         return f"interval {'>=' if self.kind == 'at_least' else '<='} {self.threshold:g}{self.unit}"
 
 
@@ -95,10 +110,11 @@ def verdict(e: Evidence, rule: Rule) -> tuple[str, str]:
         return "inconclusive", f"ceiling {e.ceiling:.1f}{rule.unit} is below the {rule.threshold:g}{rule.unit} the rule needs"
     low, high, t = e.estimate.low, e.estimate.high, rule.threshold
     if rule.kind == "meets":
-        touches = high >= t * (1 - rule.tolerance) and low <= t * (1 + rule.tolerance)
+        band_low, band_high = band(rule)
+        touches = high >= band_low and low <= band_high
         return ("reproduced", "interval meets the band") if touches else ("not reproduced", "interval misses the band")
-    if rule.kind == "near":
-        band_low, band_high = t * (1 - rule.tolerance), t * (1 + rule.tolerance)
+    if rule.kind in ("near", "within"):
+        band_low, band_high = band(rule)
         if band_low <= low and high <= band_high:
             return "reproduced", "interval inside the band"
         if high < band_low or low > band_high:
@@ -183,6 +199,42 @@ def _gain(name_with: str, name_without: str, what: str) -> Callable[[Path], Evid
         return Evidence(est, f"{what}: {tb:.1f}% -> {ta:.1f}%, gain {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
                         _qa_guards(a, name_with) + _qa_guards(b, name_without), 100.0 - tb, f"{100 - tb:.1f} points")
     return measure
+
+
+LORA_MARGIN = 10.0     # points: LoRA "about as good as" full finetuning (Part 3.1, R3) means a gap within this
+
+
+def _lora_gap(folder):
+    """Held-out accuracy of LoRA minus full finetuning, multi5+permute (the same pretrained model and
+    test_people: resampled over people, paired), with both runs' guards."""
+    lora, full = _load(folder, "multi5+permute LoRA"), _load(folder, "multi5+permute")
+    a, b = _items(lora, "LoRA"), _items(full, "full finetune")
+    same = lora["qa"]["items"]["person"] == full["qa"]["items"]["person"]
+    est = paired_gap(a, b) if same else accuracy_gap(a, b)
+    return Evidence(est, f"LoRA {mean_accuracy(a):.1f}% vs full {mean_accuracy(b):.1f}% test_people: gap "
+                         f"{est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}] ({'paired' if same else 'unpaired'})",
+                    _qa_guards(lora, "LoRA") + _qa_guards(full, "full finetune"))
+
+
+def _p_probe_ahead(folder):
+    """P-probe (first token) at the positions before a value that single bios have not yet written
+    (position j < attribute k): multi5+permute minus single, resampled over test people, with the
+    ceiling of what a probe trained on train_people can name."""
+    aug = results_dir("augmentation", folder.name)
+    runs = {a: _load(folder, a)["p"] for a in ("multi5+permute", "single")}
+    if any("items_ahead" not in p for p in runs.values()):
+        raise _NoInterval("P-probe results without per-person items ahead of the value: re-run the probing chapter")
+    tables = [np.array([[np.nan if v is None else v for v in cell] for cell in p["items_ahead"]["first"]], float).T
+              for p in runs.values()]
+    est = accuracy_gap(*tables)
+    multi = runs["multi5+permute"]
+    ceiling = 100 * float(np.mean([multi["ceiling"]["first"][ATTRIBUTES[k]] for _, k in multi["items_ahead"]["cells"]]))
+    single = mean_accuracy(tables[1])
+    guards = tuple(Check(f"{a}: bios memorized", 100 * _load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
+                   for a in runs if (aug / f"{a}.json").is_file())
+    return Evidence(est, f"P-probe before the value is written: {single:.1f}% (single) vs {mean_accuracy(tables[0]):.1f}% "
+                         f"(multi5+permute), first token: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
+                    guards, ceiling - single, f"{ceiling:.1f}% of test first tokens seen in probe training")
 
 
 def _q_probe_gap(folder):
@@ -353,23 +405,46 @@ def _interval_of(d: dict | None) -> Interval:
     return Interval(d["value"], d["low"], d["high"])
 
 
-SEEDS_AND_PARAGRAPHS = "resampled over seeds and paragraphs"
+def _dynamics(number: Callable) -> Callable[[Path], Evidence]:
+    """A claim's number from kn.dynamics_claims (the one the dynamics page shows) as evidence."""
+    def measure(folder):
+        try:
+            estimate, text = number(folder)
+        except ValueError as err:
+            raise _NoInterval(str(err)) from None
+        return Evidence(estimate, text)
+    return measure
 
 
-def _bump(folder):
+def _power_law(folder):
+    """The smaller AIC lead of duplicated and paraphrased; the log law must decay in both."""
+    try:
+        estimate, text, decay_low = dynamics_claims.power_law(folder)
+    except ValueError as err:
+        raise _NoInterval(str(err)) from None
+    return Evidence(estimate, text, (Check("decay b, lower end of its interval (both)", decay_low, 1e-9, ""),))
+
+
+# The tests of these claims before 2026-12-04 (once scenario only), kept for the rule history
+
+
+SEEDS_AND_PARAGRAPHS = dynamics_claims.SEEDS_AND_PARAGRAPHS
+
+
+def _bump_once(folder):
     e = _interval_of(_late(folder)["effectivity_minus_control"])
     return Evidence(e, f"effectivity minus never-injected controls {e.value:+.3f} nats [{e.low:+.3f}, {e.high:+.3f}] "
                        f"(memorization probes, injected once, late base; {SEEDS_AND_PARAGRAPHS})")
 
 
-def _stage_gain(folder):
+def _stage_gain_once(folder):
     d = _interval_of(_load(folder, "dynamics")["early_vs_late"]["once"]["memorization"]["effectivity_minus_control"]
                      ["late_minus_early"])
     return Evidence(d, f"late minus early base, effectivity minus controls {d.value:+.3f} nats [{d.low:+.3f}, {d.high:+.3f}] "
                        f"(injected once; {SEEDS_AND_PARAGRAPHS})")
 
 
-def _power_law(folder):
+def _power_law_once(folder):
     """AIC of the best other law minus the log-t law's (> 0: the power law fits best), on the
     retainability of injected minus control probes; the decay must be above 0."""
     f = _late(folder)["forgetting_minus_control"]
@@ -386,21 +461,12 @@ def _power_law(folder):
                     (Check("decay b, lower end of its interval", b.low, 1e-9, ""),))
 
 
-def _decay_gap(d: Interval, names: tuple[str, str]) -> Evidence:
-    return Evidence(d, f"decay b ({names[0]}) minus decay b ({names[1]}) {d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
-                       f"({SEEDS_AND_PARAGRAPHS})")
-
-
-def _duplicated_forgets_faster(folder):
-    d = _load(folder, "dynamics")["duplicated_minus_paraphrased"]["late"]["memorization"]["forgetting"]
-    return _decay_gap(_interval_of(d), ("duplicated", "paraphrased"))
-
-
-def _batch_forgets_slower(folder):
+def _batch_once(folder):
     r = _load(folder, "batch_sizes")
     small, large = sorted(r["batch_sizes"])[0], sorted(r["batch_sizes"])[-1]
-    return _decay_gap(_interval_of(r["small_minus_large"]["once"]["memorization"]["forgetting"]),
-                      (f"batch {small}", f"batch {large}"))
+    d = _interval_of(r["small_minus_large"]["once"]["memorization"]["forgetting"])
+    return Evidence(d, f"decay b (batch {small}) minus decay b (batch {large}) {d.value:+.3f} [{d.low:+.3f}, "
+                       f"{d.high:+.3f}] ({SEEDS_AND_PARAGRAPHS})")
 
 
 # ----------------------------------------------------------------------------- Xu & Chen
@@ -487,8 +553,11 @@ CLAIMS = [
     Claim("Part 3.1, R3", "Knowledge augmentation (multi5+permute) makes it extractable after finetuning",
           f"{paper.PART31_MEAN['R3 multi5+permute, pretrain + finetune']}%", "augmentation",
           _test_accuracy("multi5+permute"), Rule("at_least", 50)),
-    Claim("Part 3.1, R3 (LoRA)", "The same holds with LoRA finetuning", "similar to full finetune",
-          "augmentation", _test_accuracy("multi5+permute LoRA"), Rule("at_least", 50)),
+    Claim("Part 3.1, R3 (LoRA)", "LoRA finetuning extracts about as well as full finetuning (multi5+permute)",
+          "similar to full finetune", "augmentation", _lora_gap, Rule("within", 0, " points", LORA_MARGIN)),
+    Claim("Part 3.1, R4", "P-probing: multi5+permute stores every attribute before its value is written; single does not",
+          "~100% at every position vs only at or after its own", "probing", _p_probe_ahead,
+          Rule("at_least", 30, " points")),
     Claim("Part 3.1, R5", "Q-probing from the name: near chance for single, high for multi5+permute",
           "0.2% vs 73-99.7%", "probing", _q_probe_gap, Rule("at_least", 30, " points")),
     Claim("Part 3.1, R6", "Celebrities with augmented bios lift a plain minority",
@@ -517,16 +586,19 @@ CLAIMS = [
           "capacity", _variant_ratio(CLEAN, JUNK, "clean over junk bits"), Rule("at_least", 5, "x")),
     Claim("Part 3.3, R12", "A domain token before useful data recovers most of it", "20x -> 2x",
           "capacity", _variant_ratio(DOMAIN, JUNK, "domain token over junk bits"), Rule("at_least", 5, "x")),
-    Claim("Chang et al.", "Each exposure to a fact lifts its log-probability above never-injected controls",
-          "bump, then decay", "dynamics", _bump, Rule("at_least", 0.0, " nats")),
-    Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base)", "no increase",
-          "dynamics", _stage_gain, Rule("at_most", 0.05, " nats")),
-    Claim("Chang et al.", "Forgetting follows a power law (linear in log t), better than linear or exponential",
+    Claim("Chang et al.", "Each exposure to a fact lifts its log-probability above never-injected controls "
+          "(mean over the scenarios)",
+          "bump, then decay", "dynamics", _dynamics(dynamics_claims.bump), Rule("at_least", 0.0, " nats")),
+    Claim("Chang et al.", "More pretraining does not raise effectivity (late vs early base, mean over the scenarios)",
+          "no increase",
+          "dynamics", _dynamics(dynamics_claims.stage_gain), Rule("at_most", 0.05, " nats")),
+    Claim("Chang et al.", "Forgetting follows a power law (linear in log t), better than linear or exponential "
+          "(duplicated and paraphrased, each)",
           "R ~ -a log t", "dynamics", _power_law, Rule("at_least", 2.0, " AIC")),
     Claim("Chang et al.", "Duplicated injection is forgotten faster than paraphrased", "faster decay",
-          "dynamics", _duplicated_forgets_faster, Rule("at_least", 0.0, "")),
-    Claim("Chang et al.", "Larger batches forget more slowly", "batch 2048 vs 128",
-          "dynamics", _batch_forgets_slower, Rule("at_least", 0.0, "")),
+          "dynamics", _dynamics(dynamics_claims.duplicated_forgets_faster), Rule("at_least", 0.0, "")),
+    Claim("Chang et al.", "Larger batches forget more slowly (duplicated and paraphrased, each)", "batch 2048 vs 128",
+          "dynamics", _dynamics(dynamics_claims.batch_forgets_slower), Rule("at_least", 0.0, "")),
     Claim("Xu & Chen", "One layer of attention + MLP extracts held-out facts; attention alone does not",
           "MLP needed", "onelayer", _mlp_gap, Rule("at_least", 20, " points")),
     Claim("Xu & Chen", "Low-rank finetuning extracts about as well as full finetuning (every rank)", "holds for both",
@@ -547,6 +619,7 @@ class RuleChange:
     old_rule: Rule | None = None     # the rule before; None: the rule did not change
     had_guards: bool = True          # False: the guards were added by this change
     same_quantity: bool = True       # False: the old test measured another quantity (no verdict to compute)
+    old_measure: Callable[[Path], Evidence] | None = None   # the old test's quantity, when it is still measured
 
 
 INTERVALS = "point estimate -> 95% interval"        # 2026-12-01: every rule moved from estimates to intervals
@@ -554,8 +627,13 @@ OTHER = f"{INTERVALS}, and another quantity"
 
 RULE_CHANGES = [
     RuleChange("Part 3.1, R1", "Mixed training", "2026-12-01", f"threshold 70% -> 50% ({INTERVALS})", Rule("at_least", 70)),
-    RuleChange("Part 3.1, R3", "Knowledge augmentation", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
-    RuleChange("Part 3.1, R3 (LoRA)", "The same", "2026-12-01", "threshold 80% -> 50%", Rule("at_least", 80)),
+    RuleChange("Part 3.1, R3", "Knowledge augmentation", "2026-12-01", f"threshold 80% -> 50% ({INTERVALS})",
+               Rule("at_least", 80)),
+    RuleChange("Part 3.1, R3 (LoRA)", "LoRA finetuning", "2026-12-01", f"threshold 80% -> 50% ({INTERVALS})",
+               Rule("at_least", 80), old_measure=_test_accuracy("multi5+permute LoRA")),
+    RuleChange("Part 3.1, R3 (LoRA)", "LoRA finetuning", "2026-12-04",
+               f"LoRA held-out >= 50% -> LoRA minus full finetuning inside 0 +- {LORA_MARGIN:g} points",
+               Rule("at_least", 50), old_measure=_test_accuracy("multi5+permute LoRA")),
     RuleChange("Part 3.1, R5", "Q-probing", "2026-12-01", "threshold 50 -> 30 points", Rule("at_least", 50, " points")),
     *[RuleChange("Xu & Chen", start, "2026-12-01", "guards added (train_people QA >= 80%, bios memorized >= 90%)",
                  had_guards=False) for start in ("One layer", "Low-rank", "The finetuning")],
@@ -568,11 +646,24 @@ RULE_CHANGES = [
        ("Forgetting", "R^2 of a decaying log-t line >= 0.5 -> AIC of log t over linear and exp by >= 2"),
        ("Duplicated", "disjoint decay intervals (score 2) -> decay difference >= 0"),
        ("Larger batches", "disjoint decay intervals (score 2) -> decay difference >= 0"))],
+    *[RuleChange("Chang et al.", start, "2026-12-04", change, old_measure=measure) for start, change, measure in
+      (("Each exposure", "the once scenario -> the mean over once, duplicated and paraphrased", _bump_once),
+       ("More pretraining", "the once scenario -> the mean over once, duplicated and paraphrased", _stage_gain_once),
+       ("Forgetting", "AIC lead of the once scenario (a point) -> the smaller of duplicated's and paraphrased's "
+                      "(bootstrap intervals); decay b > 0 in both", _power_law_once),
+       ("Larger batches", "the once scenario -> the smaller of duplicated's and paraphrased's", _batch_once))],
     RuleChange("Part 3.3, R4", "At 100", "2026-12-04", "near: interval meets the band -> interval inside the band",
                Rule("meets", paper.BITS_PER_PARAM[100], " bits/param", 0.3)),
     RuleChange("Part 3.3, R1", "At 1000", "2026-12-04", "near: interval meets the band -> interval inside the band",
                Rule("meets", paper.BITS_PER_PARAM[1000], " bits/param", 0.3)),
 ]
+
+
+def _evidence(measure: Callable[[Path], Evidence], folder: Path) -> Evidence | None:
+    try:
+        return measure(folder)
+    except (FileNotFoundError, KeyError, _NoInterval):
+        return None
 
 
 def rule_history() -> list[dict]:
@@ -584,17 +675,25 @@ def rule_history() -> list[dict]:
         row = {"source": claim.source, "claim": claim.statement, "date": change.date, "change": change.change,
                "now": "not run", "before": "not run"}
         at = latest_profile(claim.chapter)
-        try:
-            e = claim.measure(results_dir(claim.chapter, at)) if at else None
-        except (FileNotFoundError, KeyError, _NoInterval):
-            e = None
+        e, old = (_measured(m, claim.chapter, at) for m in (claim.measure, change.old_measure or claim.measure))
         if e is not None:
-            old = e if change.had_guards else Evidence(e.estimate, e.text, (), e.ceiling, e.ceiling_text)
             row["now"] = verdict(e, claim.rule)[0]
+        if old is not None:
+            old = old if change.had_guards else Evidence(old.estimate, old.text, (), old.ceiling, old.ceiling_text)
             row["before"] = verdict(old, change.old_rule or claim.rule)[0] if change.same_quantity else \
                 "not comparable (another quantity)"
         rows.append(row)
     return rows
+
+
+def _measured(measure, chapter: str, at: str | None) -> Evidence | None:
+    """measure's evidence at profile `at`, or None (no measure, no profile, or not measurable there)."""
+    if measure is None or at is None:
+        return None
+    try:
+        return measure(results_dir(chapter, at))
+    except (FileNotFoundError, KeyError, _NoInterval):
+        return None
 
 
 def history_markdown(rows: list[dict]):
@@ -638,3 +737,18 @@ def claims_markdown(rows: list[dict]):
                           [[f"{r['source']}: {r['claim']}", f"**{r['verdict']}** ({r['why']})",
                             f"{r['ours'] or '-'}; paper: {r['paper']}", f"rule: {r['rule']}; guards: {r['guards'] or '-'}; ceiling: {r['ceiling'] or '-'}; "
                                         f"profile: {r['profile'] or '-'}"] for r in rows])
+
+def seeds_needed_table(profile: str | None = None):
+    """Per Chang et al. claim (the dynamics chapter at `profile`, default its largest with results): our
+    number, the rule's threshold, the seeds the run used and those its interval would need to clear the
+    threshold (kn.dynamics_claims.seeds_needed), as Markdown."""
+    at = profile or latest_profile("dynamics")
+    folder = results_dir("dynamics", at)
+    n_seeds = len(_load(folder, "dynamics")["seeds"])
+    rows = []
+    for c in (c for c in CLAIMS if c.chapter == "dynamics"):
+        e = _evidence(c.measure, folder)
+        need = None if e is None else dynamics_claims.seeds_needed(e.estimate, c.rule.threshold, n_seeds)
+        number = "-" if e is None else f"{e.estimate.value:+.3g} [{e.estimate.low:+.3g}, {e.estimate.high:+.3g}]"
+        rows.append([c.statement, number, c.rule.text(), str(n_seeds), "-" if need is None else str(need)])
+    return markdown_table(["claim", "ours (95% interval)", "rule", "seeds run", "seeds needed"], rows)

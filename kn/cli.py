@@ -8,6 +8,7 @@
     kn train --config run.toml [--resume | --overwrite]   # see kn.train.TrainConfig
     kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
     kn sweep capacity --profile cpu  # train a chapter's sweep without the notebook (two at once share it)
+    kn search r1 n2k --profile cpu   # one pre-registered setting of R1's regime search (kn.regime), resumable
     kn book                        # build _build/html from the committed chapters
     kn site                        # check the built pages in headless Chromium (screenshots in _build/screenshots)
 
@@ -34,6 +35,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Generate datasets.")
 app.add_typer(data_app, name="data")
 
 
+VALID_HELP = "share of train_people held out as the validation slice (never trained on; chooses recipes)"
+
+
 def _summary(path, **fields):
     typer.echo(json.dumps({"out": str(path), **fields}))
 
@@ -48,10 +52,11 @@ def data_bios(kind: str = typer.Option("bioS", help="bioS | bioR"),
               vocab_size: int = 4096,
               n_celebrity: int = typer.Option(0, help="Result 6: celebrities added beside the n (minority) people"),
               celebrity_augment: str = "multi5+permute",
+              valid_fraction: float = typer.Option(0.0, help=VALID_HELP),
               overwrite: bool = typer.Option(False, help="replace the dataset already in --out")):
     """Biographies, QA, tokenizer and token arrays (bioS or bioR-style)."""
     from kn.data.dataset import BiosConfig, make_dataset
-    cfg = BiosConfig(kind, n, augment, seed, train_fraction, vocab_size, n_celebrity, celebrity_augment)
+    cfg = BiosConfig(kind, n, augment, seed, train_fraction, vocab_size, n_celebrity, celebrity_augment, valid_fraction)
     ds = make_dataset(cfg, out, overwrite=overwrite)
     _summary(out, people=len(ds.people), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)))
 
@@ -61,6 +66,7 @@ def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six
                 out: str = typer.Option(..., help="output folder"),
                 seed: int = typer.Option(0, help="seed of the train_people / test_people split"),
                 train_fraction: float = typer.Option(0.5, help="share of people whose QAs are trained on"),
+                valid_fraction: float = typer.Option(0.0, help=VALID_HELP),
                 vocab_size: int = 4096,
                 skip_bad: bool = typer.Option(False, help="skip records that fail validation and count them"),
                 overwrite: bool = typer.Option(False, help="replace a dataset already in --out")):
@@ -75,7 +81,8 @@ def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six
     atexit.register(gc.freeze)   # exit without the final collections over torch's objects (~0.8 s after the summary)
     try:
         with signals_stop():
-            ds, skipped = import_bios(ImportConfig(file, seed, train_fraction, vocab_size, skip_bad), out, overwrite)
+            ds, skipped = import_bios(ImportConfig(file, seed, train_fraction, vocab_size, skip_bad, valid_fraction),
+                                      out, overwrite)
     except Stopped as e:
         typer.echo(f"kn: error: import {e} before its dataset was complete (temporary files removed); run it again",
                    err=True)
@@ -159,6 +166,30 @@ def sweep(chapter: str = typer.Argument(..., help="capacity"),
         raise DataError(f"chapter: got {chapter!r}; allowed: capacity")
     study = capacity_study(profile, results_dir(chapter, profile), runs_dir(chapter, profile))
     _summary(results_dir(chapter, profile), done=len(study["rows"]), missing=len(study["missing"]))
+
+
+@app.command("search")
+def search(claim: str = typer.Argument(..., help="r1"),
+           setting: Optional[str] = typer.Argument(None, help="a setting of kn.regime.SETTINGS; none: list them"),
+           profile: str = typer.Option("cpu", help="cpu | smoke (its tiny equivalent)")):
+    """Run one pre-registered setting of a regime search (resumes an interrupted one; exit 75 when a
+    signal stops it), or list the settings with their expected hours, rows so far and the choice."""
+    from kn.regime import SETTINGS, expected_hours, run_setting, search_rows, selected
+    from kn.train import EXIT_INTERRUPTED, Interrupted
+    if claim != "r1":
+        raise DataError(f"claim: got {claim!r}; allowed: r1")
+    if setting is None:
+        done = {r["setting"]: r for r in search_rows(profile)}
+        for name in SETTINGS:
+            typer.echo(json.dumps({"setting": name, "expected_hours": round(expected_hours(name, profile), 2),
+                                   "row": done.get(name)}))
+        typer.echo(json.dumps({"selected": selected(profile)}))
+        return
+    try:
+        typer.echo(json.dumps(run_setting(setting, profile)))
+    except Interrupted as e:
+        typer.echo(f"kn: {e}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 @app.command("book")

@@ -41,14 +41,18 @@ Result files, in the run folder (a chapter publishes them with kn.results.publis
                      "early_vs_late": {scenario: {kind: {"effectivity" | "effectivity_minus_control":
                          {"early": I, "late": I, "late_minus_early": I}}}}  (when both stages ran),
                      "duplicated_minus_paraphrased": {stage: {kind: {"effectivity" | "effectivity_minus_control" |
-                         "forgetting" | "forgetting_minus_control": I}}}  (forgetting: decay b of the log law)}
+                         "forgetting" | "forgetting_minus_control": I}}}  (forgetting: decay b of the log law),
+                     "claims": {"bump": I, "stage_gain": I, "aic_lead": {scenario: I}, "scenarios"}
+                         (the claims' pooled numbers, kn.dynamics_claims; with the late base)}
   batch_sizes.json  {"factor", "batch_sizes": [B, factor x B], "seeds", "n_boot", "tokens_per_step": {"B": ...},
                      "batches": {"B": SUMMARY, ...}, "small_minus_large": {scenario: {kind:
                          {"forgetting" | "forgetting_minus_control": I}}}}   (decay b of the smaller batch
                      minus the larger's: > 0 when the larger batch forgets more slowly)
   curves.json       {"curves": {stage: {group: {kind: [steps, mean l over the probes of every seed]}}}}
   SUMMARY = {scenario: {kind: {"effectivity": I, "control_effectivity": I, "effectivity_minus_control": I,
-             "per_injection": [mean E at each injection], "t_lam": {"mean", "median", "max"} (t_LAM - t_i),
+             "per_injection": [mean E at each injection], "t_lam": {"mean", "median", "max", "window", "at_edge"
+             (share of probes peaking at the window's last step), "mean_curve" (per injection, of the mean curve)}
+             (t_LAM - t_i),
              "forgetting": F, "forgetting_minus_control": F}}}
   F = None (fewer than MIN_POINTS points of R) or {"fits": {"log": {"a", "b", "x_intercept",
       "x_intercept_tokens", "rss", "aic"}, "linear": {"a", "b", "rss", "aic"}, "exp": {"c", "a", "tau", "rss",
@@ -75,6 +79,7 @@ import torch
 from kn.data.dataset import BiosConfig, build_bios, read_meta, write_bios
 from kn.data.injection import generate_injection, load_injection, write_injection
 from kn.data.records import ATTRIBUTES
+from kn.dynamics_claims import claim_intervals
 from kn.dynamics_config import (STAGES, DynamicsConfig, assign_scenarios, groups, injection_config, injection_steps,
                                 run_index, seed_records, seeds)
 from kn.dynamics_summary import N_BOOT, differences, duplicated_vs_paraphrased, early_vs_late, make_pools, summarize
@@ -355,6 +360,8 @@ def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True
               "stages": {stage: summarize(pools[stage], n_boot) for stage in cfg.stages}}
     if set(STAGES) <= set(cfg.stages):
         result["early_vs_late"] = early_vs_late(pools["early"], pools["late"], n_boot)
+    if "late" in cfg.stages:
+        result["claims"] = claim_intervals(pools, n_boot)
     if {"duplicated", "paraphrased"} <= set(cfg.scenarios):
         result["duplicated_minus_paraphrased"] = {stage: duplicated_vs_paraphrased(pools[stage], n_boot)
                                                   for stage in cfg.stages}

@@ -9,8 +9,11 @@ the 2.5 and 97.5 percentiles. Two runs on the same paragraphs (early and late ba
 batch_factor x B) are compared on the same resamples.
 `summarize` and the comparisons give the SUMMARY, F and I of kn.dynamics' result files; the tables show
 them as Markdown.
+`pooled` and `pooled_difference` average a statistic over scenarios (kn.dynamics_claims' pooled claims);
+`edge_peaks` names the mean bumps that peak at the edge of their t_LAM window.
 Entry points: `Pool`, `make_pools`, `paragraph_means`, `forgetting_curve`, `bootstrap_draws`, `interval`,
-`bootstrap`, `summarize_pool`, `summarize`, `differences`, `early_vs_late`, `duplicated_vs_paraphrased`,
+`bootstrap`, `summarize_pool`, `summarize`, `mean_curve_lam`, `edge_peaks`, `pooled`, `pooled_difference`,
+`differences`, `early_vs_late`, `duplicated_vs_paraphrased`,
 `interval_text`, `effectivity_table`, `forgetting_table`, `difference_table`.
 """
 from __future__ import annotations
@@ -92,12 +95,23 @@ def _decay(pool: Pool, curve: np.ndarray) -> float:
     return fit_log(t, R)["b"] if len(t) >= MIN_POINTS else float("nan")
 
 
+def _aic_lead(pool: Pool, curve: np.ndarray) -> float:
+    """AIC of the best other law minus the log law's on the curve's R (> 0: the log law fits best; NaN
+    with fewer than MIN_POINTS points)."""
+    t, R = forgetting_curve(pool, curve)
+    if len(t) < MIN_POINTS:
+        return float("nan")
+    aic = {law: f["aic"] for law, f in fit_forgetting(t, R)["fits"].items()}
+    return min(v for law, v in aic.items() if law != "log") - aic["log"]
+
+
 STATISTICS = {   # name -> (pool, injected columns, control columns) -> number
     "effectivity": lambda p, i, j: p.E[:, i].mean(),
     "control_effectivity": lambda p, i, j: p.control_E[:, j].mean(),
     "effectivity_minus_control": lambda p, i, j: p.E[:, i].mean() - p.control_E[:, j].mean(),
     "forgetting": lambda p, i, j: _decay(p, p.l[:, i].mean(axis=1)),
     "forgetting_minus_control": lambda p, i, j: _decay(p, p.l[:, i].mean(axis=1) - p.control_l[:, j].mean(axis=1)),
+    "aic_lead_minus_control": lambda p, i, j: _aic_lead(p, p.l[:, i].mean(axis=1) - p.control_l[:, j].mean(axis=1)),
 }
 
 
@@ -169,10 +183,37 @@ def summarize_pool(pool: Pool, n_boot: int = N_BOOT) -> dict:
            for name in ("effectivity", "control_effectivity", "effectivity_minus_control")}
     lam = pool.t_lam
     out |= {"per_injection": pool.E.mean(axis=1).tolist(),
-            "t_lam": {"mean": float(lam.mean()), "median": float(np.median(lam)), "max": int(lam.max())}}
+            "t_lam": {"mean": float(lam.mean()), "median": float(np.median(lam)), "max": int(lam.max()),
+                      "window": pool.window, "at_edge": float(np.mean(lam == pool.window)), "mean_curve": mean_curve_lam(pool)}}
     mean, control = pool.l.mean(axis=1), pool.control_l.mean(axis=1)
     return out | {"forgetting": _forgetting(pool, mean, "forgetting", n_boot),
                   "forgetting_minus_control": _forgetting(pool, mean - control, "forgetting_minus_control", n_boot)}
+
+
+def mean_curve_lam(pool: Pool) -> list[int]:
+    """t_LAM - t_i of the pool's mean curve (injected paragraphs) at each injection: the bump's peak."""
+    mean = pool.l.mean(axis=1)
+    return [int(local_max(pool.steps, mean, t, pool.window) - t) for t in pool.inj]
+
+
+def edge_peaks(summary: dict) -> list[str]:
+    """"scenario/kind/injection k" for every mean-curve bump of a SUMMARY that peaks at the last step of
+    its t_LAM window (`window` steps): the window may cut the bump, and lam_window should be wider."""
+    return [f"{s}/{k}/injection {i}" for s, kinds in summary.items() for k, v in kinds.items()
+            for i, lam in enumerate(v["t_lam"]["mean_curve"]) if lam >= v["t_lam"]["window"]]
+
+
+def pooled(pools: dict, kind: str, scenarios: tuple, name: str, n_boot: int = N_BOOT) -> dict:
+    """Interval of the mean over `scenarios` of statistic `name` (one kind, one run: the scenarios'
+    paragraphs differ but share the runs and the controls, so their seeds are resampled together)."""
+    return bootstrap(tuple(pools[s, kind] for s in scenarios), name, n_boot, lambda *v: float(np.mean(v)))[0]
+
+
+def pooled_difference(a: dict, b: dict, kind: str, scenarios: tuple, name: str, n_boot: int = N_BOOT) -> dict:
+    """Interval of the pooled statistic of run b minus run a (the same paragraphs, resampled alike)."""
+    n = len(scenarios)
+    both = tuple(p[s, kind] for p in (a, b) for s in scenarios)
+    return bootstrap(both, name, n_boot, lambda *v: float(np.mean(v[n:]) - np.mean(v[:n])))[0]
 
 
 def summarize(pools: dict[tuple[str, str], Pool], n_boot: int = N_BOOT) -> dict:

@@ -8,10 +8,12 @@ distribution), per attribute, next to how well the biographies were memorized (F
 and the majority-guess baseline. Every stage is skipped when its result file is done
 (kn.results.done: finished, with the same config), so an interrupted experiment continues where it
 stopped. Entry points: `ExtractionConfig`, `from_profile`, `run_extraction`, `run_suite` (several
-named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`, `finetune`.
+named runs of one chapter); the stages `prepare_dataset`, `stage_config`, `train_stage`, `finetune` (`chosen_lr`, `finetuned_model`).
 A validation slice of train_people (data.valid_fraction; split "valid", never trained on) chooses
 the finetune lr among `finetune_lr_grid` (among the lrs whose model learned its train_people);
-test_people are scored once, on the final model.
+test_people are scored once, on the final model. Every stage keeps a learning curve (kn.curves:
+train_people QA, bios memorized and validation-slice QA on fixed samples, `curve_points` of them),
+in its train.json and in the result's "curves"; `warmup_people` trains on a subset of people first.
 """
 from __future__ import annotations
 
@@ -46,6 +48,11 @@ class ExtractionConfig:
     batch_size: int = 16
     window: int = 512
     lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_people: float = 0.0        # pretrain/mixed curriculum: share of people trained on first (kn.train)
+    warmup_people_steps: float = 0.0  # share of the steps spent on them
+    curve_points: int = 30            # learning-curve points of every stage (kn.curves; 0 = none)
+    curve_people: int = 200           # train_people and validation people a curve point scores
     finetune_exposures: float = 30.0  # passes over train_people's QAs
     finetune_lr: float = 1e-3
     finetune_lr_grid: tuple = ()      # candidate finetune lrs, chosen on the validation slice (needs
@@ -98,9 +105,11 @@ def stage_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) 
     """The kn.train config of one stage (`mode`) of the experiment, in run folder `out`; kw override it."""
     # exposures count how often each person's knowledge is seen: a multi5 corpus is passed over 1/5 as often
     passes = cfg.exposures / _bios_per_person(cfg)
+    warm = {} if mode == "finetune" else {"warmup_people": cfg.warmup_people, "warmup_people_steps": cfg.warmup_people_steps}
     base = dict(data=str(data), out=str(out), mode=mode, model=replace(cfg.model, context=max(cfg.model.context, cfg.window)),
                 exposures=passes, qa_fraction=cfg.qa_fraction, batch_size=cfg.batch_size,
-                window=cfg.window, lr=cfg.lr, seed=cfg.seed)
+                window=cfg.window, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                curve_points=cfg.curve_points, curve_people=cfg.curve_people, **warm)
     return TrainConfig(**(base | kw))
 
 
@@ -188,25 +197,30 @@ def majority_baseline(qa_records: list[dict]) -> dict:
 
 
 def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True,
-                   pretrained: str | Path | None = None) -> dict:
+                   pretrained: str | Path | None = None, checkpoint_every: int = 0) -> dict:
     """Dataset (generated under out/data, or cfg.data_dir as it is) -> (mixed | pretrain -> finetune)
     -> evaluation; writes out/result.json, or returns it when it is done for cfg. `pretrained`: the
     run folder of a finished pretraining on the same corpus (kn.onelayer's shared one), finetuned
-    from instead of pretraining in out/pretrain."""
+    from instead of pretraining in out/pretrain. `checkpoint_every` (steps) bounds what a killed
+    pretraining or mixed run loses (a SIGTERM always checkpoints). The result keeps each stage's
+    learning curve (kn.curves) under "curves"."""
     out = Path(out)
     if (record := done(out / "result.json", cfg, after=_trained(out, pretrained))) is not None:
         return record
     t0 = time.perf_counter()
     data = Path(cfg.data_dir) if cfg.data_dir is not None else out / "data"
     prepare_dataset(cfg, data)
+    if cfg.setting == "pretrain_finetune":
+        check_valid_slice(cfg, data)
     stages, recipes = {}, []
     if cfg.setting == "mixed":
-        stages["mixed"] = train_stage(stage_config(cfg, data, out / "mixed", "mixed"), progress)
+        stages["mixed"] = train_stage(stage_config(cfg, data, out / "mixed", "mixed", checkpoint_every=checkpoint_every),
+                                      progress)
         final = memorized = out / "mixed" / "model"
     else:
         pre = Path(pretrained) if pretrained is not None else out / "pretrain"
         stages["pretrain"] = read_json(pre / "train.json") if pretrained is not None else \
-            train_stage(stage_config(cfg, data, pre, "pretrain"), progress)
+            train_stage(stage_config(cfg, data, pre, "pretrain", checkpoint_every=checkpoint_every), progress)
         memorized = pre / "model"
         final, stages["finetune"], recipes = finetune(cfg, data, memorized, out / "finetune", progress)
     chosen = next((r for r in recipes if r.get("chosen")), None)     # its train_people and validation scored
@@ -219,11 +233,22 @@ def run_extraction(cfg: ExtractionConfig, out: str | Path, progress: bool = True
     result["training"] = {k: {f: v.get(f) for f in ("steps", "final_loss", "tokens_per_s", "n_params", "mfu", "device")}
                           for k, v in stages.items()}
     result["train_wall_s"] = {k: (v.get("provenance") or {}).get("wall_time_s") for k, v in stages.items()}
+    result["curves"] = {k: v["curve"] for k, v in stages.items() if v.get("curve")}
     write_json(out / "result.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t0, **result)
     return result
 
 
 SCORED = ("train", "n_train", "valid", "n_valid")     # what a recipe's evaluation keeps
+
+
+def check_valid_slice(cfg: ExtractionConfig, data: Path) -> None:
+    """DataError when cfg chooses among finetune lrs and the dataset `data` has no validation slice
+    (its scores would be NaN and the first lr kept)."""
+    if len(cfg.finetune_lr_grid) <= 1:
+        return
+    if not (cfg.data.valid_fraction > 0 if cfg.data_dir is None else read_meta(data)["counts"].get("valid_people")):
+        raise DataError(f"finetune_lr_grid: choosing among lrs needs a validation slice, and {str(data)!r} has none; "
+                        "set valid_fraction > 0 (kn data bios|import --valid-fraction)")
 
 
 def _trained(out: Path, pretrained: str | Path | None) -> list[Path]:
@@ -239,11 +264,10 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     validation-slice accuracy (the first on ties). Returns (model folder, its train.json, the
     recipes' train and validation scores)."""
     grid = cfg.finetune_lr_grid or (cfg.finetune_lr,)
-    if len(grid) > 1 and not cfg.data_dir and cfg.data.valid_fraction == 0:
-        raise DataError("finetune_lr_grid: choosing among lrs needs a validation slice; set valid_fraction > 0")
+    check_valid_slice(cfg, data)
     runs = []
     for lr in grid:
-        folder = out if len(grid) == 1 else out / f"lr{lr:g}"
+        folder = out if len(grid) == 1 else _lr_folder(out, lr)
         ft = stage_config(cfg, data, folder, "finetune", init=str(init), exposures=cfg.finetune_exposures, lr=lr,
                           batch_size=cfg.finetune_batch_size, lora_rank=cfg.lora_rank,
                           lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
@@ -259,6 +283,21 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     best = max(pool, key=lambda i: (recipes[i]["valid"]["mean"], -i))
     recipes[best]["chosen"] = True
     return runs[best][0] / "model", runs[best][1], recipes
+
+
+def _lr_folder(out: Path, lr: float) -> Path:
+    return out / f"lr{lr:g}"
+
+
+def chosen_lr(result: dict) -> float | None:
+    """The finetune lr a run chose on its validation slice (None: no grid, cfg.finetune_lr)."""
+    return next((r["finetune_lr"] for r in result.get("recipes", []) if r.get("chosen")), None)
+
+
+def finetuned_model(out: str | Path, result: dict) -> Path:
+    """The model folder of the finetuning that `result` (of run folder `out`) evaluated."""
+    lr = chosen_lr(result)
+    return Path(out) / "finetune" / "model" if lr is None else _lr_folder(Path(out) / "finetune", lr) / "model"
 
 
 def results_table(results: dict) -> tuple[list[str], list[list[str]]]:

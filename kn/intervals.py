@@ -92,6 +92,15 @@ def accuracy_gap(a: np.ndarray, b: np.ndarray) -> Interval:
     return bootstrap([a, b], lambda x, y: mean_accuracy(x) - mean_accuracy(y))
 
 
+def paired_gap(a: np.ndarray, b: np.ndarray) -> Interval:
+    """mean_accuracy(a) - mean_accuracy(b) in points for two tables of the same people in the same
+    order (two models scored on one test set): the people are resampled together."""
+    if a.shape != b.shape:
+        raise DataError(f"tables: a paired gap needs the same people; got shapes {a.shape} and {b.shape}")
+    k = a.shape[1]
+    return bootstrap([np.hstack([a, b])], lambda t: mean_accuracy(t[:, :k]) - mean_accuracy(t[:, k:]))
+
+
 def held_out_accuracy(result: dict) -> Interval:
     """test_people accuracy (%) of a Part 3.1 result with its interval over people."""
     return bootstrap([person_table(result["qa"]["items"])], mean_accuracy)

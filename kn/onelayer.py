@@ -4,9 +4,12 @@ A one-layer model, attention + MLP (arch "attn_mlp", mlp_ratio 4) or attention o
 mlp_ratio 0), is pretrained on biographies (the knowledge statements) with data multiplicity M
 (bioS multiM: M differently worded biographies per person), then QA-finetuned on train_people (the
 fine-tuning set, a train_fraction share of the people), fully ("full") or with LoRA of rank r on
-the attention's query/key/value ("loraR"). Extraction is exact-match QA accuracy on test_people,
+the attention's query/key/value ("loraR"), at the lr (of finetune_lr_grid, or lora_lr_grid) that a
+validation slice of train_people chooses among those that fit train_people (kn.extraction.finetune,
+as in Part 3.1's chapters). Extraction is exact-match QA accuracy on test_people,
 whose QAs were never trained on. The stages are kn.extraction's (pretrain_finetune); this module
-adds the grid, pretraining shared between points, and the spectrum of the finetuning update
+adds the grid, pretraining shared between points (with the bios' memorization measured along it:
+`curve`), and the spectrum of the finetuning update
 W_ft - W_pre per matrix (the paper: dominated by one direction, `rank1_share`).
 
 Run folders under runs_dir:
@@ -32,7 +35,7 @@ import re
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from itertools import product
 from pathlib import Path
 
@@ -40,11 +43,13 @@ import numpy as np
 
 from kn.data.dataset import BiosConfig
 from kn.errors import DataError, check_count
-from kn.extraction import ExtractionConfig, prepare_dataset, run_extraction, stage_config, train_stage
+from kn.extraction import (ExtractionConfig, chosen_lr, evaluate_model, finetuned_model, prepare_dataset, run_extraction,
+                           stage_config, train_stage)
 from kn.intervals import held_out_accuracy
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.results import runs_dir as chapter_runs
+from kn.train import measured_curve, train_to
 
 ARCHS = {"attn_mlp": 4.0, "attn_only": 0.0}        # arch -> mlp_ratio of the one layer
 _FINETUNE = re.compile(r"^(full|lora([1-9]\d*))$")
@@ -56,13 +61,16 @@ DEFAULTS = {
     "augment_extra": "",                      # more bioS augmentations: "permute", "fullname", joined by '+'
     "n": 100, "n_embd": 128, "n_head": 4, "vocab_size": 2048, "window": 128,
     "batch_size": 16, "lr": 3e-3, "exposures": 100.0,                       # pretraining
+    "curve": 0,                               # also measure memorization at this many log-spaced pretraining steps
     "finetune_exposures": 30.0, "finetune_lr": 1e-3, "finetune_batch_size": 16,
     "lora_lr": 1e-2,                          # finetune_lr of loraR points: a rank-1 update needs a larger step
+    "valid_fraction": 0.0,                    # share of train_people held out as the validation slice
+    "finetune_lr_grid": [], "lora_lr_grid": [],   # lrs chosen on the validation slice (kn.extraction.finetune)
     "seed": 0, "runs_dir": None,
 }
 # Point keys that do not change the pretraining (so points differing only in these share it)
-FINETUNE_KEYS = ("train_fraction", "finetune", "finetune_exposures", "finetune_lr", "lora_lr", "finetune_batch_size",
-                 "runs_dir")
+FINETUNE_KEYS = ("train_fraction", "valid_fraction", "finetune", "finetune_exposures", "finetune_lr", "lora_lr",
+                 "finetune_lr_grid", "lora_lr_grid", "finetune_batch_size", "runs_dir")
 SHARED_FRACTION = 0.5   # the split written into the shared pretraining's dataset (never trained on)
 
 # Matrices whose update spectrum the sweep reports: short name -> GPT-NeoX parameter name part
@@ -83,6 +91,10 @@ def check_point(point: dict) -> dict:
     if not isinstance(p["finetune"], str) or not _FINETUNE.match(p["finetune"]):
         raise DataError(f"finetune: got {p['finetune']!r}; allowed: 'full' or 'loraR' with R >= 1 (lora1, lora8)")
     check_count("multiplicity", p["multiplicity"], 1)
+    check_count("curve", p["curve"])
+    for key in ("finetune_lr_grid", "lora_lr_grid"):
+        if not isinstance(p[key], (list, tuple)):
+            raise DataError(f"{key}: got {p[key]!r}; allowed: a list of learning rates (empty: finetune_lr or lora_lr alone)")
     if not isinstance(p["runs_dir"], (str, os.PathLike)):
         raise DataError(f"runs_dir: got {p['runs_dir']!r}; allowed: a folder path (string)")
     return p
@@ -94,17 +106,19 @@ def lora_rank(finetune: str) -> int:
 
 
 def point_config(point: dict) -> ExtractionConfig:
-    """The kn.extraction config (pretrain_finetune) of a point."""
+    """The kn.extraction config (pretrain_finetune) of a point; no learning curves (a sweep of many
+    small runs reads their end points)."""
     p = check_point(point)
     model = ModelConfig(n_layer=1, n_head=p["n_head"], n_embd=p["n_embd"], mlp_ratio=ARCHS[p["arch"]],
                         vocab_size=p["vocab_size"], context=p["window"])
     augment = "+".join(filter(None, [f"multi{p['multiplicity']}", p["augment_extra"]]))
     data = BiosConfig(n=p["n"], augment=augment, seed=p["seed"], train_fraction=p["train_fraction"],
-                      vocab_size=p["vocab_size"])
+                      valid_fraction=p["valid_fraction"], vocab_size=p["vocab_size"])
     keys = ("exposures", "batch_size", "window", "lr", "finetune_exposures", "finetune_batch_size", "seed")
     rank = lora_rank(p["finetune"])
-    return ExtractionConfig(setting="pretrain_finetune", data=data, model=model, lora_rank=rank,
-                            finetune_lr=p["lora_lr"] if rank else p["finetune_lr"], **{k: p[k] for k in keys})
+    return ExtractionConfig(setting="pretrain_finetune", data=data, model=model, lora_rank=rank, curve_points=0,
+                            finetune_lr=p["lora_lr"] if rank else p["finetune_lr"],
+                            finetune_lr_grid=p["lora_lr_grid"] if rank else p["finetune_lr_grid"], **{k: p[k] for k in keys})
 
 
 def _folder_name(p: dict, keys: list[str], label: str) -> str:
@@ -139,13 +153,21 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def shared_pretrain(cfg: ExtractionConfig, folder: Path) -> Path:
-    """Pretrain once in folder (dataset with SHARED_FRACTION, then pretrain/); returns folder."""
-    base = replace(cfg, data=replace(cfg.data, train_fraction=SHARED_FRACTION))
+def shared_pretrain(cfg: ExtractionConfig, folder: Path, curve: int = 0) -> list:
+    """Pretrain once in folder (dataset with SHARED_FRACTION and no validation slice, then pretrain/);
+    with curve > 0 the bios' memorization is measured at that many log-spaced steps (kn.train.measured_curve,
+    the last one the finished run's, which the point measures). Returns [[step, memorization], ...]."""
+    base = replace(cfg, data=replace(cfg.data, train_fraction=SHARED_FRACTION, valid_fraction=0.0))
     with _lock(folder.with_name(folder.name + ".lock")):
         prepare_dataset(base, folder / "data")
-        train_stage(stage_config(base, folder / "data", folder / "pretrain", "pretrain"), progress=False)
-    return folder
+        tcfg = stage_config(base, folder / "data", folder / "pretrain", "pretrain")
+        if not curve:
+            train_stage(tcfg, progress=False)
+            return []
+        measure = lambda: evaluate_model(folder / "pretrain" / "model", folder / "data", splits=())["memorization"]["mean"]
+        points = measured_curve(tcfg, curve, measure, folder / "curve.json", asdict(tcfg))
+        train_to(tcfg)
+    return points
 
 
 def same_corpus(data_a: Path, data_b: Path) -> bool:
@@ -213,12 +235,14 @@ def matrix_shares(spectrum: dict) -> dict:
 # ----------------------------------------------------------------------------- one point, the sweep
 
 
-def _flat(result: dict) -> dict:
-    """The numbers a sweep row keeps from kn.extraction's result."""
+def _flat(result: dict, finetune_lr: float) -> dict:
+    """The numbers a sweep row keeps from kn.extraction's result (finetune_lr: the lr without a grid)."""
     qa, tr = result["qa"], result["training"]
     base = result["majority_baseline"]
     test = held_out_accuracy(result)                      # % with its 95% interval over test_people
-    return {"acc_train": qa["train"]["mean"], "acc_test": qa["test"]["mean"],
+    chosen = chosen_lr(result)
+    return {"acc_train": qa["train"]["mean"], "acc_valid": qa.get("valid", {}).get("mean", float("nan")),
+            "acc_test": qa["test"]["mean"], "finetune_lr_chosen": finetune_lr if chosen is None else chosen,
             "acc_test_low": test.low / 100, "acc_test_high": test.high / 100,
             "first_token_train": qa["train"]["first_token"], "first_token_test": qa["test"]["first_token"],
             "majority_baseline": float(np.mean(list(base.values()))),
@@ -231,18 +255,21 @@ def _flat(result: dict) -> dict:
 
 def onelayer_point(point: dict) -> dict:
     """Run one point (shared pretraining, the point's finetuning, evaluation); a flat dict of
-    accuracies (train_people, test_people), memorization, final losses, n_params (with
-    embeddings; also without) and the rank-1 share of the finetuning update per matrix."""
+    accuracies (train_people, the validation slice, test_people), the finetune lr chosen, memorization
+    and its curve over pretraining steps (JSON [[step, memorization], ...], ending at the last step),
+    final losses, n_params (with embeddings; also without) and the rank-1 share of the update per matrix."""
     t0 = time.perf_counter()
     cfg = point_config(point)
     shared, out = point_dirs(point)
     with warnings.catch_warnings():   # attn_only's zero-width MLP layers warn at every init
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        shared_pretrain(cfg, shared)
+        curve = shared_pretrain(cfg, shared, check_point(point)["curve"])
         _link_pretrain(cfg, shared, out)
         result = run_extraction(cfg, out, progress=False, pretrained=shared / "pretrain")
-        shares = matrix_shares(update_spectrum(out / "pretrain" / "model", out / "finetune" / "model"))
-    return _flat(result) | shares | {"wall_s": round(time.perf_counter() - t0, 2)}
+        shares = matrix_shares(update_spectrum(out / "pretrain" / "model", finetuned_model(out, result)))
+    curve = curve + [[result["training"]["pretrain"]["steps"], result["memorization"]["mean"]]]
+    return _flat(result, cfg.finetune_lr) | shares | {"memorization_curve": json.dumps(curve),
+                                                      "wall_s": round(time.perf_counter() - t0, 2)}
 
 
 def onelayer_points(profile: str, runs_dir: str | Path, **overrides) -> list[dict]:

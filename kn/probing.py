@@ -25,7 +25,9 @@ Results (kind: "first" or "whole"; attr: an attribute; grids are [position j][ta
   q_probe  kind: {attr: test accuracy}; "train": {kind: {attr: acc}}; "chance" (majority guess),
            "ceiling", "reachable" (accuracy on reachable test people), "n_reachable": {kind: {attr: .}}.
   p_probe  kind: 6x6 test accuracy; "train", "reachable", "n_reachable": {kind: 6x6}; "chance" and
-           "ceiling": {kind: {attr: .}}, the ceiling at the attribute's own position (the diagonal).
+           "ceiling": {kind: {attr: .}}, the ceiling at the attribute's own position (the diagonal);
+           "items_ahead": {"person", "cells": [[j, k], ..] with j < k, kind: per cell 1/0/None per test
+           person}, the cells where a single bio has not yet written value k (Result 4's claim).
   both     "items": {"person": [test person ids], kind: {attr: {"correct": [..], "reachable": [..]}}},
            1/0 per test person (None: no label), for intervals over people; P-probing's at the diagonal.
 Accuracies are NaN where no one is scored. `run_probes` runs both on a pretrained run and writes
@@ -411,7 +413,10 @@ def p_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, 
     heads = [(kind, j, k) for kind in cfg.kinds for j in range(6) for k in range(6)]
     sc, steps = _train_heads(model, data, rows, pos, heads, cfg, rank, device, progress, "P-probe")
     grid = lambda kind, key: [[sc[(kind, j, k)][key] for k in range(6)] for j in range(6)]  # noqa: E731
+    ahead = [[j, k] for j in range(6) for k in range(6) if j < k]   # single: value k not yet written at j
     return {**{kind: grid(kind, "test") for kind in cfg.kinds},
+            "items_ahead": {"person": data.bios.person[~data.is_train].tolist(), "cells": ahead,
+                            **{kind: [sc[(kind, j, k)]["items"]["correct"] for j, k in ahead] for kind in cfg.kinds}},
             **{key: {kind: grid(kind, key) for kind in cfg.kinds} for key in ("train", "reachable", "n_reachable")},
             "positions": list(ATTRIBUTES), "position": "the token just before the value of the position attribute",
             **_summary(data, cfg, rank, steps, {(kind, k): sc[(kind, k, k)] for kind in cfg.kinds for k in range(6)})}

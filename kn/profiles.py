@@ -20,6 +20,7 @@ KEYS = {
     "data": ("n", "n_biod", "n_paragraphs"),
     "extraction": (*_PEOPLE, "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction",   # BiosConfig
                    "valid_fraction", "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr",
+                   "weight_decay", "warmup_people", "warmup_people_steps", "curve_points", "curve_people",
                    "mixed_exposures", "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size",
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "probing": ("rank_p", "rank_q", "epochs"),
@@ -31,8 +32,9 @@ KEYS = {
                  "pretrain_lr", "early_fraction", "stages", "batch_size", "batch_factor", "window", "lr", "n_steps", "t0",
                  "n_injections", "gap", "eval_every", "lam_window", "device", "compile", "seed"),
     "onelayer": ("arch", "multiplicity", "train_fraction", "finetune", "augment_extra", "n", "n_embd", "n_head",
-                 "vocab_size", "window", "batch_size", "lr", "exposures", "finetune_exposures", "finetune_lr",
-                 "finetune_batch_size", "lora_lr", "seed"),            # kn.onelayer's point keys but runs_dir
+                 "vocab_size", "window", "batch_size", "lr", "exposures", "curve", "finetune_exposures", "finetune_lr",
+                 "finetune_batch_size", "lora_lr", "valid_fraction", "finetune_lr_grid", "lora_lr_grid",
+                 "seed"),                                              # kn.onelayer's point keys but runs_dir
 }
 
 TABLES = {
@@ -133,7 +135,7 @@ TABLES = {
                            for e in (100, 1000)]},
     },
     # Chang et al.: background bioS, base model, continued pretraining with injections (kn.dynamics). Many
-    # people, few passes: a pass is long (cpu: ~74 steps); 3 seeds share the data and the bases. With
+    # people, few passes: a pass is long (cpu: ~74 steps); the seeds share the data and the bases. With
     # 10,000 people the tokenizer splits the invented names finely: paragraphs take up to ~300 tokens.
     "dynamics": {
         "smoke": {"n": 200, "vocab_size": 1000, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
@@ -144,10 +146,16 @@ TABLES = {
                   "n_paragraphs": 2, "n_probes": 5, "pretrain_exposures": 2, "pretrain_lr": 3e-3, "batch_size": 16,
                   "window": 320, "lr": 1e-3, "n_steps": 52, "t0": 8, "n_injections": 3, "gap": 8, "lam_window": 8,
                   "eval_every": 2},
+        # cpu seeds, from the 3-seed run of 2026-12-01 and kn.dynamics_claims.seeds_needed (pooled intervals
+        # bounded by the mean of the scenarios' half-widths): bump 3, batch size 2 (duplicated and paraphrased),
+        # stage gain ~435 (+0.041 against <= 0.05), duplicated vs paraphrased ~163 (-0.004 against >= 0), power
+        # law unknown (AIC leads of -23 and -8 against +2, points without intervals). 6 seeds is the cap a
+        # 60-minute chapter allows (~8 min a seed beside ~4 min of data and base): it binds for two claims.
+        # lam_window = gap: the 12-step window held the largest t_LAM (12) at its edge.
         "cpu": {"n": 10000, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 4, "n_embd": 128, "context": 320},
-                "n_paragraphs": 4, "n_probes": 5, "pretrain_exposures": 2, "pretrain_lr": 3e-3, "batch_size": 32,
-                "window": 320, "lr": 1e-3, "n_steps": 96, "t0": 16, "n_injections": 3, "gap": 16, "lam_window": 12,
-                "eval_every": 2},
+                "n_paragraphs": 4, "n_probes": 5, "n_seeds": 6, "pretrain_exposures": 2, "pretrain_lr": 3e-3,
+                "batch_size": 32, "window": 320, "lr": 1e-3, "n_steps": 96, "t0": 16, "n_injections": 3, "gap": 16,
+                "lam_window": 16, "eval_every": 2},
         "gpu": {"n": 50000, "vocab_size": 4096, "model": {"n_layer": 8, "n_head": 8, "n_embd": 512, "context": 512},
                 "n_paragraphs": 20, "n_probes": 5, "pretrain_exposures": 4, "pretrain_lr": 1e-3, "batch_size": 96,
                 "window": 512, "lr": 4e-4, "n_steps": 1600, "t0": 100, "n_injections": 10, "gap": 100, "lam_window": 48},
@@ -160,16 +168,23 @@ TABLES = {
     "onelayer": {
         "smoke": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2], "train_fraction": [0.5],
                   "finetune": ["full"], "n": 24, "n_embd": 32, "n_head": 2, "vocab_size": 400, "window": 64,
-                  "batch_size": 8, "lr": 3e-3, "exposures": 2, "finetune_exposures": 1, "finetune_batch_size": 8},
+                  "batch_size": 8, "lr": 3e-3, "exposures": 2, "curve": 2, "finetune_exposures": 1,
+                  "finetune_batch_size": 8, "valid_fraction": 0.25, "finetune_lr_grid": [1e-3, 3e-3]},
         "class": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [5], "train_fraction": [0.75],
                   "finetune": ["full"], "augment_extra": "permute", "n": 200, "n_embd": 128, "n_head": 4,
                   "vocab_size": 2048, "window": 256, "batch_size": 16, "lr": 3e-3, "exposures": 60,
                   "finetune_exposures": 10, "finetune_lr": 1e-4},
-        # at 100 people no one-layer model extracted (<= 9% held-out, baseline 8%); 400 with permute does
+        # cpu: 400 people at batch 16 and 100 exposures (780 steps) memorized 99% of M = 1's bios but 49% of
+        # M = 5's, and a fixed finetune lr of 1e-4 fit <= 30% of train_people. Now 200 people at batch 8 and 200
+        # exposures: the same tokens (the same time) in twice the steps (~1,560), each fact seen twice as often;
+        # the curve shows memorization over those steps. A fifth of train_people is the validation slice that
+        # picks the finetune lr among those that fit train_people (kn.extraction.finetune); the grids span 10x
+        # around where the one-layer model fit best (full: 1e-4 too small; LoRA rank 1: 1e-2 fit 10%)
         "cpu": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 5], "train_fraction": [0.25, 0.75],
-                "finetune": ["full", "lora1", "lora8"], "augment_extra": "permute", "n": 400, "n_embd": 128,
-                "n_head": 4, "vocab_size": 2048, "window": 256, "batch_size": 16, "lr": 3e-3, "exposures": 100,
-                "finetune_exposures": 10, "finetune_lr": 1e-4, "lora_lr": 1e-2},
+                "finetune": ["full", "lora1", "lora8"], "augment_extra": "permute", "n": 200, "n_embd": 128,
+                "n_head": 4, "vocab_size": 2048, "window": 256, "batch_size": 8, "lr": 3e-3, "exposures": 200,
+                "curve": 5, "finetune_exposures": 10, "valid_fraction": 0.2, "finetune_lr_grid": [3e-4, 1e-3, 3e-3],
+                "lora_lr_grid": [3e-3, 1e-2, 3e-2]},
         "gpu": {"arch": ["attn_mlp", "attn_only"], "multiplicity": [1, 2, 5], "train_fraction": [0.1, 0.25, 0.5, 0.75],
                 "finetune": ["full", "lora1", "lora2", "lora8"], "n": 2000, "n_embd": 256, "n_head": 4,
                 "vocab_size": 4096, "window": 256, "batch_size": 64, "lr": 1e-3, "exposures": 200,

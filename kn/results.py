@@ -33,7 +33,7 @@ import platform
 import re
 import subprocess
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -224,14 +224,38 @@ def done(path: str | Path, config, after=()) -> dict | None:
 
 
 def same_config(recorded, config) -> bool:
-    """Whether a recorded config is `config`'s. A setting added to a config class after files were
-    recorded is listed in its ADDED_SETTINGS with the value every earlier run had: a record
-    without it matches a config at that value (kn.train.TrainConfig's precision, trim_vocab)."""
-    now = as_recorded(config)
-    added = getattr(config, "ADDED_SETTINGS", {})
-    if isinstance(recorded, dict) and isinstance(now, dict):
-        recorded = {k: v for k, v in added.items() if k in now} | recorded
-    return recorded == now
+    """Whether a result that recorded `recorded` was made with `config`: the same values, where a
+    field the record lacks (added to the config after the result was written) holds the value every
+    earlier run had: its entry in the class's ADDED_SETTINGS (kn.train.TrainConfig's precision,
+    attention, trim_vocab), else its default, which must then do what runs did before it existed."""
+    return _same(recorded, as_recorded(config), _defaults(config))
+
+
+def _defaults(config) -> dict:
+    """{field: the value runs had before it existed, as recorded} of a dataclass (ADDED_SETTINGS, else
+    its default), nested dataclass values as their own."""
+    if not is_dataclass(config):
+        return {}
+    out, added = {}, getattr(config, "ADDED_SETTINGS", {})
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            out[f.name] = _defaults(value)
+        elif f.name in added:
+            out[f.name] = as_recorded(added[f.name])
+        elif f.default is not MISSING or f.default_factory is not MISSING:
+            out[f.name] = as_recorded(f.default if f.default is not MISSING else f.default_factory())
+    return out
+
+
+def _same(recorded, current, defaults: dict) -> bool:
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded == current
+    if set(recorded) - set(current):
+        return False                                         # a field since removed
+    return all(_same(recorded[k], v, defaults.get(k, {}) if isinstance(defaults.get(k), dict) else {})
+               if k in recorded else k in defaults and not isinstance(defaults[k], dict) and defaults[k] == v
+               for k, v in current.items())
 
 
 # ----------------------------------------------------------------------------- chapters' folders

@@ -45,9 +45,9 @@ def point_key(point: dict) -> str:
 
 # Result columns where NaN means "not measured for this point", not a failed run: int8/int4 bits of a
 # point without quantize and the second value's loss of a bioS run (kn.capacity); the rank-1 share of
-# a matrix the model lacks or its finetuning left alone (kn.onelayer).
+# a matrix the model lacks or its finetuning left alone, the validation slice of a point without one (kn.onelayer).
 NOT_MEASURED = ("bits_int8", "ratio_int8", "bits_int4", "ratio_int4", "loss_value1",
-                "rank1_qkv", "rank1_attn_out", "rank1_mlp_in", "rank1_mlp_out", "rank1_embed")
+                "rank1_qkv", "rank1_attn_out", "rank1_mlp_in", "rank1_mlp_out", "rank1_embed", "acc_valid")
 
 
 def done_keys(path: str | Path) -> set[str]:

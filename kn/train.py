@@ -26,7 +26,10 @@ drawn from the config's seed.
 One loop, `fit`, trains every model of the book: `train` above, kn.dynamics' continued pretraining
 (evaluation hook) and kn.bidirectional's masked LM (its own batches): all of them get the
 checkpoints, resume, run-folder lock and signal handling described here.
-Entry points: `TrainConfig`, `load_config`, `train`, `fit` (with `Fit`, `Hooks`), `epoch_batches`, `accelerator`.
+A run can be measured along the way (`measured_curve`): trained in segments that resume, bit-identical
+to one run, measured at log-spaced steps (`curve_stops`).
+Entry points: `TrainConfig`, `load_config`, `train`, `fit` (with `Fit`, `Hooks`), `epoch_batches`, `accelerator`,
+`train_to`, `measured_curve`.
 """
 from __future__ import annotations
 
@@ -51,12 +54,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.curves import curve_every, curve_evaluator, curve_rows
 from kn.data.biod import BioD, BioDConfig, generate_biod, junk_count, junk_docs, mix, render
 from kn.data.dataset import load_encoded, read_meta
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
 from kn.precision import Precision, check_setting, choose, legacy, set_attention
-from kn.results import atomic_file, folder_path, read_json, write_json
+from kn.results import atomic_file, done, folder_path, read_json, write_json
 from kn.tokenize import Encoded, equal_exposure, load_tokenizer, pack
 from kn.vocab import VocabMap, expand, trim
 
@@ -97,6 +101,10 @@ class TrainConfig:
     checkpoint_every: int = 0          # steps; 0 = only at the end and on SIGTERM/SIGINT
     log_every: int = 20
     max_steps: int | None = None       # stop early (e.g. to test resume); the schedule is unchanged
+    curve_points: int = 0              # pretrain/mixed/finetune: about this many learning-curve points (kn.curves)
+    curve_people: int = 200            # people of each group a curve point scores (a fixed sample)
+    warmup_people: float = 0.0         # pretrain/mixed curriculum: share of people trained on first (0 = none)
+    warmup_people_steps: float = 0.0   # share of the steps spent on them before everyone is trained on
     # settings added after runs were recorded, at the value those runs had (kn.results.same_config)
     ADDED_SETTINGS: ClassVar[dict] = {"precision": "fp32", "attention": "sdpa", "trim_vocab": False}
 
@@ -127,6 +135,8 @@ class TrainConfig:
         if self.trim_vocab and self.mode == "finetune":
             raise DataError("trim_vocab: a finetune starts from a saved model with the tokenizer's rows; "
                             "allowed: false in finetune mode (trim the pretraining run instead)")
+        if self.warmup_people and self.mode == "finetune":
+            raise DataError("warmup_people: a warm-up on a subset of people is for pretrain or mixed, not finetune")
         if self.window > self.model.context:
             raise DataError(f"window: {self.window} exceeds the model context {self.model.context}")
 
@@ -145,12 +155,17 @@ class TrainConfig:
                 "seed": (self.seed >= 0, "an integer >= 0"), "log_every": (self.log_every >= 1, "an integer >= 1"),
                 "threads": (self.threads >= 0, "an integer >= 0 (0 = torch's default)"),
                 "checkpoint_every": (self.checkpoint_every >= 0, "an integer >= 0 (0 = only at the end)"),
-                "max_steps": (self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or unset")}
+                "max_steps": (self.max_steps is None or self.max_steps >= 1, "an integer >= 1, or unset"),
+                "curve_points": (self.curve_points >= 0, "an integer >= 0 (0 = no learning curve)"),
+                "curve_people": (self.curve_people >= 1, "an integer >= 1"),
+                "warmup_people": (0 <= self.warmup_people < 1, "0 <= x < 1 (0 = no warm-up on a subset)"),
+                "warmup_people_steps": (0 <= self.warmup_people_steps < 1, "0 <= x < 1")}
 
 
 KINDS = {"int": ("batch_size", "window", "lora_rank", "lora_embed_rank", "seed", "checkpoint_every", "log_every",
-                 "max_steps", "threads"),
-         "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip"),
+                 "max_steps", "threads", "curve_points", "curve_people"),
+         "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip",
+                    "warmup_people", "warmup_people_steps"),
          "str": ("data", "out", "mode", "device", "compile", "init", "precision", "attention")}
 OPTIONAL = ("init", "max_steps")
 
@@ -196,7 +211,10 @@ class Batches:
 
     A bioD folder (meta.json "kind": "bioD", written by kn.data.biod.write_biod) is
     re-rendered every epoch (sentence order re-drawn), with fresh junk at its junk_ratio; one
-    epoch is then one exposure of every useful biography.
+    epoch is then one exposure of every useful biography. With warmup_people (a curriculum, as
+    the subset warm-up of Zucchet et al. 2025), the first warmup_people_steps of the steps train on
+    that share of the people only (their bios and, mixed, their train QAs), drawn by seed; the
+    number of steps is the same.
     """
 
     def __init__(self, cfg: TrainConfig, eos_id: int, pad_id: int):
@@ -221,23 +239,47 @@ class Batches:
         self.steps_per_epoch = self.rows_per_epoch // cfg.batch_size
         self.total_steps = max(1, int(round(cfg.exposures * self.steps_per_epoch)))
         self._batch = epoch_batches(self.epoch_rows, self.steps_per_epoch, cfg.batch_size)
+        self.warm_steps = int(round(cfg.warmup_people_steps * self.total_steps)) if cfg.warmup_people else 0
+        if self.warm_steps:
+            self._warm = self.subset_batches(cfg.warmup_people)
+
+    def subset_batches(self, share: float):
+        """step -> batch over round(share * people) people drawn by seed: the curriculum's warm-up."""
+        if self.biod is not None:
+            raise DataError("warmup_people: a warm-up on a subset of people needs biographies, not a bioD folder")
+        people = np.unique(self.bios.person)
+        keep = np.random.default_rng([self.cfg.seed, 6]).permutation(people)[:max(1, round(share * len(people)))]
+        bios = self.bios.take(np.flatnonzero(np.isin(self.bios.person, keep)))
+        qa = None if self.qa is None else self.qa.take(np.flatnonzero(np.isin(self.qa.person, keep)))
+        if qa is not None and not len(qa):
+            raise DataError(f"warmup_people: {share:g} of the people holds no train_people; allowed: a larger share")
+        n_bio = int(bios.lengths().sum() + len(bios)) // self.cfg.window
+        rows = int(round(n_bio / (1 - self.cfg.qa_fraction))) if self.cfg.mode == "mixed" else n_bio
+        if rows < self.cfg.batch_size:
+            raise DataError(f"warmup_people: {share:g} of the people makes {rows} rows a pass, fewer than batch_size "
+                            f"{self.cfg.batch_size}; allowed: a larger share")
+        return epoch_batches(lambda e: self.rows(e, bios, qa, rows), rows // self.cfg.batch_size, self.cfg.batch_size)
 
     def epoch_rows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(input ids [R, T], labels [R, T]) of one pass, shuffled by (seed, epoch)."""
+        return self.rows(epoch, self.bios, self.qa, self.rows_per_epoch)
+
+    def rows(self, epoch: int, bios: Encoded | None, qa: Encoded | None, rows_per_epoch: int):
+        """epoch_rows of the given bios and train QAs: rows_per_epoch rows (finetune: every QA)."""
         cfg, seed = self.cfg, self.cfg.seed * 100_003 + epoch
         if cfg.mode == "finetune":
-            ids, labels = qa_rows(self.qa, self.eos, self.pad)
+            ids, labels = qa_rows(qa, self.eos, self.pad)
             order = np.random.default_rng([seed, 4]).permutation(len(ids))
             return ids[order], labels[order]
-        bio = pack(self.docs(epoch) if self.biod is not None else self.bios, self.eos, cfg.window, seed)
+        bio = pack(self.docs(epoch) if self.biod is not None else bios, self.eos, cfg.window, seed)
         if cfg.mode == "pretrain":
             return bio, bio
-        n_qa = self.rows_per_epoch - len(bio)
+        n_qa = rows_per_epoch - len(bio)
         qa_windows, k = [], 0
         while sum(len(w) for w in qa_windows) < n_qa:   # repack train QAs until there are enough
-            qa_windows.append(pack(self.qa, self.eos, cfg.window, seed * 7919 + k, drop_last=False))
+            qa_windows.append(pack(qa, self.eos, cfg.window, seed * 7919 + k, drop_last=False))
             k += 1
-        rows = np.concatenate([bio, *qa_windows])[: self.rows_per_epoch]
+        rows = np.concatenate([bio, *qa_windows])[: rows_per_epoch]
         rows = rows[np.random.default_rng([seed, 5]).permutation(len(rows))]
         return rows, rows
 
@@ -254,7 +296,7 @@ class Batches:
         return Encoded(useful.ids[keep], useful.offsets - np.arange(len(useful.offsets)), useful.person)
 
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._batch(step)
+        return self._warm(step) if step < self.warm_steps else self._batch(step)
 
 
 def epoch_batches(epoch_rows, steps_per_epoch: int, batch_size: int):
@@ -777,6 +819,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
                cfg.compile, cfg.threads, cfg.precision, cfg.attention, cfg.checkpoint_every, cfg.log_every,
                cfg.max_steps)
     hooks = Hooks(pad_id=tokenizer.pad_token_id if cfg.mode == "finetune" else None)
+    if every := curve_every(batches.total_steps, cfg.curve_points):
+        if batches.biod is not None:
+            raise DataError("curve_points: learning curves score QAs; a bioD folder has none (set curve_points = 0)")
+        evaluate = curve_evaluator(cfg.data, cfg.curve_people, tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.seed)
+        hooks = replace(hooks, evaluate=(lambda m: evaluate(expand(m))) if vocab else evaluate, eval_every=every)
     s = fit(model, vocab.batches(batches) if vocab else batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks,
             resume, overwrite, progress, cfg.mode, data=cfg.data)
     summary = {"mode": cfg.mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss",
@@ -785,6 +832,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
                "vocab": vocab.record() if vocab else {"tokenizer": len(tokenizer), "trimmed": False},
                "flops_per_token": fpt, "mfu": mfu(s["tokens_per_s"] * fpt, acc.device),
                **{k: s[k] for k in ("precision", "device", "world_size", "history")}}
+    if every:
+        summary["curve"] = curve_rows(s["evals"])
     if acc.is_main_process:
         write_json(Path(cfg.out) / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=s["wall_time"], **summary)
     return summary
@@ -949,6 +998,36 @@ def stop_if_interrupted(summary: dict, out: str | Path) -> dict:
         raise Interrupted(f"stopped by a signal at step {summary['steps']} of {summary['total_steps']}; "
                           f"run again to resume from the checkpoint in {str(out)!r}")
     return summary
+
+
+def train_to(cfg: TrainConfig, stop: int | None = None) -> dict:
+    """The run of cfg trained to `stop` steps (None: to the end), resuming what is there; its train.json."""
+    c = replace(cfg, max_steps=stop)
+    return done(Path(c.out) / "train.json", c) or stop_if_interrupted(train(c, resume=True, progress=False), c.out)
+
+
+def curve_stops(total_steps: int, n: int) -> list[int]:
+    """n optimizer steps, log-spaced from total/2^(n-1)... up to total_steps (the last), distinct."""
+    return sorted({max(1, int(round(total_steps / 2 ** (n - 1 - i)))) for i in range(n)})
+
+
+def measured_curve(cfg: TrainConfig, n: int, measure: Callable[[], float], path: str | Path, config: dict) -> list:
+    """[[step, measure()], ...] at curve_stops(total, n) but the last (the caller measures the finished
+    run), the run of cfg trained to each stop in turn; kept in `path` (with `config`) so that a stopped
+    run keeps its stops. DataError if the run is already past a stop that is not measured."""
+    path = Path(path)
+    curve = read_json(path)["curve"] if path.is_file() else []
+    tok = load_tokenizer(Path(cfg.data) / "tokenizer")
+    total = Batches(cfg, tok.eos_token_id, tok.pad_token_id).total_steps
+    for stop in curve_stops(total, n)[:-1]:
+        if stop > (curve[-1][0] if curve else 0):
+            if (checkpoint_step(Path(cfg.out) / "checkpoint") or 0) > stop:
+                raise DataError(f"curve: the run in {cfg.out!r} is past step {stop} and cannot be measured there; "
+                                "remove the folder to train it again")
+            train_to(cfg, stop)
+            curve.append([stop, measure()])
+            write_json(path, config=config, curve=curve)
+    return curve
 
 
 def _config_of(model) -> ModelConfig:

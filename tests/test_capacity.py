@@ -12,12 +12,12 @@ from transformers import AutoModelForCausalLM
 
 from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, batch_for, best_lr, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
                          dequantize, fit_all, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
-                         curve_stops, grid_points, model_params, normalise_point, profile_points, stores_values)
+                         grid_points, model_params, normalise_point, profile_points, stores_values)
 from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render, write_biod
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
 from kn.sweep import read_rows
-from kn.train import Batches, TrainConfig, train
+from kn.train import Batches, TrainConfig, curve_stops, train
 
 SIZES = {"N0": 100, "N": 10, "K": 2, "C": 2, "D": 4, "L": 2, "T": 5}
 TINY_BIOD = dict(n=40, k=2, c=1, d=4, l=1, t=8, n_first=10, n_middle=10, n_last=10)

@@ -21,7 +21,8 @@ from kn.data.injection import PROBE_KINDS, load_injection
 from kn.dynamics import (InjectedStream, Injection, background, compare_batch_sizes, make_stream, run_dynamics, scaled,
                          stream_start)
 from kn.dynamics_config import CONTROL, SCENARIOS, DynamicsConfig, injection_steps, seed_records
-from kn.dynamics_summary import (Pool, bootstrap, bootstrap_draws, effectivity_table, forgetting_table, interval,
+from kn.dynamics_claims import claim_intervals
+from kn.dynamics_summary import (Pool, bootstrap, bootstrap_draws, edge_peaks, effectivity_table, forgetting_table, interval,
                                  interval_text, make_pools, summarize, summarize_pool)
 from kn.errors import DataError
 from kn.forgetting import effectivity, fit_forgetting, fit_log, local_max, predict, retainability
@@ -167,6 +168,26 @@ def test_injected_minus_control_on_a_built_case():
     assert (exp["c"], exp["a"], exp["tau"]) == (pytest.approx(0.5, abs=1e-4), pytest.approx(0.5, abs=1e-4),
                                                 pytest.approx(2, rel=1e-3))
     assert f["decay_b"]["value"] > 0
+
+
+def test_bump_peaking_at_the_window_edge_is_named():
+    """A bump that peaks 2 steps after its injection sits inside a 5-step window; a curve that only
+    drifts up peaks at the window's last step, which edge_peaks names (lam_window too short)."""
+    inside = summarize(built_runs(), n_boot=20)
+    assert inside["once"]["memorization"]["t_lam"]["mean_curve"] == [2] and edge_peaks(inside) == []
+    flat = summarize(built_runs(heights=(0.0, 0.0)), n_boot=20)
+    assert flat["once"]["memorization"]["t_lam"]["mean_curve"] == [5]
+    assert edge_peaks(flat) == [f"once/{k}/injection 0" for k in PROBE_KINDS]
+    assert flat["once"]["memorization"]["t_lam"]["at_edge"] == 1.0
+
+
+def test_claim_numbers_pool_the_scenarios():
+    """The bump pooled over one scenario is that scenario's; a base against itself gains exactly 0."""
+    pools = built_runs()
+    c = claim_intervals({"early": pools, "late": pools}, n_boot=50)
+    e = summarize_pool(pools["once", "memorization"], n_boot=50)["effectivity_minus_control"]
+    assert c["bump"]["value"] == pytest.approx(e["value"]) and c["scenarios"] == ["once"]
+    assert c["stage_gain"] == {"value": 0.0, "low": 0.0, "high": 0.0} and c["aic_lead"] == {}
 
 
 def test_tables_show_the_intervals_and_the_laws():
@@ -357,6 +378,10 @@ def test_smoke_run_all_scenarios(smoke):
         assert d["value"] == pytest.approx(late["duplicated"][k]["effectivity"]["value"]
                                            - late["paraphrased"][k]["effectivity"]["value"])
         assert d["low"] < d["value"] < d["high"]
+    claims = saved["claims"]                               # the claims' pooled numbers: the mean of the scenarios'
+    assert claims["bump"]["value"] == pytest.approx(np.mean([saved["stages"]["late"][s]["memorization"]
+                                                             ["effectivity_minus_control"]["value"] for s in SCENARIOS]))
+    assert set(claims["aic_lead"]) == {"duplicated", "paraphrased"} and "stage_gain" not in claims
     curves = json.loads((out / "curves.json").read_text())["curves"]["late"]
     assert set(curves) == {*SCENARIOS, CONTROL} and len(curves["once"]["memorization"][1]) == cfg.n_steps + 1
 

@@ -453,3 +453,27 @@ def test_a_rerun_removes_the_temporaries_of_a_killed_import(tmp_path, capsys):
     live.write_text("")
     assert main(["data", "import", str(tmp_path / "in.jsonl"), "--out", str(out), "--vocab-size", "300"]) == 0
     assert sorted(p.name for p in out.glob(".*tmp-*")) == [live.name] and (out / "meta.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["bios", "import"])
+def test_valid_fraction_makes_a_validation_slice_apart_from_test_people(command, tmp_path, capsys):
+    """`kn data bios|import --valid-fraction`: validation people are train_people held out, never
+    test_people; a folder without the slice is refused by an lr grid in one line, before training."""
+    from kn.data.records import read_jsonl
+    from kn.extraction import from_profile, run_extraction
+    people = sample_people(40, seed=2)
+    write_jsonl(bio_records(make_bios(people, "single", seed=2), people), tmp_path / "in.jsonl")
+    args = {"bios": ["data", "bios", "--n", "40"], "import": ["data", "import", str(tmp_path / "in.jsonl")]}[command]
+    for name, extra in (("valid", ["--valid-fraction", "0.25"]), ("none", [])):
+        assert main([*args, "--vocab-size", "400", "--out", str(tmp_path / name), *extra]) == 0
+    split = {r["person"]: r["split"] for r in read_jsonl(tmp_path / "valid" / "qa.jsonl")}
+    assert sum(s == "valid" for s in split.values()) == 5 and sum(s == "test" for s in split.values()) == 20
+    none = {r["person"]: r["split"] for r in read_jsonl(tmp_path / "none" / "qa.jsonl")}
+    assert {p for p, s in split.items() if s == "test"} == {p for p, s in none.items() if s == "test"}
+    assert json.loads((tmp_path / "valid" / "meta.json").read_text())["counts"]["valid_people"] == 5
+    assert main([*args, "--out", str(tmp_path / "bad"), "--valid-fraction", "1"]) == 2
+    assert "valid_fraction: got 1.0; allowed: a number in [0, 1)" in capsys.readouterr().err
+    cfg = from_profile("smoke", setting="pretrain_finetune", data_dir=str(tmp_path / "none"))
+    with pytest.raises(DataError, match="^finetune_lr_grid: choosing among lrs needs a validation slice, and '.*none' has"):
+        run_extraction(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "pretrain").exists()                      # refused before any training

@@ -1,6 +1,7 @@
 """kn.onelayer (Xu & Chen): attention-only points have no MLP, the rank-1 share of a planted rank-1
 update is 1 and of a random one well below, point validation names the key, and the smoke grid
-runs end to end with pretraining shared between points that differ only in finetuning (about 15 s):
+runs end to end with pretraining shared between points that differ only in finetuning, the finetune
+lr chosen on a validation slice and memorization measured along pretraining (about 20 s):
 
     OMP_NUM_THREADS=1 pytest tests/test_onelayer.py
 """
@@ -12,11 +13,14 @@ import pytest
 import torch
 
 from kn.errors import DataError
+from kn.extraction import chosen_lr, finetuned_model
 from kn.models import build_model, formula_params, n_params
 from kn.onelayer import (DEFAULTS, MATRICES, check_point, lora_rank, matrix_shares, onelayer_point, onelayer_points,
                          onelayer_sweep, point_config, point_dirs, rank1_share, update_spectrum)
 from kn.profiles import TABLES
+from kn.results import read_json
 from kn.sweep import read_rows, run_sweep
+from kn.train import curve_stops
 
 TINY = {"n_embd": 32, "n_head": 2, "vocab_size": 64, "window": 16, "runs_dir": "unused"}
 
@@ -49,7 +53,8 @@ def test_attn_only_has_no_mlp(one_thread):
 @pytest.mark.parametrize("bad, key", [({"width": 3}, "point"), ({"arch": "mlp_only"}, "arch"),
                                       ({"finetune": "lora0"}, "finetune"), ({"finetune": "foo"}, "finetune"),
                                       ({"multiplicity": 0}, "multiplicity"), ({"multiplicity": 2.0}, "multiplicity"),
-                                      ({"runs_dir": None}, "runs_dir")])
+                                      ({"runs_dir": None}, "runs_dir"), ({"curve": -1}, "curve"),
+                                      ({"finetune_lr_grid": 1e-3}, "finetune_lr_grid"), ({"lora_lr_grid": "x"}, "lora_lr_grid")])
 def test_check_point_names_the_key(bad, key):
     with pytest.raises(DataError, match=f"^{key}"):
         check_point(TINY | bad)
@@ -64,10 +69,19 @@ def test_lora_rank_and_defaults():
 
 def test_points_differing_in_finetuning_share_pretraining(tmp_path):
     a = check_point(TINY | {"runs_dir": str(tmp_path)})
-    b = a | {"train_fraction": 0.25, "finetune": "lora2", "finetune_lr": 1e-2}
-    c = a | {"multiplicity": 2}
+    b = a | {"train_fraction": 0.25, "finetune": "lora2", "finetune_lr": 1e-2, "valid_fraction": 0.2,
+             "lora_lr_grid": [1e-2, 3e-2]}
+    c, d = a | {"multiplicity": 2}, a | {"curve": 3}                   # a curve trains in segments: its own folder
     assert point_dirs(a)[0] == point_dirs(b)[0] and point_dirs(a)[1] != point_dirs(b)[1]
-    assert point_dirs(a)[0] != point_dirs(c)[0]
+    assert point_dirs(a)[0] != point_dirs(c)[0] and point_dirs(a)[0] != point_dirs(d)[0]
+
+
+def test_lr_grid_by_finetuning_kind():
+    """Full points take finetune_lr_grid, LoRA points lora_lr_grid (kn.extraction chooses among it)."""
+    p = TINY | {"valid_fraction": 0.2, "finetune_lr_grid": [1e-4, 1e-3], "lora_lr_grid": [1e-2]}
+    full, lora = point_config(p), point_config(p | {"finetune": "lora1"})
+    assert full.finetune_lr_grid == (1e-4, 1e-3) and lora.finetune_lr_grid == (1e-2,)
+    assert full.data.valid_fraction == 0.2 and lora.lora_rank == 1
 
 
 # ----------------------------------------------------------------------------- update spectrum
@@ -148,6 +162,32 @@ def test_smoke_sweep_rows(smoke):
         mlp = [float(r["rank1_mlp_in"]), float(r["rank1_mlp_out"])]   # the CSV holds NaN as "nan"
         assert all(math.isnan(v) for v in mlp) if r["arch"] == "attn_only" else all(0 < v <= 1 for v in mlp)
     assert len(pretrainings(runs)) == 4                                 # one per (arch, multiplicity)
+
+
+def test_smoke_rows_choose_the_lr_on_the_validation_slice(smoke):
+    """Each point's finetune lr is one of the grid's, picked on its validation slice, and the update
+    spectrum is that of the chosen lr's model."""
+    csv, runs, _ = smoke
+    grid = TABLES["onelayer"]["smoke"]["finetune_lr_grid"]
+    for r in read_rows(csv):
+        assert r["finetune_lr_chosen"] in grid and 0 <= r["acc_valid"] <= 1
+        point = {k: r[k] for k in DEFAULTS if k != "runs_dir"} | {"runs_dir": str(runs)}
+        result = read_json(point_dirs(point)[1] / "result.json")
+        assert [c["finetune_lr"] for c in result["recipes"]] == grid
+        assert chosen_lr(result) == r["finetune_lr_chosen"]
+        assert finetuned_model(point_dirs(point)[1], result).parent.name == f"lr{r['finetune_lr_chosen']:g}"
+
+
+def test_smoke_rows_keep_the_memorization_curve(smoke):
+    """The curve holds memorization at log-spaced pretraining steps, ending at the run's last step with
+    the row's own memorization."""
+    csv, _, _ = smoke
+    stops = TABLES["onelayer"]["smoke"]["curve"]
+    for r in read_rows(csv):
+        curve = r["memorization_curve"]                                 # read_rows parses JSON
+        steps = [s for s, _ in curve]
+        assert len(curve) == stops and steps == curve_stops(steps[-1], stops)
+        assert curve[-1][1] == r["memorization"] and all(0 <= m <= 1 for _, m in curve)
 
 
 def test_second_sweep_skips_done_points(smoke):

@@ -201,6 +201,11 @@ def test_p_probe_reads_the_token_before_each_value(data, rank, steps):
     assert [np.mean(res["items"]["first"][a]["reachable"]) for a in ATTRIBUTES] == pytest.approx(covered)
     off = grid[~np.eye(6, dtype=bool)].mean()
     assert np.diag(grid).mean() > off + 0.3 and "whole" not in res
+    ahead = res["items_ahead"]                   # the cells above the diagonal, per test person (Result 4's row)
+    assert ahead["cells"] == [[j, k] for j in range(6) for k in range(6) if j < k] and "whole" not in ahead
+    assert ahead["person"] == res["items"]["person"]
+    for (j, k), cell in zip(ahead["cells"], ahead["first"]):
+        assert np.mean([v for v in cell if v is not None]) == pytest.approx(grid[j, k])
 
 
 def test_p_probe_end_to_end(model, data):

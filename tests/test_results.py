@@ -1,4 +1,5 @@
-"""kn.results' results layer: `done` (skip a finished stage only when it recorded the same config),
+"""kn.results' results layer: `done` (skip a finished stage only when it recorded the same config, fields added since at
+their defaults),
 `publish` (a run's result file into its chapter's results folder, with its patch), the chapters'
 folders, and the layering it allows (experiments do not import the papermill runner kn.book;
 kn.tokenize does not import kn.data).   Run: pytest tests/test_results.py
@@ -49,6 +50,28 @@ def test_a_record_from_before_an_added_setting_matches_its_old_value(tmp_path):
     assert done(path, TrainConfig(data="d", out="o")) is None                          # precision auto
     assert done(path, TrainConfig(data="d", out="o", precision="fp32", attention="sdpa", trim_vocab=True)) is None
 
+
+
+@dataclass(frozen=True)
+class Later:                                                   # Point, grown two fields since
+    n: int = 3
+    lr: float = 1e-3
+    where: tuple = ("a", 1)
+    inner: Point = Point()
+    curve_points: int = 0
+
+
+def test_a_field_added_since_at_its_default_keeps_the_result(tmp_path):
+    path = tmp_path / "result.json"
+    write_json(path, config={"n": 3, "lr": 1e-3, "where": ["a", 1], "inner": {"n": 3, "lr": 1e-3, "where": ["a", 1]}},
+               value=7)
+    assert done(path, Later())["value"] == 7                              # curve_points: absent, at its default
+    assert done(path, Later(curve_points=5)) is None                      # away from its default: not that run
+    assert done(path, Later(inner=Point(n=4))) is None                    # a recorded nested value differs
+    write_json(path, config={"n": 3, "lr": 1e-3, "where": ["a", 1]}, value=7)
+    assert done(path, Later()) is None                                    # a whole nested config added: unknown
+    write_json(path, config={"n": 3, "lr": 1e-3, "where": ["a", 1], "gone": 1}, value=7)
+    assert done(path, Point()) is None                                    # a field since removed
 
 def test_chapter_folders_follow_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "r"))

@@ -197,3 +197,35 @@ def test_checkpoint_from_before_checksums_resumes(data, tmp_path):
     done = train(cfg(data, run, checkpoint_every=2, log_every=1), resume=True, progress=False)
     assert done["history"][0]["step"] == 4 and done["steps"] == done["total_steps"]
     assert (done["precision"]["dtype"], done["precision"]["attention"]) == ("fp32", "sdpa")
+
+
+def test_warm_up_on_a_subset_trains_on_those_people_only_then_everyone(data):
+    """The curriculum (warmup_people): a warm-up pass holds no token of a biography outside the
+    subset; after the warm-up the batches are those of a run without it, and the steps are the same."""
+    import numpy as np
+    from kn.tokenize import load_tokenizer
+    from kn.train import Batches
+    tok = load_tokenizer(f"{data}/tokenizer")
+    plain = Batches(cfg(data, "unused", mode="pretrain", exposures=3), tok.eos_token_id, tok.pad_token_id)
+    warm = Batches(cfg(data, "unused", mode="pretrain", exposures=3, warmup_people=0.25, warmup_people_steps=0.4),
+                   tok.eos_token_id, tok.pad_token_id)
+    assert warm.total_steps == plain.total_steps and warm.warm_steps == round(0.4 * plain.total_steps) > 0
+    bios = load_encoded(data, "bios")
+    people = np.unique(bios.person)
+    kept = np.random.default_rng([0, 6]).permutation(people)[:round(0.25 * len(people))]
+    allowed = np.isin(np.arange(len(tok)), bios.take(np.flatnonzero(np.isin(bios.person, kept))).ids)
+    allowed[tok.eos_token_id] = True
+    seen = np.isin(np.arange(len(tok)), np.concatenate([warm(s)[0].ravel() for s in range(warm.warm_steps)]))
+    everyone = np.isin(np.arange(len(tok)), np.concatenate([plain(s)[0].ravel() for s in range(warm.warm_steps)]))
+    assert not (seen & ~allowed).any() and (everyone & ~allowed).any()   # no token of the others' bios (names)
+    for s in (warm.warm_steps, warm.total_steps - 1):
+        assert all((a == b).all() for a, b in zip(warm(s), plain(s)))
+
+
+def test_warm_up_needs_bios_and_enough_people(data, tmp_path):
+    with pytest.raises(DataError, match="^warmup_people: a warm-up on a subset of people is for pretrain or mixed"):
+        cfg(data, tmp_path / "ft", mode="finetune", init=str(tmp_path), warmup_people=0.5, warmup_people_steps=0.5)
+    with pytest.raises(DataError, match="^warmup_people: got 1.0; allowed: 0 <= x < 1"):
+        cfg(data, tmp_path, warmup_people=1.0)
+    with pytest.raises(DataError, match="^curve_points: got -1"):
+        cfg(data, tmp_path, curve_points=-1)

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from kn.data.dataset import DATASET_FILES, BiosDataset, check_dataset_out, write_bios
-from kn.data.qa import qa_documents, qa_records_of, split_people
+from kn.data.qa import qa_documents, qa_records_of, split_people, valid_people
 from kn.data.records import ATTRIBUTES, Biographies
 from kn.errors import check_count
 from kn.signals import SIGNALS, signals_handled
@@ -50,11 +50,13 @@ class ImportConfig:
     train_fraction: float = 0.5   # share of people whose QAs are train_people
     vocab_size: int = 4096
     skip_bad: bool = False        # skip (and count) records that fail validation instead of stopping
+    valid_fraction: float = 0.0   # share of train_people held out as the validation slice (split "valid")
 
     def __post_init__(self):
         check_count("seed", self.seed)
         check_count("vocab_size", self.vocab_size, 300)
         split_people(1, self.train_fraction)
+        valid_people(np.ones(1, bool), self.valid_fraction)
 
 
 def people_of(bios: Biographies) -> tuple[np.ndarray, list[str], dict[str, list[str]], list[str]]:
@@ -80,18 +82,20 @@ def batches(bios: Iterable[dict], chars: int = BATCH_CHARS) -> Iterator[list[dic
 class QARecords:
     """The QA records of the people (`qa_records_of`), made CHUNK people at a time as they are iterated."""
 
-    def __init__(self, ids: np.ndarray, names: list[str], values: dict[str, list[str]], is_train: np.ndarray):
-        self.ids, self.names, self.values, self.is_train = ids, names, values, is_train
+    def __init__(self, ids: np.ndarray, names: list[str], values: dict[str, list[str]], is_train: np.ndarray,
+                 is_valid: np.ndarray):
+        self.ids, self.names, self.values, self.is_train, self.is_valid = ids, names, values, is_train, is_valid
 
     def __len__(self) -> int:
         return len(self.ids) * len(ATTRIBUTES)
 
     def chunks(self) -> Iterator[tuple]:
-        """(QA documents, ids, names, values, is_train) of CHUNK people at a time."""
+        """(QA documents, ids, names, values, is_train, is_valid) of CHUNK people at a time."""
         for s in range(0, len(self.ids), CHUNK):
             ids, names = self.ids[s:s + CHUNK], self.names[s:s + CHUNK]
             values = {a: v[s:s + CHUNK] for a, v in self.values.items()}
-            yield qa_documents(ids, names, values), ids, names, values, self.is_train[s:s + CHUNK]
+            yield (qa_documents(ids, names, values), ids, names, values, self.is_train[s:s + CHUNK],
+                   self.is_valid[s:s + CHUNK])
 
     def __iter__(self) -> Iterator[dict]:
         for chunk in self.chunks():
@@ -180,12 +184,13 @@ def _build(cfg: ImportConfig) -> tuple[BiosDataset, list[str]]:
     bios = Biographies(cfg.path, cfg.skip_bad)
     ids, names, values, groups = people_of(bios)
     is_train = split_people(len(ids), cfg.train_fraction, cfg.seed)
-    qa = QARecords(ids, names, values, is_train)
+    is_valid = valid_people(is_train, cfg.valid_fraction, cfg.seed)
+    qa = QARecords(ids, names, values, is_train, is_valid)
     tokenizer = train_tokenizer(chain((r["text"] for r in bios), qa.texts()), vocab_size=cfg.vocab_size)
     keys = ("name",) + ATTRIBUTES
     bios_tokens = concat_encoded([encode_records(batch, tokenizer, keys=keys) for batch in batches(bios)])
     qa_tokens = concat_encoded([encode_documents(docs, tokenizer) for docs, *_ in qa.chunks()])
-    ds = BiosDataset(cfg, None, groups, is_train, bios, qa, tokenizer, bios_tokens, qa_tokens)
+    ds = BiosDataset(cfg, None, groups, is_train, bios, qa, tokenizer, bios_tokens, qa_tokens, is_valid)
     return ds, bios.skipped
 
 

@@ -1,0 +1,65 @@
+"""kn.regime: R1's regime search is pre-registered (space, budget, criterion) and each setting runs
+resumably at its tiny (smoke) equivalent, scoring train_people and the validation slice only.
+Run: pytest tests/test_regime.py
+"""
+import pytest
+
+from kn.cli import main
+from kn.errors import DataError
+from kn.regime import (BUDGET_HOURS, MIN_STEPS, SETTINGS, expected_hours, result_path, run_setting, search_config,
+                       search_rows, search_table, selected)
+from kn.results import write_json
+from kn.train import Interrupted
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def test_every_setting_keeps_to_the_pre_registered_space_and_budget():
+    for name, s in SETTINGS.items():
+        assert s["steps"] >= MIN_STEPS and s["n"] >= 1000, name
+        assert 0 < expected_hours(name) <= BUDGET_HOURS, name
+    assert any(s.get("warmup_people") for s in SETTINGS.values())       # the curriculum is searched
+    assert len({s["n"] for s in SETTINGS.values()}) >= 3                 # people: the first axis
+    # the reference: the committed cpu mixed run, 5,500 steps of 16 x 256 tokens in 0.92 h at 6,829 tokens/s
+    assert expected_hours("n1k") == pytest.approx(60_000 * 4 * 256 / 6_829 / 3600)
+
+
+def test_a_setting_runs_exactly_its_steps_scores_no_test_people_and_resumes(roots, sigterm_at_step):
+    cfg, _ = search_config("n4k-qa0.5-warmup", "smoke")
+    assert (cfg.qa_fraction, cfg.warmup_people, cfg.data.valid_fraction) == (0.5, 0.25, 0.2)
+    sigterm_at_step(12)
+    with pytest.raises(Interrupted):
+        run_setting("n4k-qa0.5-warmup", "smoke")
+    sigterm_at_step(10 ** 9)
+    row = run_setting("n4k-qa0.5-warmup", "smoke")                      # resumed from the checkpoint
+    assert row["steps"] == 30 and row["within_budget"] and row["n_valid"] > 0
+    from kn.results import read_json
+    saved = read_json(result_path("n4k-qa0.5-warmup", "smoke"))
+    assert set(saved["qa"]) == {"train", "n_train", "valid", "n_valid"}   # test_people never scored
+    assert [p["step"] for p in saved["curves"]["mixed"]][-1] == 30
+    assert search_rows("smoke") == [row] and selected("smoke") == "n4k-qa0.5-warmup"
+    stamp = result_path("n4k-qa0.5-warmup", "smoke").stat().st_mtime_ns
+    assert run_setting("n4k-qa0.5-warmup", "smoke") == row                 # done: read, not run again
+    assert result_path("n4k-qa0.5-warmup", "smoke").stat().st_mtime_ns == stamp
+    assert "**chosen**" in search_table("smoke")[1][list(SETTINGS).index("n4k-qa0.5-warmup")][0]
+
+
+def test_selection_is_the_best_validation_accuracy_within_budget(roots):
+    rows = {"n1k": (0.30, True), "n2k": (0.45, False), "n4k-qa0.5": (0.40, True), "n2k-wd1": (0.40, True)}
+    for name, (valid, ok) in rows.items():
+        write_json(result_path(name, "cpu"), config={"setting": name}, row={"setting": name, "valid_qa": valid,
+                                                                            "within_budget": ok})
+    assert selected("cpu") == "n4k-qa0.5"          # n2k is better but over budget; ties go to the earlier setting
+
+
+def test_unknown_setting_or_profile_is_one_line(roots, capsys):
+    assert main(["search", "r1", "n9k", "--profile", "smoke"]) == 2
+    assert capsys.readouterr().err.startswith("kn: error: setting: got 'n9k'; allowed: n1k, n2k")
+    with pytest.raises(DataError, match="^profile: got 'gpu'; allowed for the R1 search: smoke, cpu"):
+        search_config("n1k", "gpu")
+    assert main(["search", "r2"]) == 2
