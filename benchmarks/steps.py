@@ -32,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.batches import Batches
 from kn.models import ModelConfig, build_model, hf_config, n_params
 from kn.precision import choose, set_attention
 from kn.results import cpu_info, write_json
-from kn.train import Batches, TrainConfig, accelerator, flops_per_token, lr_lambda, optimizer_for, training_step
+from kn.train import accelerator, flops_per_token, lr_lambda, optimizer_for, training_step
+from kn.train_config import TrainConfig
 from kn.vocab import VocabMap, trim
 
 MODELS = {   # name -> (model, batch, window, data, timed steps per engine per repeat: ~1 s at fp32)
@@ -61,7 +63,7 @@ def dataset(kind: str, root: Path) -> str:
 
 
 def batches(data: str, cfg: ModelConfig, batch: int, window: int) -> tuple[Batches, VocabMap]:
-    """The run's batches and the map of the tokens they use (as kn.train.vocab_in_use; a bioD folder:
+    """The run's batches and the map of the tokens they use (as kn.batches.vocab_in_use; a bioD folder:
     its first epoch's)."""
     from kn.tokenize import load_tokenizer
     tok = load_tokenizer(Path(data) / "tokenizer")

@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.batches import Batches
 from kn.models import ModelConfig, build_model, hf_config, n_params
 from kn.results import write_json
-from kn.train import (PEAK_FLOPS, Batches, TrainConfig, accelerator, flops_per_token, lr_lambda, optimizer_for,
-                      training_step, use_compile)
+from kn.train import PEAK_FLOPS, accelerator, flops_per_token, lr_lambda, optimizer_for, training_step, use_compile
+from kn.train_config import TrainConfig
 
 MODELS = {   # name -> (model, batch, window, data)
     "part3.1": (ModelConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=2048, context=128), 16, 128, "bios"),

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.batches import epoch_batches, train_qas
+from kn.checkpoints import can_resume
 from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
 from kn.data.records import ATTRIBUTES, read_jsonl
@@ -27,7 +29,8 @@ from kn.models import ModelConfig, build_model, n_params
 from kn.profiles import settings
 from kn.results import done, write_json
 from kn.tokenize import Encoded, load_tokenizer, pack
-from kn.train import IGNORE, Fit, Hooks, accelerator, can_resume, epoch_batches, fit, stop_if_interrupted, train_qas
+from kn.train import Fit, Hooks, accelerator, fit, stop_if_interrupted
+from kn.vocab import IGNORE
 
 
 @dataclass(frozen=True)

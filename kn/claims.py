@@ -28,14 +28,15 @@ from typing import Callable
 import numpy as np
 
 from kn import dynamics_claims, paper
+from kn.bound import stores_values
+from kn.capacity import capacity_rows
 from kn.data.records import ATTRIBUTES
 from kn.display import markdown_table
+from kn.guards import GUARD_MEMORIZED, GUARD_TRAIN_QA
 from kn.intervals import Interval, accuracy_gap, bootstrap, mean_accuracy, paired_gap, person_table
 from kn.profiles import PROFILES
 from kn.results import read_json, results_dir
-
-GUARD_TRAIN_QA = 80.0      # % of train_people's QAs answered: the finetune (or mixed) run learned its task
-GUARD_MEMORIZED = 90.0     # % of bio values reproduced in the person's own bio: the knowledge is there
+from kn.sweep import read_rows
 
 
 @dataclass(frozen=True)
@@ -317,8 +318,6 @@ def _quantized_kept(bits: int) -> Callable[[Path], Evidence]:
     """% of the full-precision bits kept after int`bits`, summed over the models of the GPT-2 fit at
     QUANT_EXPOSURES, with an interval resampled over those models."""
     def measure(folder):
-        from kn.capacity import capacity_rows
-        from kn.sweep import read_rows
         fits = _load(folder, "fit")["fits"]
         key = f"bits@{QUANT_EXPOSURES}"
         if "ratio" not in fits.get(key, {}) or "ratio" not in fits.get(f"bits_int{bits}@{QUANT_EXPOSURES}", {}):
@@ -363,8 +362,6 @@ def _variant_ratio(num: dict, den: dict, what: str) -> Callable[[Path], Evidence
     With a handful of sizes there is no resampling to do: the interval is the range over sizes, so a
     rule on it needs every size to pass. Guards: >= 2 sizes, and the clean models store values."""
     def measure(folder):
-        from kn.capacity import stores_values
-        from kn.sweep import read_rows
         rows = [r for r in read_rows(folder / "sweep.csv") if float(r["exposures"]) == 100 and r.get("arch") == "gpt2"
                 and int(r.get("seed", 0)) == 0]
         def pick(r, sel):
@@ -473,7 +470,6 @@ def _batch_once(folder):
 
 
 def _onelayer_rows(folder):
-    from kn.sweep import read_rows
     return read_rows(folder / "sweep.csv")
 
 

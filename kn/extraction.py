@@ -24,15 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from kn.claims import GUARD_TRAIN_QA
 from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset, read_meta
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
+from kn.evaluate import accuracy, memorization, span_scores
+from kn.guards import GUARD_TRAIN_QA
+from kn.intervals import held_out_accuracy
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
-from kn.train import TrainConfig, stop_if_interrupted, train
+from kn.tokenize import load_tokenizer
+from kn.train import stop_if_interrupted, train
+from kn.train_config import TrainConfig
 
 SETTINGS = ("mixed", "pretrain_finetune")
 SPLITS = ("train", "valid", "test")   # qa.jsonl's splits (kn.data.qa.split_names)
@@ -93,7 +97,7 @@ DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_
 
 
 def _bios_per_person(cfg: ExtractionConfig) -> float:
-    """Biographies per person in one pass (with celebrities, kn.train.load_bios: everyone has the most)."""
+    """Biographies per person in one pass (with celebrities, kn.batches.load_bios: everyone has the most)."""
     if cfg.data_dir is None:
         groups = [cfg.data.augment] + ([cfg.data.celebrity_augment] if cfg.data.n_celebrity else [])
         return max(parse_augment(a).per_person for a in groups)
@@ -150,8 +154,6 @@ def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64, splits: tu
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kn.evaluate import accuracy, memorization, span_scores
-    from kn.tokenize import load_tokenizer
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
     tok = load_tokenizer(model_dir)
@@ -304,7 +306,6 @@ def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) for kn.display.markdown_table: per run, QA exact match of train_people, the
     validation slice and test_people (with its 95% interval over people), bios memorized, and every
     candidate finetune lr with its validation and train_people accuracy, the chosen one marked."""
-    from kn.intervals import held_out_accuracy
 
     def pct(r, split):
         m = r["qa"].get(split, {}).get("mean")

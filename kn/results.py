@@ -226,7 +226,7 @@ def done(path: str | Path, config, after=()) -> dict | None:
 def same_config(recorded, config) -> bool:
     """Whether a result that recorded `recorded` was made with `config`: the same values, where a
     field the record lacks (added to the config after the result was written) holds the value every
-    earlier run had: its entry in the class's ADDED_SETTINGS (kn.train.TrainConfig's precision,
+    earlier run had: its entry in the class's ADDED_SETTINGS (kn.train_config.TrainConfig's precision,
     attention, trim_vocab), else its default, which must then do what runs did before it existed."""
     return _same(recorded, as_recorded(config), _defaults(config))
 

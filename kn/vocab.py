@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE = -100          # kn.train's label of a position without loss
+IGNORE = -100          # the label of a position without loss (kn.batches, kn.bidirectional)
 
 
 @dataclass(frozen=True)

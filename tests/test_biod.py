@@ -103,8 +103,8 @@ def test_written_meta_and_records(tmp_path):
 
 def test_cli_folder_trains(tmp_path, capsys):
     """The README's two steps: `kn data biod --out F`, then `kn train` with data = F."""
+    from kn.batches import load_biod
     from kn.cli import main
-    from kn.train import load_biod
     data = tmp_path / "biod"
     args = ["data", "biod", "--n", "60", "--k", "2", "--c", "1", "--d", "10", "--l", "2", "--t", "20", "--seed", "3",
             "--junk-ratio", "0.5", "--out", str(data)]

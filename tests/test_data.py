@@ -229,8 +229,8 @@ def test_cli_writes_dataset_and_reports_bad_input(tmp_path, capsys):
 
 
 def test_celebrity_pass_exposes_everyone_equally(tmp_path):
+    from kn.batches import load_bios as training_bios
     from kn.extraction import ExtractionConfig, stage_config
-    from kn.train import load_bios as training_bios
     make_dataset(BiosConfig(n=20, n_celebrity=10, vocab_size=600), tmp_path / "d")
     stored, trained = load_encoded(tmp_path / "d", "bios"), training_bios(str(tmp_path / "d"))
     assert len(stored) == 10 * 5 + 20                              # the files keep each biography once

@@ -14,7 +14,7 @@ from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.extraction import (ExtractionConfig, evaluate_model, finetune, from_profile, prepare_dataset, results_table,
                            run_extraction, stage_config, train_stage)
-from kn.train import train_qas
+from kn.batches import train_qas
 
 
 @pytest.mark.parametrize("setting", ["mixed", "pretrain_finetune"])

@@ -133,7 +133,7 @@ def test_kill_mid_csv_write_loses_only_that_row(tmp_path):
 
 def cfg(data, out, **kw):
     from kn.models import ModelConfig
-    from kn.train import TrainConfig
+    from kn.train_config import TrainConfig
     base = dict(data=data, out=str(out), model=ModelConfig(n_layer=1, n_head=2, n_embd=32, context=64), window=64,
                 batch_size=8, exposures=2, lr=3e-3, log_every=1, checkpoint_every=4,
                 precision="fp32", attention="sdpa")   # auto may choose otherwise in a child process than here
@@ -194,7 +194,8 @@ import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 import kn.train
-from kn.train import TrainConfig, train
+from kn.train import train
+from kn.train_config import TrainConfig
 kill, kw = sys.argv[1], json.loads(sys.argv[2])
 if kill == "swap":      # SIGKILL after the old checkpoint went aside, before the new one is renamed in
     real = os.replace
@@ -835,7 +836,7 @@ def with_config(meta, **kw):
     (lambda m: with_config(m, n_celebrity="0"), r": provenance\.config\.n_celebrity: got '0'; allowed: an integer >= 0"),
 ], ids=["list", "provenance-null", "kind-list", "n_celebrity-string"])
 def test_meta_json_of_the_wrong_shape_is_one_line_naming_the_field(small, tmp_path, change, problem):
-    from kn.train import load_biod, load_bios
+    from kn.batches import load_biod, load_bios
     out = copy_of(small, tmp_path)
     meta = out / "meta.json"
     meta.write_text(json.dumps(change(json.loads(meta.read_text()))))

@@ -12,7 +12,8 @@ from kn.errors import DataError
 from kn.models import ModelConfig, build_model
 from kn.precision import Precision, candidates, choose
 from kn.results import hardware
-from kn.train import TrainConfig, train
+from kn.train import train
+from kn.train_config import TrainConfig
 
 TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32, context=64)
 

@@ -22,7 +22,8 @@ from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.probing import (ProbeConfig, ProbeData, fit_linear_probe, head_scores, load_probe_data, name_rows, p_probe,
                         probe_data, q_probe, q_table, run_probes)
-from kn.train import TrainConfig, train
+from kn.train import train
+from kn.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(steps=4, batch_size=16, progress=False)

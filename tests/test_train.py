@@ -7,10 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kn.models import ModelConfig
-from kn.train import TrainConfig, load_config, qa_rows, train, train_qas
+from kn.batches import qa_rows, train_qas
 from kn.data.dataset import load_encoded
 from kn.errors import DataError
+from kn.models import ModelConfig
+from kn.train import train
+from kn.train_config import TrainConfig, load_config
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, context=64)
 
@@ -75,9 +77,10 @@ def test_mixed_and_finetune_full_and_lora(data, tmp_path):
 
 def test_merged_lora_model_computes_what_was_trained(data, tmp_path):
     """An embedding LoRA with tied embeddings: the saved, merged model gives the trained model's logits."""
+    from kn.checkpoints import save_model
     from kn.models import build_model
     from kn.tokenize import load_tokenizer
-    from kn.train import add_lora, save_model
+    from kn.train import add_lora
     torch.manual_seed(0)
     model = add_lora(build_model(TINY), rank=2, embed_rank=4)
     with torch.no_grad():
@@ -138,7 +141,7 @@ def test_cli_train(tmp_path, data, capsys):
 
 
 def test_recover_checkpoint_keeps_the_newest_complete_one(tmp_path):
-    from kn.train import recover_checkpoint
+    from kn.checkpoints import recover_checkpoint
 
     def ckpt(name, step=None):
         (tmp_path / name).mkdir()
@@ -203,8 +206,8 @@ def test_warm_up_on_a_subset_trains_on_those_people_only_then_everyone(data):
     """The curriculum (warmup_people): a warm-up pass holds no token of a biography outside the
     subset; after the warm-up the batches are those of a run without it, and the steps are the same."""
     import numpy as np
+    from kn.batches import Batches
     from kn.tokenize import load_tokenizer
-    from kn.train import Batches
     tok = load_tokenizer(f"{data}/tokenizer")
     plain = Batches(cfg(data, "unused", mode="pretrain", exposures=3), tok.eos_token_id, tok.pad_token_id)
     warm = Batches(cfg(data, "unused", mode="pretrain", exposures=3, warmup_people=0.25, warmup_people_steps=0.4),

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
-from kn.train import TrainConfig, train
+from kn.train import train
+from kn.train_config import TrainConfig
 from kn.vocab import VocabMap, expand, trim
 
 TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32, context=64)
