@@ -67,7 +67,7 @@ def batches(data: str, cfg: ModelConfig, batch: int, window: int) -> tuple[Batch
     its first epoch's)."""
     from kn.tokenize import load_tokenizer
     tok = load_tokenizer(Path(data) / "tokenizer")
-    source = Batches(TrainConfig(data=data, out=".", model=cfg, batch_size=batch, window=window, exposures=1000),
+    source = Batches(TrainConfig(data=data, out=".", model=cfg, batch_size=batch, window=window, passes=1000),
                      tok.eos_token_id, tok.pad_token_id)
     return source, VocabMap.of([source.bios.ids, [tok.eos_token_id]], cfg.vocab_size)
 

@@ -77,7 +77,7 @@ def dataset(kind: str, root: Path) -> str:
 def batches(data: str, cfg: ModelConfig, batch: int, window: int, seed: int = 0) -> Batches:
     from kn.tokenize import load_tokenizer
     tok = load_tokenizer(Path(data) / "tokenizer")
-    tcfg = TrainConfig(data=data, out=".", model=cfg, batch_size=batch, window=window, seed=seed, exposures=1000)
+    tcfg = TrainConfig(data=data, out=".", model=cfg, batch_size=batch, window=window, seed=seed, passes=1000)
     return Batches(tcfg, tok.eos_token_id, tok.pad_token_id)
 
 

@@ -55,7 +55,7 @@ class Batches:
         if self.rows_per_epoch < cfg.batch_size:
             raise DataError(f"batch_size: {cfg.batch_size} exceeds the {self.rows_per_epoch} rows of one pass over the data")
         self.steps_per_epoch = self.rows_per_epoch // cfg.batch_size
-        self.total_steps = max(1, int(round(cfg.exposures * self.steps_per_epoch)))
+        self.total_steps = max(1, int(round(cfg.passes * self.steps_per_epoch)))
         self._batch = epoch_batches(self.epoch_rows, self.steps_per_epoch, cfg.batch_size)
         self.warm_steps = int(round(cfg.warmup_people_steps * self.total_steps)) if cfg.warmup_people else 0
         if self.warm_steps:

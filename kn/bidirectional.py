@@ -91,7 +91,7 @@ def _fit(model, rows_for_epoch, steps_per_epoch: int, epochs: float, cfg: Bidire
     of the last epoch's steps."""
     total = max(1, int(round(epochs * steps_per_epoch)))
     resume = can_resume(out, settings)
-    spec = Fit(total, lr, compile="off", log_every=1)            # every step's loss, for the mean below
+    spec = Fit(total_steps=total, lr=lr, compile="off", log_every=1)            # every step's loss, for the mean below
     stop_if_interrupted(fit(model, epoch_batches(rows_for_epoch, steps_per_epoch, cfg.batch_size), spec, out, settings,
                             tok, accelerator(cfg.device), Hooks(pad_id=tok.pad_token_id), resume=resume,
                             overwrite=not resume, progress=False, desc=out.name), out)

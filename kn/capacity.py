@@ -92,7 +92,7 @@ def _train_config(p: dict, folder: Path, device: str):
     model = ModelConfig(arch=p["arch"], n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
                         mlp_ratio=p["mlp_ratio"], context=p["window"])
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    return TrainConfig(data=str(folder / "data"), out=str(folder / "run"), model=model, exposures=p["exposures"],
+    return TrainConfig(data=str(folder / "data"), out=str(folder / "run"), model=model, passes=p["exposures"],
                        batch_size=p["batch_size"], window=p["window"], lr=p["lr"], weight_decay=p["weight_decay"],
                        warmup=p["warmup"], seed=p["seed"], device=device,
                        **({"precision": "fp32", "attention": "sdpa"} if on_cpu else {}))

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from kn.errors import DataError
-from kn.results import atomic_file, read_json
+from kn.results import atomic_file, read_json, renamed
+from kn.train_config import TrainConfig
 from kn.vocab import expand
 
 log = logging.getLogger(__name__)
@@ -223,8 +224,10 @@ def _flat(config: dict) -> dict:
 
 
 def check_same_settings(checkpoint: Path, config: dict) -> None:
-    """DataError naming the settings that differ from the checkpoint's (BOOKKEEPING may differ)."""
-    saved = _flat(read_state(checkpoint)["config"])
+    """DataError naming the settings that differ from the checkpoint's (BOOKKEEPING may differ). A
+    TrainConfig's setting renamed since the checkpoint was written is compared under its new name."""
+    renames = {old: new for old, new in TrainConfig.RENAMED.items() if new in config and old not in config}
+    saved = _flat(renamed(read_state(checkpoint)["config"], renames))
     now = _flat(config)
     changed = [k for k in saved if k.split(".")[0] not in BOOKKEEPING and saved[k] != now.get(k)]
     if changed:

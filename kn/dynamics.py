@@ -88,7 +88,7 @@ from kn.dynamics_summary import N_BOOT, differences, duplicated_vs_paraphrased, 
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
-from kn.results import read_json, write_json
+from kn.results import done, read_json, write_json
 from kn.tokenize import encode_records, load_tokenizer, train_tokenizer
 from kn.train import Fit, Hooks, accelerator, fit, stop_if_interrupted, train
 from kn.train_config import TrainConfig
@@ -131,7 +131,7 @@ def prepare_data(cfg: DynamicsConfig, out: str | Path) -> list[dict]:
 
 
 def stage_config(cfg: DynamicsConfig, data: Path, out: Path, **kw):
-    base = dict(data=str(data), out=str(out), mode="pretrain", model=cfg.model, exposures=cfg.pretrain_exposures,
+    base = dict(data=str(data), out=str(out), mode="pretrain", model=cfg.model, passes=cfg.pretrain_exposures,
                 batch_size=cfg.batch_size, window=cfg.window, lr=cfg.pretrain_lr, seed=cfg.seed,
                 device=cfg.device, compile=cfg.compile)
     return TrainConfig(**(base | kw))
@@ -172,7 +172,7 @@ def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progre
     paths = {"early": out / "early", "late": out / "model"}
     data_meta = {"bios": read_meta(data)["provenance"]["config"],                      # new data or tokenizer:
                  "injection": asdict(injection_config(cfg))}                           # a new base
-    if _same_config(out / "train.json", asdict(tcfg)) and _same_config(out / "data.json", data_meta) and \
+    if done(out / "train.json", tcfg) and _same_config(out / "data.json", data_meta) and \
             all(p.is_dir() for p in paths.values()):
         return {k: str(v) for k, v in paths.items()}
     step = early_step(cfg, data)
@@ -296,7 +296,7 @@ def continue_pretraining(cfg: DynamicsConfig, data: str | Path, base: str | Path
     model = AutoModelForCausalLM.from_pretrained(str(base), attn_implementation="sdpa")
     meta = probe_meta(seed_records(cfg, records, seed), groups(cfg), seed)
     probes = [torch.from_numpy(a).to(acc.device) for a in probe_tensors(meta["prompt"], meta["target"], tok)]
-    spec = Fit(cfg.n_steps, cfg.lr, warmup=0, min_lr_ratio=1.0, compile=cfg.compile)       # constant lr
+    spec = Fit(total_steps=cfg.n_steps, lr=cfg.lr, warmup=0, min_lr_ratio=1.0, compile=cfg.compile)       # constant lr
     hooks = Hooks(evaluate=lambda m: probe_logprobs(m, *probes), eval_every=cfg.eval_every)
     config = json.loads(json.dumps(asdict(cfg) | {"base": str(base), "run_seed": seed}, default=str))
     resume = can_resume(Path(out), config)

@@ -111,7 +111,7 @@ def stage_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) 
     passes = cfg.exposures / _bios_per_person(cfg)
     warm = {} if mode == "finetune" else {"warmup_people": cfg.warmup_people, "warmup_people_steps": cfg.warmup_people_steps}
     base = dict(data=str(data), out=str(out), mode=mode, model=replace(cfg.model, context=max(cfg.model.context, cfg.window)),
-                exposures=passes, qa_fraction=cfg.qa_fraction, batch_size=cfg.batch_size,
+                passes=passes, qa_fraction=cfg.qa_fraction, batch_size=cfg.batch_size,
                 window=cfg.window, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
                 curve_points=cfg.curve_points, curve_people=cfg.curve_people, **warm)
     return TrainConfig(**(base | kw))
@@ -270,7 +270,7 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     runs = []
     for lr in grid:
         folder = out if len(grid) == 1 else _lr_folder(out, lr)
-        ft = stage_config(cfg, data, folder, "finetune", init=str(init), exposures=cfg.finetune_exposures, lr=lr,
+        ft = stage_config(cfg, data, folder, "finetune", init=str(init), passes=cfg.finetune_exposures, lr=lr,
                           batch_size=cfg.finetune_batch_size, lora_rank=cfg.lora_rank,
                           lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
         runs.append((folder, train_stage(ft, progress)))

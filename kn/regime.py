@@ -96,7 +96,7 @@ def search_config(name: str, profile: str, seed: int = 0) -> tuple[ExtractionCon
 
 
 def _steps_per_pass(cfg: ExtractionConfig, data: Path) -> int:
-    tc = stage_config(cfg, data, data.parent / "mixed", "mixed", exposures=1.0)
+    tc = stage_config(cfg, data, data.parent / "mixed", "mixed", passes=1.0)
     tok = load_tokenizer(data / "tokenizer")
     return Batches(tc, tok.eos_token_id, tok.pad_token_id).steps_per_epoch
 

@@ -227,8 +227,20 @@ def same_config(recorded, config) -> bool:
     """Whether a result that recorded `recorded` was made with `config`: the same values, where a
     field the record lacks (added to the config after the result was written) holds the value every
     earlier run had: its entry in the class's ADDED_SETTINGS (kn.train_config.TrainConfig's precision,
-    attention, trim_vocab), else its default, which must then do what runs did before it existed."""
+    attention, trim_vocab), else its default, which must then do what runs did before it existed. A
+    field renamed since (the class's RENAMED: old name -> new) is read under its new name."""
+    if isinstance(recorded, dict):
+        recorded = renamed(recorded, getattr(config, "RENAMED", {}))
     return _same(recorded, as_recorded(config), _defaults(config))
+
+
+def renamed(values: dict, renames: dict) -> dict:
+    """`values` (a recorded config, a TOML table) with each key renamed since (renames: old -> new)
+    under its new name; DataError when both names are given."""
+    for old, new in renames.items():
+        if old in values and new in values:
+            raise DataError(f"{old}: renamed {new}, and both are given; allowed: {new} only")
+    return {renames.get(k, k): v for k, v in values.items()}
 
 
 def _defaults(config) -> dict:

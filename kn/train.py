@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -200,9 +200,10 @@ def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool 
     return step
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Fit:
-    """Plain values of one optimisation run: AdamW, schedule (kn.train.lr_lambda) and bookkeeping."""
+    """Plain values of one optimisation run: AdamW, schedule (lr_lambda) and bookkeeping; built by
+    keyword. A TrainConfig's run takes every field but total_steps from the config's field of that name."""
     total_steps: int
     lr: float
     warmup: float = 0.05               # < 1: fraction of the steps; >= 1: steps
@@ -245,9 +246,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
     vocab = vocab_in_use(batches, tokenizer.eos_token_id, len(tokenizer)) if cfg.trim_vocab else None
     model = make_model(cfg, len(tokenizer), vocab)
     fpt = flops_per_token(_config_of(model), n_params(model, trainable_only=False)["non_embedding"], cfg.window)
-    spec = Fit(batches.total_steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio, cfg.weight_decay, cfg.grad_clip,
-               cfg.compile, cfg.threads, cfg.precision, cfg.attention, cfg.checkpoint_every, cfg.log_every,
-               cfg.max_steps)
+    spec = Fit(total_steps=batches.total_steps,
+               **{f.name: getattr(cfg, f.name) for f in fields(Fit) if f.name != "total_steps"})
     hooks = Hooks(pad_id=tokenizer.pad_token_id if cfg.mode == "finetune" else None)
     if every := curve_every(batches.total_steps, cfg.curve_points):
         if batches.biod is not None:

@@ -15,9 +15,10 @@ from typing import ClassVar
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.precision import check_setting
+from kn.results import renamed
 
 MODES = ("pretrain", "mixed", "finetune")
-MAX_EXPOSURES = 100_000    # the papers' longest runs are 1000 exposures; more is a typo that would train for weeks
+MAX_PASSES = 100_000       # the papers' longest runs are 1000 exposures; more is a typo that would train for weeks
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class TrainConfig:
     mode: str = "pretrain"             # pretrain | mixed | finetune
     model: ModelConfig = field(default_factory=ModelConfig)
     init: str | None = None            # finetune: the pretrained model folder
-    exposures: float = 100.0           # passes over every biography (finetune: every train QA)
+    passes: float = 100.0              # passes over every biography (finetune: every train QA); a person with
+                                       # k biographies is seen k * passes times (ExtractionConfig's exposures)
     qa_fraction: float = 0.8           # mixed: share of windows that are QA
     batch_size: int = 32               # windows (or QAs) per optimizer step
     window: int = 512
@@ -54,6 +56,8 @@ class TrainConfig:
     warmup_people_steps: float = 0.0   # share of the steps spent on them before everyone is trained on
     # settings added after runs were recorded, at the value those runs had (kn.results.same_config)
     ADDED_SETTINGS: ClassVar[dict] = {"precision": "fp32", "attention": "sdpa", "trim_vocab": False}
+    # settings renamed after runs were recorded, old name -> new (recorded configs, checkpoints and TOML files)
+    RENAMED: ClassVar[dict] = {"exposures": "passes"}
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -89,7 +93,7 @@ class TrainConfig:
 
     def ranges(self) -> dict:
         """{field: (within range, what is allowed)}."""
-        return {"exposures": (0 < self.exposures <= MAX_EXPOSURES, f"a number > 0 and <= {MAX_EXPOSURES:,}"),
+        return {"passes": (0 < self.passes <= MAX_PASSES, f"a number > 0 and <= {MAX_PASSES:,}"),
                 "batch_size": (self.batch_size >= 1, "an integer >= 1"),
                 "window": (self.window >= 8, "an integer >= 8"),
                 "lr": (self.lr > 0, "a number > 0"), "qa_fraction": (0 <= self.qa_fraction < 1, "0 <= x < 1"),
@@ -111,7 +115,7 @@ class TrainConfig:
 
 KINDS = {"int": ("batch_size", "window", "lora_rank", "lora_embed_rank", "seed", "checkpoint_every", "log_every",
                  "max_steps", "threads", "curve_points", "curve_people"),
-         "number": ("exposures", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip",
+         "number": ("passes", "qa_fraction", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip",
                     "warmup_people", "warmup_people_steps"),
          "str": ("data", "out", "mode", "device", "compile", "init", "precision", "attention")}
 OPTIONAL = ("init", "max_steps")
@@ -139,6 +143,7 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
         raw = tomllib.loads(path.read_text()) | overrides
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"config: {str(path)!r} is not valid TOML ({e})") from None
+    raw = renamed(raw, TrainConfig.RENAMED)
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(raw) - known
     if unknown:

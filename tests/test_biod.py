@@ -115,7 +115,7 @@ def test_cli_folder_trains(tmp_path, capsys):
     assert len((data / "biod.jsonl").read_text().splitlines()) == 60
     assert main(args) == 2                                  # a dataset is there: refused without --overwrite
     config = tmp_path / "run.toml"
-    config.write_text(f'data = "{data}"\nout = "{tmp_path}/run"\nexposures = 2\nwindow = 32\nbatch_size = 8\n'
+    config.write_text(f'data = "{data}"\nout = "{tmp_path}/run"\npasses = 2\nwindow = 32\nbatch_size = 8\n'
                       '[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\ncontext = 32\n')
     capsys.readouterr()
     assert main(["train", "--config", str(config)]) == 0

@@ -126,7 +126,7 @@ def biod_data(tmp_path_factory):
 
 
 def cfg(data, out, **kw):
-    base = dict(data=data, out=str(out), model=TINY, window=32, batch_size=4, exposures=2, lr=3e-3, log_every=5)
+    base = dict(data=data, out=str(out), model=TINY, window=32, batch_size=4, passes=2, lr=3e-3, log_every=5)
     return TrainConfig(**(base | kw))
 
 

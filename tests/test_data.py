@@ -238,4 +238,4 @@ def test_celebrity_pass_exposes_everyone_equally(tmp_path):
     minority = trained.person >= 10
     assert len({tuple(trained.doc(i)) for i in np.flatnonzero(minority)}) == 20   # the one bio, five times
     cfg = ExtractionConfig(data=BiosConfig(n=20, n_celebrity=10), exposures=100)
-    assert stage_config(cfg, tmp_path / "d", tmp_path / "r", "pretrain").exposures == 20   # 100 exposures = 20 passes
+    assert stage_config(cfg, tmp_path / "d", tmp_path / "r", "pretrain").passes == 20   # 100 exposures = 20 passes

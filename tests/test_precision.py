@@ -55,7 +55,7 @@ def test_bad_settings_name_the_field(data, tmp_path):
 
 
 def cfg(data, out, **kw):
-    return TrainConfig(**(dict(data=data, out=str(out), model=TINY, window=64, batch_size=8, exposures=1, lr=3e-3,
+    return TrainConfig(**(dict(data=data, out=str(out), model=TINY, window=64, batch_size=8, passes=1, lr=3e-3,
                                 log_every=5, checkpoint_every=4) | kw))
 
 

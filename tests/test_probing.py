@@ -51,7 +51,7 @@ def data(folder):
 def model(folder, run_dir):
     run = run_dir / "pretrain"
     cfg = TrainConfig(data=str(folder[0]), out=str(run), model=ModelConfig(n_layer=2, n_head=2, n_embd=64, context=64),
-                      window=64, batch_size=8, exposures=3, lr=3e-3, log_every=10, device="cpu")
+                      window=64, batch_size=8, passes=3, lr=3e-3, log_every=10, device="cpu")
     train(cfg, progress=False)
     return AutoModelForCausalLM.from_pretrained(str(run / "model"))
 

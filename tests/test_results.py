@@ -53,6 +53,22 @@ def test_a_record_from_before_an_added_setting_matches_its_old_value(tmp_path):
     assert done(path, TrainConfig(data="d", out="o", precision="fp32", attention="sdpa", trim_vocab=True)) is None
 
 
+def test_a_record_from_before_a_renamed_setting_reads_it_under_its_new_name(tmp_path):
+    """TrainConfig's `passes` was recorded as `exposures` (TrainConfig.RENAMED): a train.json written
+    then is the run of the config with that many passes, and of no other."""
+    from kn.train_config import TrainConfig
+    now = TrainConfig(data="d", out="o", passes=7, precision="fp32", attention="sdpa")
+    before = {("exposures" if k == "passes" else k): v for k, v in asdict(now).items()
+              if k not in TrainConfig.ADDED_SETTINGS}
+    path = write_json(tmp_path / "train.json", config=before, value=1)
+    assert "passes" not in read_json(path)["provenance"]["config"]
+    assert done(path, now)["value"] == 1
+    assert done(path, TrainConfig(data="d", out="o", passes=8, precision="fp32", attention="sdpa")) is None
+    both = write_json(tmp_path / "both.json", config=before | {"passes": 7}, value=1)
+    with pytest.raises(DataError, match="^exposures: renamed passes"):
+        done(both, now)
+
+
 
 @dataclass(frozen=True)
 class Later:                                                   # Point, grown two fields since

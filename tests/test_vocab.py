@@ -43,7 +43,7 @@ def cfg(data, out, **kw):
 
 
 def test_trimmed_run_saves_the_tokenizer_rows(data, tmp_path):
-    s = train(cfg(data, tmp_path / "t", exposures=1, trim_vocab=True), progress=False)
+    s = train(cfg(data, tmp_path / "t", passes=1, trim_vocab=True), progress=False)
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "t" / "model"))
     assert s["vocab"]["trimmed"] and s["vocab"]["in_use"] < s["vocab"]["tokenizer"] == model.config.vocab_size
     assert model.get_input_embeddings().weight.shape[0] == s["vocab"]["tokenizer"]
@@ -61,7 +61,7 @@ def test_trimmed_and_untrimmed_reach_the_same_loss(data, tmp_path):
     for trim_vocab in (False, True):
         final[trim_vocab] = []
         for seed in (0, 1, 2):
-            s = train(cfg(data, tmp_path / f"{trim_vocab}{seed}", seed=seed, exposures=34, trim_vocab=trim_vocab),
+            s = train(cfg(data, tmp_path / f"{trim_vocab}{seed}", seed=seed, passes=34, trim_vocab=trim_vocab),
                       progress=False)
             assert s["total_steps"] >= 1000
             final[trim_vocab].append(np.mean([h["loss"] for h in s["history"][-2:]]))
