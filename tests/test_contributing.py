@@ -2,7 +2,7 @@
 config, `from_profile` and one `study(profile, ...)` call (step 2), its profile table (step 3), a
 claim with a rule and a guard (step 4), a notebook that calls `study` once (step 5), run the way
 `kn run <chapter> --profile smoke` runs it (step 7), then judged by the claims table. A test cannot
-edit kn/profiles.py and kn/claims.py, so it adds the table and the claim where those edits would put
+edit kn/profiles.py and kn/claims/, so it adds the table and the claim where those edits would put
 them: in this process by monkeypatch, in the notebook's kernel by a sitecustomize module.
 Run: OMP_NUM_THREADS=1 pytest tests/test_contributing.py
 """
@@ -66,13 +66,12 @@ KEYS = ("n", "p", "seed")
 CLAIM = '''
 import numpy as np
 
-from kn.claims import Check, Claim, Evidence, Rule
+from kn.claims.rules import Check, Claim, Evidence, Rule, load
 from kn.intervals import bootstrap
-from kn.results import read_json
 
 
 def heads(folder):
-    flips = np.array(read_json(folder / "flips.json")["flips"], dtype=float)[:, None]
+    flips = np.array(load(folder, "flips")["flips"], dtype=float)[:, None]
     estimate = bootstrap([flips], lambda t: 100 * float(t.mean()))
     return Evidence(estimate, f"{estimate.value:.1f}% [{estimate.low:.1f}, {estimate.high:.1f}]",
                     guards=(Check("flips", len(flips), 100, ""),))
@@ -81,7 +80,7 @@ def heads(folder):
 CLAIM = Claim("Toy", "the coin lands heads at least 60% of the time", "80%", "toy", heads, Rule("at_least", 60))
 '''
 
-# the edits to kn/profiles.py and kn/claims.py, for the notebook's kernel
+# the edits to kn/profiles.py and kn/claims/__init__.py, for the notebook's kernel
 SITE = '''
 from kn import claims, profiles
 from toy_claim import CLAIM
