@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.batches import Batches
 from kn.models import ModelConfig, build_model, hf_config, n_params
 from kn.results import write_json
-from kn.train import (PEAK_FLOPS, Batches, TrainConfig, accelerator, flops_per_token, lr_lambda, optimizer_for,
-                      training_step, use_compile)
+from kn.train import PEAK_FLOPS, accelerator, flops_per_token, lr_lambda, optimizer_for, training_step, use_compile
+from kn.train_config import TrainConfig
 
 MODELS = {   # name -> (model, batch, window, data)
     "part3.1": (ModelConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=2048, context=128), 16, 128, "bios"),
@@ -76,7 +77,7 @@ def dataset(kind: str, root: Path) -> str:
 def batches(data: str, cfg: ModelConfig, batch: int, window: int, seed: int = 0) -> Batches:
     from kn.tokenize import load_tokenizer
     tok = load_tokenizer(Path(data) / "tokenizer")
-    tcfg = TrainConfig(data=data, out=".", model=cfg, batch_size=batch, window=window, seed=seed, exposures=1000)
+    tcfg = TrainConfig(data=data, out=".", model=cfg, batch_size=batch, window=window, seed=seed, passes=1000)
     return Batches(tcfg, tok.eos_token_id, tok.pad_token_id)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.batches import epoch_batches, train_qas
+from kn.checkpoints import can_resume
 from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset
 from kn.data.records import ATTRIBUTES, read_jsonl
@@ -27,7 +29,8 @@ from kn.models import ModelConfig, build_model, n_params
 from kn.profiles import settings
 from kn.results import done, write_json
 from kn.tokenize import Encoded, load_tokenizer, pack
-from kn.train import IGNORE, Fit, Hooks, accelerator, can_resume, epoch_batches, fit, stop_if_interrupted, train_qas
+from kn.train import Fit, Hooks, accelerator, fit, stop_if_interrupted
+from kn.vocab import IGNORE
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def _fit(model, rows_for_epoch, steps_per_epoch: int, epochs: float, cfg: Bidire
     of the last epoch's steps."""
     total = max(1, int(round(epochs * steps_per_epoch)))
     resume = can_resume(out, settings)
-    spec = Fit(total, lr, compile="off", log_every=1)            # every step's loss, for the mean below
+    spec = Fit(total_steps=total, lr=lr, compile="off", log_every=1)            # every step's loss, for the mean below
     stop_if_interrupted(fit(model, epoch_batches(rows_for_epoch, steps_per_epoch, cfg.batch_size), spec, out, settings,
                             tok, accelerator(cfg.device), Hooks(pad_id=tok.pad_token_id), resume=resume,
                             overwrite=not resume, progress=False, desc=out.name), out)

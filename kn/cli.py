@@ -5,7 +5,7 @@
     kn data biod --n 1000 --k 4 --c 2 --d 100 --l 2 --t 50 --out data/biod
     kn data injection --n-paragraphs 40 --out data/injection
     kn data rewrite --bios data/bios/bios.jsonl --model path/to/local/causal-lm --out data/bior.jsonl
-    kn train --config run.toml [--resume | --overwrite]   # see kn.train.TrainConfig
+    kn train --config run.toml [--resume | --overwrite]   # see kn.train_config.TrainConfig
     kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
     kn sweep capacity --profile cpu  # train a chapter's sweep without the notebook (two at once share it)
     kn search r1 n2k --profile cpu   # one pre-registered setting of R1's regime search (kn.regime), resumable
@@ -137,10 +137,12 @@ def train_cmd(config: str = typer.Option(..., help="TOML file: TrainConfig keys 
               resume: bool = typer.Option(False, help="continue from out/checkpoint (same settings)"),
               overwrite: bool = typer.Option(False, help="start again in an out folder that holds a run")):
     """Pretrain, mixed-train or QA-finetune one model (accelerate launch works too)."""
-    from kn.train import EXIT_INTERRUPTED, load_config, train
+    from kn.train import EXIT_INTERRUPTED, train
+    from kn.train_config import load_config
     summary = train(load_config(config), resume=resume, overwrite=overwrite)
     typer.echo(json.dumps({k: summary[k] for k in ("mode", "steps", "interrupted", "final_loss", "tokens_per_s",
-                                                   "n_params", "mfu")}))
+                                                   "n_params", "mfu", "vocab")}
+                          | {"precision": f"{summary['precision']['dtype']}+{summary['precision']['attention']}"}))
     if summary["interrupted"]:
         raise typer.Exit(EXIT_INTERRUPTED)
 

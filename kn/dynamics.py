@@ -76,6 +76,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kn.batches import Batches
+from kn.checkpoints import can_resume, checkpoint_step
 from kn.data.dataset import BiosConfig, build_bios, read_meta, write_bios
 from kn.data.injection import generate_injection, load_injection, write_injection
 from kn.data.records import ATTRIBUTES
@@ -85,8 +87,11 @@ from kn.dynamics_config import (STAGES, DynamicsConfig, assign_scenarios, groups
 from kn.dynamics_summary import N_BOOT, differences, duplicated_vs_paraphrased, early_vs_late, make_pools, summarize
 from kn.errors import DataError
 from kn.models import ModelConfig
-from kn.results import read_json, write_json
+from kn.profiles import settings
+from kn.results import done, read_json, write_json
 from kn.tokenize import encode_records, load_tokenizer, train_tokenizer
+from kn.train import Fit, Hooks, accelerator, fit, stop_if_interrupted, train
+from kn.train_config import TrainConfig
 from kn.trajectories import Trajectories, mean_curves, probe_logprobs, probe_meta, probe_tensors, save_trajectories
 
 
@@ -126,16 +131,14 @@ def prepare_data(cfg: DynamicsConfig, out: str | Path) -> list[dict]:
 
 
 def stage_config(cfg: DynamicsConfig, data: Path, out: Path, **kw):
-    from kn.train import TrainConfig
-    base = dict(data=str(data), out=str(out), mode="pretrain", model=cfg.model, exposures=cfg.pretrain_exposures,
+    base = dict(data=str(data), out=str(out), mode="pretrain", model=cfg.model, passes=cfg.pretrain_exposures,
                 batch_size=cfg.batch_size, window=cfg.window, lr=cfg.pretrain_lr, seed=cfg.seed,
                 device=cfg.device, compile=cfg.compile)
     return TrainConfig(**(base | kw))
 
 
 def background(cfg: DynamicsConfig, data: str | Path):
-    """The base's pretraining stream (kn.train.Batches) at cfg's batch size."""
-    from kn.train import Batches
+    """The base's pretraining stream (kn.batches.Batches) at cfg's batch size."""
     tok = load_tokenizer(Path(data) / "tokenizer")
     return Batches(stage_config(cfg, Path(data), Path(".")), tok.eos_token_id, tok.pad_token_id)
 
@@ -164,13 +167,12 @@ def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progre
     """Pretrain on the background (kn.train.train); returns {"early": path, "late": path}.
     The run stops at the early step, keeps that model as out/early, then resumes bit-exactly to the end.
     An interrupted pretraining with the same settings and data is resumed; any other is started again."""
-    from kn.train import can_resume, checkpoint_step, stop_if_interrupted, train
     out = Path(out)
     tcfg = stage_config(cfg, Path(data), out)
     paths = {"early": out / "early", "late": out / "model"}
     data_meta = {"bios": read_meta(data)["provenance"]["config"],                      # new data or tokenizer:
                  "injection": asdict(injection_config(cfg))}                           # a new base
-    if _same_config(out / "train.json", asdict(tcfg)) and _same_config(out / "data.json", data_meta) and \
+    if done(out / "train.json", tcfg) and _same_config(out / "data.json", data_meta) and \
             all(p.is_dir() for p in paths.values()):
         return {k: str(v) for k, v in paths.items()}
     step = early_step(cfg, data)
@@ -267,7 +269,7 @@ def stream_start(cfg: DynamicsConfig, batches, seed: int) -> int:
 
 def make_stream(cfg: DynamicsConfig, data: str | Path, records: list[dict], tokenizer,
                 seed: int | None = None) -> InjectedStream:
-    """Seed's continued-pretraining stream: the base's deterministic batches (kn.train) from
+    """Seed's continued-pretraining stream: the base's deterministic batches (kn.batches) from
     `stream_start` on, plus the injections of seed's paragraphs."""
     seed = cfg.seed if seed is None else seed
     batches = background(cfg, data)
@@ -287,7 +289,6 @@ def continue_pretraining(cfg: DynamicsConfig, data: str | Path, base: str | Path
     schedule (seed, step, row, paragraph, ...)."""
     from transformers import AutoModelForCausalLM
 
-    from kn.train import Fit, Hooks, accelerator, can_resume, fit, stop_if_interrupted
     seed = cfg.seed if seed is None else seed
     tok = load_tokenizer(Path(data) / "tokenizer")
     stream = make_stream(cfg, data, records, tok, seed)
@@ -295,7 +296,7 @@ def continue_pretraining(cfg: DynamicsConfig, data: str | Path, base: str | Path
     model = AutoModelForCausalLM.from_pretrained(str(base), attn_implementation="sdpa")
     meta = probe_meta(seed_records(cfg, records, seed), groups(cfg), seed)
     probes = [torch.from_numpy(a).to(acc.device) for a in probe_tensors(meta["prompt"], meta["target"], tok)]
-    spec = Fit(cfg.n_steps, cfg.lr, warmup=0, min_lr_ratio=1.0, compile=cfg.compile)       # constant lr
+    spec = Fit(total_steps=cfg.n_steps, lr=cfg.lr, warmup=0, min_lr_ratio=1.0, compile=cfg.compile)       # constant lr
     hooks = Hooks(evaluate=lambda m: probe_logprobs(m, *probes), eval_every=cfg.eval_every)
     config = json.loads(json.dumps(asdict(cfg) | {"base": str(base), "run_seed": seed}, default=str))
     resume = can_resume(Path(out), config)
@@ -323,7 +324,6 @@ def _run(cfg: DynamicsConfig, out: Path, stage: str, base: str, records: list[di
 def from_profile(profile: str, **overrides) -> DynamicsConfig:
     """The profile's settings (kn.profiles "dynamics"): background size n and vocab_size, `model`
     (a dict or ModelConfig) and any DynamicsConfig field; overrides replace them."""
-    from kn.profiles import settings
     s = settings("dynamics", profile, **overrides)   # an unknown override names itself
     data = BiosConfig(n=s.pop("n"), vocab_size=s.pop("vocab_size"), seed=s.get("seed", 0))
     model = s.pop("model")

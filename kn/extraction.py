@@ -24,15 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from kn.claims import GUARD_TRAIN_QA
 from kn.data.bios import parse_augment
 from kn.data.dataset import BiosConfig, load_encoded, make_dataset, read_meta
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
+from kn.evaluate import accuracy, memorization, span_scores
+from kn.guards import GUARD_TRAIN_QA
+from kn.intervals import held_out_accuracy
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
-from kn.train import TrainConfig, stop_if_interrupted, train
+from kn.tokenize import load_tokenizer
+from kn.train import stop_if_interrupted, train
+from kn.train_config import TrainConfig
 
 SETTINGS = ("mixed", "pretrain_finetune")
 SPLITS = ("train", "valid", "test")   # qa.jsonl's splits (kn.data.qa.split_names)
@@ -93,7 +97,7 @@ DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_
 
 
 def _bios_per_person(cfg: ExtractionConfig) -> float:
-    """Biographies per person in one pass (with celebrities, kn.train.load_bios: everyone has the most)."""
+    """Biographies per person in one pass (with celebrities, kn.batches.load_bios: everyone has the most)."""
     if cfg.data_dir is None:
         groups = [cfg.data.augment] + ([cfg.data.celebrity_augment] if cfg.data.n_celebrity else [])
         return max(parse_augment(a).per_person for a in groups)
@@ -107,7 +111,7 @@ def stage_config(cfg: ExtractionConfig, data: Path, out: Path, mode: str, **kw) 
     passes = cfg.exposures / _bios_per_person(cfg)
     warm = {} if mode == "finetune" else {"warmup_people": cfg.warmup_people, "warmup_people_steps": cfg.warmup_people_steps}
     base = dict(data=str(data), out=str(out), mode=mode, model=replace(cfg.model, context=max(cfg.model.context, cfg.window)),
-                exposures=passes, qa_fraction=cfg.qa_fraction, batch_size=cfg.batch_size,
+                passes=passes, qa_fraction=cfg.qa_fraction, batch_size=cfg.batch_size,
                 window=cfg.window, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
                 curve_points=cfg.curve_points, curve_people=cfg.curve_people, **warm)
     return TrainConfig(**(base | kw))
@@ -150,8 +154,6 @@ def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64, splits: tu
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kn.evaluate import accuracy, memorization, span_scores
-    from kn.tokenize import load_tokenizer
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
     tok = load_tokenizer(model_dir)
@@ -268,7 +270,7 @@ def finetune(cfg: ExtractionConfig, data: Path, init: Path, out: Path, progress:
     runs = []
     for lr in grid:
         folder = out if len(grid) == 1 else _lr_folder(out, lr)
-        ft = stage_config(cfg, data, folder, "finetune", init=str(init), exposures=cfg.finetune_exposures, lr=lr,
+        ft = stage_config(cfg, data, folder, "finetune", init=str(init), passes=cfg.finetune_exposures, lr=lr,
                           batch_size=cfg.finetune_batch_size, lora_rank=cfg.lora_rank,
                           lora_embed_rank=cfg.lora_embed_rank, warmup=0.0)
         runs.append((folder, train_stage(ft, progress)))
@@ -304,7 +306,6 @@ def results_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) for kn.display.markdown_table: per run, QA exact match of train_people, the
     validation slice and test_people (with its 95% interval over people), bios memorized, and every
     candidate finetune lr with its validation and train_people accuracy, the chosen one marked."""
-    from kn.intervals import held_out_accuracy
 
     def pct(r, split):
         m = r["qa"].get(split, {}).get("mean")

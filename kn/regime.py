@@ -30,10 +30,12 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from kn.batches import Batches
 from kn.errors import DataError
 from kn.extraction import ExtractionConfig, evaluate_model, from_profile, prepare_dataset, stage_config, train_stage
 from kn.models import ModelConfig
 from kn.results import done, read_json, results_dir, runs_dir, write_json
+from kn.tokenize import load_tokenizer
 
 CHAPTER = "mixed_training"
 BUDGET_HOURS = 3.0
@@ -94,9 +96,7 @@ def search_config(name: str, profile: str, seed: int = 0) -> tuple[ExtractionCon
 
 
 def _steps_per_pass(cfg: ExtractionConfig, data: Path) -> int:
-    from kn.tokenize import load_tokenizer
-    from kn.train import Batches
-    tc = stage_config(cfg, data, data.parent / "mixed", "mixed", exposures=1.0)
+    tc = stage_config(cfg, data, data.parent / "mixed", "mixed", passes=1.0)
     tok = load_tokenizer(data / "tokenizer")
     return Batches(tc, tok.eos_token_id, tok.pad_token_id).steps_per_epoch
 

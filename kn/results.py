@@ -85,18 +85,29 @@ def cpu_info() -> dict:
     return {"cpu_model": fields.get("model name", platform.machine()), "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
 
 
+_PRECISIONS: list[dict] = []       # what training runs in this process chose (kn.precision), in order
+
+
+def record_precision(choice: dict) -> None:
+    """Note a precision a run of this process chose (kn.precision.choose): hardware() reports it."""
+    if choice not in _PRECISIONS:
+        _PRECISIONS.append(choice)
+
+
 def hardware() -> dict:
-    """CPU (model and the flags that set its speed), core count, precision and, where
-    torch sees one, the GPU. Precision is kn.train's rule: bf16 autocast on a GPU, fp32 on the CPU."""
+    """CPU (model and the flags that set its speed), core count, where torch sees one the GPU, and
+    "precision": every precision (dtype, attention, reason) that training runs in this process
+    chose (kn.precision), none when none trained here. Files written before the choice existed
+    say "fp32" or "bf16 autocast" (kn's rule then: bf16 on a GPU, fp32 on the CPU)."""
     info = {"cpu": platform.processor() or platform.machine(), **cpu_info(), "cores": os.cpu_count(), "gpu": None}
     try:
         import torch
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
         info["torch"] = torch.__version__
-        info["precision"] = "bf16 autocast" if info["gpu"] else "fp32"
     except ImportError:
         pass
+    info["precision"] = list(_PRECISIONS)
     return info
 
 
@@ -214,20 +225,36 @@ def done(path: str | Path, config, after=()) -> dict | None:
 
 def same_config(recorded, config) -> bool:
     """Whether a result that recorded `recorded` was made with `config`: the same values, where a
-    field the record lacks (added to the config after the result was written) holds its default.
-    Such a field must default to what runs did before it existed."""
+    field the record lacks (added to the config after the result was written) holds the value every
+    earlier run had: its entry in the class's ADDED_SETTINGS (kn.train_config.TrainConfig's precision,
+    attention, trim_vocab), else its default, which must then do what runs did before it existed. A
+    field renamed since (the class's RENAMED: old name -> new) is read under its new name."""
+    if isinstance(recorded, dict):
+        recorded = renamed(recorded, getattr(config, "RENAMED", {}))
     return _same(recorded, as_recorded(config), _defaults(config))
 
 
+def renamed(values: dict, renames: dict) -> dict:
+    """`values` (a recorded config, a TOML table) with each key renamed since (renames: old -> new)
+    under its new name; DataError when both names are given."""
+    for old, new in renames.items():
+        if old in values and new in values:
+            raise DataError(f"{old}: renamed {new}, and both are given; allowed: {new} only")
+    return {renames.get(k, k): v for k, v in values.items()}
+
+
 def _defaults(config) -> dict:
-    """{field: its default as recorded} of a dataclass, nested dataclass values as their own."""
+    """{field: the value runs had before it existed, as recorded} of a dataclass (ADDED_SETTINGS, else
+    its default), nested dataclass values as their own."""
     if not is_dataclass(config):
         return {}
-    out = {}
+    out, added = {}, getattr(config, "ADDED_SETTINGS", {})
     for f in fields(config):
         value = getattr(config, f.name)
         if is_dataclass(value):
             out[f.name] = _defaults(value)
+        elif f.name in added:
+            out[f.name] = as_recorded(added[f.name])
         elif f.default is not MISSING or f.default_factory is not MISSING:
             out[f.name] = as_recorded(f.default if f.default is not MISSING else f.default_factory())
     return out

@@ -6,14 +6,14 @@ CSV, and appends {key, **point, **fn(point)} as each one finishes (kn.results.ap
 locked write per row, columns checked against the header), so a sweep can be stopped and
 continued in parts. A malformed row (another column count, a repeated header, an empty or NaN
 result) is dropped with a warning and does not count: its point runs again. Before running a
-point a sweep claims it: an fcntl lock on <csv>.claims/<hash of the key>.lock, held until its row
+point a sweep locks it: an fcntl lock on <csv>.locks/<hash of the key>.lock, held until its row
 is written. Two sweeps on one CSV share the work: each skips the points the other has finished
 or holds, then waits for those it skipped and runs any whose holder died without writing a row.
 Executors:
   local     in this process, one after another (workers=1), or `workers` processes at once
             (several small models on one under-used GPU)
   submitit  one job per point through submitit: cluster="slurm" on a SLURM cluster, "local" to
-            test; the results are gathered and written here, so skipping and claims work the same
+            test; the results are gathered and written here, so skipping and locks work the same
 """
 from __future__ import annotations
 
@@ -102,14 +102,14 @@ def _row(point: dict, result: dict) -> dict:
     return {"key": point_key(point), **point, **result}
 
 
-# ----------------------------------------------------------------------------- claims
+# ----------------------------------------------------------------------------- point locks
 
 
-def claims_folder(results: Path) -> Path:
-    return results.with_name(results.name + ".claims")
+def locks_folder(results: Path) -> Path:
+    return results.with_name(results.name + ".locks")
 
 
-def _claim(folder: Path, key: str, wait: bool) -> tuple[Path, int] | None:
+def _lock_point(folder: Path, key: str, wait: bool) -> tuple[Path, int] | None:
     """(lock file, open fd holding its lock) for `key`, or None if another process holds it and not
     `wait`. Checked after locking to still be the file at its path (a releaser unlinks it first)."""
     path = folder / (hashlib.sha1(key.encode()).hexdigest()[:20] + ".lock")
@@ -132,28 +132,28 @@ def _claim(folder: Path, key: str, wait: bool) -> tuple[Path, int] | None:
         os.close(fd)                                        # locked a file that was unlinked: retry
 
 
-def _release(claim: tuple[Path, int]) -> None:
-    path, fd = claim
+def _unlock(lock: tuple[Path, int]) -> None:
+    path, fd = lock
     path.unlink(missing_ok=True)
     os.close(fd)
     try:
-        path.parent.rmdir()                                 # the last claim gone: no folder left behind
+        path.parent.rmdir()                                 # the last lock gone: no folder left behind
     except OSError:
         pass
 
 
-def _claim_points(points: list[dict], results: Path, wait: bool) -> tuple[dict, list[dict]]:
-    """({key: (point, claim)} of the points now held here that have no row yet, the points held elsewhere)."""
+def _lock_points(points: list[dict], results: Path, wait: bool) -> tuple[dict, list[dict]]:
+    """({key: (point, lock)} of the points now held here that have no row yet, the points held elsewhere)."""
     held, busy = {}, []
     for p in points:
-        claim = _claim(claims_folder(results), point_key(p), wait)
-        if claim is None:
+        lock = _lock_point(locks_folder(results), point_key(p), wait)
+        if lock is None:
             busy.append(p)
         else:
-            held[point_key(p)] = (p, claim)
-    done = done_keys(results)                     # read after claiming: a holder writes its row, then releases
+            held[point_key(p)] = (p, lock)
+    done = done_keys(results)                     # read after locking: a holder writes its row, then releases
     for key in [k for k in held if k in done]:
-        _release(held.pop(key)[1])
+        _unlock(held.pop(key)[1])
     return held, busy
 
 
@@ -187,34 +187,34 @@ def _finish(results: Path, rows: list, p: dict, result: dict) -> None:
 
 
 def _sequential(pending, fn, results, rows, wait, *_) -> list[dict]:
-    """Claim, run and release one point at a time; returns the points held by another sweep."""
+    """Lock, run and unlock one point at a time; returns the points held by another sweep."""
     busy = []
     for p in pending:
-        claim = _claim(claims_folder(results), point_key(p), wait)
-        if claim is None:
+        lock = _lock_point(locks_folder(results), point_key(p), wait)
+        if lock is None:
             busy.append(p)
             continue
         try:
-            if point_key(p) not in done_keys(results):      # read after claiming: a holder writes, then releases
+            if point_key(p) not in done_keys(results):      # read after locking: a holder writes, then releases
                 _finish(results, rows, p, fn(p))
         finally:
-            _release(claim)
+            _unlock(lock)
     return busy
 
 
 def _batch(pending, fn, results, rows, wait, executor, workers, folder, cluster, slurm) -> list[dict]:
-    """Claim every free point, run them at once (processes or submitit jobs), release each as its row is
+    """Lock every free point, run them at once (processes or submitit jobs), unlock each as its row is
     written; returns the points held by another sweep."""
-    held, busy = _claim_points(pending, results, wait)
+    held, busy = _lock_points(pending, results, wait)
 
     def finish(p: dict, result: dict) -> None:
         _finish(results, rows, p, result)
-        _release(held.pop(point_key(p))[1])
+        _unlock(held.pop(point_key(p))[1])
     try:
         _run([p for p, _ in held.values()], fn, finish, executor, workers, folder, cluster, slurm)
     finally:
-        for _, claim in held.values():
-            _release(claim)
+        for _, lock in held.values():
+            _unlock(lock)
     return busy
 
 

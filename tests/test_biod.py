@@ -103,8 +103,8 @@ def test_written_meta_and_records(tmp_path):
 
 def test_cli_folder_trains(tmp_path, capsys):
     """The README's two steps: `kn data biod --out F`, then `kn train` with data = F."""
+    from kn.batches import load_biod
     from kn.cli import main
-    from kn.train import load_biod
     data = tmp_path / "biod"
     args = ["data", "biod", "--n", "60", "--k", "2", "--c", "1", "--d", "10", "--l", "2", "--t", "20", "--seed", "3",
             "--junk-ratio", "0.5", "--out", str(data)]
@@ -115,7 +115,7 @@ def test_cli_folder_trains(tmp_path, capsys):
     assert len((data / "biod.jsonl").read_text().splitlines()) == 60
     assert main(args) == 2                                  # a dataset is there: refused without --overwrite
     config = tmp_path / "run.toml"
-    config.write_text(f'data = "{data}"\nout = "{tmp_path}/run"\nexposures = 2\nwindow = 32\nbatch_size = 8\n'
+    config.write_text(f'data = "{data}"\nout = "{tmp_path}/run"\npasses = 2\nwindow = 32\nbatch_size = 8\n'
                       '[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\ncontext = 32\n')
     capsys.readouterr()
     assert main(["train", "--config", str(config)]) == 0

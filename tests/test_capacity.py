@@ -1,4 +1,4 @@
-"""kn.capacity and bioD training in kn.train: the Theorem 3.2 bounds on hand-computed cases, the
+"""kn.bound, kn.capacity and bioD training (kn.batches, kn.train): the Theorem 3.2 bounds on hand-computed cases, the
 full bound at zero loss and ~0 bits at chance, quantization round-trips, a bioD folder re-rendered
 per epoch (no double EOS, junk ratio, bit-exact resume), a two-point sweep end to end and the law's
 fit with its interval.   Run: OMP_NUM_THREADS=1 pytest tests/test_capacity.py
@@ -10,14 +10,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kn.capacity import (N0_BIOS, S0_BIOS, attribute_of_tokens, batch_for, best_lr, biod_bound, bios_bound, bios_max_bits, capacity_point, capacity_sweep,
-                         dequantize, fit_all, fit_capacity, max_bits, quantize_model, quantize_tensor, run_bound, run_folder,
-                         grid_points, model_params, normalise_point, profile_points, stores_values)
+from kn.batches import Batches
+from kn.bound import (N0_BIOS, S0_BIOS, attribute_of_tokens, biod_bound, bios_bound, bios_max_bits, dequantize,
+                      max_bits, quantize_model, quantize_tensor, run_bound, stores_values)
+from kn.capacity import (batch_for, best_lr, capacity_point, capacity_sweep, fit_all, fit_capacity, grid_points,
+                         model_params, normalise_point, profile_points, run_folder)
 from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render, write_biod
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
 from kn.sweep import read_rows
-from kn.train import Batches, TrainConfig, curve_stops, train
+from kn.train import curve_stops, train
+from kn.train_config import TrainConfig
 
 SIZES = {"N0": 100, "N": 10, "K": 2, "C": 2, "D": 4, "L": 2, "T": 5}
 TINY_BIOD = dict(n=40, k=2, c=1, d=4, l=1, t=8, n_first=10, n_middle=10, n_last=10)
@@ -123,7 +126,7 @@ def biod_data(tmp_path_factory):
 
 
 def cfg(data, out, **kw):
-    base = dict(data=data, out=str(out), model=TINY, window=32, batch_size=4, exposures=2, lr=3e-3, log_every=5)
+    base = dict(data=data, out=str(out), model=TINY, window=32, batch_size=4, passes=2, lr=3e-3, log_every=5)
     return TrainConfig(**(base | kw))
 
 

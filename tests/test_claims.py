@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from kn.claims import CLAIMS, Check, Evidence, Rule, claims_table, latest_profile, rule_history, seeds_needed_table, verdict
+from kn.claims import CLAIMS, claims_table, latest_profile, rule_history, seeds_needed_table
+from kn.claims.rules import Check, Evidence, Rule, verdict
 from kn.dynamics_claims import seeds_needed
 from kn.intervals import Interval, bootstrap, mean_accuracy
 from kn.data.records import ATTRIBUTES

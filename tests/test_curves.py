@@ -66,3 +66,19 @@ def test_old_result_without_a_curve_shows_a_note():
 
 def test_curve_every():
     assert curve_every(1000, 0) == 0 and curve_every(1000, 30) == 33 and curve_every(10, 30) == 1
+
+
+def test_a_trimmed_vocabulary_scores_its_curve_through_the_tokenizer_ids(mixed, tmp_path):
+    """trim_vocab: the curve scores the full-vocabulary copy, so its last point is the saved model's."""
+    from transformers import AutoModelForCausalLM
+    from kn.curves import curve_evaluator
+    from kn.extraction import stage_config
+    from kn.tokenize import load_tokenizer
+    cfg, out, _ = mixed
+    tc = stage_config(cfg, out / "data", tmp_path / "run", "mixed", trim_vocab=True, precision="fp32", attention="sdpa")
+    s = train(tc, progress=False)
+    tok = load_tokenizer(out / "data" / "tokenizer")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    again = curve_evaluator(out / "data", tc.curve_people, tok.eos_token_id, tok.pad_token_id, tc.seed)(saved)
+    assert s["vocab"]["trimmed"] and s["curve"][-1]["train_qa"] > 0.1
+    assert [s["curve"][-1][f] for f in FIELDS] == pytest.approx(again.tolist(), nan_ok=True)

@@ -229,8 +229,8 @@ def test_cli_writes_dataset_and_reports_bad_input(tmp_path, capsys):
 
 
 def test_celebrity_pass_exposes_everyone_equally(tmp_path):
+    from kn.batches import load_bios as training_bios
     from kn.extraction import ExtractionConfig, stage_config
-    from kn.train import load_bios as training_bios
     make_dataset(BiosConfig(n=20, n_celebrity=10, vocab_size=600), tmp_path / "d")
     stored, trained = load_encoded(tmp_path / "d", "bios"), training_bios(str(tmp_path / "d"))
     assert len(stored) == 10 * 5 + 20                              # the files keep each biography once
@@ -238,4 +238,4 @@ def test_celebrity_pass_exposes_everyone_equally(tmp_path):
     minority = trained.person >= 10
     assert len({tuple(trained.doc(i)) for i in np.flatnonzero(minority)}) == 20   # the one bio, five times
     cfg = ExtractionConfig(data=BiosConfig(n=20, n_celebrity=10), exposures=100)
-    assert stage_config(cfg, tmp_path / "d", tmp_path / "r", "pretrain").exposures == 20   # 100 exposures = 20 passes
+    assert stage_config(cfg, tmp_path / "d", tmp_path / "r", "pretrain").passes == 20   # 100 exposures = 20 passes

@@ -14,7 +14,7 @@ from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.extraction import (ExtractionConfig, evaluate_model, finetune, from_profile, prepare_dataset, results_table,
                            run_extraction, stage_config, train_stage)
-from kn.train import train_qas
+from kn.batches import train_qas
 
 
 @pytest.mark.parametrize("setting", ["mixed", "pretrain_finetune"])
@@ -52,7 +52,7 @@ def test_bad_setting():
 def test_train_stage_reads_its_own_run_and_replaces_another(tmp_path):
     cfg = from_profile("smoke", setting="mixed")
     prepare_dataset(cfg, tmp_path / "data")
-    a = stage_config(cfg, tmp_path / "data", tmp_path / "run", "pretrain", exposures=1.0)
+    a = stage_config(cfg, tmp_path / "data", tmp_path / "run", "pretrain", passes=1.0)
     first = train_stage(a, progress=False)
     model = (tmp_path / "run" / "model" / "model.safetensors").stat().st_mtime_ns
     assert train_stage(a, progress=False) == first                      # done: read, not trained again

@@ -32,7 +32,7 @@ import pytest
 
 from kn.errors import DataError
 from kn.results import append_csv, read_csv, write_json
-from kn.sweep import claims_folder, point_key, read_rows, run_sweep
+from kn.sweep import locks_folder, point_key, read_rows, run_sweep
 
 POINTS = [{"x": x} for x in range(4)]
 
@@ -99,7 +99,7 @@ def test_two_sweeps_on_one_csv_run_each_point_once(tmp_path):
     assert sorted(int(x) for _, x in lines) == list(range(8))          # each point computed once
     assert len({pid for pid, _ in lines}) == 2                          # and the work was shared
     assert sorted(r["key"] for r in read_csv(out)) == sorted(point_key(p) for p in points)
-    assert not claims_folder(out).exists()
+    assert not locks_folder(out).exists()
 
 
 KILL_MID_ROW = r"""
@@ -124,8 +124,8 @@ def test_kill_mid_csv_write_loses_only_that_row(tmp_path):
     assert r.returncode == -signal.SIGKILL
     assert not out.read_bytes().endswith(b"\n")             # a torn row is on disk
     assert len(read_rows(out)) == 2
-    assert [r["x"] for r in run_sweep(POINTS, square, out)] == [2, 3]   # the killed point's claim died with it
-    assert table(out) == WANT and not claims_folder(out).exists()
+    assert [r["x"] for r in run_sweep(POINTS, square, out)] == [2, 3]   # the killed point's lock died with it
+    assert table(out) == WANT and not locks_folder(out).exists()
 
 
 # ----------------------------------------------------------------------------- 2, 3, 6, 7 training
@@ -133,9 +133,10 @@ def test_kill_mid_csv_write_loses_only_that_row(tmp_path):
 
 def cfg(data, out, **kw):
     from kn.models import ModelConfig
-    from kn.train import TrainConfig
+    from kn.train_config import TrainConfig
     base = dict(data=data, out=str(out), model=ModelConfig(n_layer=1, n_head=2, n_embd=32, context=64), window=64,
-                batch_size=8, exposures=2, lr=3e-3, log_every=1, checkpoint_every=4)
+                batch_size=8, passes=2, lr=3e-3, log_every=1, checkpoint_every=4,
+                precision="fp32", attention="sdpa")   # auto may choose otherwise in a child process than here
     return TrainConfig(**(base | kw))
 
 
@@ -193,7 +194,8 @@ import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 import kn.train
-from kn.train import TrainConfig, train
+from kn.train import train
+from kn.train_config import TrainConfig
 kill, kw = sys.argv[1], json.loads(sys.argv[2])
 if kill == "swap":      # SIGKILL after the old checkpoint went aside, before the new one is renamed in
     real = os.replace
@@ -261,7 +263,7 @@ def test_same_seed_lora_finetunes_are_identical(data, tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("kw, field", [({"max_steps": -5}, "max_steps"), ({"grad_clip": -1.0}, "grad_clip"),
-                                       ({"exposures": 1e12}, "exposures"), ({"seed": -1}, "seed"),
+                                       ({"passes": 1e12}, "passes"), ({"seed": -1}, "seed"),
                                        ({"batch_size": 8.5}, "batch_size"), ({"lr": float("nan")}, "lr"),
                                        ({"log_every": True}, "log_every"), ({"model": {"width": 3}}, "model")])
 def test_nonsense_values_are_one_line_naming_them(data, tmp_path, kw, field):
@@ -271,7 +273,7 @@ def test_nonsense_values_are_one_line_naming_them(data, tmp_path, kw, field):
 
 
 def write_toml(path, data, out, **values):
-    values = {"data": str(data), "out": str(out), "exposures": 1, "window": 64, "batch_size": 8} | values
+    values = {"data": str(data), "out": str(out), "passes": 1, "window": 64, "batch_size": 8} | values
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) +
                     "[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n")
     return str(path)
@@ -320,7 +322,7 @@ def test_small_vocab_fails_before_any_work(tmp_path, capsys, monkeypatch):
 
 def test_interrupted_train_exits_75_and_resume_exits_0(data, tmp_path, capsys, monkeypatch, sigterm_at_step):
     from kn.train import EXIT_INTERRUPTED
-    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", exposures=3)
+    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", passes=3)
     sigterm_at_step(3)
     rc, io = cli(capsys, "train", "--config", toml)
     assert rc == EXIT_INTERRUPTED == 75 and json.loads(io.out.splitlines()[-1])["interrupted"]
@@ -449,11 +451,11 @@ def flip_exponent_bit(state_pt):
 
 def test_flipped_bit_in_a_checkpoint_is_refused(data, tmp_path, capsys):
     """Built to fail: the damaged checkpoint resumed 'successfully' to a NaN or 1e33 loss, interrupted false."""
-    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", exposures=2, max_steps=5, checkpoint_every=4)
+    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", passes=2, max_steps=5, checkpoint_every=4)
     assert cli(capsys, "train", "--config", toml)[0] == 0
     flip_exponent_bit(tmp_path / "o" / "checkpoint" / "state.pt")
     before = files_of(tmp_path / "o")
-    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", exposures=2, checkpoint_every=4)
+    toml = write_toml(tmp_path / "run.toml", data, tmp_path / "o", passes=2, checkpoint_every=4)
     rc, io = cli(capsys, "train", "--config", toml, "--resume")
     assert rc == 2 and io.err.count("\n") == 1
     assert io.err.startswith("kn: error: checkpoint: ['state.pt'] in ") and "do not match the checksums" in io.err
@@ -834,7 +836,7 @@ def with_config(meta, **kw):
     (lambda m: with_config(m, n_celebrity="0"), r": provenance\.config\.n_celebrity: got '0'; allowed: an integer >= 0"),
 ], ids=["list", "provenance-null", "kind-list", "n_celebrity-string"])
 def test_meta_json_of_the_wrong_shape_is_one_line_naming_the_field(small, tmp_path, change, problem):
-    from kn.train import load_biod, load_bios
+    from kn.batches import load_biod, load_bios
     out = copy_of(small, tmp_path)
     meta = out / "meta.json"
     meta.write_text(json.dumps(change(json.loads(meta.read_text()))))

@@ -230,11 +230,12 @@ def test_importing_kn_bios_reproduces_its_folder(tmp_path):
 def test_train_and_evaluate_on_an_imported_folder(imported, one_thread):
     from kn.extraction import ExtractionConfig, evaluate_model, run_extraction
     from kn.models import ModelConfig
-    from kn.train import TrainConfig, train
+    from kn.train import train
+    from kn.train_config import TrainConfig
     root, ds = imported
     tiny = ModelConfig(n_layer=2, n_head=2, n_embd=32, context=64, vocab_size=len(ds.tokenizer))
     cfg = TrainConfig(data=str(root / "d"), out=str(root / "run"), mode="mixed", model=tiny, window=64,
-                      batch_size=4, max_steps=3, device="cpu", exposures=1.0)
+                      batch_size=4, max_steps=3, device="cpu", passes=1.0)
     summary = train(cfg, progress=False)
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     result = evaluate_model(root / "run" / "model", root / "d")

@@ -22,7 +22,8 @@ from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.probing import (ProbeConfig, ProbeData, fit_linear_probe, head_scores, load_probe_data, name_rows, p_probe,
                         probe_data, q_probe, q_table, run_probes)
-from kn.train import TrainConfig, train
+from kn.train import train
+from kn.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = dict(steps=4, batch_size=16, progress=False)
@@ -50,7 +51,7 @@ def data(folder):
 def model(folder, run_dir):
     run = run_dir / "pretrain"
     cfg = TrainConfig(data=str(folder[0]), out=str(run), model=ModelConfig(n_layer=2, n_head=2, n_embd=64, context=64),
-                      window=64, batch_size=8, exposures=3, lr=3e-3, log_every=10, device="cpu")
+                      window=64, batch_size=8, passes=3, lr=3e-3, log_every=10, device="cpu")
     train(cfg, progress=False)
     return AutoModelForCausalLM.from_pretrained(str(run / "model"))
 

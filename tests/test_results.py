@@ -2,13 +2,15 @@
 their defaults),
 `publish` (a run's result file into its chapter's results folder, with its patch), the chapters'
 folders, and the layering it allows (experiments do not import the papermill runner kn.book;
-kn.tokenize does not import kn.data).   Run: pytest tests/test_results.py
+kn.tokenize does not import kn.data; no import cycle between kn's modules but the noted ones, so that
+no lower layer imports a higher one).   Run: pytest tests/test_results.py
 """
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pytest
 
@@ -36,6 +38,35 @@ def test_done_needs_a_finished_file_with_the_same_config(tmp_path):
     assert done(path, Point()) is None
     path.write_text('{"value": 7}')                                        # no provenance, so no config
     assert done(path, Point()) is None
+
+
+def test_a_record_from_before_an_added_setting_matches_its_old_value(tmp_path):
+    """kn.train_config.TrainConfig's precision, attention and trim_vocab came after runs were recorded: a
+    train.json without them is the run of a config at fp32, SDPA, untrimmed (capacity's pinned
+    settings), not of one that lets the machine choose."""
+    from kn.train_config import TrainConfig
+    old = TrainConfig(data="d", out="o", precision="fp32", attention="sdpa")
+    path = tmp_path / "train.json"
+    write_json(path, config={k: v for k, v in asdict(old).items() if k not in TrainConfig.ADDED_SETTINGS}, value=1)
+    assert done(path, old)["value"] == 1
+    assert done(path, TrainConfig(data="d", out="o")) is None                          # precision auto
+    assert done(path, TrainConfig(data="d", out="o", precision="fp32", attention="sdpa", trim_vocab=True)) is None
+
+
+def test_a_record_from_before_a_renamed_setting_reads_it_under_its_new_name(tmp_path):
+    """TrainConfig's `passes` was recorded as `exposures` (TrainConfig.RENAMED): a train.json written
+    then is the run of the config with that many passes, and of no other."""
+    from kn.train_config import TrainConfig
+    now = TrainConfig(data="d", out="o", passes=7, precision="fp32", attention="sdpa")
+    before = {("exposures" if k == "passes" else k): v for k, v in asdict(now).items()
+              if k not in TrainConfig.ADDED_SETTINGS}
+    path = write_json(tmp_path / "train.json", config=before, value=1)
+    assert "passes" not in read_json(path)["provenance"]["config"]
+    assert done(path, now)["value"] == 1
+    assert done(path, TrainConfig(data="d", out="o", passes=8, precision="fp32", attention="sdpa")) is None
+    both = write_json(tmp_path / "both.json", config=before | {"passes": 7}, value=1)
+    with pytest.raises(DataError, match="^exposures: renamed passes"):
+        done(both, now)
 
 
 
@@ -110,11 +141,55 @@ def test_layers():
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
-def test_provenance_records_cpu_flags_and_precision():
-    """Speeds differ between machines by CPU flags (bf16 instructions) and precision: every result says both."""
-    from kn.results import CPU_FLAGS, hardware
+
+def _kn_imports() -> dict[str, set[str]]:
+    """{module: kn modules it imports anywhere in its file} over kn/."""
+    root = Path(__file__).resolve().parents[1]
+    graph = {}
+    for p in (root / "kn").rglob("*.py"):
+        name = ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kn"):
+                deps |= {f"kn.{a.name}" for a in node.names} if node.module == "kn" else {node.module}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("kn")}
+        graph[name] = deps - {name}
+    return graph
+
+
+# cycles broken by an import inside a function, each noted where it is made
+NOTED_CYCLES = [{"kn.data.dataset", "kn.data.biod"}, {"kn.data.records", "kn.data.bior", "kn.data.people"}, {"kn.book", "kn.times"}]
+
+
+def test_no_import_cycles():
+    """kn's modules form layers: a module never reaches itself through its imports (at the top or
+    inside a function), but for the noted pairs; the training stack stays below the claims table."""
+    graph = _kn_imports()
+
+    def reach(m, seen):
+        for d in graph.get(m, ()):
+            if d not in seen:
+                seen.add(d)
+                reach(d, seen)
+        return seen
+    below = {m: reach(m, set()) for m in graph}
+    cycles = {frozenset({m} | {n for n in below[m] if m in below[n]}) for m in graph if m in below[m]}
+    assert sorted(map(sorted, cycles)) == sorted(map(sorted, NOTED_CYCLES))
+    for m in ("kn.train", "kn.batches", "kn.checkpoints", "kn.train_config", "kn.bound", "kn.extraction"):
+        assert not below[m] & {"kn.claims", "kn.book", "kn.cli"}, m
+
+def test_provenance_records_cpu_flags_and_precision(monkeypatch):
+    """Speeds differ between machines by CPU flags (bf16 instructions) and precision: every result says
+    both, precision as what the process's runs chose (kn.precision)."""
+    import kn.results
+    from kn.results import CPU_FLAGS, hardware, record_precision
+    monkeypatch.setattr(kn.results, "_PRECISIONS", [])                   # this test's record only
+    assert hardware()["precision"] == []
+    record_precision({"dtype": "bf16", "attention": "eager", "reason": "test", "seconds_per_step": {}})
     hw = hardware()
-    assert set(hw["cpu_flags"]) <= set(CPU_FLAGS) and hw["cpu_model"] and hw["precision"] in ("fp32", "bf16 autocast")
+    assert set(hw["cpu_flags"]) <= set(CPU_FLAGS) and hw["cpu_model"]
+    assert {"dtype": "bf16", "attention": "eager", "reason": "test", "seconds_per_step": {}} in hw["precision"]
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     if "avx2" in text.split():
         assert "avx2" in hw["cpu_flags"]

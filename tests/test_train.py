@@ -2,21 +2,24 @@
 saved models load with from_pretrained, configs are validated.   Run: pytest tests/test_train.py
 """
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kn.models import ModelConfig
-from kn.train import TrainConfig, load_config, qa_rows, train, train_qas
+from kn.batches import qa_rows, train_qas
 from kn.data.dataset import load_encoded
 from kn.errors import DataError
+from kn.models import ModelConfig
+from kn.train import train
+from kn.train_config import TrainConfig, load_config
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, context=64)
 
 
 def cfg(data, out, **kw):
-    base = dict(data=data, out=str(out), model=TINY, window=64, batch_size=8, exposures=2, lr=3e-3, log_every=5)
+    base = dict(data=data, out=str(out), model=TINY, window=64, batch_size=8, passes=2, lr=3e-3, log_every=5)
     return TrainConfig(**(base | kw))
 
 
@@ -25,7 +28,7 @@ def weights(path):
 
 
 def test_pretraining_loss_falls(data, tmp_path):
-    s = train(cfg(data, tmp_path / "run", exposures=4), progress=False)
+    s = train(cfg(data, tmp_path / "run", passes=4), progress=False)
     losses = [h["loss"] for h in s["history"]]
     assert losses[-1] < losses[0] - 1.0
     assert s["steps"] == s["total_steps"] and (tmp_path / "run" / "model" / "config.json").is_file()
@@ -46,7 +49,7 @@ def test_resume_equals_uninterrupted(data, tmp_path):
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(data, tmp_path, monkeypatch, sigterm_at_step):
-    config = cfg(data, tmp_path / "s", exposures=6, log_every=1)
+    config = cfg(data, tmp_path / "s", passes=6, log_every=1)
     sigterm_at_step(3)
     first = train(config, progress=False)
     monkeypatch.undo()                                     # the steps run on to the end again
@@ -75,9 +78,10 @@ def test_mixed_and_finetune_full_and_lora(data, tmp_path):
 
 def test_merged_lora_model_computes_what_was_trained(data, tmp_path):
     """An embedding LoRA with tied embeddings: the saved, merged model gives the trained model's logits."""
+    from kn.checkpoints import save_model
     from kn.models import build_model
     from kn.tokenize import load_tokenizer
-    from kn.train import add_lora, save_model
+    from kn.train import add_lora
     torch.manual_seed(0)
     model = add_lora(build_model(TINY), rank=2, embed_rank=4)
     with torch.no_grad():
@@ -102,7 +106,7 @@ def test_qa_rows_label_only_the_answer(data):
 
 
 @pytest.mark.parametrize("kw, field", [({"mode": "distill"}, "mode"), ({"mode": "finetune"}, "init"),
-                                       ({"exposures": 0}, "exposures"), ({"qa_fraction": 1.0}, "qa_fraction"),
+                                       ({"passes": 0}, "passes"), ({"qa_fraction": 1.0}, "qa_fraction"),
                                        ({"window": 1024}, "window"), ({"device": "tpu"}, "device")])
 def test_bad_config(data, tmp_path, kw, field):
     with pytest.raises(DataError, match=f"^{field}"):
@@ -115,28 +119,68 @@ def test_batch_larger_than_data(data, tmp_path):
 
 
 def test_toml_config(tmp_path, data):
+    """A TOML file's keys and [model] table; `exposures`, TrainConfig's name for passes before it was
+    renamed, still reads as passes, and giving both is a one-line error."""
     path = tmp_path / "run.toml"
-    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\nexposures = 3\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n')
+    model = "[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n"
+    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\npasses = 3\n' + model)
     c = load_config(path, window=64)
-    assert c.model.n_layer == 1 and c.exposures == 3
+    assert c.model.n_layer == 1 and c.passes == 3
+    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\nexposures = 4\n' + model)
+    assert load_config(path, window=64).passes == 4
+    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\nexposures = 4\npasses = 3\n' + model)
+    with pytest.raises(DataError, match="^exposures: renamed passes, and both are given; allowed: passes only$"):
+        load_config(path, window=64)
     path.write_text('data = "x"\nout = "y"\nlearning_rate = 1\n')
     with pytest.raises(DataError, match="unknown keys"):
         load_config(path)
 
 
+
+def test_checkpoint_from_before_a_rename_resumes(tmp_path):
+    """A checkpoint whose state.json records `exposures` (passes' old name) is the same run as the
+    config with that many passes; another number of passes is refused, naming passes."""
+    from kn.checkpoints import check_same_settings
+    config = asdict(TrainConfig(data="d", out="o", passes=5))
+    (tmp_path / "state.json").write_text(json.dumps({"step": 3, "config": {("exposures" if k == "passes" else k): v
+                                                                           for k, v in config.items()}}))
+    check_same_settings(tmp_path, config)
+    with pytest.raises(DataError, match=r"^resume: .*\['passes'\]"):
+        check_same_settings(tmp_path, config | {"passes": 6})
+
+
+def test_fit_is_built_by_keyword_from_the_config(monkeypatch, tmp_path, data):
+    """Fit takes keywords only (no 13 positional values to misorder); train's Fit holds the config's
+    values under the same names."""
+    import kn.train
+    from kn.train import Fit
+    with pytest.raises(TypeError):
+        Fit(10, 1e-3)
+    seen = []
+    monkeypatch.setattr(kn.train, "fit", lambda model, batches, spec, *a, **k: seen.append(spec) or {})
+    c = cfg(data, tmp_path / "f", lr=2e-3, warmup=3, min_lr_ratio=0.5, weight_decay=0.2, grad_clip=0.5, threads=0,
+            checkpoint_every=7, log_every=3, max_steps=9, precision="fp32", attention="eager", compile="off")
+    with pytest.raises(KeyError):                                            # the stub returns no summary
+        train(c, progress=False)
+    assert seen[0] == Fit(total_steps=seen[0].total_steps, lr=2e-3, warmup=3, min_lr_ratio=0.5, weight_decay=0.2,
+                          grad_clip=0.5, compile="off", threads=0, precision="fp32", attention="eager",
+                          checkpoint_every=7, log_every=3, max_steps=9)
+
 def test_cli_train(tmp_path, data, capsys):
     from kn.cli import main
     path = tmp_path / "run.toml"
-    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\nexposures = 1\nwindow = 64\nbatch_size = 8\n'
-                    '[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n')
+    path.write_text(f'data = "{data}"\nout = "{tmp_path}/o"\npasses = 1\nwindow = 64\nbatch_size = 8\n'
+                    'precision = "fp32"\ntrim_vocab = true\n[model]\nn_layer = 1\nn_head = 2\nn_embd = 32\ncontext = 64\n')
     assert main(["train", "--config", str(path)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mode"] == "pretrain"
-    path.write_text('data = "x"\nout = "y"\nmode = "distill"\n')
-    assert main(["train", "--config", str(path)]) == 2
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["mode"] == "pretrain" and out["vocab"]["trimmed"] and out["precision"].startswith("fp32+")
+    for bad in ('mode = "distill"', 'precision = "fp16"'):
+        path.write_text(f'data = "x"\nout = "y"\n{bad}\n')
+        assert main(["train", "--config", str(path)]) == 2
 
 
 def test_recover_checkpoint_keeps_the_newest_complete_one(tmp_path):
-    from kn.train import recover_checkpoint
+    from kn.checkpoints import recover_checkpoint
 
     def ckpt(name, step=None):
         (tmp_path / name).mkdir()
@@ -185,25 +229,27 @@ def test_cpu_run_uses_its_threads_and_restores_them(data, tmp_path, monkeypatch)
 
 
 def test_checkpoint_from_before_checksums_resumes(data, tmp_path):
-    """A checkpoint without checksums, data fingerprint or loss (written before them) is read as it is."""
+    """A checkpoint without checksums, data fingerprint, loss or precision (written before them) is read
+    as it is, and continues in kn's precision of then (fp32 and SDPA on the CPU)."""
     run = tmp_path / "r"
     train(cfg(data, run, max_steps=3, checkpoint_every=2, log_every=1), progress=False)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert set(state) == {"step", "config", "data", "loss", "checksum"} and "state.pt" in state["checksum"]
+    assert set(state) == {"step", "config", "data", "loss", "precision", "checksum"} and "state.pt" in state["checksum"]
     (run / "checkpoint" / "state.json").write_text(json.dumps({"step": state["step"], "config": state["config"]}))
     done = train(cfg(data, run, checkpoint_every=2, log_every=1), resume=True, progress=False)
     assert done["history"][0]["step"] == 4 and done["steps"] == done["total_steps"]
+    assert (done["precision"]["dtype"], done["precision"]["attention"]) == ("fp32", "sdpa")
 
 
 def test_warm_up_on_a_subset_trains_on_those_people_only_then_everyone(data):
     """The curriculum (warmup_people): a warm-up pass holds no token of a biography outside the
     subset; after the warm-up the batches are those of a run without it, and the steps are the same."""
     import numpy as np
+    from kn.batches import Batches
     from kn.tokenize import load_tokenizer
-    from kn.train import Batches
     tok = load_tokenizer(f"{data}/tokenizer")
-    plain = Batches(cfg(data, "unused", mode="pretrain", exposures=3), tok.eos_token_id, tok.pad_token_id)
-    warm = Batches(cfg(data, "unused", mode="pretrain", exposures=3, warmup_people=0.25, warmup_people_steps=0.4),
+    plain = Batches(cfg(data, "unused", mode="pretrain", passes=3), tok.eos_token_id, tok.pad_token_id)
+    warm = Batches(cfg(data, "unused", mode="pretrain", passes=3, warmup_people=0.25, warmup_people_steps=0.4),
                    tok.eos_token_id, tok.pad_token_id)
     assert warm.total_steps == plain.total_steps and warm.warm_steps == round(0.4 * plain.total_steps) > 0
     bios = load_encoded(data, "bios")

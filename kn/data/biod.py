@@ -335,8 +335,8 @@ def bound_inputs(cfg: BioDConfig) -> dict:
 
 def write_biod(cfg: BioDConfig, out_dir: str | Path, junk_ratio: float = 0.0, records: bool = False,
                overwrite: bool = False) -> Path:
-    """The bioD folder kn.train reads: tokenizer/ and, last, meta.json ("kind": "bioD", the config
-    under "biod", junk_ratio, the bound's sizes). kn.train regenerates the bioD from the config and
+    """The bioD folder kn.batches reads: tokenizer/ and, last, meta.json ("kind": "bioD", the config
+    under "biod", junk_ratio, the bound's sizes). kn.batches regenerates the bioD from the config and
     re-renders it every epoch, with junk_ratio junk tokens per useful token; records=True also writes
     biod.jsonl (epoch-0 biographies, for reading). A folder holding a dataset is replaced (all its
     dataset files) only with overwrite=True; other non-empty folders are refused (check_dataset_out)."""

@@ -1,0 +1,167 @@
+"""Precision and attention of a training run, chosen by the machine (issue 27).
+
+A run's `precision` is auto | fp32 | bf16 and its `attention` auto | sdpa | eager. "auto" keeps
+every candidate the machine can run: bf16 autocast only where the CPU has bf16 instructions
+(avx512_bf16 or amx_bf16, kn.results.cpu_info) or on a GPU, and both attention kernels. More than
+one candidate: a few steps of the run's own model, on its first batch, are timed in turn (A, B, C,
+A, B, C, ...: load on a shared machine hits all alike) on copies of the model, so that the run
+itself and torch's random state are untouched, and the fastest wins; fp32 with SDPA (what kn ran
+before) unless another is MARGIN faster. One measurement per model shape, batch and thread count
+in a process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with its
+reason and timings, goes into train.json, the checkpoint and (kn.results.hardware) the provenance
+of every result the process writes; a resumed run keeps its checkpoint's choice, so it continues
+bit-exactly. Curves are deterministic per precision, not across them.
+Entry points: `Precision`, `choose`, `check_setting`, `set_attention`.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from kn.errors import DataError
+from kn.results import cpu_info, record_precision
+
+PRECISIONS = ("auto", "fp32", "bf16")
+ATTENTIONS = ("auto", "sdpa", "eager")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+MARGIN = 1.05          # another candidate replaces fp32 + SDPA only when >= 5% faster: not on timing noise
+ROUNDS = 3             # timed steps per candidate, one per round, after one warm-up step
+_CHOSEN: dict = {}     # (model shape, batch, device, threads, candidates) -> Precision, for this process
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: str                                  # fp32 | bf16 (autocast; weights and optimizer stay fp32)
+    attention: str                              # sdpa | eager
+    reason: str
+    seconds_per_step: dict = field(default_factory=dict)   # "bf16+eager" -> median measured s/step
+
+    @property
+    def name(self) -> str:
+        return f"{self.dtype}+{self.attention}"
+
+    def autocast(self, device):
+        """The autocast context of this precision on `device` (a no-op in fp32)."""
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def check_setting(name: str, value) -> None:
+    """DataError unless `value` is allowed for `name` (precision | attention)."""
+    allowed = {"precision": PRECISIONS, "attention": ATTENTIONS}[name]
+    if value not in allowed:
+        raise DataError(f"{name}: got {value!r}; allowed: {', '.join(allowed)}")
+
+
+def has_bf16(device) -> bool:
+    """bf16 arithmetic in hardware: a GPU, or a CPU with one of BF16_FLAGS."""
+    return torch.device(device).type == "cuda" or any(f in cpu_info()["cpu_flags"] for f in BF16_FLAGS)
+
+
+def candidates(precision: str, attention: str, device) -> list[tuple[str, str]]:
+    """(dtype, attention) pairs the setting leaves open on `device`, fp32 + SDPA first where open."""
+    cuda = torch.device(device).type == "cuda"
+    dtypes = [precision] if precision != "auto" else ["bf16"] if cuda else ["fp32", "bf16"] if has_bf16(device) \
+        else ["fp32"]
+    attns = [attention] if attention != "auto" else ["sdpa"] if cuda else ["sdpa", "eager"]
+    return [(d, a) for d in dtypes for a in attns]
+
+
+def legacy(device) -> Precision:
+    """What kn ran before the choice existed (a checkpoint that records none): bf16 on a GPU, fp32
+    on the CPU, SDPA attention."""
+    dtype = "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return Precision(dtype, "sdpa", "recorded before kn chose precision: kn's rule then (bf16 on a GPU, fp32 on the CPU)")
+
+
+def set_attention(model, attention: str) -> None:
+    """Switch the model's attention kernel (a peft-wrapped model: its base model's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.set_attn_implementation(attention)
+
+
+def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto", device="cpu") -> Precision:
+    """The run's Precision for `model` on its first batch (ids [B, T], labels [B, T], mask or None),
+    measured where more than one candidate is open (see the module docstring)."""
+    cands = candidates(precision, attention, device)
+    if len(cands) == 1:
+        why = "set" if (precision != "auto" and attention != "auto") else _unmeasured(precision, attention, device)
+        return _record(Precision(*cands[0], why))
+    key = (_shape(model), tuple(tuple(t.shape) for t in batch if t is not None), str(device),
+           torch.get_num_threads(), tuple(cands))
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _measured(model, batch, cands, device, precision)
+    return _record(_CHOSEN[key])
+
+
+def _record(p: Precision) -> Precision:
+    record_precision(p.record())
+    return p
+
+
+def _unmeasured(precision: str, attention: str, device) -> str:
+    if torch.device(device).type == "cuda":
+        return "auto on a GPU: bf16 autocast and SDPA attention (fused kernels), not measured"
+    flags = cpu_info()["cpu_flags"]
+    return f"auto: this CPU has no bf16 instructions ({' '.join(BF16_FLAGS)} not in its flags {flags}): fp32" \
+        if precision == "auto" else f"precision {precision} as set"
+
+
+def _shape(model) -> tuple:
+    c = model.config
+    return (type(model).__name__, c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
+            sum(p.numel() for p in model.parameters()))
+
+
+def _measured(model, batch: tuple, cands: list, device, precision: str) -> Precision:
+    """Time each candidate on a copy of `model` (torch's RNG left as it was); the fastest wins."""
+    with torch.random.fork_rng(devices=[]):
+        steps = {c: _step_on_copy(model, batch, *c, device) for c in cands}
+        for step in steps.values():
+            step()                                                  # warm-up: allocations, kernel choice
+        times = {c: [] for c in cands}
+        for _ in range(ROUNDS):
+            for c, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[c].append(time.perf_counter() - t0)
+    med = {f"{d}+{a}": statistics.median(t) for (d, a), t in times.items()}
+    first = f"{cands[0][0]}+{cands[0][1]}"
+    best = min(med, key=med.get)
+    if med[best] * MARGIN > med[first]:
+        best = first
+    flags = [f for f in BF16_FLAGS if f in cpu_info()["cpu_flags"]]
+    hardware = f"bf16 instructions: {', '.join(flags)}" if flags else "no bf16 instructions: fp32 only"
+    why = (f"auto, measured ({ROUNDS} steps each on the run's first batch): {best} "
+           f"{med[first] / med[best]:.2f}x {first}; " + (hardware if precision == "auto" else f"precision {precision} as set"))
+    dtype, attn = best.split("+")
+    return Precision(dtype, attn, why, {k: round(v, 6) for k, v in med.items()})
+
+
+def _step_on_copy(model, batch: tuple, dtype: str, attention: str, device):
+    """A closure running one optimizer step (forward, backward, clip, AdamW) of a copy of `model`."""
+    twin = copy.deepcopy(model)
+    set_attention(twin, attention)
+    twin.train()
+    opt = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-4)
+    x, y, mask = batch
+    how = Precision(dtype, attention, "")
+
+    def step():
+        with how.autocast(device):
+            loss = twin(input_ids=x, attention_mask=mask, labels=y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        else:
+            loss.item()
+    return step

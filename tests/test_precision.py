@@ -1,0 +1,91 @@
+"""kn.precision: which candidates a machine leaves open, a measured choice that leaves the run
+untouched and is recorded, curves deterministic per precision, a resume that keeps its precision.
+Run: pytest tests/test_precision.py
+"""
+import json
+
+import pytest
+import torch
+
+import kn.precision
+from kn.errors import DataError
+from kn.models import ModelConfig, build_model
+from kn.precision import Precision, candidates, choose
+from kn.results import hardware
+from kn.train import train
+from kn.train_config import TrainConfig
+
+TINY = ModelConfig(n_layer=1, n_head=2, n_embd=32, context=64)
+
+
+def with_flags(monkeypatch, flags):
+    monkeypatch.setattr(kn.precision, "cpu_info", lambda: {"cpu_model": "test", "cpu_flags": flags})
+
+
+def test_candidates_follow_the_hardware_and_the_settings(monkeypatch):
+    with_flags(monkeypatch, ["avx2"])
+    assert candidates("auto", "auto", "cpu") == [("fp32", "sdpa"), ("fp32", "eager")]
+    assert candidates("bf16", "eager", "cpu") == [("bf16", "eager")]          # asked for: allowed anywhere
+    with_flags(monkeypatch, ["avx2", "avx512_bf16"])
+    assert candidates("auto", "auto", "cpu") == [(d, a) for d in ("fp32", "bf16") for a in ("sdpa", "eager")]
+    assert candidates("fp32", "auto", "cpu") == [("fp32", "sdpa"), ("fp32", "eager")]
+    assert candidates("auto", "auto", "cuda") == [("bf16", "sdpa")]
+
+
+def test_measured_choice_leaves_the_run_alone_and_is_recorded(monkeypatch):
+    with_flags(monkeypatch, ["avx512_bf16"])
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=40, context=16), seed=0)
+    x = torch.randint(0, 40, (2, 16))
+    before, rng = {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
+    p = choose(model, (x, x, None), "auto", "auto", "cpu")
+    assert set(p.seconds_per_step) == {"fp32+sdpa", "fp32+eager", "bf16+sdpa", "bf16+eager"}
+    assert p.name in p.seconds_per_step and "measured" in p.reason
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())   # timed on copies
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert choose(model, (x, x, None), "auto", "auto", "cpu") is p                   # once per shape
+    assert p.record() in hardware()["precision"]
+    fixed = choose(model, (x, x, None), "fp32", "sdpa", "cpu")
+    assert (fixed.name, fixed.seconds_per_step) == ("fp32+sdpa", {})
+
+
+def test_bad_settings_name_the_field(data, tmp_path):
+    for key, value in (("precision", "fp16"), ("attention", "flash"), ("trim_vocab", "yes")):
+        with pytest.raises(DataError, match=f"^{key}: got"):
+            TrainConfig(data=data, out=str(tmp_path), **{key: value})
+
+
+def cfg(data, out, **kw):
+    return TrainConfig(**(dict(data=data, out=str(out), model=TINY, window=64, batch_size=8, passes=1, lr=3e-3,
+                                log_every=5, checkpoint_every=4) | kw))
+
+
+@pytest.mark.parametrize("precision, attention", [("fp32", "sdpa"), ("bf16", "eager")])
+def test_same_seed_and_precision_same_curve(data, tmp_path, precision, attention):
+    runs = [train(cfg(data, tmp_path / str(i), precision=precision, attention=attention), progress=False)
+            for i in range(2)]
+    assert [h["loss"] for h in runs[0]["history"]] == [h["loss"] for h in runs[1]["history"]]
+    assert runs[0]["precision"]["dtype"] == precision and runs[0]["precision"]["attention"] == attention
+
+
+def test_bf16_changes_the_curve_and_a_resume_keeps_its_precision(data, tmp_path):
+    fp32 = train(cfg(data, tmp_path / "a", precision="fp32", attention="eager"), progress=False)
+    bf16 = train(cfg(data, tmp_path / "b", precision="bf16", attention="eager"), progress=False)
+    assert [h["loss"] for h in fp32["history"]] != [h["loss"] for h in bf16["history"]]
+    part = train(cfg(data, tmp_path / "c", precision="bf16", attention="eager", max_steps=7), progress=False)
+    rest = train(cfg(data, tmp_path / "c", precision="bf16", attention="eager"), resume=True, progress=False)
+    assert part["steps"] == 7 and rest["precision"] == bf16["precision"]
+    later = [h["loss"] for h in bf16["history"] if h["step"] > 10]              # the windows after the resume's first
+    assert later and [h["loss"] for h in rest["history"] if h["step"] > 10] == later
+
+
+def test_a_checkpoint_from_before_the_choice_refuses_another_precision(data, tmp_path):
+    """A checkpoint recording no precision ran in fp32 with SDPA on the CPU: a resume that sets bf16 is refused."""
+    run = tmp_path / "old"
+    train(cfg(data, run, precision="fp32", attention="sdpa", max_steps=4), progress=False)
+    state_file = run / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["config"] = {k: v for k, v in state["config"].items() if k not in ("precision", "attention", "trim_vocab")}
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k not in ("precision", "checksum")}))
+    with pytest.raises(DataError, match="^resume: the checkpoint ran in fp32\\+sdpa"):
+        train(cfg(data, run, precision="bf16", attention="sdpa"), resume=True, progress=False)
+    assert train(cfg(data, run, precision="fp32", attention="sdpa"), resume=True, progress=False)["steps"] > 4
