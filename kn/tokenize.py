@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,12 +31,13 @@ TOKENIZER_SAMPLE = 50_000   # texts a corpus tokenizer trains on: on all 1.1M te
                             # training took 43% of the data's time (issue 27); tokens per bio within 1% (tests)
 
 
-def sample_texts(texts: list[str], n: int = TOKENIZER_SAMPLE, seed: int = 0) -> list[str]:
-    """`texts` when there are at most n; else n of them drawn by `seed` without replacement, in their order."""
+def sample_texts(texts: Sequence, n: int = TOKENIZER_SAMPLE, seed: int = 0) -> list:
+    """`texts` (or any sequence, e.g. records) when there are at most n; else n of them drawn by `seed`
+    without replacement, in their order."""
     if len(texts) <= n:
-        return texts
+        return list(texts)
     keep = np.sort(np.random.default_rng([seed, 11]).choice(len(texts), n, replace=False))
-    return [texts[i] for i in keep]
+    return [texts[i] for i in keep.tolist()]
 
 
 def train_tokenizer(texts, vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kn.data.records import json_string
+
 PAD = -1
 
 
@@ -87,17 +89,29 @@ class Documents:
         # drop the spanned piece's own leading space; the document's first space is not in the text
         return np.where(off >= 0, off + np.array([0, -1]) , -1)
 
-    def records(self, base: list[dict]) -> list[dict]:
-        """JSON records: each document's `base[i]` fields plus its text and character spans."""
+    def json_lines(self, heads: list[str]) -> list[str]:
+        """Each document's JSONL line: `heads[i]` (a record's first fields, its closing brace left
+        off), then its "text" and "spans" (key -> [[start, end], ...] of its character spans), as
+        kn.data.records.json_line writes them. One format string per pattern of span counts."""
         texts = self.texts()
-        spans = {k: self.char_spans(k).tolist() for k in self.spans}
-        out = []
-        for i, text in enumerate(texts):
-            rec = dict(base[i])
-            rec["text"] = text
-            rec["spans"] = {k: [s for s in spans[k][i] if s[0] >= 0] for k in spans}
-            out.append(rec)
-        return out
+        pairs = {k: _present_first(self.char_spans(k)) for k in self.spans}
+        counts = np.stack([(p[..., 0] >= 0).sum(axis=1) for p in pairs.values()], axis=1)    # [B, keys]
+        patterns, which = np.unique(counts, axis=0, return_inverse=True)
+        lines = [""] * len(self)
+        for g, pattern in enumerate(patterns.tolist()):
+            rows = np.flatnonzero(which.ravel() == g)
+            spans = ",".join(f"{json_string(k)}:[{','.join(['[%d,%d]'] * c)}]" for k, c in zip(pairs, pattern))
+            fmt = '%s,"text":%s,"spans":{' + spans + "}}"
+            ints = np.concatenate([p[rows, :c].reshape(len(rows), -1) for p, c in zip(pairs.values(), pattern)], axis=1)
+            for i, values in zip(rows.tolist(), ints.tolist()):
+                lines[i] = fmt % (heads[i], json_string(texts[i]), *values)
+        return lines
+
+
+def _present_first(spans: np.ndarray) -> np.ndarray:
+    """[B, m, 2] spans with each row's present ones (start >= 0) first, in their order."""
+    order = np.argsort(spans[..., 0] < 0, axis=1, kind="stable")
+    return np.take_along_axis(spans, order[..., None], axis=1)
 
 
 def concat(docs: list[Documents]) -> Documents:

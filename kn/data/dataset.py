@@ -36,7 +36,7 @@ from kn.data.bios import bio_records, make_bios, parse_augment
 from kn.data.compose import concat
 from kn.data.people import People, populations, sample_people
 from kn.data.qa import make_qa, qa_records, split_people, valid_people
-from kn.data.records import ATTRIBUTES, write_jsonl
+from kn.data.records import ATTRIBUTES, JsonRecords, write_jsonl
 from kn.errors import DataError, check_count, check_number
 from kn.results import atomic_file, folder_path, write_json
 
@@ -82,8 +82,8 @@ class BiosDataset:
     people: People | None         # everyone, in person-id order (celebrities first); None when imported
     groups: list[str]             # per person: plain | celebrity | minority
     is_train: np.ndarray          # per person: QA in train_people
-    bios: list[dict]
-    qa: list[dict]
+    bios: JsonRecords | list[dict]   # an import's: kn.data.records.Biographies
+    qa: JsonRecords | list[dict]     # an import's: kn.data.importer.QARecords
     tokenizer: object
     bios_tokens: Encoded
     qa_tokens: Encoded
@@ -103,7 +103,7 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
         groups_parts = [("celebrity", celeb, cfg.celebrity_augment), ("minority", plain, cfg.augment)]
     else:
         groups_parts = [("plain", sample_people(cfg.n, cfg.seed), cfg.augment)]
-    bios, docs, group_of = [], [], []
+    bios, docs, group_of = JsonRecords([]), [], []
     for g, (group, people, augment) in enumerate(groups_parts):
         if cfg.kind == "bioS" or group == "celebrity":
             d = make_bios(people, augment, cfg.seed + g)
@@ -111,7 +111,7 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
             bios += bio_records(d, people, group=group)
         else:
             from kn.data.bior import generate_bior
-            bios += generate_bior(people, cfg.seed + g, n_per_person=_bior_multi(augment))
+            bios += JsonRecords.of(generate_bior(people, cfg.seed + g, n_per_person=_bior_multi(augment)))
         group_of += [group] * len(people)
     everyone = People(**{f: np.concatenate([getattr(p, f) for _, p, _ in groups_parts])
                          for f in People.__dataclass_fields__})
@@ -121,7 +121,7 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
     is_valid = valid_people(is_train, cfg.valid_fraction, cfg.seed)
     qa_docs = make_qa(everyone)
     qa = qa_records(qa_docs, everyone, is_train, is_valid=is_valid)
-    tokenizer = train_tokenizer(sample_texts([r["text"] for r in bios + qa], seed=cfg.seed), vocab_size=cfg.vocab_size)
+    tokenizer = train_tokenizer([r["text"] for r in sample_texts(bios + qa, seed=cfg.seed)], vocab_size=cfg.vocab_size)
     if cfg.kind == "bioS":
         bios_tokens = encode_documents(concat(docs) if len(docs) > 1 else docs[0], tokenizer)
     else:

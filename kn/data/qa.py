@@ -13,7 +13,7 @@ import numpy as np
 from kn.data.compose import Documents, PieceTable
 from kn.data.people import People
 from kn.data.pools import Pools, load_pools
-from kn.data.records import ATTRIBUTES
+from kn.data.records import ATTRIBUTES, JsonRecords, json_string
 from kn.errors import DataError
 
 QUESTIONS = {
@@ -96,7 +96,7 @@ def make_qa(people: People, pools: Pools | None = None) -> Documents:
 
 
 def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Pools | None = None,
-               is_valid: np.ndarray | None = None) -> list[dict]:
+               is_valid: np.ndarray | None = None) -> JsonRecords:
     """JSONL records of `make_qa` documents (see `qa_records_of`)."""
     pools = pools or load_pools()
     return qa_records_of(docs, people.ids, people.names(pools), {a: people.values(a, pools) for a in ATTRIBUTES},
@@ -104,12 +104,15 @@ def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Poo
 
 
 def qa_records_of(docs: Documents, ids: np.ndarray, names: list[str], values: dict[str, list[str]],
-                  is_train: np.ndarray, is_valid: np.ndarray | None = None) -> list[dict]:
+                  is_train: np.ndarray, is_valid: np.ndarray | None = None) -> JsonRecords:
     """JSONL records: person, name, attribute, question, answer, split (`split_names`), text, spans."""
-    split, base = split_names(is_train, is_valid), []
+    split = [json_string(s) for s in split_names(is_train, is_valid)]
+    ids, names_json = np.asarray(ids).tolist(), [json_string(n) for n in names]
+    answers = {a: [json_string(v) for v in values[a]] for a in ATTRIBUTES}
+    head = '{"person":%d,"name":%s,"attribute":%s,"question":%s,"answer":%s,"split":%s'
+    heads = []
     for row, a in enumerate(docs.meta["attribute"].tolist()):
         i, attr = row // len(ATTRIBUTES), ATTRIBUTES[a]
-        base.append({"person": int(ids[i]), "name": names[i], "attribute": attr,
-                     "question": question(attr, names[i]), "answer": values[attr][i],
-                     "split": split[i]})
-    return docs.records(base)
+        heads.append(head % (ids[i], names_json[i], json_string(attr), json_string(question(attr, names[i])),
+                             answers[attr][i], split[i]))
+    return JsonRecords(docs.json_lines(heads))
