@@ -3,7 +3,7 @@
 - `train_tokenizer(texts)`: a byte-level BPE trained on the generated corpus with Hugging Face
   `tokenizers` (nothing is downloaded), wrapped as a `transformers` fast tokenizer. It adds a prefix
   space, so a name has the same tokens at the start of a biography as after "of" in a question.
-  `sample_texts` picks what it trains on: every text up to TOKENIZER_SAMPLE, a seeded sample of
+  `sample_index` picks the texts it trains on: every text up to TOKENIZER_SAMPLE, a seeded sample of
   that size beyond (bytes are its alphabet, so every text still encodes).
 - `encode_documents(docs, tok)`: token ids of piece-composed corpora (kn.data.compose) built from
   the pieces' tokens, without re-tokenizing every text; spans come from the same cumulative sums.
@@ -12,14 +12,13 @@
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from kn.errors import DataError
 
@@ -31,13 +30,12 @@ TOKENIZER_SAMPLE = 50_000   # texts a corpus tokenizer trains on: on all 1.1M te
                             # training took 43% of the data's time (issue 27); tokens per bio within 1% (tests)
 
 
-def sample_texts(texts: Sequence, n: int = TOKENIZER_SAMPLE, seed: int = 0) -> list:
-    """`texts` (or any sequence, e.g. records) when there are at most n; else n of them drawn by `seed`
+def sample_index(n_texts: int, n: int = TOKENIZER_SAMPLE, seed: int = 0) -> list[int]:
+    """Which of n_texts texts a corpus tokenizer trains on: all when at most n; else n drawn by `seed`
     without replacement, in their order."""
-    if len(texts) <= n:
-        return list(texts)
-    keep = np.sort(np.random.default_rng([seed, 11]).choice(len(texts), n, replace=False))
-    return [texts[i] for i in keep.tolist()]
+    if n_texts <= n:
+        return list(range(n_texts))
+    return np.sort(np.random.default_rng([seed, 11]).choice(n_texts, n, replace=False)).tolist()
 
 
 def train_tokenizer(texts, vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
@@ -58,7 +56,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise DataError(f"tokenizer: no tokenizer.json in {str(path)!r}; make one with `kn data tokenizer` or train_tokenizer")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
 def piece_tokens(tokenizer: PreTrainedTokenizerFast, strings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

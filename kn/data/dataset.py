@@ -4,7 +4,7 @@
 
     out/bios.jsonl      one biography per line (kn.data.records schema)
     out/qa.jsonl        six QAs per person with split "train" | "valid" | "test"
-    out/tokenizer/      byte-level BPE trained on this corpus, or on 50k of its texts (kn.tokenize.sample_texts)
+    out/tokenizer/      byte-level BPE trained on this corpus, or on 50k of its texts (kn.tokenize.sample_index)
     out/tokens.npz      bios_* and qa_* arrays: ids, offsets, person, spans (kn.tokenize.Encoded)
     out/meta.json       config, counts, seed, git commit, hardware, wall time (kn.results);
                         the only file that differs between two runs with the same config
@@ -96,7 +96,7 @@ def _bior_multi(augment: str) -> int:
 
 def build_bios(cfg: BiosConfig) -> BiosDataset:
     """Generate people, biographies, QA and the tokenizer, and encode everything."""
-    from kn.tokenize import encode_documents, encode_records, sample_texts, train_tokenizer
+    from kn.tokenize import encode_documents, encode_records, sample_index, train_tokenizer
     check_count("vocab_size", cfg.vocab_size, MIN_VOCAB)     # before the work, not after it in train_tokenizer
     if cfg.n_celebrity:
         celeb, plain = populations(cfg.n_celebrity, cfg.n, cfg.seed)
@@ -121,7 +121,9 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
     is_valid = valid_people(is_train, cfg.valid_fraction, cfg.seed)
     qa_docs = make_qa(everyone)
     qa = qa_records(qa_docs, everyone, is_train, is_valid=is_valid)
-    tokenizer = train_tokenizer([r["text"] for r in sample_texts(bios + qa, seed=cfg.seed)], vocab_size=cfg.vocab_size)
+    records = bios + qa
+    tokenizer = train_tokenizer((records[i]["text"] for i in sample_index(len(records), seed=cfg.seed)),
+                                vocab_size=cfg.vocab_size)
     if cfg.kind == "bioS":
         bios_tokens = encode_documents(concat(docs) if len(docs) > 1 else docs[0], tokenizer)
     else:
