@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,8 +67,9 @@ def piece_tokens(tokenizer: PreTrainedTokenizerFast, strings: list[str]) -> tupl
     raw.post_processor = None
     encoded = raw.encode_batch_fast(strings, add_special_tokens=False) if hasattr(raw, "encode_batch_fast") \
         else raw.encode_batch(strings, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(strings))
-    flat = np.fromiter((i for e in encoded for i in e.ids), dtype=np.int32, count=int(lengths.sum()))
+    ids = [e.ids for e in encoded]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return flat, np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths
 
 
@@ -109,10 +111,14 @@ def equal_exposure(docs: Encoded) -> Encoded:
 
 
 def ragged_gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenate flat[starts[i] : starts[i] + lengths[i]] over i, vectorised."""
-    total = int(lengths.sum())
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return flat[shift + np.arange(total)]
+    """Concatenate flat[starts[i] : starts[i] + lengths[i]] over i, vectorised: the index into flat
+    steps by 1, and at each segment's first position jumps from the end of the one before."""
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    index = np.ones(int(lengths.sum()), dtype=np.int64)
+    first = np.cumsum(lengths) - lengths                              # output position of each segment
+    index[first] = starts - np.concatenate([[0], starts[:-1] + lengths[:-1] - 1])
+    return flat[np.cumsum(index, out=index)]
 
 
 def encode_documents(docs: Documents, tokenizer: PreTrainedTokenizerFast) -> Encoded:
@@ -122,7 +128,7 @@ def encode_documents(docs: Documents, tokenizer: PreTrainedTokenizerFast) -> Enc
     ids = ragged_gather(flat, starts[pieces], lengths[pieces])
     doc_len = docs.piece_lengths(lengths).sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(doc_len)])
-    spans = {k: docs.offsets(lengths, k) for k in docs.spans}
+    spans = docs.offsets(lengths)
     return Encoded(ids, offsets, docs.person.copy(), spans)
 
 

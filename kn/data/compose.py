@@ -10,6 +10,7 @@ character spans and token spans therefore all come from cumulative sums over the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -32,8 +33,12 @@ class PieceTable:
             self.strings.append(s)
         return i
 
-    def ids(self, strings) -> np.ndarray:
-        return np.fromiter((self.id(s) for s in strings), dtype=np.int64)
+    def ids(self, strings: Iterable[str]) -> np.ndarray:
+        """The ids of `strings`, new ones interned in order of first appearance (as `id` would)."""
+        strings, n = list(strings), len(self.strings)
+        self.strings += [s for s in dict.fromkeys(strings) if s not in self._index]
+        self._index.update(zip(self.strings[n:], range(n, len(self.strings))))
+        return np.fromiter(map(self._index.__getitem__, strings), dtype=np.int64, count=len(strings))
 
 
 @dataclass
@@ -69,32 +74,32 @@ class Documents:
         return [joined[s + 1:e] for s, e in zip(starts.tolist(), ends.tolist())]
 
     def char_lengths(self) -> np.ndarray:
-        return np.fromiter((len(s) for s in self.strings), dtype=np.int64, count=len(self.strings))
+        return np.fromiter(map(len, self.strings), dtype=np.int64, count=len(self.strings))
 
-    def offsets(self, per_piece: np.ndarray, key: str) -> np.ndarray:
-        """[B, m, 2] (start, end) of `key` counted in units of `per_piece` (chars or tokens).
-
-        Offsets are measured in the space-prefixed document; -1 where absent.
-        """
-        col, piece = self.spans[key]
+    def offsets(self, per_piece: np.ndarray) -> dict[str, np.ndarray]:
+        """key -> [B, m, 2] (start, end) of each span counted in units of `per_piece` (chars or tokens),
+        measured in the space-prefixed document; -1 where absent."""
         lens = self.piece_lengths(per_piece)
-        before = np.cumsum(lens, axis=1) - lens                       # [B, W] start of each column
-        start = np.take_along_axis(before, np.maximum(col, 0), axis=1)
-        out = np.stack([start, start + per_piece[np.maximum(piece, 0)]], axis=-1)
-        return np.where((col >= 0)[..., None], out, -1)
+        before = np.cumsum(lens, axis=1)
+        before -= lens                                                # [B, W] start of each column
+        out = {}
+        for key, (col, piece) in self.spans.items():
+            start = np.take_along_axis(before, np.maximum(col, 0), axis=1)
+            off = np.stack([start, start + per_piece[np.maximum(piece, 0)]], axis=-1)
+            out[key] = np.where((col >= 0)[..., None], off, -1)
+        return out
 
-    def char_spans(self, key: str) -> np.ndarray:
-        """[B, m, 2] character spans of `key` in `texts()`; -1 where absent."""
-        off = self.offsets(self.char_lengths(), key)
+    def char_spans(self) -> dict[str, np.ndarray]:
+        """key -> [B, m, 2] character spans in `texts()`; -1 where absent."""
         # drop the spanned piece's own leading space; the document's first space is not in the text
-        return np.where(off >= 0, off + np.array([0, -1]) , -1)
+        return {k: np.where(off >= 0, off + np.array([0, -1]), -1) for k, off in self.offsets(self.char_lengths()).items()}
 
     def json_lines(self, heads: list[str]) -> list[str]:
         """Each document's JSONL line: `heads[i]` (a record's first fields, its closing brace left
         off), then its "text" and "spans" (key -> [[start, end], ...] of its character spans), as
         kn.data.records.json_line writes them. One format string per pattern of span counts."""
         texts = self.texts()
-        pairs = {k: _present_first(self.char_spans(k)) for k in self.spans}
+        pairs = {k: _present_first(sp) for k, sp in self.char_spans().items()}
         counts = np.stack([(p[..., 0] >= 0).sum(axis=1) for p in pairs.values()], axis=1)    # [B, keys]
         patterns, which = np.unique(counts, axis=0, return_inverse=True)
         lines = [""] * len(self)

@@ -27,11 +27,6 @@ QUESTIONS = {
 ANSWER = " Answer:"
 
 
-def question(attribute: str, name: str) -> str:
-    before, after = QUESTIONS[attribute]
-    return f"{before} {name}{after}"
-
-
 def split_people(n: int, train_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
     """Boolean [n]: True for train_people. round(train_fraction * n) of them, chosen by seed."""
     if not (isinstance(train_fraction, (int, float)) and 0.0 <= train_fraction <= 1.0):
@@ -107,12 +102,19 @@ def qa_records_of(docs: Documents, ids: np.ndarray, names: list[str], values: di
                   is_train: np.ndarray, is_valid: np.ndarray | None = None) -> JsonRecords:
     """JSONL records: person, name, attribute, question, answer, split (`split_names`), text, spans."""
     split = [json_string(s) for s in split_names(is_train, is_valid)]
-    ids, names_json = np.asarray(ids).tolist(), [json_string(n) for n in names]
-    answers = {a: [json_string(v) for v in values[a]] for a in ATTRIBUTES}
-    head = '{"person":%d,"name":%s,"attribute":%s,"question":%s,"answer":%s,"split":%s'
+    ids, names_json = np.asarray(ids).tolist(), [json_string(n)[1:-1] for n in names]
+    answers = [[json_string(v) for v in values[a]] for a in ATTRIBUTES]
+    formats = [_head_format(a) for a in ATTRIBUTES]
     heads = []
     for row, a in enumerate(docs.meta["attribute"].tolist()):
-        i, attr = row // len(ATTRIBUTES), ATTRIBUTES[a]
-        heads.append(head % (ids[i], names_json[i], json_string(attr), json_string(question(attr, names[i])),
-                             answers[attr][i], split[i]))
+        i = row // len(ATTRIBUTES)
+        heads.append(formats[a] % (ids[i], names_json[i], names_json[i], answers[a][i], split[i]))
     return JsonRecords(docs.json_lines(heads))
+
+
+def _head_format(attribute: str) -> str:
+    """The first fields of a QA record as JSON, to fill with % (person id, name, name, answer JSON,
+    split JSON); the name goes in JSON-escaped without its quotes (escaping is per character)."""
+    before, after = (json_string(x)[1:-1].replace("%", "%%") for x in QUESTIONS[attribute])
+    return ('{"person":%d,"name":"%s","attribute":' + json_string(attribute).replace("%", "%%")
+            + f',"question":"{before} %s{after}","answer":%s,"split":%s')

@@ -37,6 +37,7 @@ import re
 import sys
 from array import array
 from collections.abc import Sequence
+from json.encoder import encode_basestring as json_string  # a str as JSON, as `json_line` writes it
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -62,7 +63,6 @@ MAX_LINE_BYTES = 1 << 20         # a longer line is a bad record, skipped unread
 MAX_DEPTH = 64                   # arrays and objects nested deeper are a bad record (kn's own nest 4 deep)
 INT64 = (-(1 << 63), (1 << 63) - 1)   # an integer person id becomes a numpy int64
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")   # a \ud800-\udfff escape: half a pair, or alone
-json_string = json.JSONEncoder(ensure_ascii=False).encode   # a str as JSON, as `json_line` writes it
 
 
 def json_line(rec: dict) -> str:
