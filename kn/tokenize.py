@@ -7,6 +7,7 @@
   that size beyond (bytes are its alphabet, so every text still encodes).
 - `encode_documents(docs, tok)`: token ids of piece-composed corpora (kn.data.compose) built from
   the pieces' tokens, without re-tokenizing every text; spans come from the same cumulative sums.
+  `encode_corpora` does several corpora, tokenizing the pieces they share once.
 - `encode_records(records, tok)`: the same from plain texts with character spans (bioR, JSONL).
 - `pack(encoded, window, seed)`: documents globally shuffled, joined with EOS, cut into windows.
 """
@@ -123,13 +124,23 @@ def ragged_gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
 
 def encode_documents(docs: Documents, tokenizer: PreTrainedTokenizerFast) -> Encoded:
     """Compose each document's tokens from its pieces' tokens."""
-    flat, starts, lengths = piece_tokens(tokenizer, docs.strings)
-    pieces = docs.rows[docs.rows >= 0]
-    ids = ragged_gather(flat, starts[pieces], lengths[pieces])
-    doc_len = docs.piece_lengths(lengths).sum(axis=1)
-    offsets = np.concatenate([[0], np.cumsum(doc_len)])
-    spans = docs.offsets(lengths)
-    return Encoded(ids, offsets, docs.person.copy(), spans)
+    return encode_corpora([docs], tokenizer)[0]
+
+
+def encode_corpora(corpora: list[Documents], tokenizer: PreTrainedTokenizerFast) -> list[Encoded]:
+    """`encode_documents` of each corpus, every distinct piece tokenized once (biographies and their
+    QAs share names and values)."""
+    strings = list(dict.fromkeys(chain.from_iterable(docs.strings for docs in corpora)))
+    flat, starts, lengths = piece_tokens(tokenizer, strings)
+    position = dict(zip(strings, range(len(strings))))
+    out = []
+    for docs in corpora:
+        mine = np.fromiter(map(position.__getitem__, docs.strings), dtype=np.int64, count=len(docs.strings))
+        piece_len, pieces = lengths[mine], docs.rows[docs.rows >= 0]
+        ids = ragged_gather(flat, starts[mine][pieces], piece_len[pieces])
+        offsets = np.concatenate([[0], np.cumsum(docs.piece_lengths(piece_len).sum(axis=1))])
+        out.append(Encoded(ids, offsets, docs.person.copy(), docs.offsets(piece_len)))
+    return out
 
 
 def char_to_token_spans(text: str, token_offsets: list[tuple[int, int]], spans: list[list[int]]) -> list[list[int]]:

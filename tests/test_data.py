@@ -12,11 +12,12 @@ from scipy.stats import chisquare
 
 from kn.cli import main
 from kn.data.bios import PERSON_SLOTS, bio_records, make_bios, parse_augment
+from kn.data.compose import PAD, Documents
 from kn.data.dataset import BiosConfig, build_bios, load_encoded, make_dataset
 from kn.data.people import populations, sample_people
 from kn.data.pools import load_pools
 from kn.data.qa import make_qa, qa_records, split_people
-from kn.data.records import ATTRIBUTES, load_bios, read_jsonl, write_jsonl
+from kn.data.records import ATTRIBUTES, json_line, load_bios, read_jsonl, write_jsonl
 from kn.errors import DataError
 
 PRONOUN_WORDS = re.compile(r"\b(he|she|his|her|him|hers|himself|herself)\b", re.IGNORECASE)
@@ -195,6 +196,18 @@ def test_dataset_folder_is_byte_identical_for_one_seed(tmp_path):
     assert meta["counts"]["bios"] == 300 and {"git_commit", "hardware", "wall_time_s"} <= set(meta["provenance"])
     enc = load_encoded(tmp_path / "a", "bios")
     assert len(enc) == 300 and set(enc.spans) == {"name", *ATTRIBUTES}
+
+
+def test_json_lines_write_what_json_line_writes_whatever_spans_are_present():
+    """Documents with two, one (after an absent one) and no name spans, and a text to escape."""
+    strings = [" Ann", " met", " Bob", ".", ' "Zoë"\\']
+    rows = np.array([[0, 1, 2, 3, PAD], [2, 1, 0, 3, PAD], [4, 3, PAD, PAD, PAD]])
+    spans = {"name": (np.array([[0, 2], [PAD, 2], [PAD, PAD]]), np.array([[0, 2], [PAD, 0], [PAD, PAD]]))}
+    docs = Documents(strings, rows, np.arange(3), spans)
+    want = [{"id": 0, "text": "Ann met Bob.", "spans": {"name": [[0, 3], [8, 11]]}},
+            {"id": 1, "text": "Bob met Ann.", "spans": {"name": [[8, 11]]}},
+            {"id": 2, "text": '"Zoë"\\.', "spans": {"name": []}}]
+    assert docs.json_lines([f'{{"id":{i}' for i in range(3)]) == [json_line(r) for r in want]
 
 
 # sha256 (first 16 hex digits) of the files of small datasets, recorded with the generator before issue

@@ -100,11 +100,12 @@ class Documents:
         kn.data.records.json_line writes them. One format string per pattern of span counts."""
         texts = self.texts()
         pairs = {k: _present_first(sp) for k, sp in self.char_spans().items()}
-        counts = np.stack([(p[..., 0] >= 0).sum(axis=1) for p in pairs.values()], axis=1)    # [B, keys]
-        patterns, which = np.unique(counts, axis=0, return_inverse=True)
+        counts = [(p[..., 0] >= 0).sum(axis=1) for p in pairs.values()]       # per key: [B] spans present
+        dims = [p.shape[1] + 1 for p in pairs.values()]
+        codes, which = np.unique(np.ravel_multi_index(counts, dims), return_inverse=True)
         lines = [""] * len(self)
-        for g, pattern in enumerate(patterns.tolist()):
-            rows = np.flatnonzero(which.ravel() == g)
+        for g, pattern in enumerate(np.stack(np.unravel_index(codes, dims), axis=1).tolist()):
+            rows = np.flatnonzero(which == g)
             spans = ",".join(f"{json_string(k)}:[{','.join(['[%d,%d]'] * c)}]" for k, c in zip(pairs, pattern))
             fmt = '%s,"text":%s,"spans":{' + spans + "}}"
             ints = np.concatenate([p[rows, :c].reshape(len(rows), -1) for p, c in zip(pairs.values(), pattern)], axis=1)

@@ -96,7 +96,7 @@ def _bior_multi(augment: str) -> int:
 
 def build_bios(cfg: BiosConfig) -> BiosDataset:
     """Generate people, biographies, QA and the tokenizer, and encode everything."""
-    from kn.tokenize import encode_documents, encode_records, sample_index, train_tokenizer
+    from kn.tokenize import encode_corpora, encode_documents, encode_records, sample_index, train_tokenizer
     check_count("vocab_size", cfg.vocab_size, MIN_VOCAB)     # before the work, not after it in train_tokenizer
     if cfg.n_celebrity:
         celeb, plain = populations(cfg.n_celebrity, cfg.n, cfg.seed)
@@ -125,11 +125,11 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
     tokenizer = train_tokenizer((records[i]["text"] for i in sample_index(len(records), seed=cfg.seed)),
                                 vocab_size=cfg.vocab_size)
     if cfg.kind == "bioS":
-        bios_tokens = encode_documents(concat(docs) if len(docs) > 1 else docs[0], tokenizer)
+        bios_tokens, qa_tokens = encode_corpora([concat(docs) if len(docs) > 1 else docs[0], qa_docs], tokenizer)
     else:
         bios_tokens = encode_records(bios, tokenizer, keys=("name",) + ATTRIBUTES)
-    return BiosDataset(cfg, everyone, group_of, is_train, bios, qa, tokenizer,
-                       bios_tokens, encode_documents(qa_docs, tokenizer), is_valid)
+        qa_tokens = encode_documents(qa_docs, tokenizer)
+    return BiosDataset(cfg, everyone, group_of, is_train, bios, qa, tokenizer, bios_tokens, qa_tokens, is_valid)
 
 
 def save_encoded(enc: Encoded, prefix: str) -> dict:

@@ -37,6 +37,7 @@ import re
 import sys
 from array import array
 from collections.abc import Sequence
+from itertools import islice
 from json.encoder import encode_basestring as json_string  # a str as JSON, as `json_line` writes it
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -110,11 +111,12 @@ def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
     method (JsonRecords, kn.data.importer.QARecords) give their lines already encoded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = records.json_lines() if hasattr(records, "json_lines") else map(json_line, records)
+    lines = iter(records.json_lines() if hasattr(records, "json_lines") else map(json_line, records))
     n = 0
     with open(path, "w", encoding="utf-8") as f:
-        for n, line in enumerate(lines, 1):
-            f.write(line + "\n")
+        while chunk := list(islice(lines, 1 << 14)):
+            f.write("\n".join(chunk) + "\n")
+            n += len(chunk)
     return n
 
 
