@@ -10,7 +10,6 @@ character spans and token spans therefore all come from cumulative sums over the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -33,12 +32,8 @@ class PieceTable:
             self.strings.append(s)
         return i
 
-    def ids(self, strings: Iterable[str]) -> np.ndarray:
-        """The ids of `strings`, new ones interned in order of first appearance (as `id` would)."""
-        strings, n = list(strings), len(self.strings)
-        self.strings += [s for s in dict.fromkeys(strings) if s not in self._index]
-        self._index.update(zip(self.strings[n:], range(n, len(self.strings))))
-        return np.fromiter(map(self._index.__getitem__, strings), dtype=np.int64, count=len(strings))
+    def ids(self, strings) -> np.ndarray:
+        return np.fromiter((self.id(s) for s in strings), dtype=np.int64)
 
 
 @dataclass
