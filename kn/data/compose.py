@@ -87,7 +87,8 @@ class Documents:
     def char_spans(self) -> dict[str, np.ndarray]:
         """key -> [B, m, 2] character spans in `texts()`; -1 where absent."""
         # drop the spanned piece's own leading space; the document's first space is not in the text
-        return {k: np.where(off >= 0, off + np.array([0, -1]), -1) for k, off in self.offsets(self.char_lengths()).items()}
+        offsets = self.offsets(self.char_lengths())
+        return {k: np.where(off >= 0, off + np.array([0, -1]), -1) for k, off in offsets.items()}
 
     def json_lines(self, heads: list[str]) -> list[str]:
         """Each document's JSONL line: `heads[i]` (a record's first fields, its closing brace left
@@ -101,7 +102,8 @@ class Documents:
         lines = [""] * len(self)
         for g, pattern in enumerate(np.stack(np.unravel_index(codes, dims), axis=1).tolist()):
             rows = np.flatnonzero(which == g)
-            spans = ",".join(f"{json_string(k)}:[{','.join(['[%d,%d]'] * c)}]" for k, c in zip(pairs, pattern))
+            spans = ",".join(f"{json_string(k).replace('%', '%%')}:[{','.join(['[%d,%d]'] * c)}]"
+                             for k, c in zip(pairs, pattern))
             fmt = '%s,"text":%s,"spans":{' + spans + "}}"
             ints = np.concatenate([p[rows, :c].reshape(len(rows), -1) for p, c in zip(pairs.values(), pattern)], axis=1)
             for i, values in zip(rows.tolist(), ints.tolist()):
