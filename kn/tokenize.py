@@ -3,22 +3,24 @@
 - `train_tokenizer(texts)`: a byte-level BPE trained on the generated corpus with Hugging Face
   `tokenizers` (nothing is downloaded), wrapped as a `transformers` fast tokenizer. It adds a prefix
   space, so a name has the same tokens at the start of a biography as after "of" in a question.
-  `sample_texts` picks what it trains on: every text up to TOKENIZER_SAMPLE, a seeded sample of
+  `sample_index` picks the texts it trains on: every text up to TOKENIZER_SAMPLE, a seeded sample of
   that size beyond (bytes are its alphabet, so every text still encodes).
 - `encode_documents(docs, tok)`: token ids of piece-composed corpora (kn.data.compose) built from
   the pieces' tokens, without re-tokenizing every text; spans come from the same cumulative sums.
+  `encode_corpora` does several corpora, tokenizing the pieces they share once.
 - `encode_records(records, tok)`: the same from plain texts with character spans (bioR, JSONL).
 - `pack(encoded, window, seed)`: documents globally shuffled, joined with EOS, cut into windows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from kn.errors import DataError
 
@@ -30,12 +32,12 @@ TOKENIZER_SAMPLE = 50_000   # texts a corpus tokenizer trains on: on all 1.1M te
                             # training took 43% of the data's time (issue 27); tokens per bio within 1% (tests)
 
 
-def sample_texts(texts: list[str], n: int = TOKENIZER_SAMPLE, seed: int = 0) -> list[str]:
-    """`texts` when there are at most n; else n of them drawn by `seed` without replacement, in their order."""
-    if len(texts) <= n:
-        return texts
-    keep = np.sort(np.random.default_rng([seed, 11]).choice(len(texts), n, replace=False))
-    return [texts[i] for i in keep]
+def sample_index(n_texts: int, n: int = TOKENIZER_SAMPLE, seed: int = 0) -> list[int]:
+    """Which of n_texts texts a corpus tokenizer trains on: all when at most n; else n drawn by `seed`
+    without replacement, in their order."""
+    if n_texts <= n:
+        return list(range(n_texts))
+    return np.sort(np.random.default_rng([seed, 11]).choice(n_texts, n, replace=False)).tolist()
 
 
 def train_tokenizer(texts, vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
@@ -56,7 +58,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     path = Path(path)
     if not (path / "tokenizer.json").is_file():
         raise DataError(f"tokenizer: no tokenizer.json in {str(path)!r}; make one with `kn data tokenizer` or train_tokenizer")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
 
 
 def piece_tokens(tokenizer: PreTrainedTokenizerFast, strings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,8 +68,9 @@ def piece_tokens(tokenizer: PreTrainedTokenizerFast, strings: list[str]) -> tupl
     raw.post_processor = None
     encoded = raw.encode_batch_fast(strings, add_special_tokens=False) if hasattr(raw, "encode_batch_fast") \
         else raw.encode_batch(strings, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(strings))
-    flat = np.fromiter((i for e in encoded for i in e.ids), dtype=np.int32, count=int(lengths.sum()))
+    ids = [e.ids for e in encoded]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return flat, np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths
 
 
@@ -109,21 +112,35 @@ def equal_exposure(docs: Encoded) -> Encoded:
 
 
 def ragged_gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenate flat[starts[i] : starts[i] + lengths[i]] over i, vectorised."""
-    total = int(lengths.sum())
-    shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-    return flat[shift + np.arange(total)]
+    """Concatenate flat[starts[i] : starts[i] + lengths[i]] over i, vectorised: the index into flat
+    steps by 1, and at each segment's first position jumps from the end of the one before."""
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    index = np.ones(int(lengths.sum()), dtype=np.int64)
+    first = np.cumsum(lengths) - lengths                              # output position of each segment
+    index[first] = starts - np.concatenate([[0], starts[:-1] + lengths[:-1] - 1])
+    return flat[np.cumsum(index, out=index)]
 
 
 def encode_documents(docs: Documents, tokenizer: PreTrainedTokenizerFast) -> Encoded:
     """Compose each document's tokens from its pieces' tokens."""
-    flat, starts, lengths = piece_tokens(tokenizer, docs.strings)
-    pieces = docs.rows[docs.rows >= 0]
-    ids = ragged_gather(flat, starts[pieces], lengths[pieces])
-    doc_len = docs.piece_lengths(lengths).sum(axis=1)
-    offsets = np.concatenate([[0], np.cumsum(doc_len)])
-    spans = {k: docs.offsets(lengths, k) for k in docs.spans}
-    return Encoded(ids, offsets, docs.person.copy(), spans)
+    return encode_corpora([docs], tokenizer)[0]
+
+
+def encode_corpora(corpora: list[Documents], tokenizer: PreTrainedTokenizerFast) -> list[Encoded]:
+    """`encode_documents` of each corpus, every distinct piece tokenized once (biographies and their
+    QAs share names and values)."""
+    strings = list(dict.fromkeys(chain.from_iterable(docs.strings for docs in corpora)))
+    flat, starts, lengths = piece_tokens(tokenizer, strings)
+    position = dict(zip(strings, range(len(strings))))
+    out = []
+    for docs in corpora:
+        mine = np.fromiter(map(position.__getitem__, docs.strings), dtype=np.int64, count=len(docs.strings))
+        piece_len, pieces = lengths[mine], docs.rows[docs.rows >= 0]
+        ids = ragged_gather(flat, starts[mine][pieces], piece_len[pieces])
+        offsets = np.concatenate([[0], np.cumsum(docs.piece_lengths(piece_len).sum(axis=1))])
+        out.append(Encoded(ids, offsets, docs.person.copy(), docs.offsets(piece_len)))
+    return out
 
 
 def char_to_token_spans(text: str, token_offsets: list[tuple[int, int]], spans: list[list[int]]) -> list[list[int]]:

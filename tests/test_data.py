@@ -12,11 +12,12 @@ from scipy.stats import chisquare
 
 from kn.cli import main
 from kn.data.bios import PERSON_SLOTS, bio_records, make_bios, parse_augment
+from kn.data.compose import PAD, Documents
 from kn.data.dataset import BiosConfig, build_bios, load_encoded, make_dataset
 from kn.data.people import populations, sample_people
 from kn.data.pools import load_pools
 from kn.data.qa import make_qa, qa_records, split_people
-from kn.data.records import ATTRIBUTES, load_bios, read_jsonl, write_jsonl
+from kn.data.records import ATTRIBUTES, json_line, load_bios, read_jsonl, write_jsonl
 from kn.errors import DataError
 
 PRONOUN_WORDS = re.compile(r"\b(he|she|his|her|him|hers|himself|herself)\b", re.IGNORECASE)
@@ -195,6 +196,44 @@ def test_dataset_folder_is_byte_identical_for_one_seed(tmp_path):
     assert meta["counts"]["bios"] == 300 and {"git_commit", "hardware", "wall_time_s"} <= set(meta["provenance"])
     enc = load_encoded(tmp_path / "a", "bios")
     assert len(enc) == 300 and set(enc.spans) == {"name", *ATTRIBUTES}
+
+
+def test_json_lines_write_what_json_line_writes_whatever_spans_are_present():
+    """Documents with two, one (after an absent one) and no name spans, and a text to escape."""
+    strings = [" Ann", " met", " Bob", ".", ' "Zoë"\\']
+    rows = np.array([[0, 1, 2, 3, PAD], [2, 1, 0, 3, PAD], [4, 3, PAD, PAD, PAD]])
+    spans = {"name": (np.array([[0, 2], [PAD, 2], [PAD, PAD]]), np.array([[0, 2], [PAD, 0], [PAD, PAD]]))}
+    docs = Documents(strings, rows, np.arange(3), spans)
+    want = [{"id": 0, "text": "Ann met Bob.", "spans": {"name": [[0, 3], [8, 11]]}},
+            {"id": 1, "text": "Bob met Ann.", "spans": {"name": [[8, 11]]}},
+            {"id": 2, "text": '"Zoë"\\.', "spans": {"name": []}}]
+    assert docs.json_lines([f'{{"id":{i}' for i in range(3)]) == [json_line(r) for r in want]
+
+
+# sha256 (first 16 hex digits) of the files of small datasets, recorded with the generator before issue
+# 27 made it faster (numpy 2.4.6, tokenizers 0.23.2): the faster one must write the same bytes. A numpy or
+# tokenizers upgrade that changes them fails here too: check what changed before recording again.
+RECORDED = {
+    "multi2+permute": (BiosConfig(n=150, augment="multi2+permute", vocab_size=600), {
+        "bios.jsonl": "8fdecf4c8871005a", "qa.jsonl": "dd3bf4ceab65d754",
+        "tokenizer/tokenizer.json": "b70990833085d690", "tokens.npz": "b55066389ac99dd6"}),
+    "celebrities+valid": (BiosConfig(n=80, n_celebrity=40, valid_fraction=0.2, vocab_size=600, seed=3), {
+        "bios.jsonl": "30864e0d6adbb234", "qa.jsonl": "fa7f92293444c0a5",
+        "tokenizer/tokenizer.json": "f871048de5d5fa9d", "tokens.npz": "1f3051e5ddcd5a83"}),
+    "fullname": (BiosConfig(n=60, augment="multi3+permute2+fullname", vocab_size=500, seed=1), {
+        "bios.jsonl": "5d806d411d3f8a5f", "qa.jsonl": "610c82ee0bb5eaf7",
+        "tokenizer/tokenizer.json": "22c3f53c595357c3", "tokens.npz": "28a1b9089b2735fa"}),
+    "bioR": (BiosConfig(kind="bioR", n=40, augment="multi2", vocab_size=500, seed=2), {
+        "bios.jsonl": "d3e853c68f5660e0", "qa.jsonl": "a15db3c504aecb29",
+        "tokenizer/tokenizer.json": "74a62b1085698208", "tokens.npz": "bc9de1329a435d4f"}),
+}
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_dataset_files_are_the_bytes_recorded_before(tmp_path, name):
+    cfg, recorded = RECORDED[name]
+    make_dataset(cfg, tmp_path)
+    assert {f: h[:16] for f, h in digest(tmp_path).items() if f in recorded} == recorded
 
 
 @pytest.mark.parametrize("kind", ["bioS", "bioR"])

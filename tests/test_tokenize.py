@@ -10,7 +10,8 @@ from kn.data.people import sample_people
 from kn.data.qa import make_qa, qa_records, split_people
 from kn.data.records import ATTRIBUTES
 from kn.errors import DataError
-from kn.tokenize import encode_documents, encode_records, load_tokenizer, pack, sample_texts, train_tokenizer
+from kn.tokenize import (encode_documents, encode_records, load_tokenizer, pack, ragged_gather, sample_index,
+                         train_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +124,24 @@ def test_tokenizer_from_a_sample_encodes_every_text_at_the_same_length():
     people = sample_people(1500, seed=0)
     bios, qa = make_bios(people, "multi5+permute", seed=0), make_qa(people)
     texts = bios.texts() + qa.texts()
-    sample = sample_texts(texts, 3000, seed=0)
-    assert len(sample) == 3000 and sample == sample_texts(texts, 3000, seed=0) != sample_texts(texts, 3000, seed=1)
-    assert sample_texts(texts[:100], 3000) == texts[:100]                       # small corpora: every text
+    keep = sample_index(len(texts), 3000, seed=0)
+    assert len(set(keep)) == 3000 and keep == sorted(keep) == sample_index(len(texts), 3000, seed=0)
+    assert keep != sample_index(len(texts), 3000, seed=1)
+    assert sample_index(100, 3000) == list(range(100))                          # small corpora: every text
+    sample = [texts[i] for i in keep]
     full, part = (train_tokenizer(t, vocab_size=2048) for t in (texts, sample))
     ids = part(texts, add_special_tokens=False)["input_ids"]
     assert part.unk_token_id is None and [d.removeprefix(" ") for d in part.batch_decode(ids)] == texts  # prefix space
     per_bio = [sum(map(len, tok(bios.texts(), add_special_tokens=False)["input_ids"])) for tok in (full, part)]
     assert abs(per_bio[1] / per_bio[0] - 1) <= 0.01, per_bio
+
+
+def test_ragged_gather_concatenates_the_slices():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        flat = rng.integers(0, 100, rng.integers(5, 50)).astype(np.int32)
+        lengths = rng.integers(0, 5, rng.integers(0, 8))           # empty segments and no segments too
+        starts = np.array([rng.integers(0, len(flat) - n + 1) for n in lengths], dtype=np.int64)
+        want = np.concatenate([flat[s:s + n] for s, n in zip(starts, lengths)] + [flat[:0]])
+        got = ragged_gather(flat, starts, lengths)
+        assert got.dtype == flat.dtype and got.tolist() == want.tolist()

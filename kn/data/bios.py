@@ -20,7 +20,7 @@ import numpy as np
 from kn.data.compose import PAD, Documents, PieceTable
 from kn.data.people import PRONOUNS, People
 from kn.data.pools import Pools, load_pools
-from kn.data.records import ATTRIBUTES
+from kn.data.records import ATTRIBUTES, JsonRecords, json_line
 from kn.errors import DataError, check_count
 
 # Slots in templates, and their fills: index 0 he, 1 she, 2 the full name.
@@ -179,14 +179,11 @@ def _shift_cols(rows: np.ndarray, spans: dict) -> dict:
             for k, (c, p) in spans.items()}
 
 
-def bio_records(docs: Documents, people: People, pools: Pools | None = None, group: str = "plain") -> list[dict]:
+def bio_records(docs: Documents, people: People, pools: Pools | None = None, group: str = "plain") -> JsonRecords:
     """JSONL records (kn.data.records schema) of biographies made by `make_bios`."""
     pools = pools or load_pools()
-    index = {int(p): i for i, p in enumerate(people.ids.tolist())}
     names, attrs = people.names(pools), people.attributes(pools)
-    base = []
-    for p in docs.person.tolist():
-        i = index[p]
-        base.append({"person": p, "name": names[i], "pronoun": PRONOUNS[people.pronoun[i]],
-                     "group": group, "attributes": attrs[i]})
-    return docs.records(base)
+    heads = {p: json_line({"person": p, "name": names[i], "pronoun": PRONOUNS[people.pronoun[i]], "group": group,
+                           "attributes": attrs[i]})[:-1]
+             for i, p in enumerate(people.ids.tolist())}
+    return JsonRecords(docs.json_lines([heads[p] for p in docs.person.tolist()]))

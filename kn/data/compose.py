@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kn.data.records import json_string
+
 PAD = -1
 
 
@@ -67,37 +69,52 @@ class Documents:
         return [joined[s + 1:e] for s, e in zip(starts.tolist(), ends.tolist())]
 
     def char_lengths(self) -> np.ndarray:
-        return np.fromiter((len(s) for s in self.strings), dtype=np.int64, count=len(self.strings))
+        return np.fromiter(map(len, self.strings), dtype=np.int64, count=len(self.strings))
 
-    def offsets(self, per_piece: np.ndarray, key: str) -> np.ndarray:
-        """[B, m, 2] (start, end) of `key` counted in units of `per_piece` (chars or tokens).
-
-        Offsets are measured in the space-prefixed document; -1 where absent.
-        """
-        col, piece = self.spans[key]
+    def offsets(self, per_piece: np.ndarray) -> dict[str, np.ndarray]:
+        """key -> [B, m, 2] (start, end) of each span counted in units of `per_piece` (chars or tokens),
+        measured in the space-prefixed document; -1 where absent."""
         lens = self.piece_lengths(per_piece)
-        before = np.cumsum(lens, axis=1) - lens                       # [B, W] start of each column
-        start = np.take_along_axis(before, np.maximum(col, 0), axis=1)
-        out = np.stack([start, start + per_piece[np.maximum(piece, 0)]], axis=-1)
-        return np.where((col >= 0)[..., None], out, -1)
-
-    def char_spans(self, key: str) -> np.ndarray:
-        """[B, m, 2] character spans of `key` in `texts()`; -1 where absent."""
-        off = self.offsets(self.char_lengths(), key)
-        # drop the spanned piece's own leading space; the document's first space is not in the text
-        return np.where(off >= 0, off + np.array([0, -1]) , -1)
-
-    def records(self, base: list[dict]) -> list[dict]:
-        """JSON records: each document's `base[i]` fields plus its text and character spans."""
-        texts = self.texts()
-        spans = {k: self.char_spans(k).tolist() for k in self.spans}
-        out = []
-        for i, text in enumerate(texts):
-            rec = dict(base[i])
-            rec["text"] = text
-            rec["spans"] = {k: [s for s in spans[k][i] if s[0] >= 0] for k in spans}
-            out.append(rec)
+        before = np.cumsum(lens, axis=1)
+        before -= lens                                                # [B, W] start of each column
+        out = {}
+        for key, (col, piece) in self.spans.items():
+            start = np.take_along_axis(before, np.maximum(col, 0), axis=1)
+            off = np.stack([start, start + per_piece[np.maximum(piece, 0)]], axis=-1)
+            out[key] = np.where((col >= 0)[..., None], off, -1)
         return out
+
+    def char_spans(self) -> dict[str, np.ndarray]:
+        """key -> [B, m, 2] character spans in `texts()`; -1 where absent."""
+        # drop the spanned piece's own leading space; the document's first space is not in the text
+        offsets = self.offsets(self.char_lengths())
+        return {k: np.where(off >= 0, off + np.array([0, -1]), -1) for k, off in offsets.items()}
+
+    def json_lines(self, heads: list[str]) -> list[str]:
+        """Each document's JSONL line: `heads[i]` (a record's first fields, its closing brace left
+        off), then its "text" and "spans" (key -> [[start, end], ...] of its character spans), as
+        kn.data.records.json_line writes them. One format string per pattern of span counts."""
+        texts = self.texts()
+        pairs = {k: _present_first(sp) for k, sp in self.char_spans().items()}
+        counts = [(p[..., 0] >= 0).sum(axis=1) for p in pairs.values()]       # per key: [B] spans present
+        dims = [p.shape[1] + 1 for p in pairs.values()]
+        codes, which = np.unique(np.ravel_multi_index(counts, dims), return_inverse=True)
+        lines = [""] * len(self)
+        for g, pattern in enumerate(np.stack(np.unravel_index(codes, dims), axis=1).tolist()):
+            rows = np.flatnonzero(which == g)
+            spans = ",".join(f"{json_string(k).replace('%', '%%')}:[{','.join(['[%d,%d]'] * c)}]"
+                             for k, c in zip(pairs, pattern))
+            fmt = '%s,"text":%s,"spans":{' + spans + "}}"
+            ints = np.concatenate([p[rows, :c].reshape(len(rows), -1) for p, c in zip(pairs.values(), pattern)], axis=1)
+            for i, values in zip(rows.tolist(), ints.tolist()):
+                lines[i] = fmt % (heads[i], json_string(texts[i]), *values)
+        return lines
+
+
+def _present_first(spans: np.ndarray) -> np.ndarray:
+    """[B, m, 2] spans with each row's present ones (start >= 0) first, in their order."""
+    order = np.argsort(spans[..., 0] < 0, axis=1, kind="stable")
+    return np.take_along_axis(spans, order[..., None], axis=1)
 
 
 def concat(docs: list[Documents]) -> Documents:

@@ -4,7 +4,7 @@
 
     out/bios.jsonl      one biography per line (kn.data.records schema)
     out/qa.jsonl        six QAs per person with split "train" | "valid" | "test"
-    out/tokenizer/      byte-level BPE trained on this corpus, or on 50k of its texts (kn.tokenize.sample_texts)
+    out/tokenizer/      byte-level BPE trained on this corpus, or on 50k of its texts (kn.tokenize.sample_index)
     out/tokens.npz      bios_* and qa_* arrays: ids, offsets, person, spans (kn.tokenize.Encoded)
     out/meta.json       config, counts, seed, git commit, hardware, wall time (kn.results);
                         the only file that differs between two runs with the same config
@@ -36,7 +36,7 @@ from kn.data.bios import bio_records, make_bios, parse_augment
 from kn.data.compose import concat
 from kn.data.people import People, populations, sample_people
 from kn.data.qa import make_qa, qa_records, split_people, valid_people
-from kn.data.records import ATTRIBUTES, write_jsonl
+from kn.data.records import ATTRIBUTES, JsonRecords, write_jsonl
 from kn.errors import DataError, check_count, check_number
 from kn.results import atomic_file, folder_path, write_json
 
@@ -82,8 +82,8 @@ class BiosDataset:
     people: People | None         # everyone, in person-id order (celebrities first); None when imported
     groups: list[str]             # per person: plain | celebrity | minority
     is_train: np.ndarray          # per person: QA in train_people
-    bios: list[dict]
-    qa: list[dict]
+    bios: JsonRecords | list[dict]   # an import's: kn.data.records.Biographies
+    qa: JsonRecords | list[dict]     # an import's: kn.data.importer.QARecords
     tokenizer: object
     bios_tokens: Encoded
     qa_tokens: Encoded
@@ -96,14 +96,14 @@ def _bior_multi(augment: str) -> int:
 
 def build_bios(cfg: BiosConfig) -> BiosDataset:
     """Generate people, biographies, QA and the tokenizer, and encode everything."""
-    from kn.tokenize import encode_documents, encode_records, sample_texts, train_tokenizer
+    from kn.tokenize import encode_corpora, encode_documents, encode_records, sample_index, train_tokenizer
     check_count("vocab_size", cfg.vocab_size, MIN_VOCAB)     # before the work, not after it in train_tokenizer
     if cfg.n_celebrity:
         celeb, plain = populations(cfg.n_celebrity, cfg.n, cfg.seed)
         groups_parts = [("celebrity", celeb, cfg.celebrity_augment), ("minority", plain, cfg.augment)]
     else:
         groups_parts = [("plain", sample_people(cfg.n, cfg.seed), cfg.augment)]
-    bios, docs, group_of = [], [], []
+    bios, docs, group_of = JsonRecords([]), [], []
     for g, (group, people, augment) in enumerate(groups_parts):
         if cfg.kind == "bioS" or group == "celebrity":
             d = make_bios(people, augment, cfg.seed + g)
@@ -111,7 +111,7 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
             bios += bio_records(d, people, group=group)
         else:
             from kn.data.bior import generate_bior
-            bios += generate_bior(people, cfg.seed + g, n_per_person=_bior_multi(augment))
+            bios += JsonRecords.of(generate_bior(people, cfg.seed + g, n_per_person=_bior_multi(augment)))
         group_of += [group] * len(people)
     everyone = People(**{f: np.concatenate([getattr(p, f) for _, p, _ in groups_parts])
                          for f in People.__dataclass_fields__})
@@ -121,13 +121,15 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
     is_valid = valid_people(is_train, cfg.valid_fraction, cfg.seed)
     qa_docs = make_qa(everyone)
     qa = qa_records(qa_docs, everyone, is_train, is_valid=is_valid)
-    tokenizer = train_tokenizer(sample_texts([r["text"] for r in bios + qa], seed=cfg.seed), vocab_size=cfg.vocab_size)
+    records = bios + qa
+    tokenizer = train_tokenizer((records[i]["text"] for i in sample_index(len(records), seed=cfg.seed)),
+                                vocab_size=cfg.vocab_size)
     if cfg.kind == "bioS":
-        bios_tokens = encode_documents(concat(docs) if len(docs) > 1 else docs[0], tokenizer)
+        bios_tokens, qa_tokens = encode_corpora([concat(docs) if len(docs) > 1 else docs[0], qa_docs], tokenizer)
     else:
         bios_tokens = encode_records(bios, tokenizer, keys=("name",) + ATTRIBUTES)
-    return BiosDataset(cfg, everyone, group_of, is_train, bios, qa, tokenizer,
-                       bios_tokens, encode_documents(qa_docs, tokenizer), is_valid)
+        qa_tokens = encode_documents(qa_docs, tokenizer)
+    return BiosDataset(cfg, everyone, group_of, is_train, bios, qa, tokenizer, bios_tokens, qa_tokens, is_valid)
 
 
 def save_encoded(enc: Encoded, prefix: str) -> dict:

@@ -101,6 +101,11 @@ class QARecords:
         for chunk in self.chunks():
             yield from qa_records_of(*chunk)
 
+    def json_lines(self) -> Iterator[str]:
+        """The records' JSONL lines (kn.data.records.write_jsonl writes them as they come)."""
+        for chunk in self.chunks():
+            yield from qa_records_of(*chunk).lines
+
     def texts(self) -> Iterator[str]:
         for docs, *_ in self.chunks():
             yield from docs.texts()

@@ -13,7 +13,7 @@ import numpy as np
 from kn.data.compose import Documents, PieceTable
 from kn.data.people import People
 from kn.data.pools import Pools, load_pools
-from kn.data.records import ATTRIBUTES
+from kn.data.records import ATTRIBUTES, JsonRecords, json_string
 from kn.errors import DataError
 
 QUESTIONS = {
@@ -25,11 +25,6 @@ QUESTIONS = {
     "company_city": ("Where did", " work?"),
 }
 ANSWER = " Answer:"
-
-
-def question(attribute: str, name: str) -> str:
-    before, after = QUESTIONS[attribute]
-    return f"{before} {name}{after}"
 
 
 def split_people(n: int, train_fraction: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -96,7 +91,7 @@ def make_qa(people: People, pools: Pools | None = None) -> Documents:
 
 
 def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Pools | None = None,
-               is_valid: np.ndarray | None = None) -> list[dict]:
+               is_valid: np.ndarray | None = None) -> JsonRecords:
     """JSONL records of `make_qa` documents (see `qa_records_of`)."""
     pools = pools or load_pools()
     return qa_records_of(docs, people.ids, people.names(pools), {a: people.values(a, pools) for a in ATTRIBUTES},
@@ -104,12 +99,22 @@ def qa_records(docs: Documents, people: People, is_train: np.ndarray, pools: Poo
 
 
 def qa_records_of(docs: Documents, ids: np.ndarray, names: list[str], values: dict[str, list[str]],
-                  is_train: np.ndarray, is_valid: np.ndarray | None = None) -> list[dict]:
+                  is_train: np.ndarray, is_valid: np.ndarray | None = None) -> JsonRecords:
     """JSONL records: person, name, attribute, question, answer, split (`split_names`), text, spans."""
-    split, base = split_names(is_train, is_valid), []
+    split = [json_string(s) for s in split_names(is_train, is_valid)]
+    ids, names_json = np.asarray(ids).tolist(), [json_string(n)[1:-1] for n in names]
+    answers = [[json_string(v) for v in values[a]] for a in ATTRIBUTES]
+    formats = [_head_format(a) for a in ATTRIBUTES]
+    heads = []
     for row, a in enumerate(docs.meta["attribute"].tolist()):
-        i, attr = row // len(ATTRIBUTES), ATTRIBUTES[a]
-        base.append({"person": int(ids[i]), "name": names[i], "attribute": attr,
-                     "question": question(attr, names[i]), "answer": values[attr][i],
-                     "split": split[i]})
-    return docs.records(base)
+        i = row // len(ATTRIBUTES)
+        heads.append(formats[a] % (ids[i], names_json[i], names_json[i], answers[a][i], split[i]))
+    return JsonRecords(docs.json_lines(heads))
+
+
+def _head_format(attribute: str) -> str:
+    """The first fields of a QA record as JSON, to fill with % (person id, name, name, answer JSON,
+    split JSON); the name goes in JSON-escaped without its quotes (escaping is per character)."""
+    before, after = (json_string(x)[1:-1].replace("%", "%%") for x in QUESTIONS[attribute])
+    return ('{"person":%d,"name":"%s","attribute":' + json_string(attribute).replace("%", "%%")
+            + f',"question":"{before} %s{after}","answer":%s,"split":%s')

@@ -18,7 +18,8 @@ elsewhere:
 is written in `text`. In bioS, text[start:end] equals the value; in bioR it may be another surface
 form of it ("2nd October 1996", "MIT"). A span never ends in ".": a value such as "Acme Inc." ends
 the sentence with its own full stop, and its span stops before it (kn.data.qa writes such an
-answer the same way). Entry points: `write_jsonl`, `read_jsonl`, `read_bios` / `load_bios`, `Biographies`.
+answer the same way). Entry points: `write_jsonl`, `read_jsonl`, `read_bios` / `load_bios`, `Biographies`,
+`JsonRecords` (generated records held as their lines).
 
 `read_bios` also accepts records made by other generators: flat ones (name, the six attributes or
 their aliases and a text), a nested person dict ({"person": {"name": ..., "birth_date": ...},
@@ -35,6 +36,9 @@ import logging
 import re
 import sys
 from array import array
+from collections.abc import Sequence
+from itertools import islice
+from json.encoder import encode_basestring as json_string  # a str as JSON, as `json_line` writes it
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -62,16 +66,57 @@ INT64 = (-(1 << 63), (1 << 63) - 1)   # an integer person id becomes a numpy int
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")   # a \ud800-\udfff escape: half a pair, or alone
 
 
+def json_line(rec: dict) -> str:
+    """A record as one line of kn's JSONL: compact, key order kept, non-ASCII as is."""
+    return json.dumps(rec, ensure_ascii=False, separators=(",", ":"))
+
+
+class JsonRecords(Sequence):
+    """Generated records held as their JSONL lines (`json_line`'s bytes) and decoded as they are read:
+    a million biographies cost about their file's size in memory and no encoding to write."""
+
+    def __init__(self, lines: Iterable[str]):
+        self.lines = list(lines)
+
+    @classmethod
+    def of(cls, records: Iterable[dict]) -> "JsonRecords":
+        return cls(map(json_line, records))
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, i):
+        return [json.loads(x) for x in self.lines[i]] if isinstance(i, slice) else json.loads(self.lines[i])
+
+    def __iter__(self) -> Iterator[dict]:
+        return map(json.loads, self.lines)
+
+    def __eq__(self, other) -> bool:
+        """Equal to JsonRecords with the same lines, or to a list of the same records."""
+        if isinstance(other, JsonRecords):
+            return self.lines == other.lines
+        return isinstance(other, list) and list(self) == other
+
+    __hash__ = None
+
+    def __add__(self, other: "JsonRecords") -> "JsonRecords":
+        return JsonRecords(self.lines + other.lines)
+
+    def json_lines(self) -> list[str]:
+        return self.lines
+
+
 def write_jsonl(records: Iterable[dict], path: str | Path) -> int:
-    """Write records one per line (compact, key order kept); returns the count."""
+    """Write records one per line (`json_line`); returns the count. Records with a `json_lines()`
+    method (JsonRecords, kn.data.importer.QARecords) give their lines already encoded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    lines = iter(records.json_lines() if hasattr(records, "json_lines") else map(json_line, records))
     n = 0
     with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
-            f.write("\n")
-            n += 1
+        while chunk := list(islice(lines, 1 << 14)):
+            f.write("\n".join(chunk) + "\n")
+            n += len(chunk)
     return n
 
 
@@ -428,7 +473,7 @@ class Biographies:
             return
         for bio in found:
             del bio["person"]
-            self.lines.append(json.dumps(bio, ensure_ascii=False, separators=(",", ":")))
+            self.lines.append(json_line(bio))
             self.number.append(number)
 
     def __len__(self) -> int:
