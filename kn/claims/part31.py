@@ -85,12 +85,16 @@ def p_probe_ahead(folder):
     multi = runs["multi5+permute"]
     ceiling = 100 * float(np.mean([multi["ceiling"]["first"][ATTRIBUTES[k]] for _, k in multi["items_ahead"]["cells"]]))
     single = mean_accuracy(tables[1])
-    guards = tuple(Check(f"{a}: bios memorized", 100 * load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
-                   for a in runs if (aug / f"{a}.json").is_file())
+    guards = _memorized(aug, runs)
     return Evidence(est, f"P-probe before the value is written: {single:.1f}% (single) vs {mean_accuracy(tables[0]):.1f}% "
                          f"(multi5+permute), first token: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
                     guards, ceiling - single, f"{ceiling:.1f}% of test first tokens seen in probe training")
 
+
+def _memorized(aug, runs) -> tuple:
+    """The probes' guards: each probed model memorized its bios (its augmentation result, where present)."""
+    return tuple(Check(f"{a}: bios memorized", 100 * load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
+                 for a in runs if (aug / f"{a}.json").is_file())
 
 def q_probe_gap(folder):
     """Q-probe whole-value accuracy, multi5+permute minus single, with the ceiling of what a probe
@@ -103,8 +107,7 @@ def q_probe_gap(folder):
     est = accuracy_gap(*tables)
     ceiling = 100 * float(np.mean([runs["multi5+permute"]["q"]["ceiling"]["whole"][a] for a in ATTRIBUTES]))
     single = mean_accuracy(tables[1])
-    guards = tuple(Check(f"{a}: bios memorized", 100 * load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
-                   for a in runs if (aug / f"{a}.json").is_file())
+    guards = _memorized(aug, runs)
     return Evidence(est, f"Q-probe {single:.1f}% (single) vs {mean_accuracy(tables[0]):.1f}% (multi5+permute): "
                          f"gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
                     guards, ceiling - single, f"{ceiling:.1f}% of test values seen in probe training")
