@@ -9,6 +9,7 @@
     kn run data --profile cpu      # execute a chapter with papermill (or `kn run all`)
     kn sweep capacity --profile cpu  # train a chapter's sweep without the notebook (two at once share it)
     kn search r1 n2k --profile cpu   # one pre-registered setting of R1's regime search (kn.regime), resumable
+    kn search r1 all --jobs 6        # the whole search, then its confirmation on 3 seeds (one GPU or many cores)
     kn book                        # build _build/html from the committed chapters
     kn site                        # check the built pages in headless Chromium (screenshots in _build/screenshots)
 
@@ -171,11 +172,17 @@ def sweep(chapter: str = typer.Argument(..., help="capacity"),
 
 @app.command("search")
 def search(claim: str = typer.Argument(..., help="r1"),
-           setting: Optional[str] = typer.Argument(None, help="a setting of kn.regime.SETTINGS; none: list them"),
-           profile: str = typer.Option("cpu", help="cpu | smoke (its tiny equivalent)")):
+           setting: Optional[str] = typer.Argument(None, help="a setting of kn.regime.SETTINGS, or confirm (score the "
+                                                             "selected one on test_people, 3 seeds), or all (the search, "
+                                                             "then the confirmation); none: list them"),
+           profile: str = typer.Option("cpu", help="cpu | smoke (its tiny equivalent)"),
+           seed: int = typer.Option(0, help="the run's seed (the search is seed 0; seeds 1 and 2 confirm)"),
+           jobs: int = typer.Option(1, help="with all: runs at a time, each its own process"),
+           progress: bool = typer.Option(False, help="a progress bar on stderr")):
     """Run one pre-registered setting of a regime search (resumes an interrupted one; exit 75 when a
-    signal stops it), or list the settings with their expected hours, rows so far and the choice."""
-    from kn.regime import SETTINGS, expected_hours, run_setting, search_rows, selected
+    signal stops it), the confirmation, or the whole protocol; or list the settings with their
+    expected hours, rows so far and the choice."""
+    from kn.regime import SETTINGS, confirm, expected_hours, run_all, run_setting, search_rows, selected
     from kn.train import EXIT_INTERRUPTED, Interrupted
     if claim != "r1":
         raise DataError(f"claim: got {claim!r}; allowed: r1")
@@ -187,7 +194,15 @@ def search(claim: str = typer.Argument(..., help="r1"),
         typer.echo(json.dumps({"selected": selected(profile)}))
         return
     try:
-        typer.echo(json.dumps(run_setting(setting, profile)))
+        if setting == "all":
+            record = run_all(profile, jobs, log=typer.echo)
+        elif setting == "confirm":
+            record = confirm(profile, progress)
+        else:
+            typer.echo(json.dumps(run_setting(setting, profile, progress, seed)))
+            return
+        typer.echo(json.dumps({"setting": record["setting"],
+                               "test_qa": {s: r["qa"]["test"]["mean"] for s, r in record["seeds"].items()}}))
     except Interrupted as e:
         typer.echo(f"kn: {e}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)

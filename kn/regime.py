@@ -22,17 +22,25 @@ budget (ties: the earlier setting in SETTINGS). No run of the search scores test
 CONFIRMATION: the chosen setting becomes mixed_training's cpu profile and is run once on seeds
 0, 1 and 2 (`confirmation_configs`), scored on test_people; R1's verdict reads those runs.
 Entry points: `SETTINGS`, `search_config`, `run_setting` (`kn search r1 SETTING --profile cpu`,
-resumable), `search_rows`, `selected`, `confirmation_configs`, `expected_hours`.
+resumable), `search_rows`, `selected`, `confirmation_configs`, `confirm` (`kn search r1 confirm`),
+`run_all` (`kn search r1 all --jobs N`: the search, then the confirmation, N runs at a time),
+`expected_hours`.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from kn.batches import Batches
 from kn.errors import DataError
-from kn.extraction import ExtractionConfig, evaluate_model, from_profile, prepare_dataset, stage_config, train_stage
+from kn.extraction import (ExtractionConfig, evaluate_model, from_profile, majority_baseline, prepare_dataset,
+                           stage_config, train_stage)
+from kn.data.records import read_jsonl
 from kn.models import ModelConfig
 from kn.results import done, read_json, results_dir, runs_dir, write_json
 from kn.tokenize import load_tokenizer
@@ -42,6 +50,7 @@ BUDGET_HOURS = 3.0
 MIN_STEPS = 50_000
 CURVE_POINTS = 40
 CHECKPOINT_EVERY = 2_000          # steps: a run killed outright loses at most this much
+CONFIRM_SEEDS = (0, 1, 2)
 PROFILES = ("smoke", "cpu")       # the search is the cpu profile's; smoke is its tiny equivalent for tests
 # measured: the cpu profile's mixed run (GPT-2 2x128, vocab 2048, window 256, one thread, a loaded 2-core
 # machine) trained 6,829 tokens/s (book/results/mixed_training/cpu/single.json); other sizes scale by FLOPs
@@ -148,7 +157,68 @@ def selected(profile: str) -> str | None:
 
 def confirmation_configs(name: str, profile: str = "cpu") -> dict[int, ExtractionConfig]:
     """CONFIRMATION: the chosen setting on seeds 0, 1 and 2, each scored once on test_people."""
-    return {seed: search_config(name, profile, seed)[0] for seed in (0, 1, 2)}
+    return {seed: search_config(name, profile, seed)[0] for seed in CONFIRM_SEEDS}
+
+
+def confirmation_path(profile: str) -> Path:
+    return results_dir(CHAPTER, profile) / "r1-confirmation.json"
+
+
+def confirm(profile: str, progress: bool = False) -> dict:
+    """CONFIRMATION: the selected setting's runs on CONFIRM_SEEDS (each trained, resumed or read when
+    done), each final model scored once on test_people; written to r1-confirmation.json ("seeds":
+    seed -> its search row and test QA with per-person items) and returned (as it is when done)."""
+    name = selected(profile)
+    if name is None:
+        raise DataError(f"profile: no setting of the R1 search has a result at {profile!r}; "
+                        f"run `kn search r1 SETTING --profile {profile}` first")
+    config = {"setting": name, "runs": {str(s): asdict(c) for s, c in confirmation_configs(name, profile).items()}}
+    trained = [_folder(name, profile, s) / "mixed" / "train.json" for s in CONFIRM_SEEDS]
+    if (record := done(confirmation_path(profile), config, after=trained)):
+        return record
+    t0, seeds = time.perf_counter(), {}
+    for seed in CONFIRM_SEEDS:
+        row = run_setting(name, profile, progress, seed)
+        data = _folder(name, profile, seed) / "data"
+        scored = evaluate_model(_folder(name, profile, seed) / "mixed" / "model", data, splits=("test",), memorize=False)
+        seeds[str(seed)] = {"row": row, "qa": scored["qa"],
+                            "majority_baseline": majority_baseline(list(read_jsonl(data / "qa.jsonl")))}
+    write_json(confirmation_path(profile), config=config, seed=list(CONFIRM_SEEDS),
+               wall_time=time.perf_counter() - t0, setting=name, seeds=seeds)
+    return read_json(confirmation_path(profile))
+
+
+def run_all(profile: str, jobs: int, log=print) -> dict:
+    """The whole protocol, `jobs` runs at a time (each `python -m kn search r1 SETTING --seed S` in its
+    own process, its output in runs/.../r1-search/SETTING-seedS.log): every setting on seed 0, then
+    the selected setting's other CONFIRM_SEEDS, then `confirm`. A run that fails is a DataError naming
+    its log; runs already done are read, interrupted ones resume."""
+    if jobs < 1:
+        raise DataError(f"jobs: got {jobs}; allowed: an integer >= 1")
+    _parallel([(name, 0) for name in SETTINGS], profile, jobs, log)
+    name = selected(profile)
+    _parallel([(name, seed) for seed in CONFIRM_SEEDS if seed], profile, jobs, log)
+    return confirm(profile)
+
+
+def _parallel(runs: list[tuple[str, int]], profile: str, jobs: int, log) -> None:
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))}
+
+    def one(run):
+        name, seed = run
+        folder = _folder(name, profile, seed)
+        path = folder.parent / f"{folder.name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as out:
+            cmd = [sys.executable, "-m", "kn", "search", "r1", name, "--profile", profile, "--seed", str(seed), "--progress"]
+            return run, subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode, path
+
+    with ThreadPoolExecutor(jobs) as pool:
+        finished = list(pool.map(one, runs))
+    for (name, seed), code, path in finished:
+        log(f"r1 {name} seed {seed}: " + ("done" if code == 0 else f"exit {code}, see {path}"))
+    if failed := [str(p) for _, code, p in finished if code]:
+        raise DataError(f"setting: {len(failed)} run(s) failed; their logs: {', '.join(failed)}")
 
 
 def search_table(profile: str) -> tuple[list[str], list[list[str]]]:

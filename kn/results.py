@@ -58,11 +58,12 @@ def _git(*args: str, cwd: Path = PACKAGE) -> str | None:
 
 def git_state(cwd: str | Path | None = None) -> dict:
     """HEAD's commit and the patch of the package against it (tracked changes and untracked files
-    under the package folder; results written elsewhere in the tree do not count)."""
+    under the package folder; results written elsewhere in the tree do not count). A copy of a clean
+    checkout without its .git (a remote machine's) names its commit in $KN_GIT_COMMIT."""
     cwd = Path(cwd or PACKAGE)
     head = _git("rev-parse", "HEAD", cwd=cwd)
     if head is None:
-        return {"commit": None, "diff": ""}
+        return {"commit": os.environ.get("KN_GIT_COMMIT") or None, "diff": ""}
     diff = _git("diff", "HEAD", "--binary", "--", ".", cwd=cwd) or ""
     for name in (_git("ls-files", "--others", "--exclude-standard", "--", ".", cwd=cwd) or "").split("\n"):
         if name:

@@ -6,8 +6,9 @@ import pytest
 
 from kn.cli import main
 from kn.errors import DataError
-from kn.regime import (BUDGET_HOURS, MIN_STEPS, SETTINGS, expected_hours, result_path, run_setting, search_config,
-                       search_rows, search_table, selected)
+from kn.regime import (BUDGET_HOURS, CONFIRM_SEEDS, MIN_STEPS, SETTINGS, _parallel, confirm, confirmation_path,
+                       expected_hours, result_path, run_all, run_setting, search_config, search_rows, search_table,
+                       selected)
 from kn.results import write_json
 from kn.train import Interrupted
 
@@ -63,3 +64,23 @@ def test_unknown_setting_or_profile_is_one_line(roots, capsys):
     with pytest.raises(DataError, match="^profile: got 'gpu'; allowed for the R1 search: smoke, cpu"):
         search_config("n1k", "gpu")
     assert main(["search", "r2"]) == 2
+
+
+def test_the_confirmation_scores_the_selected_setting_once_on_test_people_for_three_seeds(roots, capsys):
+    with pytest.raises(DataError, match="^profile: no setting of the R1 search has a result at 'smoke'"):
+        confirm("smoke")
+    run_setting("n1k", "smoke")                                           # the search so far: n1k alone
+    lines = []
+    _parallel([("n1k", 1)], "smoke", 1, lines.append)                    # seed 1 in its own process (python -m kn)
+    assert lines == ["r1 n1k seed 1: done"] and result_path("n1k", "smoke", 1).is_file()
+    record = confirm("smoke")                                             # trains seed 2, scores all three
+    assert record["setting"] == "n1k" and set(record["seeds"]) == {str(s) for s in CONFIRM_SEEDS}
+    for seed, r in record["seeds"].items():
+        assert set(r["qa"]) == {"test", "n_test", "items"} and r["row"]["steps"] == 30, seed
+    assert record["seeds"]["1"]["row"] == run_setting("n1k", "smoke", seed=1)
+    stamp = confirmation_path("smoke").stat().st_mtime_ns
+    assert main(["search", "r1", "confirm", "--profile", "smoke"]) == 0    # done: read, not scored again
+    assert confirmation_path("smoke").stat().st_mtime_ns == stamp
+    assert '"setting": "n1k"' in capsys.readouterr().out
+    with pytest.raises(DataError, match="^jobs: got 0; allowed: an integer >= 1"):
+        run_all("smoke", 0)
