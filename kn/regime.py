@@ -19,8 +19,12 @@ the cpu profile's mixed run measured; a run's own hours are its steps' tokens ov
 tokens/s, curve points aside); a run that took longer is marked over budget and not selected.
 CRITERION: the highest validation-slice QA accuracy of the final model among the runs within
 budget (ties: the earlier setting in SETTINGS). No run of the search scores test_people.
-CONFIRMATION: the chosen setting becomes mixed_training's cpu profile and is run once on seeds
-0, 1 and 2 (`confirmation_configs`), scored on test_people; R1's verdict reads those runs.
+CONFIRMATION: the chosen setting becomes mixed_training's cpu profile and is run once more on
+seeds 1, 2 and 3 (`confirmation_configs`: fresh runs, so the search's own seed-0 run, whose luck
+helped choose it, is not scored), each scored once on test_people; R1's verdict reads those runs.
+(Written first as seeds 0, 1 and 2; changed on 2026-12-04 after the search's rows and before any
+confirmation run, when seed 0's model, trained on a GPU machine since given back, could not be
+scored: CONFIRMATION_CHANGE.)
 Entry points: `SETTINGS`, `search_config`, `run_setting` (`kn search r1 SETTING --profile cpu`,
 resumable), `search_rows`, `selected`, `confirmation_configs`, `confirm` (`kn search r1 confirm`),
 `run_all` (`kn search r1 all --jobs N`: the search, then the confirmation, N runs at a time),
@@ -50,7 +54,9 @@ BUDGET_HOURS = 3.0
 MIN_STEPS = 50_000
 CURVE_POINTS = 40
 CHECKPOINT_EVERY = 2_000          # steps: a run killed outright loses at most this much
-CONFIRM_SEEDS = (0, 1, 2)
+CONFIRM_SEEDS = (1, 2, 3)
+CONFIRMATION_CHANGE = ("2026-12-04", "confirmation seeds 0, 1, 2 -> 1, 2, 3 (fresh runs; seed 0's search model was "
+                       "left on the GPU machine), after the search rows, before any confirmation run")
 PROFILES = ("smoke", "cpu")       # the search is the cpu profile's; smoke is its tiny equivalent for tests
 # measured: the cpu profile's mixed run (GPT-2 2x128, vocab 2048, window 256, one thread, a loaded 2-core
 # machine) trained 6,829 tokens/s (book/results/mixed_training/cpu/single.json); other sizes scale by FLOPs
@@ -156,7 +162,7 @@ def selected(profile: str) -> str | None:
 
 
 def confirmation_configs(name: str, profile: str = "cpu") -> dict[int, ExtractionConfig]:
-    """CONFIRMATION: the chosen setting on seeds 0, 1 and 2, each scored once on test_people."""
+    """CONFIRMATION: the chosen setting on CONFIRM_SEEDS, each scored once on test_people."""
     return {seed: search_config(name, profile, seed)[0] for seed in CONFIRM_SEEDS}
 
 
@@ -191,13 +197,13 @@ def confirm(profile: str, progress: bool = False) -> dict:
 def run_all(profile: str, jobs: int, log=print) -> dict:
     """The whole protocol, `jobs` runs at a time (each `python -m kn search r1 SETTING --seed S` in its
     own process, its output in runs/.../r1-search/SETTING-seedS.log): every setting on seed 0, then
-    the selected setting's other CONFIRM_SEEDS, then `confirm`. A run that fails is a DataError naming
+    the selected setting on CONFIRM_SEEDS, then `confirm`. A run that fails is a DataError naming
     its log; runs already done are read, interrupted ones resume."""
     if jobs < 1:
         raise DataError(f"jobs: got {jobs}; allowed: an integer >= 1")
     _parallel([(name, 0) for name in SETTINGS], profile, jobs, log)
     name = selected(profile)
-    _parallel([(name, seed) for seed in CONFIRM_SEEDS if seed], profile, jobs, log)
+    _parallel([(name, seed) for seed in CONFIRM_SEEDS], profile, jobs, log)
     return confirm(profile)
 
 

@@ -73,7 +73,7 @@ def test_the_confirmation_scores_the_selected_setting_once_on_test_people_for_th
     lines = []
     _parallel([("n1k", 1)], "smoke", 1, lines.append)                    # seed 1 in its own process (python -m kn)
     assert lines == ["r1 n1k seed 1: done"] and result_path("n1k", "smoke", 1).is_file()
-    record = confirm("smoke")                                             # trains seed 2, scores all three
+    record = confirm("smoke")                        # trains seeds 2 and 3, scores the three (never seed 0)
     assert record["setting"] == "n1k" and set(record["seeds"]) == {str(s) for s in CONFIRM_SEEDS}
     for seed, r in record["seeds"].items():
         assert set(r["qa"]) == {"test", "n_test", "items"} and r["row"]["steps"] == 30, seed
