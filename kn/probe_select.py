@@ -24,8 +24,8 @@ caps what it can memorize, weight decay shrinks it further. Pre-registered, befo
 
 The model is frozen and has no embedding update (kn.probing's rank-2/16 update is the paper's), so
 hidden states are computed once and a grid point costs `steps` small matrix products.
-Entry points: `probe` (P or Q on a model), `run_probes` (both, on a kn.extraction run), `select_probe`,
-`probe_people`, `hidden_features`, `fit_heads`; the constants below.
+Entry points: `probe` (P or Q on a model), `run_probes` (both, on a kn.extraction run), `selection_table`,
+`select_probe`, `probe_people`, `hidden_features`, `fit_heads`; the constants below.
 """
 from __future__ import annotations
 
@@ -150,10 +150,10 @@ def predict(heads: LowRankHeads, feats: torch.Tensor, cols: np.ndarray, labels: 
 
 
 def _valid_score(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over heads of the accuracy on labelled rows; heads without any are left out (-inf: none)."""
+    """Mean over heads of the accuracy on labelled rows; heads without any are left out (NaN: none)."""
     acc = [float((pred[labels[:, h] >= 0, h] == labels[labels[:, h] >= 0, h]).mean())
            for h in range(labels.shape[1]) if (labels[:, h] >= 0).any()]
-    return float(np.mean(acc)) if acc else -math.inf
+    return float(np.mean(acc)) if acc else float("nan")
 
 
 def select_probe(feats: torch.Tensor, cols: np.ndarray, labels: np.ndarray, n_classes: list[int], groups: dict,
@@ -172,13 +172,14 @@ def select_probe(feats: torch.Tensor, cols: np.ndarray, labels: np.ndarray, n_cl
         pred = predict(fit_heads(feats, cols, labels, n_classes, fit, r, wd, steps, seed), feats, cols, labels, fit, vidx)
         for g, hs in groups.items():
             scores[g].append(_valid_score(pred[:, hs], labels[vidx][:, hs]))
-    chosen = {g: grid[int(np.argmax(s))] for g, s in scores.items()}      # argmax: the first best, grid order
+    best = {g: int(np.argmax(np.nan_to_num(s, nan=-1.0))) for g, s in scores.items()}   # the first best, grid order
+    chosen = {g: grid[i] for g, i in best.items()}
     out, every = np.full(labels.shape, -2), fit | valid
     for setting in dict.fromkeys(chosen.values()):
         heads = fit_heads(feats, cols, labels, n_classes, every, *setting, steps, seed)
         hs = np.concatenate([groups[g] for g in groups if chosen[g] == setting])
         out[:, hs] = predict(heads, feats, cols, labels, every, np.arange(len(labels)))[:, hs]
-    info = {g: {"rank": chosen[g][0], "weight_decay": chosen[g][1], "valid": max(scores[g]),
+    info = {g: {"rank": chosen[g][0], "weight_decay": chosen[g][1], "valid": scores[g][best[g]],
                 "grid": [[r, wd, s] for (r, wd), s in zip(grid, scores[g])]} for g in groups}
     return out, info
 
@@ -196,9 +197,11 @@ def _probe(model, data: ProbeData, which: str, steps: int, seed: int, device, pr
     groups = {kind: np.array([i for i, h in enumerate(heads) if h[0] == kind]) for kind in KINDS}
     pred, info = select_probe(feats, cols, labels, n_classes, groups, fit, valid, steps, seed, progress)
     sc = {h: head_scores(pred[:, i], labels[:, i], data.is_train) for i, h in enumerate(heads)}
-    cfg = ProbeConfig(rank=0, steps=steps, lr=LR, batch_size=BATCH_SIZE, seed=seed)
-    record = (p_record if which == "P" else q_record)(data, cfg, 0, steps, sc)
-    return {**record, "selection": info, "n_fit": int(fit.sum()), "n_valid": int(valid.sum()), "method": METHOD}
+    record = (p_record if which == "P" else q_record)(data, ProbeConfig(rank=0, steps=steps, seed=seed), 0, steps, sc)
+    config = {"steps": steps, "lr": LR, "batch_size": BATCH_SIZE, "ranks": RANKS, "weight_decays": WEIGHT_DECAYS,
+              "seed": seed}
+    return {**record, "config": config, "selection": info, "n_fit": int(fit.sum()), "n_valid": int(valid.sum()),
+            "method": METHOD}
 
 
 def run_probes(run_dir: str | Path, out_file: str | Path, steps: int, seed: int = 0, progress: bool = False) -> dict:
@@ -240,3 +243,20 @@ def probe(model, data, which: str, steps: int, seed: int = 0, device=None, progr
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
     return _probe(model, _as_data(data), which, steps, seed, torch.device(device), progress)
+
+
+def selection_table(results: dict) -> tuple[list[str], list[list]]:
+    """Header and rows for kn.display.markdown_table: per run, probe and kind, the chosen rank and weight
+    decay, the validation accuracy that chose them (the criterion: mean over the probe's heads, for P
+    all 36 cells) and the test accuracy (Q: mean over attributes; P: at each value's own position, the
+    diagonal, Results 4-5's ceiling); results: name -> {"p": ..., "q": ...}."""
+    pct = lambda x: "–" if x is None or math.isnan(x) else f"{100 * x:.1f}%"  # noqa: E731
+    rows = []
+    for name, record in results.items():
+        for key, probe_name in (("q", "Q, the name's last token"), ("p", "P, the value's own position")):
+            r = record[key]
+            for kind, s in r["selection"].items():
+                test = np.diag(np.array(r[kind], float)) if key == "p" else np.array(list(r[kind].values()), float)
+                rows.append([name, probe_name, kind, str(s["rank"]), f"{s['weight_decay']:g}", pct(s["valid"]),
+                             pct(float(np.nanmean(test)))])
+    return ["run", "probe", "target", "rank", "weight decay", "validation accuracy", "test accuracy"], rows

@@ -3,7 +3,7 @@ to new people where the features hold the class and stays near chance on noise; 
 the validation people and test people are predicted once, by the refit; the choice does not depend
 on test labels; ties go to the smaller rank, then the stronger decay; the people split; P and Q
 probes run end to end on a tiny trained model (run_probes writes, skips a finished file and
-re-renders without the run); bad parameters raise DataError naming them.
+re-renders without the run), and its selection table; bad parameters raise DataError naming them.
 
 Run: pytest tests/test_probe_select.py
 """
@@ -17,7 +17,8 @@ from kn.data.dataset import BiosConfig, make_dataset
 from kn.data.records import ATTRIBUTES
 from kn.errors import DataError
 from kn.models import ModelConfig
-from kn.probe_select import RANKS, WEIGHT_DECAYS, probe, probe_people, run_probes, select_probe
+from kn.probe_select import (RANKS, WEIGHT_DECAYS, probe, probe_people, run_probes, select_probe,
+                             selection_table)
 from kn.probing import load_probe_data, probe_data
 from kn.results import write_json
 from kn.train import train
@@ -118,6 +119,11 @@ def test_probes_end_to_end_write_skip_and_re_render(run_dir, tmp_path, monkeypat
         assert r["n_fit"] + r["n_valid"] == r["n_train"] and r["n_test"] == int((~data.is_train).sum())
         assert r["items"]["person"] == data.bios.person[~data.is_train].tolist()
     assert np.array(rec["p"]["whole"]).shape == (6, 6) and set(rec["q"]["whole"]) == set(ATTRIBUTES)
+    header, rows = selection_table({"a": rec, "b": rec})
+    assert len(rows) == 8 and all(len(r) == len(header) for r in rows)    # 2 runs x (Q, P) x (first, whole)
+    own = [r for r in rows if r[:3] == ["a", "P, the value's own position", "whole"]][0]
+    assert own[-1] == f"{100 * np.nanmean(np.diag(np.array(rec['p']['whole'], float))):.1f}%"
+    assert own[3] == str(rec["p"]["selection"]["whole"]["rank"])
     model = AutoModelForCausalLM.from_pretrained(str(run_dir / "pretrain" / "model"))
     np.testing.assert_equal(probe(model, data, "Q", steps=3)["whole"], rec["q"]["whole"])   # deterministic
 
