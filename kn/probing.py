@@ -30,17 +30,16 @@ Results (kind: "first" or "whole"; attr: an attribute; grids are [position j][ta
            person}, the cells where a single bio has not yet written value k (Result 4's claim).
   both     "items": {"person": [test person ids], kind: {attr: {"correct": [..], "reachable": [..]}}},
            1/0 per test person (None: no label), for intervals over people; P-probing's at the diagonal.
-Accuracies are NaN where no one is scored. `run_probes` runs both on a pretrained run and writes
-{"p": ..., "q": ...} with kn.results.write_json.
+Accuracies are NaN where no one is scored. The book's chapter probes with kn.probe_select (a low-rank
+head on cached hidden states, chosen on a validation slice), which builds the same records.
 
 Entry points: `ProbeConfig`, `probe_data` / `load_probe_data` (-> `ProbeData`), `p_probe`,
-`q_probe`, `run_probes`, `q_table`, `fit_linear_probe`; helpers `probe_targets`, `name_rows`,
-`head_scores`.
+`q_probe`, `q_table`, `fit_linear_probe`; helpers `probe_targets`, `name_rows`, `head_scores`, and
+`p_inputs` / `q_inputs` (what a probe reads) and `p_record` / `q_record` (its result from head scores).
 """
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -52,7 +51,6 @@ from tqdm.auto import tqdm
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError, check_count, check_number
 from kn.evaluate import doc_rows
-from kn.results import done, read_json, write_json
 from kn.tokenize import Encoded, ragged_gather
 
 KINDS = ("first", "whole")
@@ -93,6 +91,7 @@ class ProbeData:
     is_train: np.ndarray       # [n] bool: train_people (the rest are test_people)
     eos_id: int
     pad_id: int
+    is_valid: np.ndarray | None = None   # [n] bool: the validation slice (a subset of is_train), if any
 
     def __len__(self) -> int:
         return len(self.bios)
@@ -128,12 +127,13 @@ def probe_targets(bios: Encoded, values: dict) -> dict:
     return {"first": np.stack(first, 1), "whole": np.stack(whole, 1)}
 
 
-def _make_data(bios: Encoded, values: dict, is_train: np.ndarray, tokenizer) -> ProbeData:
+def _make_data(bios: Encoded, values: dict, is_train: np.ndarray, tokenizer, is_valid=None) -> ProbeData:
     is_train = np.asarray(is_train, dtype=bool)
     if is_train.all() or not is_train.any():
         raise DataError("is_train: probes need both train_people and test_people "
                         "(train_fraction strictly between 0 and 1)")
-    return ProbeData(bios, probe_targets(bios, values), is_train, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return ProbeData(bios, probe_targets(bios, values), is_train, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                     None if is_valid is None else np.asarray(is_valid, dtype=bool))
 
 
 def probe_data(ds) -> ProbeData:
@@ -143,7 +143,8 @@ def probe_data(ds) -> ProbeData:
     where = {int(p): i for i, p in enumerate(ds.people.ids.tolist())}
     index = np.array([where[int(p)] for p in person])
     values = {a: np.asarray(ds.people.values(a))[index] for a in ATTRIBUTES}
-    return _make_data(ds.bios_tokens.take(docs), values, ds.is_train[index], ds.tokenizer)
+    is_valid = None if ds.is_valid is None else ds.is_valid[index]
+    return _make_data(ds.bios_tokens.take(docs), values, ds.is_train[index], ds.tokenizer, is_valid)
 
 
 def load_probe_data(folder: str | Path) -> ProbeData:
@@ -158,9 +159,9 @@ def load_probe_data(folder: str | Path) -> ProbeData:
                         "rebuild the dataset")
     docs = first_docs(bios)
     values = {a: np.array([records[i]["attributes"][a] for i in docs]) for a in ATTRIBUTES}
-    split = {int(r["person"]): r["split"] != "test" for r in read_jsonl(folder / "qa.jsonl")}
-    is_train = np.array([split[int(p)] for p in bios.person[docs]])
-    return _make_data(bios.take(docs), values, is_train, load_tokenizer(folder / "tokenizer"))
+    split = {int(r["person"]): r["split"] for r in read_jsonl(folder / "qa.jsonl")}
+    names = np.array([split[int(p)] for p in bios.person[docs]])
+    return _make_data(bios.take(docs), values, names != "test", load_tokenizer(folder / "tokenizer"), names == "valid")
 
 
 def _as_data(data) -> ProbeData:
@@ -398,20 +399,17 @@ def _summary(data: ProbeData, cfg: ProbeConfig, rank: int, steps: int, own: dict
             "items": {"person": data.bios.person[~data.is_train].tolist(), **items}}
 
 
-def p_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, device=None, **overrides) -> dict:
-    """P-probing (Result 4): test accuracy [position attribute j][target attribute k] per kind.
-
-    data: ProbeData, a BiosDataset or a dataset folder; overrides: ProbeConfig fields. Returns
-    {"first": 6x6, "whole": 6x6, "train", "reachable", "n_reachable": {kind: 6x6}, "chance",
-    "ceiling": {kind: {attr: .}}, "items", "positions", "targets", "n_train", "n_test", "rank",
-    "steps", ...} (module docstring).
-    """
-    data, cfg, rank, device = _setup(model, data, cfg, overrides, device, "P-probe")
+def p_inputs(data: ProbeData):
+    """P-probing's reads: rows(idx) -> (ids, mask) of the biographies and the read positions [n, 6]
+    (the token just before each value)."""
     # value j starts at document token s: after the leading EOS, row position s holds token s - 1
     pos = np.stack([data.bios.spans[a][:, 0, 0] for a in ATTRIBUTES], 1)       # [n, 6]
     rows = lambda idx: doc_rows(data.bios, idx, data.eos_id, data.pad_id)[:2]  # noqa: E731
-    heads = [(kind, j, k) for kind in cfg.kinds for j in range(6) for k in range(6)]
-    sc, steps = _train_heads(model, data, rows, pos, heads, cfg, rank, device, progress, "P-probe")
+    return rows, pos
+
+
+def p_record(data: ProbeData, cfg: ProbeConfig, rank: int, steps: int, sc: dict) -> dict:
+    """P-probing's result from the scores of every head (kind, j, k) (head_scores, fit on data.is_train)."""
     grid = lambda kind, key: [[sc[(kind, j, k)][key] for k in range(6)] for j in range(6)]  # noqa: E731
     ahead = [[j, k] for j in range(6) for k in range(6) if j < k]   # single: value k not yet written at j
     return {**{kind: grid(kind, "test") for kind in cfg.kinds},
@@ -422,6 +420,40 @@ def p_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, 
             **_summary(data, cfg, rank, steps, {(kind, k): sc[(kind, k, k)] for kind in cfg.kinds for k in range(6)})}
 
 
+def p_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, device=None, **overrides) -> dict:
+    """P-probing (Result 4): test accuracy [position attribute j][target attribute k] per kind.
+
+    data: ProbeData, a BiosDataset or a dataset folder; overrides: ProbeConfig fields. Returns
+    {"first": 6x6, "whole": 6x6, "train", "reachable", "n_reachable": {kind: 6x6}, "chance",
+    "ceiling": {kind: {attr: .}}, "items", "positions", "targets", "n_train", "n_test", "rank",
+    "steps", ...} (module docstring).
+    """
+    data, cfg, rank, device = _setup(model, data, cfg, overrides, device, "P-probe")
+    rows, pos = p_inputs(data)
+    heads = [(kind, j, k) for kind in cfg.kinds for j in range(6) for k in range(6)]
+    sc, steps = _train_heads(model, data, rows, pos, heads, cfg, rank, device, progress, "P-probe")
+    return p_record(data, cfg, rank, steps, sc)
+
+
+def q_inputs(data: ProbeData):
+    """Q-probing's reads: rows(idx) -> (ids, mask) of EOS + name, and the name's last token [n, 1]."""
+    ids, mask, last = name_rows(data.bios, data.eos_id, data.pad_id)
+
+    def rows(idx):
+        width = int(last[idx].max()) + 1
+        return ids[idx, :width], mask[idx, :width]
+    return rows, last[:, None]
+
+
+def q_record(data: ProbeData, cfg: ProbeConfig, rank: int, steps: int, sc: dict) -> dict:
+    """Q-probing's result from the scores of every head (kind, 0, k) (head_scores, fit on data.is_train)."""
+    per = lambda kind, key: {a: sc[(kind, 0, k)][key] for k, a in enumerate(ATTRIBUTES)}  # noqa: E731
+    return {**{kind: per(kind, "test") for kind in cfg.kinds},
+            **{key: {kind: per(kind, key) for kind in cfg.kinds} for key in ("train", "reachable", "n_reachable")},
+            "position": "the name's last token (input: EOS + name)",
+            **_summary(data, cfg, rank, steps, {(kind, k): sc[(kind, 0, k)] for kind in cfg.kinds for k in range(6)})}
+
+
 def q_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, device=None, **overrides) -> dict:
     """Q-probing (Result 5): from the name alone, test accuracy per target attribute and kind.
 
@@ -429,18 +461,10 @@ def q_probe(model, data, cfg: ProbeConfig | None = None, progress: bool = True, 
     "n_reachable": {kind: {attr: .}}, "items", ...} (module docstring).
     """
     data, cfg, rank, device = _setup(model, data, cfg, overrides, device, "Q-probe")
-    ids, mask, last = name_rows(data.bios, data.eos_id, data.pad_id)
-
-    def rows(idx):
-        width = int(last[idx].max()) + 1
-        return ids[idx, :width], mask[idx, :width]
+    rows, pos = q_inputs(data)
     heads = [(kind, 0, k) for kind in cfg.kinds for k in range(6)]
-    sc, steps = _train_heads(model, data, rows, last[:, None], heads, cfg, rank, device, progress, "Q-probe")
-    per = lambda kind, key: {a: sc[(kind, 0, k)][key] for k, a in enumerate(ATTRIBUTES)}  # noqa: E731
-    return {**{kind: per(kind, "test") for kind in cfg.kinds},
-            **{key: {kind: per(kind, key) for kind in cfg.kinds} for key in ("train", "reachable", "n_reachable")},
-            "position": "the name's last token (input: EOS + name)",
-            **_summary(data, cfg, rank, steps, {(kind, k): sc[(kind, 0, k)] for kind in cfg.kinds for k in range(6)})}
+    sc, steps = _train_heads(model, data, rows, pos, heads, cfg, rank, device, progress, "Q-probe")
+    return q_record(data, cfg, rank, steps, sc)
 
 
 def fit_linear_probe(features, labels, is_train, steps: int = 200, lr: float = 1e-2, batch_size: int = 64,
@@ -460,38 +484,6 @@ def fit_linear_probe(features, labels, is_train, steps: int = 200, lr: float = 1
     feats = lambda idx: x[torch.as_tensor(idx)][:, None, :]  # noqa: E731
     with tqdm(disable=True) as bar:
         return head_scores(_fit(probe, feats, y[:, None], is_train, cfg, steps, seed, bar)[:, 0], y, is_train)["test"]
-
-
-def run_probes(run_dir: str | Path, out_file: str | Path, rank_p: int, rank_q: int, epochs: float, seed: int = 0,
-               progress: bool = False) -> dict:
-    """P- and Q-probes of the pretrained model run_dir/pretrain/model on the dataset run_dir/data (a
-    kn.extraction run), on the GPU when there is one; writes {"p": p_probe, "q": q_probe} to out_file
-    with write_json and returns the record. A finished out_file of the same config (run name,
-    model's training time, ranks, epochs, seed) is returned as it is; so is one of the same run, ranks,
-    epochs and seed when run_dir is gone (a page re-rendered from its committed files)."""
-    run_dir = Path(run_dir)
-    same = {"run": run_dir.name, "rank_p": rank_p, "rank_q": rank_q, "epochs": epochs, "seed": seed}
-    if not run_dir.exists() and Path(out_file).is_file():
-        record = read_json(out_file)
-        if {k: record["provenance"]["config"].get(k) for k in same} == same:
-            return record
-    if not (run_dir / "pretrain" / "model").is_dir() or not (run_dir / "data").is_dir():
-        raise DataError(f"run_dir: {str(run_dir)!r} needs pretrain/model and data (a kn.extraction run); "
-                        "train it first")
-    trained = run_dir / "pretrain" / "train.json"
-    model_at = read_json(trained)["provenance"]["written_at"] if trained.is_file() else None   # retrained: probe again
-    config = {"run": run_dir.name, "model_written_at": model_at, "rank_p": rank_p, "rank_q": rank_q, "epochs": epochs,
-              "seed": seed}
-    if (record := done(out_file, config)) is not None:
-        return record
-    from transformers import AutoModelForCausalLM
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "pretrain" / "model")).to(device)
-    data, start = load_probe_data(run_dir / "data"), time.perf_counter()
-    common = dict(epochs=epochs, seed=seed, progress=progress)
-    p = p_probe(model, data, rank=rank_p, **common)
-    q = q_probe(model, data, rank=rank_q, **common)
-    return read_json(write_json(out_file, config=config, seed=seed, wall_time=time.perf_counter() - start, p=p, q=q))
 
 
 def q_table(results: dict, kind: str = "whole") -> tuple[list[str], list[list]]:

@@ -124,23 +124,39 @@ def test_result_without_items_is_inconclusive(tmp_path, monkeypatch):
     assert row("Part 3.1, R1")["verdict"] == "inconclusive" and "re-run" in row("Part 3.1, R1")["ours"]
 
 
-def probe(share, ceiling, n=300, seed=0):
+SELECTED = {"selection": {"first": {}, "whole": {}}, "n_fit": 240, "n_valid": 60}   # kn.probe_select's people
+
+
+def probe(share, own, n=300, seed=0, n_fit=240):
+    """A probing result: Q-probe whole values right with probability share; the P-probe reads `own` at
+    each value's own position (the diagonal: the claim's ceiling)."""
     rng = np.random.default_rng(seed)
     correct = {a: (rng.random(n) < share).astype(int).tolist() for a in ATTRIBUTES}
-    return {"q": {"whole": {a: share for a in ATTRIBUTES}, "ceiling": {"whole": {a: ceiling for a in ATTRIBUTES}},
-                  "items": {"person": list(range(n)), "whole": {a: {"correct": correct[a]} for a in ATTRIBUTES}}}}
+    diag = [[own if j == k else 0.0 for k in range(6)] for j in range(6)]
+    return {"q": {"whole": {a: share for a in ATTRIBUTES}, **SELECTED, "n_fit": n_fit,
+                  "items": {"person": list(range(n)), "whole": {a: {"correct": correct[a]} for a in ATTRIBUTES}}},
+            "p": {"whole": diag, **SELECTED}}
 
 
-def test_q_probe_claim_and_its_ceiling(tmp_path, monkeypatch):
+def test_q_probe_claim_its_ceiling_and_guards(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
     for a in ("single", "multi5+permute"):
         write(tmp_path, "augmentation", "cpu", a, result(0.5))
     write(tmp_path, "probing", "cpu", "single", probe(0.01, 0.9))
     write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.8, 0.9, seed=1))
     r5 = row("Part 3.1, R5")
-    assert r5["verdict"] == "reproduced" and "90.0% of test values seen" in r5["ceiling"]
-    write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.2, 0.23, seed=1))   # the old cpu regime
+    assert r5["verdict"] == "reproduced" and "90.0%: the probe at the value's own position" in r5["ceiling"]
+    assert "multi5+permute: Q-probe fit on 240.0 people (>= 200)" in r5["guards"]
+    write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.2, 0.25, seed=1))   # a probe that reads little
     assert row("Part 3.1, R5")["verdict"] == "inconclusive" and "ceiling" in row("Part 3.1, R5")["why"]
+    write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.1, 0.9, seed=1))    # it reads, the name does not
+    assert row("Part 3.1, R5")["verdict"] == "not reproduced"
+    write(tmp_path, "probing", "cpu", "single", probe(0.01, 0.9, n_fit=150))
+    assert row("Part 3.1, R5")["verdict"] == "inconclusive" and "FAILED" in row("Part 3.1, R5")["why"]
+    old = probe(0.01, 0.9)
+    del old["q"]["selection"]                                                       # the rank-0 probes' result
+    write(tmp_path, "probing", "cpu", "single", old)
+    assert row("Part 3.1, R5")["verdict"] == "inconclusive" and "re-run the probing chapter" in row("Part 3.1, R5")["why"]
 
 
 def test_celebrity_gain_and_bidirectional_budget(tmp_path, monkeypatch):
@@ -392,13 +408,14 @@ def test_r3_thresholds_lowered_after_results_are_in_the_history():
     assert next(c for c in CLAIMS if c.source == "Part 3.1, R3").rule == Rule("at_least", 50)
 
 
-def probe_result(share_ahead, n=200, seed=0):
-    """A probing result whose P-probe answers the cells ahead of the value with probability share_ahead."""
+def probe_result(share_ahead, n=200, seed=0, own=0.9):
+    """A probing result whose P-probe answers the cells ahead of the value with probability share_ahead
+    and reads `own` at each value's own position."""
     rng = np.random.default_rng(seed)
     cells = [[j, k] for j in range(6) for k in range(6) if j < k]
     first = [[int(v) for v in rng.random(n) < share_ahead] for _ in cells]
-    ceiling = {"first": {a: 0.9 for a in ATTRIBUTES}}
-    return {"p": {"items_ahead": {"person": list(range(n)), "cells": cells, "first": first}, "ceiling": ceiling}}
+    diag = [[own if j == k else share_ahead for k in range(6)] for j in range(6)]
+    return {"p": {"items_ahead": {"person": list(range(n)), "cells": cells, "first": first}, "first": diag, **SELECTED}}
 
 
 def test_p_probe_row_reads_the_cells_before_the_value_is_written(tmp_path, monkeypatch):
@@ -406,8 +423,10 @@ def test_p_probe_row_reads_the_cells_before_the_value_is_written(tmp_path, monke
     write(tmp_path, "probing", "cpu", "single", probe_result(0.05))
     write(tmp_path, "probing", "cpu", "multi5+permute", probe_result(0.8, seed=1))
     r4 = row("Part 3.1, R4")
-    assert r4["verdict"] == "reproduced" and r4["chapter"] == "probing" and "90.0% of test first tokens" in r4["ceiling"]
+    assert r4["verdict"] == "reproduced" and r4["chapter"] == "probing" and "90.0%: the probe at" in r4["ceiling"]
     write(tmp_path, "probing", "cpu", "multi5+permute", probe_result(0.1, seed=1))
     assert row("Part 3.1, R4")["verdict"] == "not reproduced"
+    write(tmp_path, "probing", "cpu", "multi5+permute", probe_result(0.8, seed=1, own=0.3))
+    assert row("Part 3.1, R4")["verdict"] == "inconclusive" and "ceiling" in row("Part 3.1, R4")["why"]
     write(tmp_path, "probing", "cpu", "single", {"p": {"ceiling": {}}})       # a result from before the items
     assert row("Part 3.1, R4")["verdict"] == "inconclusive" and "re-run the probing chapter" in row("Part 3.1, R4")["why"]

@@ -2,8 +2,8 @@
 biographies; P-probing reads the token just before each value and Q-probing the name's last token
 (checked on mock models that 'see' the next or the current token); ceiling and reachable accuracy
 on hand-built cases (one with ceiling 0); per-person items follow the person ids; p_probe and
-q_probe run end to end on a tiny trained model, leave it untouched and are deterministic;
-run_probes writes them and skips a finished file; bad parameters raise DataError naming them.
+q_probe run end to end on a tiny trained model, leave it untouched and are deterministic; bad
+parameters raise DataError naming them. (The chapter's probes, kn.probe_select: tests/test_probe_select.py.)
 
 Run: pytest tests/test_probing.py
 """
@@ -15,13 +15,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from kn import probing
 from kn.data.dataset import BiosConfig, make_dataset
 from kn.data.records import ATTRIBUTES
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.probing import (ProbeConfig, ProbeData, fit_linear_probe, head_scores, load_probe_data, name_rows, p_probe,
-                        probe_data, q_probe, q_table, run_probes)
+                        probe_data, q_probe, q_table)
 from kn.train import train
 from kn.train_config import TrainConfig
 
@@ -253,25 +252,6 @@ def test_bad_data_and_features():
         fit_linear_probe(np.zeros((4, 2)), np.zeros(4, int), np.ones(4, bool))
 
 
-def test_run_probes_writes_and_skips_when_done(model, data, run_dir, tmp_path, monkeypatch):
-    out = tmp_path / "probes.json"
-    rec = run_probes(run_dir, out, rank_p=0, rank_q=0, epochs=1, seed=0)
-    direct = q_probe(model, data, rank=0, epochs=1, seed=0, progress=False)
-    np.testing.assert_equal(rec["q"]["whole"], direct["whole"])
-    assert rec["q"]["items"] == direct["items"] and rec["p"]["rank"] == 0
-    assert rec["provenance"]["config"]["epochs"] == 1 and rec["provenance"]["seed"] == 0
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("probed again")
-    monkeypatch.setattr(probing, "p_probe", refuse)
-    monkeypatch.setattr(probing, "q_probe", refuse)
-    np.testing.assert_equal(run_probes(run_dir, out, rank_p=0, rank_q=0, epochs=1, seed=0), rec)
-    with pytest.raises(AssertionError, match="probed again"):      # another config: computed again
-        run_probes(run_dir, out, rank_p=0, rank_q=0, epochs=2, seed=0)
-    with pytest.raises(DataError, match="^run_dir:"):
-        run_probes(tmp_path, out, rank_p=0, rank_q=0, epochs=1)
-
-
 def test_q_table_rows_per_run_and_attribute():
     per = lambda v: {a: v for a in ATTRIBUTES}  # noqa: E731
     q = {"targets": list(ATTRIBUTES), "whole": per(0.25), "ceiling": {"whole": per(0.5)},
@@ -282,17 +262,3 @@ def test_q_table_rows_per_run_and_attribute():
     assert [r[:2] for r in rows[5:7]] == [["single", ATTRIBUTES[5]], ["multi5", ATTRIBUTES[0]]]
     by_attribute = {r[1]: r[2:] for r in rows[:6]}
     assert by_attribute["birth_date"] == ["25%", "50%", "– (0)", "10%"] and by_attribute["major"][2] == "50% (4)"
-
-
-def test_probes_re_render_from_their_committed_result(tmp_path):
-    """With the run folder gone, a finished probe result of the same run, ranks, epochs and seed is
-    returned as it is (the page re-renders); other settings need the model and say so in one line."""
-    from kn.errors import DataError
-    from kn.probing import run_probes
-    from kn.results import write_json
-    out = tmp_path / "single.json"
-    write_json(out, config={"run": "single", "model_written_at": "t", "rank_p": 0, "rank_q": 0, "epochs": 5, "seed": 0},
-               p={"marker": 1}, q={})
-    assert run_probes(tmp_path / "gone" / "single", out, rank_p=0, rank_q=0, epochs=5)["p"] == {"marker": 1}
-    with pytest.raises(DataError, match="^run_dir"):
-        run_probes(tmp_path / "gone" / "single", out, rank_p=2, rank_q=0, epochs=5)

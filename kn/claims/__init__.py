@@ -139,6 +139,10 @@ RULE_CHANGES = [
                f"LoRA held-out >= 50% -> LoRA minus full finetuning inside 0 +- {LORA_MARGIN:g} points",
                Rule("at_least", 50), old_measure=test_accuracy("multi5+permute LoRA")),
     RuleChange("Part 3.1, R5", "Q-probing", "2026-12-01", "threshold 50 -> 30 points", Rule("at_least", 50, " points")),
+    *[RuleChange("Part 3.1, R" + r, start, "2026-12-04", "probe: a full linear head fit on train_people, ceiling the "
+                 "share of test values seen in its training -> a low-rank head chosen on the validation slice "
+                 "(kn.probe_select), guards on its people, ceiling its test accuracy at the value's own position",
+                 same_quantity=False) for r, start in (("4", "P-probing"), ("5", "Q-probing"))],
     *[RuleChange("Xu & Chen", start, "2026-12-01", "guards added (train_people QA >= 80%, bios memorized >= 90%)",
                  had_guards=False) for start in ("One layer", "Low-rank", "The finetuning")],
     RuleChange("Part 3.1, R7", "A bidirectional", "2026-12-01",

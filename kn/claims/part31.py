@@ -11,7 +11,7 @@ import numpy as np
 
 from kn.claims.rules import Check, Evidence, NoInterval, load
 from kn.data.records import ATTRIBUTES
-from kn.guards import GUARD_MEMORIZED, GUARD_TRAIN_QA
+from kn.guards import GUARD_MEMORIZED, GUARD_PROBE_FIT, GUARD_PROBE_VALID, GUARD_TRAIN_QA
 from kn.intervals import accuracy_gap, bootstrap, mean_accuracy, paired_gap, person_table
 from kn.results import results_dir
 
@@ -71,46 +71,63 @@ def lora_gap(folder):
                     _qa_guards(lora, "LoRA") + _qa_guards(full, "full finetune"))
 
 
+def _probe_runs(folder, key: str) -> dict:
+    """The P- ("p") or Q-probe ("q") results of single and multi5+permute, made by kn.probe_select."""
+    runs = {a: load(folder, a)[key] for a in ("multi5+permute", "single")}
+    if any("selection" not in r for r in runs.values()):
+        raise NoInterval("probe results from before the validation-slice probes (kn.probe_select): "
+                         "re-run the probing chapter")
+    return runs
+
+
+def _probe_guards(folder, runs: dict, what: str) -> tuple[Check, ...]:
+    """Each probed model memorized its bios (its augmentation result, where present); each probe fit on
+    >= GUARD_PROBE_FIT people and chose its rank and weight decay on >= GUARD_PROBE_VALID others."""
+    aug = results_dir("augmentation", folder.name)
+    memorized = tuple(Check(f"{a}: bios memorized", 100 * load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
+                      for a in runs if (aug / f"{a}.json").is_file())
+    people = tuple(c for a, r in runs.items() for c in (
+        Check(f"{a}: {what} fit on", r["n_fit"], GUARD_PROBE_FIT, " people"),
+        Check(f"{a}: {what} chosen on validation", r["n_valid"], GUARD_PROBE_VALID, " people")))
+    return memorized + people
+
+
+def own_position(p: dict, kind: str, attrs) -> float:
+    """The probe's held-out accuracy (%) where the model holds the value: the P-probe at each value's
+    own position (the diagonal; the token before the value, which a model that memorized its bios
+    predicts), mean over the attribute indices attrs (kn.probe_select: Results 4-5's ceiling)."""
+    return 100 * float(np.nanmean([p[kind][k][k] for k in attrs]))
+
+
 def p_probe_ahead(folder):
     """P-probe (first token) at the positions before a value that single bios have not yet written
-    (position j < attribute k): multi5+permute minus single, resampled over test people, with the
-    ceiling of what a probe trained on train_people can name."""
-    aug = results_dir("augmentation", folder.name)
-    runs = {a: load(folder, a)["p"] for a in ("multi5+permute", "single")}
-    if any("items_ahead" not in p for p in runs.values()):
-        raise NoInterval("P-probe results without per-person items ahead of the value: re-run the probing chapter")
+    (position j < attribute k): multi5+permute minus single, resampled over test people; ceiling: the
+    same probe on multi5+permute at each value's own position."""
+    runs = _probe_runs(folder, "p")
     tables = [np.array([[np.nan if v is None else v for v in cell] for cell in p["items_ahead"]["first"]], float).T
               for p in runs.values()]
     est = accuracy_gap(*tables)
     multi = runs["multi5+permute"]
-    ceiling = 100 * float(np.mean([multi["ceiling"]["first"][ATTRIBUTES[k]] for _, k in multi["items_ahead"]["cells"]]))
+    ceiling = own_position(multi, "first", [k for _, k in multi["items_ahead"]["cells"]])
     single = mean_accuracy(tables[1])
-    guards = _memorized(aug, runs)
     return Evidence(est, f"P-probe before the value is written: {single:.1f}% (single) vs {mean_accuracy(tables[0]):.1f}% "
                          f"(multi5+permute), first token: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
-                    guards, ceiling - single, f"{ceiling:.1f}% of test first tokens seen in probe training")
+                    _probe_guards(folder, runs, "P-probe"), ceiling - single,
+                    f"{ceiling:.1f}%: the probe at the value's own position, multi5+permute test_people")
 
-
-def _memorized(aug, runs) -> tuple:
-    """The probes' guards: each probed model memorized its bios (its augmentation result, where present)."""
-    return tuple(Check(f"{a}: bios memorized", 100 * load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
-                 for a in runs if (aug / f"{a}.json").is_file())
 
 def q_probe_gap(folder):
-    """Q-probe whole-value accuracy, multi5+permute minus single, with the ceiling of what a probe
-    trained on train_people can name (the share of test values seen in probe training)."""
-    aug = results_dir("augmentation", folder.name)
-    runs = {a: load(folder, a) for a in ("multi5+permute", "single")}
-    if any("items" not in r["q"] for r in runs.values()):
-        raise NoInterval("probe results without per-person items: re-run the probing chapter")
-    tables = [np.array([r["q"]["items"]["whole"][a]["correct"] for a in ATTRIBUTES], float).T for r in runs.values()]
+    """Q-probe whole-value accuracy, multi5+permute minus single, resampled over test people; ceiling:
+    the same probe on multi5+permute at each value's own position in the biography."""
+    runs = _probe_runs(folder, "q")
+    tables = [np.array([q["items"]["whole"][a]["correct"] for a in ATTRIBUTES], float).T for q in runs.values()]
     est = accuracy_gap(*tables)
-    ceiling = 100 * float(np.mean([runs["multi5+permute"]["q"]["ceiling"]["whole"][a] for a in ATTRIBUTES]))
+    ceiling = own_position(load(folder, "multi5+permute")["p"], "whole", range(len(ATTRIBUTES)))
     single = mean_accuracy(tables[1])
-    guards = _memorized(aug, runs)
     return Evidence(est, f"Q-probe {single:.1f}% (single) vs {mean_accuracy(tables[0]):.1f}% (multi5+permute): "
                          f"gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]",
-                    guards, ceiling - single, f"{ceiling:.1f}% of test values seen in probe training")
+                    _probe_guards(folder, runs, "Q-probe"), ceiling - single,
+                    f"{ceiling:.1f}%: the probe at the value's own position, multi5+permute test_people")
 
 
 TWIN_KEYS = ("exposures", "window", "batch_size", "lr", "finetune_exposures", "finetune_lr")
