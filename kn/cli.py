@@ -1,6 +1,7 @@
 """The `kn` command: parses arguments and calls the library, nothing more.
 
     kn data bios --kind bioS --n 1000 --augment multi5+permute --seed 0 --out data/bios
+    kn data bios --n 1000 --augment multi5+permute --variant hard --out data/hard   # kn.data.bios.VARIANTS
     kn data import other_bios.jsonl --out data/imported --skip-bad
     kn data biod --n 1000 --k 4 --c 2 --d 100 --l 2 --t 50 --out data/biod
     kn data injection --n-paragraphs 40 --out data/injection
@@ -54,10 +55,17 @@ def data_bios(kind: str = typer.Option("bioS", help="bioS | bioR"),
               n_celebrity: int = typer.Option(0, help="Result 6: celebrities added beside the n (minority) people"),
               celebrity_augment: str = "multi5+permute",
               valid_fraction: float = typer.Option(0.0, help=VALID_HELP),
+              variant: Optional[str] = typer.Option(None, help="bioS style preset: kn | mid | they | long | hard (all three)"),
+              value_position: Optional[str] = typer.Option(None, help="kn | mid: more values mid-sentence or possessive"),
+              pronouns: Optional[str] = typer.Option(None, help="gendered | mixed: they/their after He/She"),
+              length: Optional[str] = typer.Option(None, help="kn | long: filler sentences between the facts"),
               overwrite: bool = typer.Option(False, help="replace the dataset already in --out")):
-    """Biographies, QA, tokenizer and token arrays (bioS or bioR-style)."""
+    """Biographies, QA, tokenizer and token arrays (bioS or bioR-style). The style options override --variant's."""
+    from kn.data.bios import variant_style
     from kn.data.dataset import BiosConfig, make_dataset
-    cfg = BiosConfig(kind, n, augment, seed, train_fraction, vocab_size, n_celebrity, celebrity_augment, valid_fraction)
+    style = variant_style(variant, value_position=value_position, pronouns=pronouns, length=length)
+    cfg = BiosConfig(kind, n, augment, seed, train_fraction, vocab_size, n_celebrity, celebrity_augment, valid_fraction,
+                     **style)
     ds = make_dataset(cfg, out, overwrite=overwrite)
     _summary(out, people=len(ds.people), bios=len(ds.bios), qa=len(ds.qa), tokens=int(len(ds.bios_tokens.ids)))
 

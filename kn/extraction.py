@@ -81,7 +81,7 @@ class ExtractionConfig:
 
 def from_profile(profile: str, **overrides) -> ExtractionConfig:
     """The profile's settings for Part 3.1 experiments, with overrides: dataset keys (n, kind,
-    augment, n_celebrity), `model` (a ModelConfig or dict) or any ExtractionConfig field; an unknown
+    augment, n_celebrity, the bioS style options of kn.data.bios.STYLE), `model` (a ModelConfig or dict) or any ExtractionConfig field; an unknown
     key is a DataError naming it (kn.profiles.KEYS). A table's `mixed_exposures` is the exposures of
     setting="mixed" runs."""
     s = settings("extraction", profile, **overrides)
@@ -93,7 +93,8 @@ def from_profile(profile: str, **overrides) -> ExtractionConfig:
     return ExtractionConfig(data=data, model=model if isinstance(model, ModelConfig) else ModelConfig(**model), **s)
 
 
-DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction", "valid_fraction")
+DATA_KEYS = ("n", "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction", "valid_fraction",
+             "value_position", "pronouns", "length")
 
 
 def _bios_per_person(cfg: ExtractionConfig) -> float:

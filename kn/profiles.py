@@ -19,10 +19,11 @@ _PEOPLE = ("n", "vocab_size")   # the dataset's size and tokenizer (kn.data.data
 KEYS = {
     "data": ("n", "n_biod", "n_paragraphs"),
     "extraction": (*_PEOPLE, "kind", "augment", "n_celebrity", "celebrity_augment", "train_fraction",   # BiosConfig
-                   "valid_fraction", "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr",
+                   "valid_fraction", "value_position", "pronouns", "length", "setting", "model", "exposures", "qa_fraction", "batch_size", "window", "lr",
                    "weight_decay", "warmup_people", "warmup_people_steps", "curve_points", "curve_people",
                    "mixed_exposures", "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size",
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
+    "augmentation": ("augments", "variants"),
     "probing": ("steps",),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr"),
     "celebrity": ("n",),
@@ -69,6 +70,18 @@ TABLES = {
                 "window": 512, "batch_size": 64, "exposures": 200, "lr": 1e-3, "finetune_exposures": 20},
         "paper": {"n": 100000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 512},
                   "window": 512, "batch_size": 96, "exposures": 540, "lr": 1e-3, "finetune_exposures": 20},
+    },
+    # Part 3.1 Results 2-3, the augmentation chapter (kn.augmentation): the augmentations run on kn's bioS,
+    # and the bioS variants (kn.data.bios.VARIANTS) on which single and multi5+permute run again. At cpu each
+    # pretraining is ~15 min on 2 cores (hard's bios are ~1/4 longer): the claims' pair and the LoRA finetune on
+    # kn's data, the pair on "hard" (Result 3 on harder bios, issue 22). class runs the pair on each property
+    # alone as well (mid, they, long: which one makes kn's data easier), ~30 min, above class's 10 min.
+    "augmentation": {
+        "smoke": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"]},
+        "class": {"augments": ["single", "multi5+permute"], "variants": ["hard", "mid", "they", "long"]},
+        "cpu": {"augments": ["single", "multi5+permute"], "variants": ["hard"]},
+        "gpu": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"]},
+        "paper": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"]},
     },
     # Part 3.1 Results 4-5: optimizer steps of each probe fit (kn.probe_select: a low-rank head chosen on
     # the validation slice; rank-0 full heads and the paper's rank-2/16 embedding updates, fit on a few

@@ -57,6 +57,12 @@ CLAIMS = [
     Claim("Part 3.1, R3", "Knowledge augmentation (multi5+permute) makes it extractable after finetuning",
           f"{paper.PART31_MEAN['R3 multi5+permute, pretrain + finetune']}%", "augmentation",
           test_accuracy("multi5+permute"), Rule("at_least", 50)),
+    # issue 22: written before any run of the hard variant; the rule is R3's (held-out >= 50%), since the
+    # paper's claim is about knowledge augmentation, not about one generator's sentences
+    Claim("Part 3.1, R3 (hard bios)", "Knowledge augmentation (multi5+permute) works on harder bioS too: values "
+          "mid-sentence, they/their after He/She, filler sentences (kn.data.bios variant 'hard')",
+          f"{paper.PART31_MEAN['R3 multi5+permute, pretrain + finetune']}%", "augmentation",
+          test_accuracy("multi5+permute hard"), Rule("at_least", 50)),
     Claim("Part 3.1, R3 (LoRA)", "LoRA finetuning extracts about as well as full finetuning (multi5+permute)",
           "similar to full finetune", "augmentation", lora_gap, Rule("within", 0, " points", LORA_MARGIN)),
     Claim("Part 3.1, R4", "P-probing: multi5+permute stores every attribute before its value is written; single does not",

@@ -9,6 +9,13 @@ name in the first sentence, a pronoun after. Augmentations, joined with '+':
   fullname    every pronoun replaced by the full name
 The name always sits in whichever sentence comes first. Entry point: `make_bios(people, augment, seed)`.
 Composition is vectorised: a biography is a row of piece ids (kn.data.compose).
+
+Styles (STYLE; each default is kn's bioS, byte for byte) ablate how another bioS generator's text
+differs from kn's (issue 22): value_position="mid" swaps 10 of each attribute's templates that end
+on the value for 10 with the value mid-sentence or possessive (32 -> 92 of 291); pronouns="mixed"
+writes, in each sentence after the first, they/their/them (verbs agreeing) instead of he/she with
+probability THEY_SHARE; length="long" follows each sentence with a filler sentence (no person, no
+value) with probability FILLER_SHARE. VARIANTS names presets: "hard" turns all three on.
 """
 from __future__ import annotations
 
@@ -33,6 +40,18 @@ VALUE = -2                                 # code of the {value} slot
 SLOT_CODE = {s: -3 - i for i, s in enumerate(PERSON_SLOTS)}
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _AUGMENT = re.compile(r"^(single|fullname|multi(\d+)|permute(\d*))$")
+
+STYLE = {"value_position": ("kn", "mid"), "pronouns": ("gendered", "mixed"), "length": ("kn", "long")}  # first: default
+VARIANTS = {"kn": {}, "mid": {"value_position": "mid"}, "they": {"pronouns": "mixed"}, "long": {"length": "long"},
+            "hard": {"value_position": "mid", "pronouns": "mixed", "length": "long"}}
+THEY_SHARE = 0.5          # of the sentences after the first
+FILLER_SHARE = 1 / 3      # of the sentences: ~+23% tokens a bio, the other generator's +22% (85 vs 70)
+THEY = {"Subj": " They", "subj": " they", "Poss": " Their", "poss": " their", "obj": " them"}
+# third-person verbs that follow a subject slot in the templates, and their form after "they"
+THEY_VERBS = {"was": "were", "is": "are", "has": "have", "celebrates": "celebrate", "lists": "list", "hails": "hail",
+              "traces": "trace", "comes": "come", "names": "name", "holds": "hold", "counts": "count",
+              "calls": "call", "speaks": "speak"}
+_SUBJECT_VERB = re.compile(r"(\{[Ss]ubj\} (?:(?:proudly|originally|first|still|always|never) )?)(\w+)")
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,43 @@ def parse_augment(augment: str) -> Augment:
     return Augment(multi, permute, fullname)
 
 
+def check_style(**style) -> dict:
+    """The STYLE options with `style` on top of the defaults; DataError naming an unknown option or value."""
+    out = {k: v[0] for k, v in STYLE.items()}
+    for key, value in style.items():
+        if key not in STYLE:
+            raise DataError(f"{key}: unknown bioS style option; allowed: {', '.join(STYLE)}")
+        if value not in STYLE[key]:
+            raise DataError(f"{key}: got {value!r}; allowed: {', '.join(STYLE[key])}")
+        out[key] = value
+    return out
+
+
+def variant_style(variant: str | None = None, **given) -> dict:
+    """The STYLE options of a VARIANTS preset (None: kn's), with the options in `given` that are not None on top."""
+    if variant is not None and variant not in VARIANTS:
+        raise DataError(f"variant: got {variant!r}; allowed: {', '.join(VARIANTS)}")
+    return check_style(**VARIANTS[variant or "kn"] | {k: v for k, v in given.items() if v is not None})
+
+
+def style_templates(pools: Pools, value_position: str) -> dict:
+    """attribute -> templates: kn's, or ("mid") with its first templates that end on the value
+    replaced, in place, by the attribute's mid_templates."""
+    if value_position == "kn":
+        return pools.templates
+    out = {}
+    for attr, templates in pools.templates.items():
+        mid = iter(pools.mid_templates[attr])
+        ends = [i for i, t in enumerate(templates) if t.endswith("{value}.")][:len(pools.mid_templates[attr])]
+        out[attr] = tuple(next(mid) if i in ends else t for i, t in enumerate(templates))
+    return out
+
+
+def they_template(template: str) -> str:
+    """`template` as it reads after the subject "they": the verb after a subject slot agreeing."""
+    return _SUBJECT_VERB.sub(lambda m: m.group(1) + THEY_VERBS.get(m.group(2), m.group(2)), template)
+
+
 def parse_template(template: str, table: PieceTable) -> list[int]:
     """A template as codes: piece ids for literal text, VALUE / SLOT_CODE for slots.
 
@@ -88,9 +144,10 @@ def parse_template(template: str, table: PieceTable) -> list[int]:
     return codes
 
 
-def template_codes(pools: Pools, table: PieceTable) -> tuple[np.ndarray, np.ndarray]:
-    """Codes of every template: int [6, T_max, S] padded with PAD, and the count per attribute."""
-    parsed = [[parse_template(t, table) for t in pools.templates[attr]] for attr in ATTRIBUTES]
+def template_codes(templates: dict, table: PieceTable) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of every template (attribute -> templates): int [6, T_max, S] padded with PAD, and the
+    count per attribute."""
+    parsed = [[parse_template(t, table) for t in templates[attr]] for attr in ATTRIBUTES]
     counts = np.array([len(p) for p in parsed])
     codes = np.full((len(ATTRIBUTES), counts.max(), max(len(c) for p in parsed for c in p)), PAD, dtype=np.int64)
     for a, p in enumerate(parsed):
@@ -120,14 +177,18 @@ def person_pieces(people: People, table: PieceTable, pools: Pools) -> tuple[np.n
     return fills, table.ids(" " + n for n in names)
 
 
-def make_bios(people: People, augment: str = "single", seed: int = 0, pools: Pools | None = None) -> Documents:
-    """bioS biographies of `people`, person-major (all biographies of person 0 first)."""
+def make_bios(people: People, augment: str = "single", seed: int = 0, pools: Pools | None = None,
+              **style) -> Documents:
+    """bioS biographies of `people`, person-major (all biographies of person 0 first); `style`: STYLE
+    options (kn's by default)."""
     pools = pools or load_pools()
     aug = parse_augment(augment)
+    style = check_style(**style)
     check_count("seed", seed)
     rng = np.random.default_rng([seed, 1])
     table = PieceTable()
-    codes, counts = template_codes(pools, table)
+    templates = style_templates(pools, style["value_position"])
+    codes, counts = template_codes(templates, table)
     values = value_pieces(people, table, pools)
     fills, name_piece = person_pieces(people, table, pools)
 
@@ -141,11 +202,16 @@ def make_bios(people: People, augment: str = "single", seed: int = 0, pools: Poo
 
     # sentence at position j is attribute order[:, j] rendered with its template
     attr = order
-    seg = codes[attr, np.take_along_axis(tmpl, attr, axis=1)]            # [B, 6, S]
+    drawn = np.take_along_axis(tmpl, attr, axis=1)                       # [B, 6] template at position
+    seg = codes[attr, drawn]                                             # [B, 6, S]
     is_name = np.zeros((len(person), k), dtype=bool)
     is_name[:, 0] = True
     is_name |= aug.fullname
     who = np.where(is_name, 2, people.pronoun[person][:, None])          # [B, 6] fill column
+    if style["pronouns"] == "mixed":
+        seg, who, fills = _they(seg, who, attr, drawn, templates, table, fills, np.random.default_rng([seed, 2]))
+    if style["length"] == "long":
+        seg = _fillers(seg, pools, table, np.random.default_rng([seed, 3]))
     rows = seg.copy()
     rows = np.where(seg == VALUE, np.take_along_axis(values[person], attr, axis=1)[..., None], rows)
     for j, code in enumerate(SLOT_CODE.values()):
@@ -159,10 +225,27 @@ def make_bios(people: People, augment: str = "single", seed: int = 0, pools: Poo
     for a, key in enumerate(ATTRIBUTES):
         pos = by_attr[:, a:a + 1]
         spans[key] = (np.take_along_axis(value_col, pos, axis=1), values[person, a:a + 1])
-    docs = Documents(table.strings, _left_pack(rows.reshape(len(person), -1)), people.ids[person], spans,
-                     meta={"kind": "bioS", "augment": augment, "seed": seed})
+    meta = {"kind": "bioS", "augment": augment, "seed": seed} | {k: v for k, v in style.items() if v != STYLE[k][0]}
+    docs = Documents(table.strings, _left_pack(rows.reshape(len(person), -1)), people.ids[person], spans, meta=meta)
     docs.spans = _shift_cols(rows.reshape(len(person), -1), docs.spans)
     return docs
+
+
+def _they(seg, who, attr, drawn, templates, table, fills, rng):
+    """pronouns="mixed": each sentence not naming the person (who < 2) becomes, with probability
+    THEY_SHARE, its template's they-form (they_template) filled from a fourth column, they/their/them."""
+    they_codes, _ = template_codes({a: tuple(map(they_template, t)) for a, t in templates.items()}, table)
+    they = (who < 2) & (rng.random(who.shape) < THEY_SHARE)             # [B, 6]
+    seg = np.where(they[..., None], they_codes[attr, drawn], seg)       # same slots, same widths
+    column = np.broadcast_to(table.ids(THEY[s] for s in PERSON_SLOTS)[None, :, None], (len(fills), len(PERSON_SLOTS), 1))
+    return seg, np.where(they, 3, who), np.concatenate([fills, column], axis=2)
+
+
+def _fillers(seg, pools, table, rng):
+    """length="long": [B, 6, S + 1], each sentence followed, with probability FILLER_SHARE, by a filler."""
+    ids = table.ids(" " + f for f in pools.fillers)
+    pick = ids[rng.integers(0, len(ids), size=seg.shape[:2])]
+    return np.concatenate([seg, np.where(rng.random(seg.shape[:2]) < FILLER_SHARE, pick, PAD)[..., None]], axis=2)
 
 
 def _left_pack(rows: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kn.data.bios import bio_records, make_bios, parse_augment
+from kn.data.bios import STYLE, bio_records, check_style, make_bios, parse_augment
 from kn.data.compose import concat
 from kn.data.people import People, populations, sample_people
 from kn.data.qa import make_qa, qa_records, split_people, valid_people
@@ -61,6 +61,9 @@ class BiosConfig:
     n_celebrity: int = 0          # Result 6: extra people with celebrity_augment biographies
     celebrity_augment: str = "multi5+permute"
     valid_fraction: float = 0.0   # share of train_people held out as the validation slice (split "valid")
+    value_position: str = "kn"    # bioS style (kn.data.bios.STYLE; the defaults are kn's bioS, as before they existed)
+    pronouns: str = "gendered"
+    length: str = "kn"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -74,6 +77,14 @@ class BiosConfig:
             raise DataError(f"augment: bioR takes 'single' or 'multiM', got {self.augment!r}")
         split_people(1, self.train_fraction)
         valid_people(np.ones(1, bool), self.valid_fraction)
+        check_style(**self.style)
+        if self.kind == "bioR" and (changed := [k for k, v in self.style.items() if v != STYLE[k][0]]):
+            raise DataError(f"{changed[0]}: a bioS style option; bioR takes only its default, {STYLE[changed[0]][0]!r}")
+
+    @property
+    def style(self) -> dict:
+        """The bioS style options (kn.data.bios.STYLE) of this config."""
+        return {k: getattr(self, k) for k in STYLE}
 
 
 @dataclass
@@ -106,7 +117,7 @@ def build_bios(cfg: BiosConfig) -> BiosDataset:
     bios, docs, group_of = JsonRecords([]), [], []
     for g, (group, people, augment) in enumerate(groups_parts):
         if cfg.kind == "bioS" or group == "celebrity":
-            d = make_bios(people, augment, cfg.seed + g)
+            d = make_bios(people, augment, cfg.seed + g, **cfg.style)
             docs.append(d)
             bios += bio_records(d, people, group=group)
         else:
