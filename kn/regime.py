@@ -28,7 +28,7 @@ scored: CONFIRMATION_CHANGE.)
 Entry points: `SETTINGS`, `search_config`, `run_setting` (`kn search r1 SETTING --profile cpu`,
 resumable), `search_rows`, `selected`, `confirmation_configs`, `confirm` (`kn search r1 confirm`),
 `run_all` (`kn search r1 all --jobs N`: the search, then the confirmation, N runs at a time),
-`expected_hours`.
+`expected_hours`; for the page `search_table`, `plot_search`, `confirmation_table`.
 """
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from kn.batches import Batches
+from kn.data.records import read_jsonl
 from kn.errors import DataError
 from kn.extraction import (ExtractionConfig, evaluate_model, from_profile, majority_baseline, prepare_dataset,
                            stage_config, train_stage)
-from kn.data.records import read_jsonl
+from kn.intervals import bootstrap, mean_accuracy, person_table
 from kn.models import ModelConfig
 from kn.results import done, read_json, results_dir, runs_dir, write_json
 from kn.tokenize import load_tokenizer
@@ -240,3 +241,30 @@ def search_table(profile: str) -> tuple[list[str], list[list[str]]]:
         rows.append([name + (" **chosen**" if name == chosen else ""), f"{expected_hours(name):.2f}", *ran])
     return ["setting", "expected cpu hours", "steps", "exposures", "hours", "train_people QA", "bios memorized",
             "validation slice QA"], rows
+
+
+def plot_search(ax, profile: str):
+    """Validation-slice QA over optimizer steps of every setting run (seed 0), the chosen one bold."""
+    chosen = selected(profile)
+    for name in SETTINGS:
+        if result_path(name, profile).is_file():
+            rows = read_json(result_path(name, profile))["curves"]["mixed"]
+            ax.plot([r["step"] for r in rows], [100 * r["valid_qa"] for r in rows], lw=2.4 if name == chosen else 1,
+                    label=name + (" (chosen)" if name == chosen else ""))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation-slice QA (%)")
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def confirmation_table(profile: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the confirmation: per seed its steps, fit and test_people accuracy with its
+    interval over people; empty rows before it ran."""
+    if not confirmation_path(profile).is_file():
+        return ["seed"], []
+    record, rows = read_json(confirmation_path(profile)), []
+    for seed, s in record["seeds"].items():
+        est = bootstrap([person_table(s["qa"]["items"])], mean_accuracy)
+        rows.append([seed, f"{s['row']['steps']:,}", f"{100 * s['row']['train_qa']:.1f}%", f"{100 * s['row']['memorized']:.1f}%",
+                     f"{100 * s['row']['valid_qa']:.1f}%", f"{est.value:.1f}% [{est.low:.1f}, {est.high:.1f}]"])
+    return ["seed", "steps", "train_people QA", "bios memorized", "validation slice QA", "test_people QA [95%]"], rows

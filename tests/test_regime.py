@@ -6,10 +6,11 @@ import pytest
 
 from kn.cli import main
 from kn.errors import DataError
+from kn.claims.part31 import mixed_extraction
 from kn.regime import (BUDGET_HOURS, CONFIRM_SEEDS, MIN_STEPS, SETTINGS, _parallel, confirm, confirmation_path,
-                       expected_hours, result_path, run_all, run_setting, search_config, search_rows, search_table,
-                       selected)
-from kn.results import write_json
+                       confirmation_table, expected_hours, plot_search, result_path, run_all, run_setting, search_config,
+                       search_rows, search_table, selected)
+from kn.results import results_dir, write_json
 from kn.train import Interrupted
 
 
@@ -84,3 +85,22 @@ def test_the_confirmation_scores_the_selected_setting_once_on_test_people_for_th
     assert '"setting": "n1k"' in capsys.readouterr().out
     with pytest.raises(DataError, match="^jobs: got 0; allowed: an integer >= 1"):
         run_all("smoke", 0)
+    header, rows = confirmation_table("smoke")                           # the page's table and R1's evidence
+    assert [r[0] for r in rows] == ["1", "2", "3"] and header[-1].startswith("test_people")
+    evidence = mixed_extraction(results_dir("mixed_training", "smoke"))
+    assert "n1k, mean of seeds 1, 2, 3" in evidence.text and len(evidence.guards) == 2 * len(CONFIRM_SEEDS)
+    tests = [100 * r["qa"]["test"]["mean"] for r in record["seeds"].values()]
+    assert evidence.estimate.value == pytest.approx(sum(tests) / 3)
+
+
+def test_the_search_plot_draws_one_line_per_setting_run(roots):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curve = [{"step": s, "train_qa": 1.0, "memorized": 1.0, "valid_qa": v} for s, v in ((10, 0.1), (20, 0.2))]
+    for name, valid in (("n1k", 0.2), ("n2k", 0.3)):
+        write_json(result_path(name, "cpu"), config={"setting": name}, curves={"mixed": curve},
+                   row={"setting": name, "valid_qa": valid, "within_budget": True})
+    ax = plot_search(plt.figure().gca(), "cpu")
+    assert [line.get_label() for line in ax.get_lines()] == ["n1k", "n2k (chosen)"]
+    assert list(ax.get_lines()[0].get_ydata()) == [10.0, 20.0]

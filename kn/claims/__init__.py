@@ -29,7 +29,8 @@ from pathlib import Path
 
 from kn import dynamics_claims, paper
 from kn.claims.chang import batch_once, bump_once, dynamics, power_law, power_law_once, stage_gain_once
-from kn.claims.part31 import LORA_MARGIN, bidirectional_gap, gain, lora_gap, p_probe_ahead, q_probe_gap, test_accuracy
+from kn.claims.part31 import (LORA_MARGIN, bidirectional_gap, gain, lora_gap, mixed_extraction, p_probe_ahead, q_probe_gap,
+                              test_accuracy)
 from kn.claims.part33 import (CLEAN, DOMAIN, JUNK, capacity_ratio, capacity_slope, gated_gap, llama_law,
                               quantized_kept, variant_ratio)
 from kn.claims.rules import Claim, Evidence, NoInterval, Rule, load, verdict
@@ -50,7 +51,7 @@ def latest_profile(chapter: str) -> str | None:
 
 CLAIMS = [
     Claim("Part 3.1, R1", "Mixed training extracts knowledge of held-out people (bioS single)",
-          f"{paper.PART31_MEAN['R1 mixed, bioS single']}%", "mixed_training", test_accuracy("single"), Rule("at_least", 50)),
+          f"{paper.PART31_MEAN['R1 mixed, bioS single']}%", "mixed_training", mixed_extraction, Rule("at_least", 50)),
     Claim("Part 3.1, R2", "Pretrain on bioS single, then QA finetune: held-out people mostly fail",
           f"{paper.PART31_MEAN['R2 pretrain + finetune, bioS single']}%", "augmentation", test_accuracy("single"),
           Rule("at_most", 20)),

@@ -45,6 +45,21 @@ def test_accuracy(name: str) -> Callable[[Path], Evidence]:
     return measure
 
 
+def mixed_extraction(folder: Path) -> Evidence:
+    """R1: test_people accuracy of the regime search's confirmation (kn.regime: the chosen setting on
+    fresh seeds, the seeds' mean, each seed's people resampled on their own) with every seed's guards;
+    before a confirmation exists, the chapter's own bioS single run."""
+    if not (folder / "r1-confirmation.json").is_file():
+        return test_accuracy("single")(folder)
+    r = load(folder, "r1-confirmation")
+    tables = [person_table(s["qa"]["items"]) for s in r["seeds"].values()]
+    est = bootstrap(tables, lambda *ts: float(np.mean([mean_accuracy(t) for t in ts])))
+    guards = tuple(g for seed, s in r["seeds"].items()
+                   for g in fit_guards(f"{r['setting']} seed {seed}", s["row"]["train_qa"], s["row"]["memorized"]))
+    return Evidence(est, f"{est.value:.1f}% test_people [{est.low:.1f}, {est.high:.1f}] (search's choice "
+                         f"{r['setting']}, mean of seeds {', '.join(r['seeds'])})", guards, 100.0, ANY_VALUE)
+
+
 def gain(name_with: str, name_without: str, what: str) -> Callable[[Path], Evidence]:
     """test accuracy of `name_with` minus `name_without`, in points, with both runs' guards."""
     def measure(folder):
