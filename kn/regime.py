@@ -28,7 +28,7 @@ scored: CONFIRMATION_CHANGE.)
 Entry points: `SETTINGS`, `search_config`, `run_setting` (`kn search r1 SETTING --profile cpu`,
 resumable), `search_rows`, `selected`, `confirmation_configs`, `confirm` (`kn search r1 confirm`),
 `run_all` (`kn search r1 all --jobs N`: the search, then the confirmation, N runs at a time),
-`expected_hours`; for the page `search_table`, `plot_search`, `confirmation_table`.
+`expected_hours`; for the page `search_table`, `plot_search`, `confirmation_table`, `machine`.
 """
 from __future__ import annotations
 
@@ -230,17 +230,24 @@ def _parallel(runs: list[tuple[str, int]], profile: str, jobs: int, log) -> None
 
 def search_table(profile: str) -> tuple[list[str], list[list[str]]]:
     """(header, rows) for kn.display.markdown_table: every setting with its expected cpu hours and, once
-    run, its steps, exposures, training hours and the end point of its curve; the choice marked."""
+    run, its steps, exposures, training hours, the machine and the end point of its curve; the choice marked."""
     done, chosen = {r["setting"]: r for r in search_rows(profile)}, selected(profile)
     pct = lambda x: "-" if x is None or x != x else f"{100 * x:.1f}%"  # noqa: E731
     rows = []
     for name in SETTINGS:
         r = done.get(name, {})
         ran = [f"{r['steps']:,}", f"{r['exposures']:.0f}", f"{r['train_hours']:.2f}" + ("" if r["within_budget"] else
-               " (over budget)"), pct(r["train_qa"]), pct(r["memorized"]), pct(r["valid_qa"])] if r else ["not run"] + ["-"] * 5
+               " (over budget)"), machine(result_path(name, profile)), pct(r["train_qa"]), pct(r["memorized"]),
+               pct(r["valid_qa"])] if r else ["not run"] + ["-"] * 6
         rows.append([name + (" **chosen**" if name == chosen else ""), f"{expected_hours(name):.2f}", *ran])
-    return ["setting", "expected cpu hours", "steps", "exposures", "hours", "train_people QA", "bios memorized",
-            "validation slice QA"], rows
+    return ["setting", "expected cpu hours", "steps", "exposures", "hours on its machine", "machine", "train_people QA",
+            "bios memorized", "validation slice QA"], rows
+
+
+def machine(path: Path) -> str:
+    """Where a result was trained, from its provenance: the GPU's name, else the CPU's."""
+    hw = read_json(path)["provenance"].get("hardware", {})
+    return hw.get("gpu") or hw.get("cpu_model") or "-"
 
 
 def plot_search(ax, profile: str):
@@ -265,6 +272,8 @@ def confirmation_table(profile: str) -> tuple[list[str], list[list[str]]]:
     record, rows = read_json(confirmation_path(profile)), []
     for seed, s in record["seeds"].items():
         est = bootstrap([person_table(s["qa"]["items"])], mean_accuracy)
-        rows.append([seed, f"{s['row']['steps']:,}", f"{100 * s['row']['train_qa']:.1f}%", f"{100 * s['row']['memorized']:.1f}%",
+        rows.append([seed, f"{s['row']['steps']:,}", machine(result_path(record["setting"], profile, int(seed))),
+                     f"{100 * s['row']['train_qa']:.1f}%", f"{100 * s['row']['memorized']:.1f}%",
                      f"{100 * s['row']['valid_qa']:.1f}%", f"{est.value:.1f}% [{est.low:.1f}, {est.high:.1f}]"])
-    return ["seed", "steps", "train_people QA", "bios memorized", "validation slice QA", "test_people QA [95%]"], rows
+    return ["seed", "steps", "machine", "train_people QA", "bios memorized", "validation slice QA",
+            "test_people QA [95%]"], rows
