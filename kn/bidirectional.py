@@ -248,16 +248,18 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path, test: bool = Tr
     return result
 
 
-def twins(profile: str, augment: str = "multi5+permute", seed: int = 0) -> tuple[BidirectionalConfig, ExtractionConfig]:
+def twins(profile: str, augment: str = "multi5+permute", seed: int = 0,
+          recipe: dict | None = None) -> tuple[BidirectionalConfig, ExtractionConfig]:
     """The masked model and its autoregressive twin for Result 7: the same people (the extraction
     profile's, at the bidirectional table's n), model size, exposures, windows, batch, lr and QA
     finetuning (passes and lr), so that their gap is a test of the objective alone. The masked model
     learns only from the ~15% of words it masks: it needed ~5x the autoregressive budget to store
-    the biographies, so both get the bidirectional table's exposures."""
+    the biographies, so both get the bidirectional table's exposures. `recipe` (lr, exposures,
+    finetune_exposures, finetune_lr: kn.bidirectional_search's choice) replaces them for both."""
     s = settings("bidirectional", profile)
+    r = {"exposures": s["exposures"], "finetune_exposures": s["finetune_exposures"], "finetune_lr": s["finetune_lr"]}
     e = extraction_profile(profile, setting="pretrain_finetune", augment=augment, seed=seed, n=s["n"],
-                           exposures=s["exposures"], finetune_exposures=s["finetune_exposures"],
-                           finetune_lr=s["finetune_lr"], finetune_lr_grid=())
+                           finetune_lr_grid=(), **(r | (recipe or {})))
     model = replace(e.model, arch="bert", mlp_ratio=e.model.mlp_ratio * 2 / 3)   # gated MLP: GPT-2's parameters
     bert = BidirectionalConfig(data=e.data, model=model, exposures=e.exposures, batch_size=e.batch_size,
                                window=e.window, lr=e.lr, finetune_exposures=e.finetune_exposures,
