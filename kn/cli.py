@@ -11,6 +11,7 @@
     kn sweep capacity --profile cpu  # train a chapter's sweep without the notebook (two at once share it)
     kn search r1 n2k --profile cpu   # one pre-registered setting of R1's regime search (kn.regime), resumable
     kn search r1 all --jobs 6        # the whole search, then its confirmation on 3 seeds (one GPU or many cores)
+    kn search r7 all --jobs 2        # R7's recipe search for the masked model (kn.bidirectional_search), resumable
     kn book                        # build _build/html from the committed chapters
     kn site                        # check the built pages in headless Chromium (screenshots in _build/screenshots)
 
@@ -179,21 +180,33 @@ def sweep(chapter: str = typer.Argument(..., help="capacity"),
 
 
 @app.command("search")
-def search(claim: str = typer.Argument(..., help="r1"),
-           setting: Optional[str] = typer.Argument(None, help="a setting of kn.regime.SETTINGS, or confirm (score the "
+def search(claim: str = typer.Argument(..., help="r1 | r7"),
+           setting: Optional[str] = typer.Argument(None, help="a setting of kn.regime.SETTINGS (r1) or "
+                                                             "kn.bidirectional_search.ALL (r7), or confirm (r1: score the "
                                                              "selected one on test_people, 3 seeds), or all (the search, "
-                                                             "then the confirmation); none: list them"),
+                                                             "then for r1 the confirmation); none: list them"),
            profile: str = typer.Option("cpu", help="cpu | smoke (its tiny equivalent)"),
-           seed: int = typer.Option(0, help="the run's seed (the search is seed 0; seeds 1 and 2 confirm)"),
+           seed: int = typer.Option(0, help="r1: the run's seed (the search is seed 0; seeds 1 and 2 confirm)"),
            jobs: int = typer.Option(1, help="with all: runs at a time, each its own process"),
            progress: bool = typer.Option(False, help="a progress bar on stderr")):
     """Run one pre-registered setting of a regime search (resumes an interrupted one; exit 75 when a
     signal stops it), the confirmation, or the whole protocol; or list the settings with their
-    expected hours, rows so far and the choice."""
-    from kn.regime import SETTINGS, confirm, expected_hours, run_all, run_setting, search_rows, selected
+    expected time, rows so far and the choice."""
     from kn.train import EXIT_INTERRUPTED, Interrupted
-    if claim != "r1":
-        raise DataError(f"claim: got {claim!r}; allowed: r1")
+    if claim not in ("r1", "r7"):
+        raise DataError(f"claim: got {claim!r}; allowed: r1, r7")
+    try:
+        if claim == "r7":
+            _search_r7(setting, profile, jobs)
+        else:
+            _search_r1(setting, profile, seed, jobs, progress)
+    except Interrupted as e:
+        typer.echo(f"kn: {e}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _search_r1(setting, profile, seed, jobs, progress):
+    from kn.regime import SETTINGS, confirm, expected_hours, run_all, run_setting, search_rows, selected
     if setting is None:
         done = {r["setting"]: r for r in search_rows(profile)}
         for name in SETTINGS:
@@ -201,19 +214,26 @@ def search(claim: str = typer.Argument(..., help="r1"),
                                    "row": done.get(name)}))
         typer.echo(json.dumps({"selected": selected(profile)}))
         return
-    try:
-        if setting == "all":
-            record = run_all(profile, jobs, log=typer.echo)
-        elif setting == "confirm":
-            record = confirm(profile, progress)
-        else:
-            typer.echo(json.dumps(run_setting(setting, profile, progress, seed)))
-            return
-        typer.echo(json.dumps({"setting": record["setting"],
-                               "test_qa": {s: r["qa"]["test"]["mean"] for s, r in record["seeds"].items()}}))
-    except Interrupted as e:
-        typer.echo(f"kn: {e}", err=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+    if setting not in ("all", "confirm"):
+        typer.echo(json.dumps(run_setting(setting, profile, progress, seed)))
+        return
+    record = run_all(profile, jobs, log=typer.echo) if setting == "all" else confirm(profile, progress)
+    typer.echo(json.dumps({"setting": record["setting"],
+                           "test_qa": {s: r["qa"]["test"]["mean"] for s, r in record["seeds"].items()}}))
+
+
+def _search_r7(setting, profile, jobs):
+    from kn.bidirectional_search import ALL, expected_minutes, run_search, run_setting, search_rows, selected, stop_state
+    if setting is None:
+        done = {r["setting"]: r for r in search_rows(profile)}
+        for name in ALL:
+            typer.echo(json.dumps({"setting": name, "expected_minutes": round(expected_minutes(name)), "row": done.get(name)}))
+        typer.echo(json.dumps({"selected": selected(profile), "stop": stop_state(profile)}))
+    elif setting == "all":
+        record = run_search(profile, jobs, log=typer.echo)
+        typer.echo(json.dumps({"selected": record["selected"], "stop": record["stop"]}))
+    else:
+        typer.echo(json.dumps(run_setting(setting, profile)))
 
 
 @app.command("book")

@@ -7,12 +7,15 @@ Every `every` optimizer steps kn.train's fit loop calls `curve_evaluator`'s func
   valid_qa   QA exact match of a fixed sample of the validation slice (never trained on)
 test_people are never scored along the way: they are scored once, on the final model. The sample
 (at most `people` of each group, drawn by seed) is fixed for the run, so points are comparable;
-the full evaluation at the end (kn.extraction) stays as it was. Entry points: `curve_every`,
-`curve_evaluator`, `curve_rows`, `plot_curves`, `curve_note`.
+the full evaluation at the end (kn.extraction) stays as it was. The sample and the three
+values are shared with kn.bidirectional's masked model, which scores them by filling masks.
+Entry points: `curve_every`, `curve_sample`, `curve_values`, `curve_evaluator`, `curve_rows`,
+`plot_curves`, `curve_note`.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +23,7 @@ import torch
 from kn.data.dataset import load_encoded
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.evaluate import accuracy, memorization, span_scores
+from kn.tokenize import Encoded
 
 FIELDS = ("train_qa", "memorized", "valid_qa")
 LABELS = {"train_qa": "train_people QA", "memorized": "bios memorized", "valid_qa": "validation-slice QA"}
@@ -35,9 +39,18 @@ def _sample(people: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 7]).permutation(people)[:n])
 
 
-def curve_evaluator(data: str | Path, people: int, eos_id: int, pad_id: int, seed: int = 0, batch_size: int = 64):
-    """model -> tensor [3] (FIELDS, fractions; NaN where a group is empty) on a fixed sample of at
-    most `people` train_people and `people` of the validation slice of the dataset folder `data`."""
+class CurveSample(NamedTuple):
+    """The fixed sample a run's curve scores: QAs of train_people and of the validation slice, and
+    the first biography of each sampled train_people."""
+    qa: Encoded                 # the sampled QAs
+    is_valid: np.ndarray        # [Q] bool: of the validation slice
+    attribute: np.ndarray       # [Q] index into ATTRIBUTES
+    bios: Encoded               # first biography of each sampled train_people
+
+
+def curve_sample(data: str | Path, people: int, seed: int = 0) -> CurveSample:
+    """At most `people` train_people and `people` of the validation slice of the dataset folder
+    `data`, drawn by seed; test_people are never in it."""
     data = Path(data)
     recs = list(read_jsonl(data / "qa.jsonl"))
     split = np.array([r["split"] for r in recs])
@@ -46,18 +59,32 @@ def curve_evaluator(data: str | Path, people: int, eos_id: int, pad_id: int, see
     valid_people = _sample(qa.person[split == "valid"], people, seed)
     keep = np.flatnonzero((np.isin(qa.person, train_people) & (split == "train"))
                           | (np.isin(qa.person, valid_people) & (split == "valid")))
-    qa_sample, is_valid = qa.take(keep), split[keep] == "valid"
-    attribute = np.array([ATTRIBUTES.index(recs[i]["attribute"]) for i in keep])
+    attribute = np.array([ATTRIBUTES.index(recs[i]["attribute"]) for i in keep], dtype=np.int64)
     bios = load_encoded(data, "bios")
     _, first = np.unique(bios.person, return_index=True)                # each person's first biography
-    bio_sample = bios.take(first[np.isin(bios.person[first], train_people)])
+    return CurveSample(qa.take(keep), split[keep] == "valid", attribute,
+                       bios.take(first[np.isin(bios.person[first], train_people)]))
+
+
+def curve_values(train_qa, memorized, valid_qa, sample: CurveSample) -> torch.Tensor:
+    """tensor [3] (FIELDS) from the three scorers (called only where their group is not empty; NaN
+    where it is)."""
+    nan = float("nan")
+    values = [train_qa() if (~sample.is_valid).any() else nan, memorized() if len(sample.bios) else nan,
+              valid_qa() if sample.is_valid.any() else nan]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def curve_evaluator(data: str | Path, people: int, eos_id: int, pad_id: int, seed: int = 0, batch_size: int = 64):
+    """model -> tensor [3] (FIELDS, fractions; NaN where a group is empty) of an autoregressive model
+    on curve_sample(data, people, seed)."""
+    s = curve_sample(data, people, seed)
 
     def evaluate(model) -> torch.Tensor:
-        scores = span_scores(model, qa_sample, "answer", eos_id, pad_id, batch_size, require_end=True)
-        values = [accuracy(scores, attribute, ~is_valid)["mean"] if (~is_valid).any() else float("nan"),
-                  memorization(model, bio_sample, eos_id, pad_id, batch_size)["mean"] if len(bio_sample) else float("nan"),
-                  accuracy(scores, attribute, is_valid)["mean"] if is_valid.any() else float("nan")]
-        return torch.tensor(values, dtype=torch.float64)
+        scores = span_scores(model, s.qa, "answer", eos_id, pad_id, batch_size, require_end=True)
+        return curve_values(lambda: accuracy(scores, s.attribute, ~s.is_valid)["mean"],
+                            lambda: memorization(model, s.bios, eos_id, pad_id, batch_size)["mean"],
+                            lambda: accuracy(scores, s.attribute, s.is_valid)["mean"], s)
     return evaluate
 
 

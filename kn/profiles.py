@@ -25,7 +25,7 @@ KEYS = {
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "augmentation": ("augments", "variants"),
     "probing": ("steps",),
-    "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr"),
+    "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search"),
     "celebrity": ("n",),
     "capacity": ("data", "window", "min_steps", "weight_decay", "data_bits_per_param", "lr_grid", "grid_exposures",
                  "arms", "seeds", "curve"),
@@ -89,13 +89,19 @@ TABLES = {
     "probing": {"smoke": {"steps": 20}, "class": {"steps": 300}, "cpu": {"steps": 300}, "gpu": {"steps": 1000},
                 "paper": {"steps": 1000}},
     # Part 3.1 Result 7: the masked model and its GPT-2 twin (kn.bidirectional.twins), on the extraction
-    # profile's model at these people and exposures (a masked model needs ~5x the autoregressive budget)
+    # profile's model at these people and exposures (a masked model needs ~5x the autoregressive budget);
+    # `search`: multi5+permute's twins take the recipe kn.bidirectional_search chose on the validation slice
     "bidirectional": {
-        "smoke": {"n": 60, "exposures": 20, "finetune_exposures": 10, "finetune_lr": 1e-3},
-        "class": {"n": 60, "exposures": 300, "finetune_exposures": 30, "finetune_lr": 1e-3},
-        "cpu": {"n": 100, "exposures": 500, "finetune_exposures": 30, "finetune_lr": 1e-3},
-        "gpu": {"n": 5000, "exposures": 1000, "finetune_exposures": 30, "finetune_lr": 1e-3},
-        "paper": {"n": 100000, "exposures": 2700, "finetune_exposures": 30, "finetune_lr": 1e-3},
+        "smoke": {"n": 60, "exposures": 20, "finetune_exposures": 10, "finetune_lr": 1e-3,
+                  "augments": ["single", "multi5+permute"], "search": True},
+        "class": {"n": 60, "exposures": 300, "finetune_exposures": 30, "finetune_lr": 1e-3,
+                  "augments": ["multi5+permute"], "search": False},
+        "cpu": {"n": 100, "exposures": 500, "finetune_exposures": 30, "finetune_lr": 1e-3,
+                "augments": ["multi5+permute"], "search": False},   # True once `kn search r7 all` ran at cpu (~2-4 h)
+        "gpu": {"n": 5000, "exposures": 1000, "finetune_exposures": 30, "finetune_lr": 1e-3,
+                "augments": ["single", "multi5+permute"], "search": False},
+        "paper": {"n": 100000, "exposures": 2700, "finetune_exposures": 30, "finetune_lr": 1e-3,
+                  "augments": ["single", "multi5+permute"], "search": False},
     },
     # Part 3.1 Result 6: minority people (the extraction profile's model and budget), as many celebrities;
     # 300 + 300 at cpu: every minority person is tested, +-4 points

@@ -209,21 +209,29 @@ def run_all(profile: str, jobs: int, log=print) -> dict:
 
 
 def _parallel(runs: list[tuple[str, int]], profile: str, jobs: int, log) -> None:
+    commands = {f"r1 {name} seed {seed}": (["r1", name, "--profile", profile, "--seed", str(seed)],
+                                           _folder(name, profile, seed)) for name, seed in runs}
+    search_processes(commands, jobs, log)
+
+
+def search_processes(commands: dict[str, tuple[list[str], Path]], jobs: int, log) -> None:
+    """Run label -> (arguments of `python -m kn search`, run folder) `jobs` at a time, each in its own
+    process with its output in <run folder>.log; log "<label>: done" or the exit code. A DataError names
+    the logs of the runs that failed."""
     env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))}
 
-    def one(run):
-        name, seed = run
-        folder = _folder(name, profile, seed)
+    def one(item):
+        label, (args, folder) = item
         path = folder.parent / f"{folder.name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as out:
-            cmd = [sys.executable, "-m", "kn", "search", "r1", name, "--profile", profile, "--seed", str(seed), "--progress"]
-            return run, subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode, path
+            cmd = [sys.executable, "-m", "kn", "search", *args, "--progress"]
+            return label, subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode, path
 
     with ThreadPoolExecutor(jobs) as pool:
-        finished = list(pool.map(one, runs))
-    for (name, seed), code, path in finished:
-        log(f"r1 {name} seed {seed}: " + ("done" if code == 0 else f"exit {code}, see {path}"))
+        finished = list(pool.map(one, commands.items()))
+    for label, code, path in finished:
+        log(f"{label}: " + ("done" if code == 0 else f"exit {code}, see {path}"))
     if failed := [str(p) for _, code, p in finished if code]:
         raise DataError(f"setting: {len(failed)} run(s) failed; their logs: {', '.join(failed)}")
 

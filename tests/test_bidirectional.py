@@ -1,16 +1,22 @@
-"""kn.bidirectional: whole-word masking, masked QA rows, a smoke MLM pretrain -> finetune run, and an
-interrupted run resumed to the same result.   Run: OMP_NUM_THREADS=1 pytest tests/test_bidirectional.py
+"""kn.bidirectional: whole-word masking, masked QA and bio-value rows, a smoke MLM pretrain -> finetune
+run with its learning curves, an interrupted run resumed to the same result; kn.bidirectional_search:
+the pre-registered grid, selection on the validation slice only, the stop rule, test_people scored once
+on the chosen run, a search that resumes.   Run: OMP_NUM_THREADS=1 pytest tests/test_bidirectional.py
 """
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from kn.bidirectional import BidirectionalConfig, mask_words, qa_mask_rows, run_bidirectional, word_starts
+from kn import bidirectional_search as bs
+from kn.bidirectional import (BidirectionalConfig, mask_words, qa_mask_rows, run_bidirectional, value_mask_rows,
+                              word_starts)
 from kn.data.dataset import BiosConfig, build_bios
 from kn.data.records import ATTRIBUTES
 from kn.errors import DataError
 from kn.models import ModelConfig
+from kn.results import read_json, write_json
+from kn.train import Interrupted
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +45,20 @@ def test_qa_rows_mask_exactly_the_answer(ds):
         assert tok.decode(labels[i, s:e]).strip() == ds.qa[i]["answer"]
 
 
-def small():
-    return BidirectionalConfig(data=BiosConfig(n=40, augment="multi2", vocab_size=500),
+def test_bio_rows_mask_exactly_each_value(ds):
+    tok = ds.tokenizer
+    ids, labels, attribute = value_mask_rows(ds.bios_tokens.take(np.arange(3)), tok.pad_token_id, tok.mask_token_id)
+    assert len(ids) == 3 * len(ATTRIBUTES) and sorted(set(attribute.tolist())) == list(range(len(ATTRIBUTES)))
+    for i, (row, lab, k) in enumerate(zip(ids, labels, attribute)):   # rows: attribute-major, bios 0-2
+        assert (row == tok.mask_token_id).sum() == (lab != -100).sum() > 0
+        assert tok.decode(lab[lab != -100]).strip() == ds.bios[i % 3]["attributes"][ATTRIBUTES[k]]
+
+
+def small(**kw):
+    return BidirectionalConfig(data=BiosConfig(n=40, augment="multi2", vocab_size=500, valid_fraction=0.2),
                                model=ModelConfig(arch="bert", n_layer=2, n_head=2, n_embd=64, context=64),
-                               exposures=4, window=64, batch_size=8, finetune_exposures=2, device="cpu")
+                               exposures=4, window=64, batch_size=8, finetune_exposures=2, device="cpu",
+                               curve_points=2, **kw)
 
 
 def test_smoke_run(tmp_path):
@@ -50,7 +66,12 @@ def test_smoke_run(tmp_path):
     r = run_bidirectional(cfg, tmp_path)
     assert set(r["qa"]["test"]["per_attribute"]) == set(ATTRIBUTES)
     assert 0 <= r["qa"]["train"]["mean"] <= 1 and np.isfinite(r["pretrain_loss"])
-    assert (tmp_path / "result.json").is_file()
+    assert (tmp_path / "result.json").is_file() and set(r["qa"]) == {"train", "valid", "test", "items"}
+    for stage in ("pretrain", "finetune"):                  # curves: steps 0 .. total, three fields each
+        steps = [p["step"] for p in r["curves"][stage]]
+        assert steps[0] == 0 and steps[-1] == r["training"][stage]["steps"] and len(steps) >= 3
+        assert all(0 <= p[f] <= 1 for p in r["curves"][stage] for f in ("train_qa", "memorized", "valid_qa"))
+    assert r["curves"]["finetune"][-1]["valid_qa"] == pytest.approx(r["qa"]["valid"]["mean"], abs=1e-9)
     stamp = (tmp_path / "pretrain" / "pretrain.json").stat().st_mtime_ns
     again = run_bidirectional(replace(cfg, finetune_exposures=1), tmp_path)   # only finetuning changed
     assert again["pretrain_loss"] == r["pretrain_loss"]
@@ -79,3 +100,81 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, sigte
     again = run_bidirectional(small(), tmp_path / "cut")
     assert (again["pretrain_loss"], again["finetune_loss"]) == (full["pretrain_loss"], full["finetune_loss"])
     assert again["qa"] == full["qa"]
+
+
+# ----------------------------------------------------------------------------- kn.bidirectional_search
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def test_the_grid_is_pre_registered_and_within_budget():
+    assert {(r["lr"], r["exposures"]) for r in bs.SETTINGS.values()} == {(lr, x) for lr in (3e-4, 1e-3, 3e-3)
+                                                                        for x in (500, 2000)}
+    assert {r["lr"] for r in bs.LONGER.values()} == {r["lr"] for r in bs.SETTINGS.values()}
+    assert all(r["exposures"] > max(g["exposures"] for g in bs.SETTINGS.values()) for r in bs.LONGER.values())
+    assert all(0 < bs.expected_minutes(n) <= bs.BUDGET_MINUTES for n in bs.ALL)
+    # the reference: 800 + 450 steps of the committed cpu run in 494.5 s, 30 finetuning passes
+    x500 = bs.expected_minutes("lr3e-3-x500") - 70 * 15 * 23.6 / 450 / 60
+    assert x500 * 60 == pytest.approx(494.5)
+    cfg = bs.recipe_config("lr1e-3-x2000", "cpu")           # the twin's people, model, window and batch; the recipe
+    assert (cfg.lr, cfg.exposures, cfg.finetune_exposures, cfg.data.n, cfg.data.valid_fraction) == (1e-3, 2000, 100, 100, 0.2)
+    with pytest.raises(DataError, match="^setting: got 'lr1-x1'; allowed: lr3e-4-x500, "):
+        bs.recipe("lr1-x1", "cpu")
+    with pytest.raises(DataError, match="^profile: got 'gpu'; allowed for the R7 search: smoke, cpu$"):
+        bs.recipe("lr3e-4-x500", "gpu")
+
+
+def _row(name, valid, train, ok=True):
+    write_json(bs.result_path(name, "cpu"), config={"setting": name},
+               row={"setting": name, "lr": bs.ALL[name]["lr"], "valid_qa": valid, "train_qa": train, "within_budget": ok},
+               curves={"pretrain": [], "finetune": []})
+
+
+def test_selection_reads_the_validation_slice_only_and_the_stop_rule(roots):
+    _row("lr3e-4-x500", 0.10, 0.95)
+    _row("lr1e-3-x500", 0.20, 0.30)                          # best validation: chosen, although it fits less
+    _row("lr3e-3-x500", 0.40, 0.99, ok=False)                # over budget: never chosen
+    assert bs.selected("cpu") == "lr1e-3-x500" and bs.stop_state("cpu") is None
+    assert bs.next_settings("cpu") == ["lr3e-4-x2000", "lr1e-3-x2000", "lr3e-3-x2000"]   # the grid first
+    _row("lr3e-4-x2000", 0.20, 0.50)                         # a tie on validation: the higher train fit wins
+    _row("lr1e-3-x2000", 0.0, 0.0)
+    _row("lr3e-3-x2000", 0.0, 0.0)
+    assert bs.selected("cpu") == "lr3e-4-x2000" and bs.next_settings("cpu") == ["lr3e-4-x6000"]
+    rising = [{"step": s, "train_qa": s / 100, "memorized": 0.5, "valid_qa": 0.1} for s in range(0, 101, 10)]
+    write_json(bs.result_path("lr3e-4-x6000", "cpu"), config={}, curves={"pretrain": rising, "finetune": rising},
+               row={"setting": "lr3e-4-x6000", "lr": 3e-4, "valid_qa": 0.1, "train_qa": 1.0, "within_budget": True})
+    assert bs.selected("cpu") == "lr3e-4-x2000" and bs.stop_state("cpu") == "still rising at the budget"
+    assert bs.next_settings("cpu") == []
+    assert bs.flat({"pretrain": rising, "finetune": [p | {"train_qa": 0.5} for p in rising]})
+    _row("lr3e-4-x2000", 0.20, 0.85)                         # the chosen fits its train_people: the guard
+    assert bs.stop_state("cpu") == "guard met"
+
+
+def test_search_scores_test_people_once_on_the_chosen_run_and_resumes(roots, sigterm_at_step):
+    sigterm_at_step(5)
+    with pytest.raises(Interrupted):
+        bs.run_search("smoke")
+    sigterm_at_step(10 ** 9)
+    summary = bs.run_search("smoke")                          # resumes the interrupted setting, then the rest
+    assert summary["stop"] is not None and summary["selected"] in bs.ALL
+    ran = {r["setting"] for r in summary["rows"]}
+    assert set(bs.SETTINGS) <= ran and ran - set(bs.SETTINGS) <= set(bs.LONGER)
+    for name in ran:                                          # no setting scored test_people
+        assert set(read_json(bs.result_path(name, "smoke"))["qa"]) == {"train", "valid"}
+    stamps = {n: bs.result_path(n, "smoke").stat().st_mtime_ns for n in ran}
+    assert bs.run_search("smoke")["rows"] == summary["rows"]  # done: read back, nothing trained again
+    assert stamps == {n: bs.result_path(n, "smoke").stat().st_mtime_ns for n in ran}
+    name = summary["selected"]
+    folder = roots / "runs" / "bidirectional" / "smoke" / "r7-search" / name
+    trained = {k: (folder / k / f"{k}.json").stat().st_mtime_ns for k in ("pretrain", "finetune")}
+    final = run_bidirectional(bs.recipe_config(name, "smoke"), folder, data=folder.parent / "data")
+    assert trained == {k: (folder / k / f"{k}.json").stat().st_mtime_ns for k in ("pretrain", "finetune")}
+    row = next(r for r in summary["rows"] if r["setting"] == name)
+    assert (final["qa"]["train"]["mean"], final["qa"]["valid"]["mean"]) == (row["train_qa"], row["valid_qa"])
+    assert "test" in final["qa"] and "items" in final["qa"]
+    assert [p.name for p in folder.parent.glob("*/result.json")] == ["result.json"]   # the chosen run alone

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kn.bidirectional_search import PROFILES as SEARCH_PROFILES, recipe as search_recipe, selected, stop_state
 from kn.claims.rules import Check, Evidence, NoInterval, load
 from kn.data.records import ATTRIBUTES
 from kn.guards import GUARD_MEMORIZED, GUARD_PROBE_FIT, GUARD_PROBE_VALID, GUARD_TRAIN_QA
@@ -158,4 +159,15 @@ def bidirectional_gap(folder):
               Check("same people, exposures, window, batch, lr and finetuning as GPT-2", float(same), 1.0, ""))
     est = accuracy_gap(_items(gpt2, "GPT-2"), _items(bert, "masked model"))
     return Evidence(est, f"GPT-2 {100 * gpt2['qa']['test']['mean']:.1f}% vs masked {100 * bert['qa']['test']['mean']:.1f}% "
-                         f"test_people: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]", guards, 100.0, ANY_VALUE)
+                         f"test_people: gap {est.value:+.1f} points [{est.low:+.1f}, {est.high:+.1f}]"
+                         + _recipe_note(folder.name, cfg_b), guards, 100.0, ANY_VALUE)
+
+
+def _recipe_note(profile: str, cfg_b: dict) -> str:
+    """Where the masked model's recipe was searched (kn.bidirectional_search): the setting chosen on
+    the validation slice, whether the result is that setting's, and why the search stopped."""
+    if profile not in SEARCH_PROFILES or (name := selected(profile)) is None:
+        return ""
+    ours = all(cfg_b.get(k) == v for k, v in search_recipe(name, profile).items())
+    return (f"; masked recipe {name} chosen on the validation slice ({stop_state(profile) or 'search unfinished'})"
+            + ("" if ours else "; this result is not that recipe's: re-run the chapter"))
