@@ -30,8 +30,7 @@ Entry points: `SETTINGS`, `LONGER`, `recipe_config`, `run_setting` (`kn search r
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from kn.bidirectional import BidirectionalConfig, run_bidirectional, twins
@@ -108,17 +107,13 @@ def result_path(name: str, profile: str) -> Path:
     return results_dir(CHAPTER, profile) / f"r7-search-{name}.json"
 
 
-def _config(cfg: BidirectionalConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg), default=str))
-
-
 def run_setting(name: str, profile: str) -> dict:
     """Train one setting (resuming an interrupted run of it), score train_people and the validation
     slice (never test_people) and write its row and learning curves to
     results/bidirectional/<profile>/r7-search-<name>.json (read back when done for these settings)."""
     cfg = recipe_config(name, profile)
     folder = _root(profile) / name
-    if (record := done(result_path(name, profile), _config(cfg), after=[folder / "finetune" / "finetune.json"])):
+    if (record := done(result_path(name, profile), cfg, after=[folder / "finetune" / "finetune.json"])):
         return record["row"]
     r = run_bidirectional(cfg, folder, test=False, data=_data(profile))
     minutes = sum(r["training"][k]["cpu_minutes"] or 0.0 for k in ("pretrain", "finetune"))
@@ -128,7 +123,7 @@ def run_setting(name: str, profile: str) -> dict:
            "cpu_minutes": minutes, "within_budget": minutes <= BUDGET_MINUTES, "pretrain_loss": r["pretrain_loss"],
            "memorized": memorized[-1] if memorized else None,
            "train_qa": r["qa"]["train"]["mean"], "valid_qa": r["qa"]["valid"]["mean"]}
-    write_json(result_path(name, profile), config=_config(cfg), seed=cfg.seed, row=row, qa=r["qa"], curves=r["curves"])
+    write_json(result_path(name, profile), config=cfg, seed=cfg.seed, row=row, qa=r["qa"], curves=r["curves"])
     return row
 
 
@@ -222,7 +217,7 @@ def study(profile: str, seed: int = 0) -> dict:
             folder = _root(profile) / (out["search"]["selected"] + ("" if seed == 0 else f"-seed{seed}"))
             data = _data(profile) if seed == 0 else None
         g = run_suite(CHAPTER, profile, {f"GPT-2 {a}": gpt2}, progress=False)[f"GPT-2 {a}"]
-        published = done(results_dir(CHAPTER, profile) / f"{a}.json", _config(bert))
+        published = done(results_dir(CHAPTER, profile) / f"{a}.json", bert)
         if folder.exists() or published is None:        # else: a page re-rendered from its committed result
             run_bidirectional(bert, folder, data=data)
             published = publish(folder / "result.json", CHAPTER, profile, a)
