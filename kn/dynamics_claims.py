@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kn.dynamics_config import SCENARIOS
 from kn.dynamics_summary import N_BOOT, bootstrap, pooled, pooled_difference
-from kn.intervals import Interval
+from kn.intervals import Interval, sample_factor
 from kn.results import read_json
 
 KIND = "memorization"
@@ -110,11 +110,7 @@ def batch_forgets_slower(folder) -> tuple[Interval, str]:
 
 
 def seeds_needed(estimate: Interval, threshold: float, n_seeds: int) -> int | None:
-    """Seeds for the 95% interval to stop reaching the threshold, if its half-width shrinks as
-    1/sqrt(seeds) at the same paragraphs per seed: n_seeds * (half-width toward the threshold /
-    distance of the estimate from it)^2, rounded up (at least 1); None when the estimate sits on it."""
-    distance = abs(estimate.value - threshold)
-    if distance == 0 or not math.isfinite(distance):
-        return None
-    half = estimate.value - estimate.low if estimate.value > threshold else estimate.high - estimate.value
-    return max(1, math.ceil(n_seeds * (half / distance) ** 2 - 1e-9))
+    """Seeds for the 95% interval to stop reaching the threshold, at the same paragraphs per seed
+    (kn.intervals.sample_factor), rounded up (at least 1); None when the estimate sits on it."""
+    factor = sample_factor(estimate, (threshold,))
+    return None if factor is None else max(1, math.ceil(n_seeds * factor - 1e-9))

@@ -87,6 +87,18 @@ def bootstrap(tables: list[np.ndarray], stat: Callable[..., float], n: int = N_B
     return Interval(stat(*tables), *np.nanpercentile(draws, [2.5, 97.5]))
 
 
+def sample_factor(estimate: Interval, edges: tuple[float, ...]) -> float | None:
+    """How many times its sample an interval needs so that it no longer reaches the nearest of
+    `edges`, if the estimate held and the half-width shrank as 1/sqrt(sample): (half-width toward
+    that edge / the estimate's distance from it)^2; None when the estimate sits on an edge."""
+    edge = min(edges, key=lambda e: abs(estimate.value - e))
+    distance = abs(estimate.value - edge)
+    if distance == 0 or not math.isfinite(distance):
+        return None
+    half = estimate.value - estimate.low if estimate.value > edge else estimate.high - estimate.value
+    return (half / distance) ** 2
+
+
 def accuracy_gap(a: np.ndarray, b: np.ndarray) -> Interval:
     """mean_accuracy(a) - mean_accuracy(b) in points, each table's people resampled on their own."""
     return bootstrap([a, b], lambda x, y: mean_accuracy(x) - mean_accuracy(y))

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from kn.claims import CLAIMS, claims_table, latest_profile, rule_history, seeds_needed_table
-from kn.claims.rules import Check, Evidence, Rule, verdict
+from kn.claims import CLAIMS, claims_table, latest_profile, rule_history, seeds_needed_table, undecided_markdown
+from kn.claims.rules import Check, Evidence, Rule, to_decide, verdict
 from kn.dynamics_claims import seeds_needed
 from kn.intervals import Interval, bootstrap, mean_accuracy
 from kn.data.records import ATTRIBUTES
@@ -430,3 +430,18 @@ def test_p_probe_row_reads_the_cells_before_the_value_is_written(tmp_path, monke
     assert row("Part 3.1, R4")["verdict"] == "inconclusive" and "ceiling" in row("Part 3.1, R4")["why"]
     write(tmp_path, "probing", "cpu", "single", {"p": {"ceiling": {}}})       # a result from before the items
     assert row("Part 3.1, R4")["verdict"] == "inconclusive" and "re-run the probing chapter" in row("Part 3.1, R4")["why"]
+
+
+def test_an_inconclusive_row_says_what_would_decide_it():
+    rule = Rule("at_least", 50)
+    across = Evidence(Interval(60.0, 40.0, 80.0), "x")           # half-width 20 toward 50, 10 away: 4x the sample
+    assert verdict(across, rule)[0] == "inconclusive" and to_decide(across, rule).startswith("about 4.0x the sample")
+    guarded = Evidence(Interval(90.0, 85.0, 95.0), "x", (Check("masked model: train_people QA", 9.0, 80),))
+    assert to_decide(guarded, rule) == "meet the failed guards first (masked model: train_people QA)"
+    assert to_decide(Evidence(Interval(90.0, 85.0, 95.0), "x"), rule) == ""          # decided: nothing to add
+    near = Rule("near", 2.0, "", 0.3)                                                # band [1.4, 2.6]
+    edge = Evidence(Interval(1.43, 1.26, 1.61), "x")                                 # 0.17 toward 1.4, 0.03 away
+    assert to_decide(edge, near).startswith(f"about {(0.17 / 0.03) ** 2:.1f}x")
+    table = undecided_markdown([{"source": "S", "claim": "c", "verdict": "inconclusive", "why": "w", "decide": "d"},
+                                {"source": "S", "claim": "e", "verdict": "reproduced", "why": "-", "decide": ""}]).data
+    assert "| S: c | w | d |" in table and "S: e" not in table

@@ -33,7 +33,7 @@ from kn.claims.part31 import (LORA_MARGIN, bidirectional_gap, gain, lora_gap, mi
                               test_accuracy)
 from kn.claims.part33 import (CLEAN, DOMAIN, JUNK, capacity_ratio, capacity_slope, gated_gap, llama_law,
                               quantized_kept, variant_ratio)
-from kn.claims.rules import Claim, Evidence, NoInterval, Rule, load, verdict
+from kn.claims.rules import Claim, Evidence, NoInterval, Rule, load, to_decide, verdict
 from kn.claims.xu_chen import low_rank_gap, mlp_gap, rank1
 from kn.display import markdown_table
 from kn.profiles import PROFILES
@@ -228,14 +228,15 @@ def claims_table(chapter: str | None = None, profile: str | None = None) -> list
         at = latest_profile(c.chapter) if profile is None else profile
         row = {"source": c.source, "claim": c.statement, "paper": c.paper_value, "chapter": c.chapter,
                "profile": at, "ours": "", "rule": c.rule.text(), "guards": "", "ceiling": "",
-               "verdict": "not run", "why": "no result file"}
+               "verdict": "not run", "why": "no result file", "decide": ""}
         if at is not None and results_dir(c.chapter, at).is_dir():
             try:
                 e = c.measure(results_dir(c.chapter, at))
                 row.update(ours=e.text, guards="; ".join(g.text() for g in e.guards) or "-", ceiling=e.ceiling_text)
                 row["verdict"], row["why"] = verdict(e, c.rule)
+                row["decide"] = to_decide(e, c.rule)
             except NoInterval as err:
-                row.update(ours=f"no interval: {err}", verdict="inconclusive", why=str(err))
+                row.update(ours=f"no interval: {err}", verdict="inconclusive", why=str(err), decide="a run that gives an interval")
             except (FileNotFoundError, KeyError) as err:   # result file or entry missing at this profile
                 row.update(ours=f"not measured: {err}", why=f"not measured: {err}")
         else:
@@ -252,6 +253,14 @@ def claims_markdown(rows: list[dict]):
                           [[f"{r['source']}: {r['claim']}", f"**{r['verdict']}** ({r['why']})",
                             f"{r['ours'] or '-'}; paper: {r['paper']}", f"rule: {r['rule']}; guards: {r['guards'] or '-'}; ceiling: {r['ceiling'] or '-'}; "
                                         f"profile: {r['profile'] or '-'}"] for r in rows])
+
+def undecided_markdown(rows: list[dict]):
+    """The inconclusive rows of a claims table with their reason and what would decide each
+    (kn.claims.rules.to_decide), as Markdown; a line saying so when none is inconclusive."""
+    left = [[f"{r['source']}: {r['claim']}", r["why"], r["decide"]] for r in rows if r["verdict"] == "inconclusive"]
+    return markdown_table(["claim", "why inconclusive", "what would decide it"], left) if left else \
+        markdown_table(["claim"], [["every row is decided"]])
+
 
 def seeds_needed_table(profile: str | None = None):
     """Per Chang et al. claim (the dynamics chapter at `profile`, default its largest with results): our

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kn.intervals import Interval
+from kn.intervals import Interval, sample_factor
 from kn.results import read_json
 
 
@@ -74,6 +74,25 @@ class Evidence:
     guards: tuple[Check, ...] = ()
     ceiling: float | None = None           # the highest estimate the method could reach, if capped
     ceiling_text: str = "-"
+
+
+def to_decide(e: Evidence, rule: Rule) -> str:
+    """What would turn an inconclusive verdict into a decision: the failed guards to meet, a method
+    with a higher ceiling, or (an interval across the rule's threshold or band edge) how many times
+    its sample the interval would need if the estimate held (kn.intervals.sample_factor); "" otherwise."""
+    decided, why = verdict(e, rule)
+    if decided != "inconclusive":
+        return ""
+    if why.startswith("guard failed"):
+        return "meet the failed guards first (" + "; ".join(g.name for g in e.guards if not g.ok) + ")"
+    if why.startswith("ceiling"):
+        return "a measure whose ceiling is above the rule's threshold"
+    if e.estimate is None or not all(map(math.isfinite, (e.estimate.low, e.estimate.high))):
+        return "a run that gives an interval"
+    edges = band(rule) if rule.kind in ("near", "within") else (rule.threshold,)
+    factor = sample_factor(e.estimate, edges)
+    return ("none: the estimate sits on the threshold" if factor is None else
+            f"about {max(factor, 1):.1f}x the sample it was resampled over, if the estimate held")
 
 
 def verdict(e: Evidence, rule: Rule) -> tuple[str, str]:
