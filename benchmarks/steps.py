@@ -39,6 +39,7 @@ from kn.results import cpu_info, write_json
 from kn.train import accelerator, flops_per_token, lr_lambda, optimizer_for, training_step
 from kn.train_config import TrainConfig
 from kn.vocab import VocabMap, trim
+from throughput import LR, plain_step   # the benchmark beside this one (run as benchmarks/steps.py)
 
 MODELS = {   # name -> (model, batch, window, data, timed steps per engine per repeat: ~1 s at fp32)
     "part3.1": (ModelConfig(n_layer=2, n_head=4, n_embd=128, vocab_size=2048, context=256), 16, 256, "bios", 4),
@@ -47,7 +48,6 @@ MODELS = {   # name -> (model, batch, window, data, timed steps per engine per r
 }
 ENGINES = ("neox eager", "hf gpt2", "kn fp32", "kn", "kn trimmed")
 BASELINES = ("neox eager", "hf gpt2")
-LR = 3e-3
 
 
 def dataset(kind: str, root: Path) -> str:
@@ -81,15 +81,7 @@ def baseline(cfg: ModelConfig, which: str, seed: int = 0):
                           n_head=cfg.n_head, n_inner=cfg.mlp_width, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                           bos_token_id=0, eos_token_id=0)
     model = AutoModelForCausalLM.from_config(conf if which == "hf gpt2" else hf_config(cfg), attn_implementation="eager")
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
-
-    def step(x):
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-    return step, None
+    return plain_step(model), None
 
 
 def kn_engine(cfg: ModelConfig, which: str, x0: torch.Tensor, vocab: VocabMap, total_steps: int, seed: int = 0):

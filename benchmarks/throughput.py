@@ -86,6 +86,11 @@ def plain(cfg: ModelConfig, attn="eager", adam="plain", bf16=False, compile=Fals
     from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(hf_config(cfg), attn_implementation=attn)
+    return plain_step(model, adam, bf16, compile), model
+
+
+def plain_step(model, adam="plain", bf16=False, compile=False):
+    """x -> loss of one plain training step of `model`: forward, backward, torch AdamW at a constant lr."""
     flag = {"plain": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[adam]
     opt = torch.optim.AdamW(model.parameters(), lr=LR, **flag)
     forward = torch.compile(model) if compile else model
@@ -97,7 +102,7 @@ def plain(cfg: ModelConfig, attn="eager", adam="plain", bf16=False, compile=Fals
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
-    return step, model
+    return step
 
 
 def kn_engine(cfg: ModelConfig, which: str, total_steps: int = 10_000, seed: int = 0):
