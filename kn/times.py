@@ -20,7 +20,8 @@ from kn.results import ROOT
 
 MARKERS = ("<!-- times: written by kn.times (kn book); do not edit -->", "<!-- /times -->")
 HOW = ("Compute recorded in the committed result files (one thread per run on a 2-core CPU, often beside "
-       "other runs; sweeps: the sum of their points); - : no committed result at that profile")
+       "other runs; sweeps: the sum of their points; mixed_training's R1 search ran on one H200 GPU, six runs at "
+       "once, and a resumed run records its last part only); - : no committed result at that profile")
 
 
 def _seconds(folder: Path) -> float | None:
