@@ -27,14 +27,12 @@ Entry points: `onelayer_point` (one point -> flat dict), `onelayer_points`, `one
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from itertools import product
 from pathlib import Path
@@ -46,6 +44,7 @@ from kn.errors import DataError, check_count
 from kn.extraction import (ExtractionConfig, chosen_lr, evaluate_model, finetuned_model, prepare_dataset, run_extraction,
                            stage_config, train_stage)
 from kn.intervals import held_out_accuracy
+from kn.locks import file_lock
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.results import runs_dir as chapter_runs
@@ -141,24 +140,12 @@ def point_dirs(point: dict) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- shared pretraining
 
 
-@contextmanager
-def _lock(path: Path):
-    """An exclusive file lock (parallel points wait for the one building a shared pretraining)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def shared_pretrain(cfg: ExtractionConfig, folder: Path, curve: int = 0) -> list:
     """Pretrain once in folder (dataset with SHARED_FRACTION and no validation slice, then pretrain/);
     with curve > 0 the bios' memorization is measured at that many log-spaced steps (kn.train.measured_curve,
     the last one the finished run's, which the point measures). Returns [[step, memorization], ...]."""
     base = replace(cfg, data=replace(cfg.data, train_fraction=SHARED_FRACTION, valid_fraction=0.0))
-    with _lock(folder.with_name(folder.name + ".lock")):
+    with file_lock(folder.with_name(folder.name + ".lock")):   # parallel points wait for the builder
         prepare_dataset(base, folder / "data")
         tcfg = stage_config(base, folder / "data", folder / "pretrain", "pretrain")
         if not curve:
