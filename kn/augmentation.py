@@ -5,12 +5,13 @@ Result 3 does not rest on one generator's text (issue 22).
 `augmentation_configs(profile, seed)`: name -> ExtractionConfig, from the profile's "augmentation"
 table (kn.profiles): each augmentation on kn's bioS (named by it), multi5+permute with LoRA
 finetuning ("multi5+permute LoRA"), and VARIANT_AUGMENTS on each variant ("<augment> <variant>").
+`study(profile, seed)`: those runs (kn.extraction.run_suite), what the page shows.
 `variant_table(results)`: per variant, held-out accuracy of the pair with intervals over people.
 """
 from __future__ import annotations
 
 from kn.data.bios import STYLE, VARIANTS, variant_style
-from kn.extraction import ExtractionConfig, from_profile
+from kn.extraction import ExtractionConfig, from_profile, run_suite
 from kn.intervals import held_out_accuracy
 from kn.profiles import settings
 
@@ -48,3 +49,9 @@ def variant_table(results: dict) -> tuple[list[str], list[list[str]]]:
                      f"{100 * results[names[1]]['memorization']['mean']:.1f}%"])
     return ["data", "style options", "single: test_people [95%]", "multi5+permute: test_people [95%]",
             "multi5+permute bios memorized"], rows
+
+
+def study(profile: str, seed: int = 0) -> dict:
+    """Run (or read back, kn.extraction.run_suite) the chapter's runs. Returns configs and results (name -> each)."""
+    configs = augmentation_configs(profile, seed)
+    return {"configs": configs, "results": run_suite("augmentation", profile, configs, progress=False)}

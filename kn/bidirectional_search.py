@@ -201,10 +201,10 @@ def study(profile: str, seed: int = 0) -> dict:
     twin (kn.bidirectional.twins), published to results/bidirectional/<profile>/<augment>.json and
     "GPT-2 <augment>.json". Where the table's `search` is set, AUGMENT's twins take the recipe the
     search chose (run first when it has not), and the masked model is the chosen setting's run, its
-    final model scored on test_people once. Returns {augment: {"bert", "gpt2", "config"}} and, with a
-    search, "search": run_search's summary."""
+    final model scored on test_people once. Returns augments (the table's), runs ({augment: {"bert",
+    "gpt2", "config"}}) and search (run_search's summary, None without a search)."""
     s = settings(CHAPTER, profile)
-    out = {}
+    out = {"augments": s["augments"], "runs": {}, "search": None}
     if s["search"]:
         out["search"] = run_search(profile)
     for a in s["augments"]:
@@ -221,7 +221,7 @@ def study(profile: str, seed: int = 0) -> dict:
         if folder.exists() or published is None:        # else: a page re-rendered from its committed result
             run_bidirectional(bert, folder, data=data)
             published = publish(folder / "result.json", CHAPTER, profile, a)
-        out[a] = {"bert": published, "gpt2": g, "config": bert}
+        out["runs"][a] = {"bert": published, "gpt2": g, "config": bert}
     return out
 
 

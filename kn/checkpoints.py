@@ -12,19 +12,18 @@ folder's checkpoint continues a run with given settings.
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import pickle
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from kn.errors import DataError
+from kn.locks import file_lock
 from kn.results import atomic_file, read_json, renamed
 from kn.train_config import TrainConfig
 from kn.vocab import expand
@@ -199,21 +198,10 @@ RUN_FILES = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "model", "model.t
 BOOKKEEPING = ("out", "max_steps", "log_every", "checkpoint_every", "device", "compile")   # may change on resume
 
 
-@contextmanager
 def run_lock(out: Path):
-    """Hold an fcntl lock on out/train.lock for the run; DataError if another process holds it."""
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / "train.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataError(f"out: another process is training in {str(out)!r} (it holds train.lock); "
-                        "wait for it to finish or choose another folder") from None
-    try:
-        yield
-    finally:
-        os.close(fd)
+    """Hold the lock on out/train.lock for the run (kn.locks); DataError if another process holds it."""
+    return file_lock(out / "train.lock", wait=False, busy=f"out: another process is training in {str(out)!r} (it holds "
+                     "train.lock); wait for it to finish or choose another folder")
 
 
 def _flat(config: dict) -> dict:

@@ -98,10 +98,6 @@ from kn.trajectories import Trajectories, mean_curves, probe_logprobs, probe_met
 # ----------------------------------------------------------------------------- data and base model
 
 
-def _same_config(meta: Path, config: dict) -> bool:
-    return meta.is_file() and read_json(meta)["provenance"]["config"] == json.loads(json.dumps(config, default=str))
-
-
 def check_unmentioned(bios: list[dict], records: list[dict]) -> None:
     """Raise DataError if a biography names an injected entity."""
     corpus = "\n".join(b["text"] for b in bios)
@@ -115,7 +111,7 @@ def prepare_data(cfg: DynamicsConfig, out: str | Path) -> list[dict]:
     biographies, QAs and injection texts, plus out/injection/; returns the paragraph records of every
     seed. Skipped when both were written with the same config."""
     out, inj = Path(out), injection_config(cfg)
-    if _same_config(out / "meta.json", asdict(cfg.data)) and _same_config(out / "injection" / "meta.json", asdict(inj)):
+    if done(out / "meta.json", cfg.data) and done(out / "injection" / "meta.json", inj):
         return load_injection(out / "injection")
     t_start = time.perf_counter()
     records = generate_injection(inj)
@@ -172,11 +168,11 @@ def pretrain_base(cfg: DynamicsConfig, data: str | Path, out: str | Path, progre
     paths = {"early": out / "early", "late": out / "model"}
     data_meta = {"bios": read_meta(data)["provenance"]["config"],                      # new data or tokenizer:
                  "injection": asdict(injection_config(cfg))}                           # a new base
-    if done(out / "train.json", tcfg) and _same_config(out / "data.json", data_meta) and \
+    if done(out / "train.json", tcfg) and done(out / "data.json", data_meta) and \
             all(p.is_dir() for p in paths.values()):
         return {k: str(v) for k, v in paths.items()}
     step = early_step(cfg, data)
-    resumable = _same_config(out / "data.json", data_meta) and can_resume(out, asdict(tcfg))
+    resumable = done(out / "data.json", data_meta) and can_resume(out, asdict(tcfg))
     if not (resumable and (paths["early"].is_dir() or checkpoint_step(out / "checkpoint") <= step)):
         shutil.rmtree(out, ignore_errors=True)
         write_json(out / "data.json", config=data_meta, early_step=step)

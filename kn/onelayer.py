@@ -22,19 +22,18 @@ finetuned on; the biographies, their tokens and the tokenizer (trained on all bi
 QAs, whatever their split) do not depend on it. `onelayer_point` checks that the point's bio
 tokens and tokenizer equal the shared ones before it links.
 
-Entry points: `onelayer_point` (one point -> flat dict), `onelayer_points`, `onelayer_sweep`,
-`update_spectrum`, `rank1_share`, `matrix_shares`; kn.profiles' "onelayer" table sizes the grid.
+Entry points: `study` (the chapter: the sweep, its rows by point, results/onelayer/<profile>/summary.json),
+`onelayer_point` (one point -> flat dict), `onelayer_points`, `onelayer_sweep`, `update_spectrum`,
+`rank1_share`, `matrix_shares`; kn.profiles' "onelayer" table sizes the grid.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from itertools import product
 from pathlib import Path
@@ -46,9 +45,11 @@ from kn.errors import DataError, check_count
 from kn.extraction import (ExtractionConfig, chosen_lr, evaluate_model, finetuned_model, prepare_dataset, run_extraction,
                            stage_config, train_stage)
 from kn.intervals import held_out_accuracy
+from kn.locks import file_lock
 from kn.models import ModelConfig
 from kn.profiles import settings
-from kn.results import runs_dir as chapter_runs
+from kn.results import results_dir, runs_dir as chapter_runs, write_json
+from kn.sweep import point_key, read_rows, run_sweep
 from kn.train import measured_curve, train_to
 
 ARCHS = {"attn_mlp": 4.0, "attn_only": 0.0}        # arch -> mlp_ratio of the one layer
@@ -141,24 +142,12 @@ def point_dirs(point: dict) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- shared pretraining
 
 
-@contextmanager
-def _lock(path: Path):
-    """An exclusive file lock (parallel points wait for the one building a shared pretraining)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def shared_pretrain(cfg: ExtractionConfig, folder: Path, curve: int = 0) -> list:
     """Pretrain once in folder (dataset with SHARED_FRACTION and no validation slice, then pretrain/);
     with curve > 0 the bios' memorization is measured at that many log-spaced steps (kn.train.measured_curve,
     the last one the finished run's, which the point measures). Returns [[step, memorization], ...]."""
     base = replace(cfg, data=replace(cfg.data, train_fraction=SHARED_FRACTION, valid_fraction=0.0))
-    with _lock(folder.with_name(folder.name + ".lock")):
+    with file_lock(folder.with_name(folder.name + ".lock")):   # parallel points wait for the builder
         prepare_dataset(base, folder / "data")
         tcfg = stage_config(base, folder / "data", folder / "pretrain", "pretrain")
         if not curve:
@@ -285,6 +274,55 @@ def onelayer_sweep(profile: str, results_csv: str | Path, workers: int = 1, exec
                    runs_dir: str | Path | None = None, seed: int = 0, **sweep_kw) -> list[dict]:
     """Run the profile's grid (at `seed`) through kn.sweep.run_sweep (done points skipped); returns
     the rows written by this call. runs_dir defaults to kn.results.runs_dir("onelayer", profile)."""
-    from kn.sweep import run_sweep
     points = onelayer_points(profile, runs_dir or chapter_runs("onelayer", profile), seed=seed)
     return run_sweep(points, onelayer_point, results_csv, executor=executor, workers=workers, **sweep_kw)
+
+
+# ----------------------------------------------------------------------------- the chapter
+
+SUMMARY_KEYS = ("arch", "multiplicity", "train_fraction", "finetune", "acc_test", "acc_train", "memorization",
+                "pretrain_loss", "majority_baseline", "n_params", "acc_valid", "finetune_lr_chosen", "memorization_curve")
+
+
+def random_rank1_share(width: int, seed: int = 0, n: int = 20) -> float:
+    """Mean rank-1 share of `n` Gaussian matrices of qkv's shape [3 * width, width]: an update with no direction."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([rank1_share(np.linalg.svd(rng.standard_normal((3 * width, width)), compute_uv=False))
+                          for _ in range(n)]))
+
+
+def grid_rows(profile: str, csv: Path, runs: Path, seed: int = 0) -> list[dict]:
+    """The sweep's rows of the profile's grid (the CSV may hold other grids' rows too); one per point."""
+    keys = {point_key(p) for p in onelayer_points(profile, runs, seed=seed)}
+    rows = [r for r in read_rows(csv) if point_key(r["key"]) in keys] if csv.is_file() else []
+    if len({point_key(r["key"]) for r in rows}) != len(rows) or len(rows) != len(keys):
+        raise DataError(f"results: {str(csv)!r} holds {len(rows)} rows of the {len(keys)} points of the {profile} grid; "
+                        "run the sweep to finish it")
+    return rows
+
+
+def study(profile: str, seed: int = 0) -> dict:
+    """The chapter: the profile's sweep (done points skipped), its rows, and summary.json. Returns rows,
+    point ((arch, multiplicity, train_fraction, finetune) -> row), the axes archs, ms, fracs, tunes
+    (sorted), base (mean majority guess), share ((arch, matrix) -> mean rank-1 share over full
+    finetunes, NaN for a matrix the arch lacks) and random_share (random_rank1_share at the width)."""
+    t0 = time.perf_counter()
+    csv, runs = results_dir("onelayer", profile) / "sweep.csv", chapter_runs("onelayer", profile)
+    onelayer_sweep(profile, csv, runs_dir=runs, seed=seed)
+    rows = grid_rows(profile, csv, runs, seed)
+    point = {(r["arch"], r["multiplicity"], r["train_fraction"], r["finetune"]): r for r in rows}
+    archs, ms = list(ARCHS), sorted({r["multiplicity"] for r in rows})
+    fracs, tunes = sorted({r["train_fraction"] for r in rows}), sorted({r["finetune"] for r in rows}, key=lora_rank)
+    base = float(np.mean([r["majority_baseline"] for r in rows]))
+    full = [r for r in rows if r["finetune"] == "full"]
+    share = {(a, k): float(np.mean([r[f"rank1_{k}"] for r in full if r["arch"] == a])) for a in archs for k in MATRICES}
+    random_share = random_rank1_share(rows[0]["n_embd"], seed)
+    top = {a: point[(a, ms[-1], fracs[-1], "full")] for a in archs}      # the largest M and finetuning set
+    headline = {"multiplicity": ms[-1], "train_fraction": fracs[-1], "acc_test_attn_mlp": top["attn_mlp"]["acc_test"],
+                "acc_test_attn_only": top["attn_only"]["acc_test"], "majority_baseline": base}
+    write_json(results_dir("onelayer", profile) / "summary.json", config=settings("onelayer", profile), seed=seed,
+               wall_time=time.perf_counter() - t0, headline=headline, random_share=random_share,
+               rank1_share_full={f"{a}/{k}": None if np.isnan(v) else v for (a, k), v in share.items()},
+               points=[{k: r[k] for k in SUMMARY_KEYS} for r in rows])
+    return {"rows": rows, "point": point, "archs": archs, "ms": ms, "fracs": fracs, "tunes": tunes, "base": base,
+            "share": share, "random_share": random_share}

@@ -23,8 +23,9 @@ KEYS = {
                    "weight_decay", "warmup_people", "warmup_people_steps", "curve_points", "curve_people",
                    "mixed_exposures", "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size",
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
+    "mixed_training": ("augments", "fractions"),
     "augmentation": ("augments", "variants"),
-    "probing": ("steps",),
+    "probing": ("steps", "augments"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search"),
     "celebrity": ("n",),
     "capacity": ("data", "window", "min_steps", "weight_decay", "data_bits_per_param", "lr_grid", "grid_exposures",
@@ -37,6 +38,9 @@ KEYS = {
                  "finetune_batch_size", "lora_lr", "valid_fraction", "finetune_lr_grid", "lora_lr_grid",
                  "seed"),                                              # kn.onelayer's point keys but runs_dir
 }
+
+_CLAIMS = ["single", "multi5+permute"]                                   # Results 2-3's pair
+_PROBED = ["single", "fullname", "permute", "multi5", "multi5+permute"]   # Results 4-5's order: the pair at its ends
 
 TABLES = {
     # the data chapter: how many people to generate and show
@@ -71,6 +75,16 @@ TABLES = {
         "paper": {"n": 100000, "vocab_size": 8192, "model": {"n_layer": 12, "n_head": 12, "n_embd": 768, "context": 512},
                   "window": 512, "batch_size": 96, "exposures": 540, "lr": 1e-3, "finetune_exposures": 20},
     },
+    # Part 3.1 Result 1, the mixed-training chapter (kn.mixed_training): the augmentations at the extraction
+    # table's QA fraction, and multi5+permute at each of `fractions`. At cpu one mixed run is ~60 min on 2 cores,
+    # at class ~10: only the paper's setting (single, QA fraction 0.8) runs there
+    "mixed_training": {
+        "smoke": {"augments": ["single", "multi5+permute"], "fractions": [0.1, 0.3, 0.6]},
+        "class": {"augments": ["single"], "fractions": []},
+        "cpu": {"augments": ["single"], "fractions": []},
+        "gpu": {"augments": ["single", "multi5+permute"], "fractions": [0.1, 0.3, 0.6]},
+        "paper": {"augments": ["single", "multi5+permute"], "fractions": [0.1, 0.3, 0.6]},
+    },
     # Part 3.1 Results 2-3, the augmentation chapter (kn.augmentation): the augmentations run on kn's bioS,
     # and the bioS variants (kn.data.bios.VARIANTS) on which single and multi5+permute run again. At cpu each
     # pretraining is ~15 min on 2 cores (hard's bios are ~1/4 longer): the claims' pair and the LoRA finetune on
@@ -85,9 +99,11 @@ TABLES = {
     },
     # Part 3.1 Results 4-5: optimizer steps of each probe fit (kn.probe_select: a low-rank head chosen on
     # the validation slice; rank-0 full heads and the paper's rank-2/16 embedding updates, fit on a few
-    # hundred people, memorized them: 97% of their own people, chance on test_people, at cpu)
-    "probing": {"smoke": {"steps": 20}, "class": {"steps": 300}, "cpu": {"steps": 300}, "gpu": {"steps": 1000},
-                "paper": {"steps": 1000}},
+    # hundred people, memorized them: 97% of their own people, chance on test_people, at cpu), and the
+    # augmentation chapter's pretrained models it probes (at class and cpu only the claims' two)
+    "probing": {"smoke": {"steps": 20, "augments": _PROBED}, "class": {"steps": 300, "augments": _CLAIMS},
+                "cpu": {"steps": 300, "augments": _CLAIMS}, "gpu": {"steps": 1000, "augments": _PROBED},
+                "paper": {"steps": 1000, "augments": _PROBED}},
     # Part 3.1 Result 7: the masked model and its GPT-2 twin (kn.bidirectional.twins), on the extraction
     # profile's model at these people and exposures (a masked model needs ~5x the autoregressive budget);
     # `search`: multi5+permute's twins take the recipe kn.bidirectional_search chose on the validation slice

@@ -17,17 +17,16 @@ Executors:
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
 from kn.errors import DataError, check_count
+from kn.locks import acquire, release
 from kn.results import append_csv, folder_path, read_csv
 
 EXECUTORS = ("local", "submitit")
@@ -110,34 +109,16 @@ def locks_folder(results: Path) -> Path:
 
 
 def _lock_point(folder: Path, key: str, wait: bool) -> tuple[Path, int] | None:
-    """(lock file, open fd holding its lock) for `key`, or None if another process holds it and not
-    `wait`. Checked after locking to still be the file at its path (a releaser unlinks it first)."""
+    """(lock file, open fd holding its lock) for `key` (kn.locks), or None if another process holds it and not `wait`."""
     path = folder / (hashlib.sha1(key.encode()).hexdigest()[:20] + ".lock")
-    while True:
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:                           # the folder was removed in between
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return path, fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)                                        # locked a file that was unlinked: retry
+    fd = acquire(path, wait)
+    return None if fd is None else (path, fd)
 
 
 def _unlock(lock: tuple[Path, int]) -> None:
-    path, fd = lock
-    path.unlink(missing_ok=True)
-    os.close(fd)
+    release(*lock, remove=True)
     try:
-        path.parent.rmdir()                                 # the last lock gone: no folder left behind
+        lock[0].parent.rmdir()                              # the last lock gone: no folder left behind
     except OSError:
         pass
 

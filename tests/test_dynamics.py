@@ -18,8 +18,8 @@ import pytest
 
 from kn.data.dataset import BiosConfig
 from kn.data.injection import PROBE_KINDS, load_injection
-from kn.dynamics import (InjectedStream, Injection, background, compare_batch_sizes, make_stream, run_dynamics, scaled,
-                         stream_start)
+from kn.dynamics import (InjectedStream, Injection, background, compare_batch_sizes, make_stream, prepare_data,
+                         run_dynamics, scaled, stream_start)
 from kn.dynamics_config import CONTROL, SCENARIOS, DynamicsConfig, injection_steps, seed_records
 from kn.dynamics_claims import claim_intervals
 from kn.dynamics_summary import (Pool, bootstrap, bootstrap_draws, edge_peaks, effectivity_table, forgetting_table, interval,
@@ -384,6 +384,15 @@ def test_smoke_run_all_scenarios(smoke):
     assert set(claims["aic_lead"]) == {"duplicated", "paraphrased"} and "stage_gain" not in claims
     curves = json.loads((out / "curves.json").read_text())["curves"]["late"]
     assert set(curves) == {*SCENARIOS, CONTROL} and len(curves["once"]["memorization"][1]) == cfg.n_steps + 1
+
+
+def test_prepared_data_of_the_same_config_is_reused(smoke):
+    """prepare_data skips the data kn.results.done finds written with the same config."""
+    cfg, out, _ = smoke
+    meta = out / "data" / "meta.json"
+    stamp = meta.stat().st_mtime_ns
+    assert prepare_data(cfg, out / "data") == load_injection(out / "data" / "injection")
+    assert meta.stat().st_mtime_ns == stamp
 
 
 def test_compare_batch_sizes_at_equal_tokens(smoke):

@@ -15,8 +15,9 @@ import torch
 from kn.errors import DataError
 from kn.extraction import chosen_lr, finetuned_model
 from kn.models import build_model, formula_params, n_params
-from kn.onelayer import (DEFAULTS, MATRICES, check_point, lora_rank, matrix_shares, onelayer_point, onelayer_points,
-                         onelayer_sweep, point_config, point_dirs, rank1_share, update_spectrum)
+from kn.onelayer import (DEFAULTS, MATRICES, check_point, grid_rows, lora_rank, matrix_shares, onelayer_point,
+                         onelayer_points, onelayer_sweep, point_config, point_dirs, random_rank1_share, rank1_share,
+                         update_spectrum)
 from kn.profiles import TABLES
 from kn.results import read_json
 from kn.sweep import read_rows, run_sweep
@@ -188,6 +189,21 @@ def test_smoke_rows_keep_the_memorization_curve(smoke):
         steps = [s for s, _ in curve]
         assert len(curve) == stops and steps == curve_stops(steps[-1], stops)
         assert curve[-1][1] == r["memorization"] and all(0 <= m <= 1 for _, m in curve)
+
+
+def test_grid_rows_are_this_grids_and_all_of_them(smoke):
+    """The chapter's rows: one per point of the profile's grid; rows of another grid (here another
+    seed's) do not count, so a grid missing points is a DataError naming the counts, not a page
+    drawn from part of it."""
+    csv, runs, _ = smoke
+    assert [r["key"] for r in grid_rows("smoke", csv, runs)] == [r["key"] for r in read_rows(csv)]   # NaN != NaN
+    with pytest.raises(DataError, match=r"^results: .* holds 0 rows of the 4 points of the smoke grid"):
+        grid_rows("smoke", csv, runs, seed=1)                            # another seed: another grid
+
+
+def test_random_share_is_far_from_rank1():
+    share = random_rank1_share(16, seed=0)
+    assert share == random_rank1_share(16, seed=0) and 0 < share < 0.3
 
 
 def test_second_sweep_skips_done_points(smoke):

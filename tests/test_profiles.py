@@ -12,6 +12,7 @@ from kn.errors import DataError
 from kn.extraction import DATA_KEYS, ExtractionConfig, from_profile
 from kn.models import ModelConfig
 from kn.onelayer import DEFAULTS, onelayer_points
+from kn.probing_study import probed_configs
 from kn.profiles import KEYS, MODEL_KEYS, PROFILES, TABLES, settings
 
 
@@ -25,6 +26,23 @@ def test_keys_are_the_configs_fields():
     assert set(KEYS["onelayer"]) == set(DEFAULTS) - {"runs_dir"}
     assert set(MODEL_KEYS) == names(ModelConfig)
     assert set(KEYS) == set(TABLES) and all(set(t) == set(PROFILES) for t in TABLES.values())
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_chapter_tables_name_runs_their_chapters_build(profile):
+    """Each augmentation a chapter's table names is a config of that chapter (probing's: one of the
+    augmentation chapter's models), and a name not run there is a DataError naming it."""
+    for chapter in ("mixed_training", "augmentation", "bidirectional"):
+        for a in settings(chapter, profile)["augments"]:
+            assert from_profile(profile, augment=a).data.augment == a
+    assert list(probed_configs(profile)) == settings("probing", profile)["augments"]
+
+
+def test_probing_a_model_the_augmentation_chapter_lacks(monkeypatch):
+    table = {**TABLES["probing"], "cpu": {**TABLES["probing"]["cpu"], "augments": ["single", "fullname"]}}
+    monkeypatch.setitem(profiles.TABLES, "probing", table)
+    with pytest.raises(DataError, match=r"^augments: \['fullname'\] not run by the augmentation chapter at cpu"):
+        probed_configs("cpu")
 
 
 @pytest.mark.parametrize("experiment", sorted(TABLES))
@@ -47,7 +65,7 @@ def test_misspelt_override_names_itself_and_the_allowed_keys():
 def test_misspelt_table_key_is_named(monkeypatch):
     table = {**TABLES["probing"], "cpu": {**TABLES["probing"]["cpu"], "epoch": 3}}
     monkeypatch.setitem(profiles.TABLES, "probing", table)
-    with pytest.raises(DataError, match=r"^epoch: unknown setting for probing; allowed: steps$"):
+    with pytest.raises(DataError, match=r"^epoch: unknown setting for probing; allowed: steps, augments$"):
         settings("probing", "cpu")
     assert settings("probing", "smoke") == TABLES["probing"]["smoke"]
 

@@ -3,9 +3,12 @@
 `summarize_bios(n, seed, ...)` generates one population, renders it under several augmentations and
 as bioR, trains one tokenizer on all of it, and returns plain dicts: an example per variant, the
 token-length distribution, distinct sentence counts and attribute frequencies. The chapter plots
-them and saves them with kn.results.
+them; `study(profile, seed)` makes the chapter's three summaries at the profile's "data" table
+(kn.profiles) and writes them with kn.results (results/data/<profile>/summary.json).
 """
 from __future__ import annotations
+
+import time
 
 import re
 
@@ -17,6 +20,8 @@ from kn.data.people import sample_people
 from kn.data.pools import load_pools
 from kn.data.qa import make_qa, qa_records, split_people
 from kn.data.records import ATTRIBUTES
+from kn.profiles import settings
+from kn.results import results_dir, write_json
 from kn.tokenize import train_tokenizer
 
 VARIANTS = ("single", "fullname", "permute", "multi5+permute")
@@ -74,3 +79,14 @@ def summarize_injection(n_paragraphs: int, seed: int = 0) -> dict:
     for p in rec["probes"]:
         probes.setdefault(p["kind"], f"{p['prompt']} → {p['target']}")
     return {"paragraphs": n_paragraphs, "text": rec["text"], "paraphrase": rec["paraphrases"][0], "probes": probes}
+
+
+def study(profile: str, seed: int = 0) -> dict:
+    """The chapter's summaries, made again (seconds) and written to summary.json. Returns summary
+    (summarize_bios'), biod, injection, path (of the file) and wall_time (seconds)."""
+    cfg, t0 = settings("data", profile), time.perf_counter()
+    summary = summarize_bios(cfg["n"], seed=seed)
+    biod, injection = summarize_biod(cfg["n_biod"], seed=seed), summarize_injection(cfg["n_paragraphs"], seed=seed)
+    path = write_json(results_dir("data", profile) / "summary.json", config=cfg, seed=seed,
+                      wall_time=time.perf_counter() - t0, profile=profile, biod=biod, injection=injection, **summary)
+    return {"summary": summary, "biod": biod, "injection": injection, "path": path, "wall_time": time.perf_counter() - t0}
