@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kn.errors import DataError, check_count
-from kn.probing import (KINDS, ProbeConfig, ProbeData, _as_data, _frozen, _new_probe, _reader, head_scores,
+from kn.probing import (KINDS, ProbeConfig, ProbeData, as_data, frozen, new_probe, reader, head_scores,
                         load_probe_data, p_inputs, p_record, q_inputs, q_record)
 from kn.results import done, read_json, write_json
 
@@ -70,8 +70,8 @@ def probe_people(data: ProbeData, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 def hidden_features(model, rows, pos: np.ndarray, device, batch_size: int = 64) -> torch.Tensor:
     """The frozen model's last hidden layer at pos [n, P] (rows(idx) -> ids, mask): [n, P, d] on the CPU."""
     emb = model.get_input_embeddings()
-    with _frozen(model):
-        feats = _reader(model, _new_probe(emb.num_embeddings, emb.embedding_dim, 0, [], 0).to(device), rows, pos,
+    with frozen(model):
+        feats = reader(model, new_probe(emb.num_embeddings, emb.embedding_dim, 0, [], 0).to(device), rows, pos,
                         np.arange(pos.shape[1]), device)
         return torch.cat([feats(np.arange(s, min(s + batch_size, len(pos))))
                           for s in range(0, len(pos), batch_size)]).cpu()
@@ -242,7 +242,7 @@ def probe(model, data, which: str, steps: int, seed: int = 0, device=None, progr
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    return _probe(model, _as_data(data), which, steps, seed, torch.device(device), progress)
+    return _probe(model, as_data(data), which, steps, seed, torch.device(device), progress)
 
 
 def selection_table(results: dict) -> tuple[list[str], list[list]]:

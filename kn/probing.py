@@ -164,7 +164,7 @@ def load_probe_data(folder: str | Path) -> ProbeData:
     return _make_data(bios.take(docs), values, names != "test", load_tokenizer(folder / "tokenizer"), names == "valid")
 
 
-def _as_data(data) -> ProbeData:
+def as_data(data) -> ProbeData:
     if isinstance(data, ProbeData):
         return data
     if isinstance(data, (str, Path)):
@@ -211,14 +211,14 @@ class Probe(torch.nn.Module):
         return [head(norm(feats[:, h])) for h, (norm, head) in enumerate(zip(self.norms, self.heads))]
 
 
-def _new_probe(vocab: int, width: int, rank: int, n_classes: list[int], seed: int) -> Probe:
+def new_probe(vocab: int, width: int, rank: int, n_classes: list[int], seed: int) -> Probe:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Probe(vocab, width, rank, n_classes)
 
 
 @contextmanager
-def _frozen(model):
+def frozen(model):
     """The model in eval mode with no trainable parameters; restored afterwards."""
     flags, training = [p.requires_grad for p in model.parameters()], model.training
     model.requires_grad_(False)
@@ -239,7 +239,7 @@ def _hidden(model, probe: Probe, ids: np.ndarray, mask: np.ndarray, device) -> t
     return h.float()
 
 
-def _reader(model, probe: Probe, rows, pos: np.ndarray, col: np.ndarray, device):
+def reader(model, probe: Probe, rows, pos: np.ndarray, col: np.ndarray, device):
     """feats(idx) -> [b, H, d]: hidden states of people idx at pos [n, P], head h reading column col[h]."""
     col_t = torch.as_tensor(col, device=device)
 
@@ -348,13 +348,13 @@ def _train_heads(model, data: ProbeData, rows, pos: np.ndarray, heads: list[tupl
     groups, steps = _groups(heads, rank), _n_steps(cfg, int(data.is_train.sum()))
     emb = model.get_input_embeddings()
     out = {}
-    with _frozen(model), tqdm(total=steps * len(groups), desc=desc, unit="step", disable=not progress) as bar:
+    with frozen(model), tqdm(total=steps * len(groups), desc=desc, unit="step", disable=not progress) as bar:
         for g, group in enumerate(groups):
             cols = list(dict.fromkeys(j for _, j, _ in group))
             labels = np.stack([np.where(pos[:, j] >= 0, data.labels[kind][:, k], -1) for kind, j, k in group], 1)
             n_classes = [int(data.labels[kind][:, k].max()) + 1 for kind, _, k in group]
-            probe = _new_probe(emb.num_embeddings, emb.embedding_dim, rank, n_classes, cfg.seed * 1009 + g).to(device)
-            feats = _reader(model, probe, rows, pos[:, cols], np.array([cols.index(j) for _, j, _ in group]), device)
+            probe = new_probe(emb.num_embeddings, emb.embedding_dim, rank, n_classes, cfg.seed * 1009 + g).to(device)
+            feats = reader(model, probe, rows, pos[:, cols], np.array([cols.index(j) for _, j, _ in group]), device)
             if rank == 0:
                 feats = _cached(feats, len(data), cfg.batch_size)
             pred = _fit(probe, feats, labels, data.is_train, cfg, steps, cfg.seed * 1009 + g, bar)
@@ -366,7 +366,7 @@ def _train_heads(model, data: ProbeData, rows, pos: np.ndarray, heads: list[tupl
 
 
 def _setup(model, data, cfg, overrides, device, which: str):
-    data = _as_data(data)
+    data = as_data(data)
     unknown = sorted(set(overrides) - {f.name for f in fields(ProbeConfig)})
     if unknown:
         raise DataError(f"overrides: unknown {unknown}; allowed: {', '.join(f.name for f in fields(ProbeConfig))}")
@@ -480,7 +480,7 @@ def fit_linear_probe(features, labels, is_train, steps: int = 200, lr: float = 1
     if is_train.all() or not is_train.any():
         raise DataError("is_train: need both train rows (True) and test rows (False)")
     cfg = ProbeConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)
-    probe = _new_probe(0, x.shape[1], 0, [int(y.max()) + 1], seed)
+    probe = new_probe(0, x.shape[1], 0, [int(y.max()) + 1], seed)
     feats = lambda idx: x[torch.as_tensor(idx)][:, None, :]  # noqa: E731
     with tqdm(disable=True) as bar:
         return head_scores(_fit(probe, feats, y[:, None], is_train, cfg, steps, seed, bar)[:, 0], y, is_train)["test"]
