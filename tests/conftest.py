@@ -50,3 +50,11 @@ def sigterm_at_step(monkeypatch):
             return wrapped
         monkeypatch.setattr(kn.train, "training_step", patched)
     return install
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    """Results and runs of the test in its own tmp_path (KN_RESULTS_ROOT, KN_RUNS_ROOT)."""
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
+    return tmp_path

@@ -105,13 +105,6 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, sigte
 # ----------------------------------------------------------------------------- kn.bidirectional_search
 
 
-@pytest.fixture
-def roots(tmp_path, monkeypatch):
-    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
-    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
-    return tmp_path
-
-
 def test_the_grid_is_pre_registered_and_within_budget():
     assert {(r["lr"], r["exposures"]) for r in bs.SETTINGS.values()} == {(lr, x) for lr in (3e-4, 1e-3, 3e-3)
                                                                         for x in (500, 2000)}

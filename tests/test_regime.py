@@ -14,13 +14,6 @@ from kn.results import results_dir, write_json
 from kn.train import Interrupted
 
 
-@pytest.fixture
-def roots(tmp_path, monkeypatch):
-    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
-    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
-    return tmp_path
-
-
 def test_every_setting_keeps_to_the_pre_registered_space_and_budget():
     for name, s in SETTINGS.items():
         assert s["steps"] >= MIN_STEPS and s["n"] >= 1000, name
