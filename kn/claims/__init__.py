@@ -238,7 +238,8 @@ def claims_table(chapter: str | None = None, profile: str | None = None) -> list
             except NoInterval as err:
                 row.update(ours=f"no interval: {err}", verdict="inconclusive", why=str(err), decide="a run that gives an interval")
             except (FileNotFoundError, KeyError) as err:   # result file or entry missing at this profile
-                row.update(ours=f"not measured: {err}", why=f"not measured: {err}")
+                what = f"no {Path(err.filename).name} at this profile" if getattr(err, "filename", None) else str(err)
+                row.update(ours=f"not measured: {what}", why=f"not measured: {what}")
         else:
             row["profile"] = None
         rows.append(row)
