@@ -27,7 +27,7 @@ KEYS = {
     "augmentation": ("augments", "variants"),
     "probing": ("steps", "augments"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search"),
-    "celebrity": ("n",),
+    "celebrity": ("n", "at_r1_choice"),
     "capacity": ("data", "window", "min_steps", "weight_decay", "data_bits_per_param", "lr_grid", "grid_exposures",
                  "arms", "seeds", "curve"),
     "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "n_seeds", "pretrain_exposures",
@@ -120,7 +120,9 @@ TABLES = {
                   "augments": ["single", "multi5+permute"], "search": False},
     },
     # Part 3.1 Result 6: minority people (the extraction profile's model and budget), as many celebrities;
-    # 300 + 300 at cpu: every minority person is tested, +-4 points
+    # 300 + 300 at cpu: every minority person is tested, +-4 points. `at_r1_choice`: the two runs at R1's
+    # chosen setting instead (kn.celebrity.r1_choice_configs, issue 22); at cpu once they are made (two
+    # pretrainings of 60K steps, ~75 min each on one core)
     "celebrity": {"smoke": {"n": 60}, "class": {"n": 50}, "cpu": {"n": 300}, "gpu": {"n": 5000}, "paper": {"n": 100000}},
     # Part 3.3: the capacity sweep (kn.capacity: the recipe, written before the runs). bioD with L=1,
     # C=4 (106 value bits in 61 tokens a person) and small name pools: values, not names, hold the bits

@@ -108,13 +108,26 @@ def search_config(name: str, profile: str, seed: int = 0) -> tuple[ExtractionCon
                        curve_points=CURVE_POINTS, model=ModelConfig(**model), **s)
     data = _folder(name, profile, seed) / "data"
     prepare_dataset(cfg, data)
-    return replace(cfg, exposures=steps / _steps_per_pass(cfg, data)), data
+    return at_steps(cfg, data, "mixed", steps), data
 
 
-def _steps_per_pass(cfg: ExtractionConfig, data: Path) -> int:
-    tc = stage_config(cfg, data, data.parent / "mixed", "mixed", passes=1.0)
+def at_steps(cfg: ExtractionConfig, data: Path, mode: str, steps: int) -> ExtractionConfig:
+    """`cfg` with the exposures that make its `mode` stage ("mixed" or "pretrain") on the dataset at
+    `data` take `steps` optimizer steps (kn.batches counts a pass)."""
+    one = stage_config(cfg, data, data.parent / mode, mode, passes=1.0)
     tok = load_tokenizer(data / "tokenizer")
-    return Batches(tc, tok.eos_token_id, tok.pad_token_id).steps_per_epoch
+    per_pass = Batches(one, tok.eos_token_id, tok.pad_token_id).steps_per_epoch
+    exposures_per_pass = cfg.exposures / stage_config(cfg, data, data.parent / mode, mode).passes
+    return replace(cfg, exposures=steps / per_pass * exposures_per_pass)
+
+
+def chosen_setting(profile: str) -> tuple[str, dict]:
+    """(name, its SETTINGS entry at `profile`) of the setting the search chose; DataError before any ran."""
+    name = selected(profile)
+    if name is None:
+        raise DataError(f"profile: no setting of the R1 search has a result at {profile!r}; "
+                        f"run `kn search r1 SETTING --profile {profile}` first")
+    return name, _setting(name, profile)
 
 
 def _folder(name: str, profile: str, seed: int) -> Path:
@@ -175,10 +188,7 @@ def confirm(profile: str, progress: bool = False) -> dict:
     """CONFIRMATION: the selected setting's runs on CONFIRM_SEEDS (each trained, resumed or read when
     done), each final model scored once on test_people; written to r1-confirmation.json ("seeds":
     seed -> its search row and test QA with per-person items) and returned (as it is when done)."""
-    name = selected(profile)
-    if name is None:
-        raise DataError(f"profile: no setting of the R1 search has a result at {profile!r}; "
-                        f"run `kn search r1 SETTING --profile {profile}` first")
+    name = chosen_setting(profile)[0]
     config = {"setting": name, "runs": {str(s): asdict(c) for s, c in confirmation_configs(name, profile).items()}}
     trained = [_folder(name, profile, s) / "mixed" / "train.json" for s in CONFIRM_SEEDS]
     if (record := done(confirmation_path(profile), config, after=trained)):

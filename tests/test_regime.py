@@ -97,3 +97,30 @@ def test_the_search_plot_draws_one_line_per_setting_run(roots):
     ax = plot_search(plt.figure().gca(), "cpu")
     assert [line.get_label() for line in ax.get_lines()] == ["n1k", "n2k (chosen)"]
     assert list(ax.get_lines()[0].get_ydata()) == [10.0, 20.0]
+
+
+def test_result_6_at_the_chosen_setting_takes_its_steps_with_equal_exposures(roots, monkeypatch):
+    from kn import profiles
+    from kn.celebrity import celebrity_configs
+    from kn.extraction import stage_config
+    from kn.regime import at_steps, chosen_setting
+    monkeypatch.setitem(profiles.TABLES["celebrity"], "smoke", {"n": 60, "at_r1_choice": True})
+    with pytest.raises(DataError, match="^profile: no setting of the R1 search has a result at 'smoke'"):
+        celebrity_configs("smoke")
+    write_json(result_path("n1k-4x128", "smoke"), config={"setting": "n1k-4x128"},
+               row={"setting": "n1k-4x128", "valid_qa": 0.1, "within_budget": True})
+    configs = celebrity_configs("smoke")
+    alone, both = configs["minority alone"], configs["minority + celebrities"]
+    name, chosen = chosen_setting("smoke")                                             # the setting at smoke scale
+    assert name == "n1k-4x128" and (both.data.n, both.data.n_celebrity, alone.data.n_celebrity) == (40, 40, 0)
+    for cfg in (alone, both):
+        assert (cfg.model.n_layer, cfg.batch_size, cfg.window, cfg.lr, cfg.weight_decay) == (
+            chosen["model"]["n_layer"], chosen["batch_size"], chosen["window"], chosen["lr"], chosen["weight_decay"])
+    assert alone.exposures == both.exposures                                          # equal exposures per person
+    data = roots / "runs" / "celebrity" / "smoke" / "r1-choice-steps" / "seed0" / "data"
+    from kn.batches import Batches
+    from kn.tokenize import load_tokenizer
+    tok = load_tokenizer(data / "tokenizer")
+    tc = stage_config(both, data, roots / "out", "pretrain")
+    assert Batches(tc, tok.eos_token_id, tok.pad_token_id).steps_per_epoch * tc.passes == pytest.approx(30)
+    assert at_steps(both, data, "pretrain", 60).exposures == pytest.approx(2 * both.exposures)
