@@ -41,11 +41,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from kn.batches import Batches
-from kn.data.records import read_jsonl
 from kn.errors import DataError
-from kn.extraction import (ExtractionConfig, evaluate_model, from_profile, majority_baseline, prepare_dataset,
-                           stage_config, train_stage)
-from kn.intervals import bootstrap, mean_accuracy, person_table
+from kn.extraction import ExtractionConfig, evaluate_model, from_profile, prepare_dataset, stage_config, train_stage
+from kn.intervals import held_out_accuracy
 from kn.models import ModelConfig
 from kn.results import done, read_json, results_dir, runs_dir, write_json
 from kn.tokenize import load_tokenizer
@@ -196,10 +194,9 @@ def confirm(profile: str, progress: bool = False) -> dict:
     t0, seeds = time.perf_counter(), {}
     for seed in CONFIRM_SEEDS:
         row = run_setting(name, profile, progress, seed)
-        data = _folder(name, profile, seed) / "data"
-        scored = evaluate_model(_folder(name, profile, seed) / "mixed" / "model", data, splits=("test",), memorize=False)
-        seeds[str(seed)] = {"row": row, "qa": scored["qa"],
-                            "majority_baseline": majority_baseline(list(read_jsonl(data / "qa.jsonl")))}
+        run = _folder(name, profile, seed)
+        scored = evaluate_model(run / "mixed" / "model", run / "data", splits=("test",), memorize=False)
+        seeds[str(seed)] = {"row": row, "qa": scored["qa"], "majority_baseline": scored["majority_baseline"]}
     write_json(confirmation_path(profile), config=config, seed=list(CONFIRM_SEEDS),
                wall_time=time.perf_counter() - t0, setting=name, seeds=seeds)
     return read_json(confirmation_path(profile))
@@ -289,7 +286,7 @@ def confirmation_table(profile: str) -> tuple[list[str], list[list[str]]]:
         return ["seed"], []
     record, rows = read_json(confirmation_path(profile)), []
     for seed, s in record["seeds"].items():
-        est = bootstrap([person_table(s["qa"]["items"])], mean_accuracy)
+        est = held_out_accuracy(s)
         rows.append([seed, f"{s['row']['steps']:,}", machine(result_path(record["setting"], profile, int(seed))),
                      f"{100 * s['row']['train_qa']:.1f}%", f"{100 * s['row']['memorized']:.1f}%",
                      f"{100 * s['row']['valid_qa']:.1f}%", f"{est.value:.1f}% [{est.low:.1f}, {est.high:.1f}]"])
