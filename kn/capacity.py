@@ -17,6 +17,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from kn.data.dataset import BiosConfig, make_dataset
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params
 from kn.profiles import settings
-from kn.results import write_json
+from kn.results import done, write_json
 from kn.sweep import point_key, read_rows, run_sweep
 from kn.train import measured_curve, train_to
 from kn.train_config import TrainConfig
@@ -76,14 +77,16 @@ def run_folder(point: dict, runs_dir: str | Path) -> Path:
 
 
 def _make_data(p: dict, out: Path) -> None:
-    if (out / "meta.json").is_file():
-        return                                               # deterministic in the point: reuse
+    """The point's data at `out`, unless its meta.json already records the same config (results.done)."""
     if p["data"] == "bioD":
         cfg = BioDConfig(n=p["n"], k=p["k"], c=p["c"], d=p["d"], l=p["l"], t=p["t"], n_first=p["n_first"],
                          n_middle=p["n_middle"], n_last=p["n_last"], seed=p["seed"], domain_token=p["domain_token"])
-        write_biod(cfg, out, p["junk_ratio"])
+        if done(out / "meta.json", {**asdict(cfg), "junk_ratio": p["junk_ratio"]}) is None:
+            write_biod(cfg, out, p["junk_ratio"], overwrite=True)
     else:
-        make_dataset(BiosConfig(n=p["n"], augment=p["augment"], seed=p["seed"], vocab_size=p["vocab_size"]), out)
+        cfg = BiosConfig(n=p["n"], augment=p["augment"], seed=p["seed"], vocab_size=p["vocab_size"])
+        if done(out / "meta.json", cfg) is None:
+            make_dataset(cfg, out, overwrite=True)
 
 
 def _train_config(p: dict, folder: Path, device: str):

@@ -14,7 +14,7 @@ from kn.extraction import ExtractionConfig, from_profile, prepare_dataset, run_s
 from kn.models import ModelConfig
 from kn.profiles import settings
 from kn.regime import at_steps, chosen_setting
-from kn.results import runs_dir
+from kn.results import read_json, results_dir, runs_dir
 
 CHAPTER = "celebrity"
 
@@ -45,7 +45,13 @@ def r1_choice_configs(profile: str, seed: int = 0) -> dict[str, ExtractionConfig
     return {"minority alone": replace(run(), exposures=both.exposures), "minority + celebrities": both}
 
 
+FIRST = "first-300 "    # at cpu, the first run's files (300 + 300 people, the extraction profile's model), kept beside
+
+
 def study(profile: str, seed: int = 0) -> dict:
-    """Run (or read back, kn.extraction.run_suite) the two runs. Returns configs and results (name -> each)."""
+    """Run (or read back, kn.extraction.run_suite) the two runs. Returns configs, results (name -> each)
+    and first (name -> the first run's result, where its FIRST files exist)."""
     configs = celebrity_configs(profile, seed)
-    return {"configs": configs, "results": run_suite(CHAPTER, profile, configs, progress=False)}
+    folder = results_dir(CHAPTER, profile)
+    first = {n: read_json(folder / f"{FIRST}{n}.json") for n in configs if (folder / f"{FIRST}{n}.json").is_file()}
+    return {"configs": configs, "results": run_suite(CHAPTER, profile, configs, progress=False), "first": first}

@@ -5,7 +5,8 @@ wait=False, returning None while another process holds it; a lock file its relea
 between is retried, so holders that remove their file on release (kn.sweep) exclude each other too.
 `file_lock(path, wait, busy)` holds one for a `with` block: a held lock waits, or with wait=False
 is a DataError with the message `busy`. Users: kn.checkpoints.run_lock (a run's folder, not
-waiting), kn.onelayer (a shared pretraining, waiting), kn.sweep (a point, either).
+waiting), kn.onelayer (a shared pretraining, waiting), kn.sweep (a point, either), kn.results.append_csv
+(a CSV, waiting).
 """
 from __future__ import annotations
 

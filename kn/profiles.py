@@ -99,9 +99,10 @@ TABLES = {
     },
     # Part 3.1 Results 4-5: optimizer steps of each probe fit (kn.probe_select: a low-rank head chosen on
     # the validation slice; rank-0 full heads and the paper's rank-2/16 embedding updates, fit on a few
-    # hundred people, memorized them: 97% of their own people, chance on test_people, at cpu), and the
-    # augmentation chapter's pretrained models it probes (at class and cpu only the claims' two)
-    "probing": {"smoke": {"steps": 20, "augments": _PROBED}, "class": {"steps": 300, "augments": _CLAIMS},
+    # hundred people, memorized them: 97% of their own people, chance on test_people, at cpu), and which
+    # of the augmentation chapter's configs it trains (kn.probing_study, its own runs) and probes: below gpu
+    # the claims' two
+    "probing": {"smoke": {"steps": 20, "augments": _CLAIMS}, "class": {"steps": 300, "augments": _CLAIMS},
                 "cpu": {"steps": 300, "augments": _CLAIMS}, "gpu": {"steps": 1000, "augments": _PROBED},
                 "paper": {"steps": 1000, "augments": _PROBED}},
     # Part 3.1 Result 7: the masked model and its GPT-2 twin (kn.bidirectional.twins), on the extraction

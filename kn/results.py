@@ -8,8 +8,7 @@ book/results (the committed results, all checksummed: a hand edit could delete t
 (runs, datasets) a file without one predates checksums and is read as it is. It also refuses
 impossible values (kn.intervals.check_values). When the `kn` package differs from its commit, the
 patch is kept beside the JSON as <name>.diff and the provenance names it with its sha256. A CSV
-grows one row at a time: each row is one write to a file opened for appending, under an fcntl
-lock, with its columns checked against the header; a write that fails (a full disk) is cut back to
+grows one row at a time: each row is one write at the end of the file, under its lock (kn.locks), with its columns checked against the header; a write that fails (a full disk) is cut back to
 the rows before it; an unfinished last line (a crash mid-write) is dropped with a warning, and so
 are rows that are not rows of the file (a repeated header, another column count).
 
@@ -23,7 +22,6 @@ Entry points: `provenance`, `write_json`, `read_json`, `checksum`, `done`, `publ
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -39,6 +37,7 @@ from pathlib import Path
 
 from kn.errors import DataError
 from kn.intervals import check_values
+from kn.locks import acquire, release
 from kn.profiles import check_profile
 
 PACKAGE = Path(__file__).resolve().parent
@@ -336,14 +335,13 @@ def _columns(header: list[str], row: dict, path: Path) -> list:
 
 
 def append_csv(path: str | Path, row: dict) -> Path:
-    """Append one row (the header first for a new file) in one write, under an fcntl lock on the
-    file, then fsync: a crash leaves whole rows, plus at most an unfinished line that the next
+    """Append one row (the header first for a new file) in one write, under the file's lock
+    (kn.locks), then fsync: a crash leaves whole rows, plus at most an unfinished line that the next
     append or read drops. Columns must be the header's (in any order)."""
     path = Path(path)
     folder_path(path.parent, "results").mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = acquire(path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         with open(path, "rb") as f:
             data = f.read()
         end = _complete(data, path)
@@ -351,9 +349,10 @@ def append_csv(path: str | Path, row: dict) -> Path:
             os.ftruncate(fd, end)
         header = next(csv.reader(io.StringIO(data[:end].decode(), newline="")), None)
         text = _line(list(row)) + _line(list(row.values())) if header is None else _line(_columns(header, row, path))
+        os.lseek(fd, end, os.SEEK_SET)
         _write_all(fd, text, end, path)
     finally:
-        os.close(fd)                                        # also releases the lock
+        release(path, fd)
     return path
 
 

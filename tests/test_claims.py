@@ -141,12 +141,16 @@ def probe(share, own, n=300, seed=0, n_fit=240):
 def test_q_probe_claim_its_ceiling_and_guards(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
     for a in ("single", "multi5+permute"):
-        write(tmp_path, "augmentation", "cpu", a, result(0.5))
+        write(tmp_path, "probing", "cpu", f"{a} model", result(0.5))       # the probed models' own QA results
     write(tmp_path, "probing", "cpu", "single", probe(0.01, 0.9))
     write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.8, 0.9, seed=1))
     r5 = row("Part 3.1, R5")
     assert r5["verdict"] == "reproduced" and "90.0%: the probe at the value's own position" in r5["ceiling"]
     assert "multi5+permute: Q-probe fit on 240.0 people (>= 200)" in r5["guards"]
+    assert "multi5+permute: bios memorized" in r5["guards"]
+    write(tmp_path, "probing", "cpu", "single model", result(0.5, mem=0.5))        # a model that did not memorize
+    assert row("Part 3.1, R5")["verdict"] == "inconclusive" and "single: bios memorized" in row("Part 3.1, R5")["why"]
+    write(tmp_path, "probing", "cpu", "single model", result(0.5))
     write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.2, 0.25, seed=1))   # a probe that reads little
     assert row("Part 3.1, R5")["verdict"] == "inconclusive" and "ceiling" in row("Part 3.1, R5")["why"]
     write(tmp_path, "probing", "cpu", "multi5+permute", probe(0.1, 0.9, seed=1))    # it reads, the name does not

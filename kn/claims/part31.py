@@ -14,7 +14,7 @@ from kn.claims.rules import Check, Evidence, NoInterval, load
 from kn.data.records import ATTRIBUTES
 from kn.guards import GUARD_MEMORIZED, GUARD_PROBE_FIT, GUARD_PROBE_VALID, GUARD_TRAIN_QA
 from kn.intervals import accuracy_gap, bootstrap, mean_accuracy, paired_gap, person_table
-from kn.results import results_dir
+from kn.probing_study import model_name
 
 
 def _items(r: dict, name: str) -> np.ndarray:
@@ -97,11 +97,11 @@ def _probe_runs(folder, key: str) -> dict:
 
 
 def _probe_guards(folder, runs: dict, what: str) -> tuple[Check, ...]:
-    """Each probed model memorized its bios (its augmentation result, where present); each probe fit on
-    >= GUARD_PROBE_FIT people and chose its rank and weight decay on >= GUARD_PROBE_VALID others."""
-    aug = results_dir("augmentation", folder.name)
-    memorized = tuple(Check(f"{a}: bios memorized", 100 * load(aug, a)["memorization"]["mean"], GUARD_MEMORIZED)
-                      for a in runs if (aug / f"{a}.json").is_file())
+    """Each probed model memorized its bios (its QA result beside the probes, kn.probing_study, where
+    present); each probe fit on >= GUARD_PROBE_FIT people and chose its rank and weight decay on
+    >= GUARD_PROBE_VALID others."""
+    memorized = tuple(Check(f"{a}: bios memorized", 100 * load(folder, model_name(a))["memorization"]["mean"],
+                            GUARD_MEMORIZED) for a in runs if (folder / f"{model_name(a)}.json").is_file())
     people = tuple(c for a, r in runs.items() for c in (
         Check(f"{a}: {what} fit on", r["n_fit"], GUARD_PROBE_FIT, " people"),
         Check(f"{a}: {what} chosen on validation", r["n_valid"], GUARD_PROBE_VALID, " people")))
