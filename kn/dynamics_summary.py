@@ -25,6 +25,7 @@ from functools import lru_cache
 import numpy as np
 
 from kn.data.injection import PROBE_KINDS
+from kn.display import markdown_table
 from kn.dynamics_config import CONTROL, SCENARIOS, DynamicsConfig, injection_steps
 from kn.errors import DataError
 from kn.forgetting import LAWS, MIN_POINTS, effectivity, fit_forgetting, fit_log, local_max, retainability
@@ -264,7 +265,6 @@ def interval_text(iv: dict | None) -> str:
 def effectivity_table(stages: dict, scenarios=SCENARIOS):
     """Effectivity of the injected paragraphs, of the controls and their difference (nats, 95% interval),
     one row per stage, scenario and probe kind, as Markdown."""
-    from kn.display import markdown_table
     names = ("effectivity", "control_effectivity", "effectivity_minus_control")
     rows = [[stage, s, k] + [interval_text(summary[s][k][n]) for n in names]
             for stage, summary in stages.items() for s in scenarios for k in PROBE_KINDS]
@@ -274,7 +274,6 @@ def effectivity_table(stages: dict, scenarios=SCENARIOS):
 def forgetting_table(summaries: dict, key: str = "forgetting", scenarios=SCENARIOS):
     """The forgetting laws per label (a stage, a batch size), scenario and kind: AIC of each law, the best
     and its lead, the log law's decay b (95% interval) and t*, as Markdown; blank where there is no fit."""
-    from kn.display import markdown_table
     rows = []
     for label, summary in summaries.items():
         for s in scenarios:
@@ -294,7 +293,6 @@ def _law_cells(f: dict) -> list[str]:
 def difference_table(diffs: dict, scenarios=SCENARIOS):
     """A comparison of two runs (early_vs_late or small_minus_large): one row per scenario and kind, one
     column per statistic (its intervals), as Markdown."""
-    from kn.display import markdown_table
     first = diffs[scenarios[0]][PROBE_KINDS[0]]
     cols = [(n, sub) for n, v in first.items() for sub in (v if "value" not in v else [None])]
     rows = [[s, k] + [interval_text(diffs[s][k][n] if sub is None else diffs[s][k][n][sub]) for n, sub in cols]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from kn.errors import DataError
+from kn.tokenize import SPECIAL_TOKENS
 
 ARCHS = ("gpt2", "llama", "mistral", "bert")
 
@@ -77,7 +78,6 @@ def hf_config(cfg: ModelConfig):
         extra = {"sliding_window": None} if cfg.arch == "mistral" else {}
         return cls(**common, intermediate_size=cfg.mlp_width, num_key_value_heads=cfg.n_head,
                    attention_dropout=0.0, **extra)
-    from kn.tokenize import SPECIAL_TOKENS
     ids = {name.replace("_token", "_token_id"): i for i, name in enumerate(SPECIAL_TOKENS)}   # kn's tokenizers
     return ModernBertConfig(**common, **ids, cls_token_id=ids["bos_token_id"], sep_token_id=ids["eos_token_id"],
                             intermediate_size=cfg.mlp_width, hidden_activation="gelu",

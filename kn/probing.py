@@ -48,10 +48,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kn.data.dataset import load_encoded
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError, check_count, check_number
 from kn.evaluate import doc_rows
-from kn.tokenize import Encoded, ragged_gather
+from kn.tokenize import Encoded, load_tokenizer, ragged_gather
 
 KINDS = ("first", "whole")
 DEFAULT_RANK = {"P-probe": 2, "Q-probe": 16}
@@ -149,8 +150,6 @@ def probe_data(ds) -> ProbeData:
 
 def load_probe_data(folder: str | Path) -> ProbeData:
     """ProbeData of a dataset folder written by `kn data bios` (values from bios.jsonl, split from qa.jsonl)."""
-    from kn.data.dataset import load_encoded
-    from kn.tokenize import load_tokenizer
     folder = Path(folder)
     bios = load_encoded(folder, "bios")
     records = list(read_jsonl(folder / "bios.jsonl"))

@@ -15,6 +15,8 @@ import re
 import numpy as np
 
 from kn.data.bior import generate_bior
+from kn.data.biod import BioDConfig, bound_inputs, generate_biod, render, texts
+from kn.data.injection import InjectionConfig, generate_injection
 from kn.data.bios import bio_records, make_bios
 from kn.data.people import sample_people
 from kn.data.pools import load_pools
@@ -65,7 +67,6 @@ def attribute_frequencies(people) -> dict:
 
 def summarize_biod(n: int, seed: int = 0) -> dict:
     """A bioD(N, K=4, C=2, D=100, L=2, T=50) example and its sizes (Part 3.3)."""
-    from kn.data.biod import BioDConfig, bound_inputs, generate_biod, render, texts
     cfg = BioDConfig(n=n, k=4, c=2, d=100, l=2, t=50, seed=seed)
     docs = render(generate_biod(cfg))
     return {"example": texts(cfg, docs)[0], "tokens_per_bio": int(docs.lengths()[0]), "sizes": bound_inputs(cfg)}
@@ -73,7 +74,6 @@ def summarize_biod(n: int, seed: int = 0) -> dict:
 
 def summarize_injection(n_paragraphs: int, seed: int = 0) -> dict:
     """One fictional-knowledge paragraph, a paraphrase and a probe of each kind (Chang et al.)."""
-    from kn.data.injection import InjectionConfig, generate_injection
     rec = generate_injection(InjectionConfig(n_paragraphs=n_paragraphs, seed=seed))[0]
     probes = {}
     for p in rec["probes"]:
