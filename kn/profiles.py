@@ -114,7 +114,7 @@ TABLES = {
         "class": {"n": 60, "exposures": 300, "finetune_exposures": 30, "finetune_lr": 1e-3,
                   "augments": ["multi5+permute"], "search": False},
         "cpu": {"n": 100, "exposures": 500, "finetune_exposures": 30, "finetune_lr": 1e-3,
-                "augments": ["multi5+permute"], "search": False},   # True once `kn search r7 all` ran at cpu (~2-4 h)
+                "augments": ["multi5+permute"], "search": True},    # the grid ran at cpu (2026-12-04, 75 CPU min)
         "gpu": {"n": 5000, "exposures": 1000, "finetune_exposures": 30, "finetune_lr": 1e-3,
                 "augments": ["single", "multi5+permute"], "search": False},
         "paper": {"n": 100000, "exposures": 2700, "finetune_exposures": 30, "finetune_lr": 1e-3,
