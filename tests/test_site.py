@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from kn.book import ROOT, build_book
+from kn.locks import file_lock
 from kn.site import check_site, find_chromium, toc_pages
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (apt-get install chromium)")
@@ -18,9 +19,11 @@ ARTICLE = '<article class="bd-article">'   # where a page's content starts
 
 @pytest.fixture(scope="module")
 def site():
-    """The built book: what `kn book` (or .ci/run) left in _build/html, built here if missing."""
-    if not (HTML / "index.html").is_file():
-        build_book(ROOT)
+    """The built book: what `kn book` (or .ci/run) left in _build/html, built here if missing (by one
+    pytest worker while the others wait)."""
+    with file_lock(ROOT / "_build" / "site-test.lock"):
+        if not (HTML / "index.html").is_file():
+            build_book(ROOT)
     return HTML
 
 
