@@ -17,7 +17,6 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from kn.bound import QUANT_BITS, run_bound, stores_values
-from kn.data.biod import BioDConfig, vocabulary, write_biod
+from kn.data.biod import BioDConfig, recorded_config, vocabulary, write_biod
 from kn.data.dataset import BiosConfig, make_dataset
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params
@@ -81,7 +80,7 @@ def _make_data(p: dict, out: Path) -> None:
     if p["data"] == "bioD":
         cfg = BioDConfig(n=p["n"], k=p["k"], c=p["c"], d=p["d"], l=p["l"], t=p["t"], n_first=p["n_first"],
                          n_middle=p["n_middle"], n_last=p["n_last"], seed=p["seed"], domain_token=p["domain_token"])
-        if done(out / "meta.json", {**asdict(cfg), "junk_ratio": p["junk_ratio"]}) is None:
+        if done(out / "meta.json", recorded_config(cfg, p["junk_ratio"])) is None:
             write_biod(cfg, out, p["junk_ratio"], overwrite=True)
     else:
         cfg = BiosConfig(n=p["n"], augment=p["augment"], seed=p["seed"], vocab_size=p["vocab_size"])

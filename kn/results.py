@@ -8,8 +8,9 @@ book/results (the committed results, all checksummed: a hand edit could delete t
 (runs, datasets) a file without one predates checksums and is read as it is. It also refuses
 impossible values (kn.intervals.check_values). When the `kn` package differs from its commit, the
 patch is kept beside the JSON as <name>.diff and the provenance names it with its sha256. A CSV
-grows one row at a time: each row is one write at the end of the file, under its lock (kn.locks), with its columns checked against the header; a write that fails (a full disk) is cut back to
-the rows before it; an unfinished last line (a crash mid-write) is dropped with a warning, and so
+grows one row at a time: each row is one write at the end of the file, under its lock (kn.locks),
+with its columns checked against the header; a write that fails (a full disk) is cut back to the
+rows before it; an unfinished last line (a crash mid-write) is dropped with a warning, and so
 are rows that are not rows of the file (a repeated header, another column count).
 
 Where results live: a chapter's result files in `results_dir(chapter, profile)` (book/results/,

@@ -333,6 +333,11 @@ def bound_inputs(cfg: BioDConfig) -> dict:
     return {"N0": cfg.n0, "N": cfg.n, "K": cfg.k, "C": cfg.c, "D": cfg.d, "L": cfg.l, "T": cfg.t}
 
 
+def recorded_config(cfg: BioDConfig, junk_ratio: float = 0.0) -> dict:
+    """The config a bioD folder's meta.json records (results.done compares a folder with it)."""
+    return {**asdict(cfg), "junk_ratio": junk_ratio}
+
+
 def write_biod(cfg: BioDConfig, out_dir: str | Path, junk_ratio: float = 0.0, records: bool = False,
                overwrite: bool = False) -> Path:
     """The bioD folder kn.batches reads: tokenizer/ and, last, meta.json ("kind": "bioD", the config
@@ -347,7 +352,7 @@ def write_biod(cfg: BioDConfig, out_dir: str | Path, junk_ratio: float = 0.0, re
             with atomic_file(out / "biod.jsonl") as tmp:
                 written["n_records"] = write_jsonl(to_records(generate_biod(cfg)), tmp)
         save_tokenizer(make_tokenizer(cfg), out)
-        write_json(out / "meta.json", config={**asdict(cfg), "junk_ratio": junk_ratio}, seed=cfg.seed, kind="bioD",
+        write_json(out / "meta.json", config=recorded_config(cfg, junk_ratio), seed=cfg.seed, kind="bioD",
                    biod=asdict(cfg), junk_ratio=junk_ratio, **bound_inputs(cfg), doc_length=cfg.doc_length(),
                    n_tokens=cfg.n * cfg.doc_length(), vocab_size=len(vocabulary(cfg)), **written)
     return out
