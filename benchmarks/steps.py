@@ -8,6 +8,8 @@ other load on the machine hits all of them alike:
   kn fp32      kn's step in fp32 with SDPA, full vocabulary: what kn ran before issue 27
   kn           kn's step in kn.precision's choice (auto, measured here), full vocabulary
   kn trimmed   the same with trim_vocab (kn.vocab): rows only for the tokens the data use
+  kn compiled  kn's step in kn.precision's choice, compiled (torch.compile, fused AdamW): what a
+               long CPU run takes where it measures faster (kn.train.compile_setting)
 Models: "part3.1", the extraction cpu profile (2 layers, 4 heads, 128 wide, 2048 tokens, 600
 people multi5+permute, batch 16 x 256), and "capacity-16" / "capacity-48", the capacity cpu
 profile's smallest and largest GPT-2 (2 layers, 2 heads, bioD, batch 2 x 128, issue 27's batch).
@@ -46,7 +48,7 @@ MODELS = {   # name -> (model, batch, window, data, timed steps per engine per r
     "capacity-16": (ModelConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=209, context=128), 2, 128, "biod", 300),
     "capacity-48": (ModelConfig(n_layer=2, n_head=2, n_embd=48, vocab_size=209, context=128), 2, 128, "biod", 200),
 }
-ENGINES = ("neox eager", "hf gpt2", "kn fp32", "kn", "kn trimmed")
+ENGINES = ("neox eager", "hf gpt2", "kn fp32", "kn", "kn trimmed", "kn compiled")
 BASELINES = ("neox eager", "hf gpt2")
 
 
@@ -90,12 +92,12 @@ def kn_engine(cfg: ModelConfig, which: str, x0: torch.Tensor, vocab: VocabMap, t
     if which == "kn trimmed":
         trim(model, vocab)
     setting = ("fp32", "sdpa") if which == "kn fp32" else ("auto", "auto")
-    precision = choose(model, (x0, x0, None), *setting, "cpu")
+    precision = choose(model, (x0, x0, None), *setting, "cpu", "on" if which == "kn compiled" else "off")
     set_attention(model, precision.attention)
-    acc, opt = accelerator("cpu"), optimizer_for(model, LR)
+    acc, opt = accelerator("cpu"), optimizer_for(model, LR, fused=precision.compiled)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps))
     model, opt = acc.prepare(model, opt)
-    fn = training_step(model, opt, sched, acc, 1.0, False, precision)
+    fn = training_step(model, opt, sched, acc, 1.0, precision)
     return (lambda x: fn(x, x)), precision
 
 

@@ -8,7 +8,7 @@ vocabulary); batches of 16 windows of 128 tokens, from the profiles' own data. T
 attention, model(input_ids, labels).loss, backward, torch.optim.AdamW. Each candidate changes one
 thing; "kn before" is kn's step as issue 11 found it (SDPA, for-loop AdamW, clipping, schedule,
 accelerate) and "kn" is kn's step now (kn.models.build_model, kn.train.optimizer_for,
-kn.train.training_step, compiled where kn.train.use_compile says so, on one thread as kn.train.fit
+kn.train.training_step, compiled where kn.train.compile_setting says so, on one thread as kn.train.fit
 runs on the CPU).
 
 The machine is shared: engines are timed in turn, repeat after repeat (A, B, C, A, B, C, ...), so
@@ -34,8 +34,9 @@ import torch
 
 from kn.batches import Batches
 from kn.models import ModelConfig, build_model, hf_config, n_params
+from kn.precision import Precision
 from kn.results import write_json
-from kn.train import PEAK_FLOPS, accelerator, flops_per_token, lr_lambda, optimizer_for, training_step, use_compile
+from kn.train import PEAK_FLOPS, accelerator, compile_setting, flops_per_token, lr_lambda, optimizer_for, training_step
 from kn.train_config import TrainConfig
 
 MODELS = {   # name -> (model, batch, window, data)
@@ -121,10 +122,11 @@ def kn_engine(cfg: ModelConfig, which: str, total_steps: int = 10_000, seed: int
         compile_ = False
     else:
         model = build_model(cfg, seed=seed)
-        opt, compile_ = optimizer_for(model, LR), use_compile("auto", acc.device)
+        compile_ = compile_setting("auto", acc.device, total_steps) == "on"
+        opt = optimizer_for(model, LR, fused=compile_)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps))
     model, opt = acc.prepare(model, opt)
-    fn = training_step(model, opt, sched, acc, 1.0, compile=compile_)
+    fn = training_step(model, opt, sched, acc, 1.0, Precision("fp32", "sdpa", "", compiled=compile_))
     return (lambda x: fn(x, x)), model
 
 

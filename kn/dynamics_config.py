@@ -52,7 +52,7 @@ class DynamicsConfig:
     eval_every: int = 1              # steps between measurements of l (paper: 1)
     lam_window: int = 50             # steps searched for t_LAM (paper: 50)
     device: str = "auto"             # auto | cpu | cuda
-    compile: str = "auto"            # auto (GPU only) | on | off
+    compile: str = "auto"            # auto (kn.train.compile_setting) | on | off
     seed: int = 0                    # background, base and the first run
 
     def __post_init__(self):

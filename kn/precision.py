@@ -1,4 +1,4 @@
-"""Precision and attention of a training run, chosen by the machine (issue 27).
+"""Precision, attention and compilation of a training run, chosen by the machine (issue 27).
 
 A run's `precision` is auto | fp32 | bf16 and its `attention` auto | sdpa | eager. "auto" keeps
 every candidate the machine can run: bf16 autocast only where the CPU has bf16 instructions
@@ -6,19 +6,22 @@ every candidate the machine can run: bf16 autocast only where the CPU has bf16 i
 one candidate: a few steps of the run's own model, on its first batch, are timed in turn (A, B, C,
 A, B, C, ...: load on a shared machine hits all alike) on copies of the model, so that the run
 itself and torch's random state are untouched, and the fastest wins; fp32 with SDPA (what kn ran
-before) unless another is MARGIN faster. One measurement per model shape, batch and thread count
-in a process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with its
-reason and timings, goes into train.json, the checkpoint and (kn.results.hardware) the provenance
-of every result the process writes; a resumed run keeps its checkpoint's choice, so it continues
-bit-exactly. Curves are deterministic per precision, not across them.
-Entry points: `Precision`, `choose`, `check_setting`, `set_attention`.
+before) unless another is MARGIN faster. Then, where the run leaves compilation open (`compile`
+"auto", kn.train.compile_setting), the winner is timed compiled against eager the same way: a
+compiled step runs torch.compile's forward and backward and AdamW's fused kernel. One measurement
+per model shape, batch and thread count in a process. On a GPU, auto is bf16 with SDPA (fused
+kernels), not measured. The choice, with its reason and timings, goes into train.json, the
+checkpoint and (kn.results.hardware) the provenance of every result the process writes; a resumed
+run keeps its checkpoint's choice, so it continues bit-exactly. Curves are deterministic per
+precision (and compilation), not across them.
+Entry points: `Precision`, `choose`, `check_setting`, `set_attention`, `compiled_model`.
 """
 from __future__ import annotations
 
 import copy
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -29,7 +32,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTIONS = ("auto", "sdpa", "eager")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MARGIN = 1.05          # another candidate replaces fp32 + SDPA only when >= 5% faster: not on timing noise
-ROUNDS = 3             # timed steps per candidate, one per round, after one warm-up step
+ROUNDS = 3             # timed rounds per candidate, after one warm-up step
+ROUND_S = 0.05         # a round runs as many steps as fill about this many seconds (one step at least)
 _CHOSEN: dict = {}     # (model shape, batch, device, threads, candidates) -> Precision, for this process
 
 
@@ -39,10 +43,11 @@ class Precision:
     attention: str                              # sdpa | eager
     reason: str
     seconds_per_step: dict = field(default_factory=dict)   # "bf16+eager" -> median measured s/step
+    compiled: bool = False                      # torch.compile'd forward/backward and fused AdamW
 
     @property
     def name(self) -> str:
-        return f"{self.dtype}+{self.attention}"
+        return f"{self.dtype}+{self.attention}" + ("+compiled" if self.compiled else "")
 
     def autocast(self, device):
         """The autocast context of this precision on `device` (a no-op in fp32)."""
@@ -86,18 +91,25 @@ def set_attention(model, attention: str) -> None:
     base.set_attn_implementation(attention)
 
 
-def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto", device="cpu") -> Precision:
+def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto", device="cpu",
+           compile: str = "off") -> Precision:
     """The run's Precision for `model` on its first batch (ids [B, T], labels [B, T], mask or None),
-    measured where more than one candidate is open (see the module docstring)."""
+    measured where more than one candidate is open (see the module docstring). `compile`: off |
+    on | auto (measured against eager)."""
     cands = candidates(precision, attention, device)
+    key = (_shape(model), tuple(tuple(t.shape) for t in batch if t is not None), str(device),
+           torch.get_num_threads(), tuple(cands), compile)
+    if key in _CHOSEN:
+        return _record(_CHOSEN[key])
     if len(cands) == 1:
         why = "set" if (precision != "auto" and attention != "auto") else _unmeasured(precision, attention, device)
-        return _record(Precision(*cands[0], why))
-    key = (_shape(model), tuple(tuple(t.shape) for t in batch if t is not None), str(device),
-           torch.get_num_threads(), tuple(cands))
-    if key not in _CHOSEN:
-        _CHOSEN[key] = _measured(model, batch, cands, device, precision)
-    return _record(_CHOSEN[key])
+        p = Precision(*cands[0], why)
+    else:
+        p = _measured(model, batch, cands, device, precision)
+    if compile != "off":
+        p = _compiled(model, batch, p, sorted({a for _, a in cands}, key=ATTENTIONS.index), compile, device)
+    _CHOSEN[key] = p
+    return _record(p)
 
 
 def _record(p: Precision) -> Precision:
@@ -120,42 +132,86 @@ def _shape(model) -> tuple:
 
 
 def _measured(model, batch: tuple, cands: list, device, precision: str) -> Precision:
-    """Time each candidate on a copy of `model` (torch's RNG left as it was); the fastest wins."""
-    with torch.random.fork_rng(devices=[]):
-        steps = {c: _step_on_copy(model, batch, *c, device) for c in cands}
-        for step in steps.values():
-            step()                                                  # warm-up: allocations, kernel choice
-        times = {c: [] for c in cands}
-        for _ in range(ROUNDS):
-            for c, step in steps.items():
-                t0 = time.perf_counter()
-                step()
-                times[c].append(time.perf_counter() - t0)
-    med = {f"{d}+{a}": statistics.median(t) for (d, a), t in times.items()}
+    """Time each candidate on a copy of `model`; the fastest wins (fp32 + SDPA unless another is MARGIN faster)."""
+    med = _timed(model, batch, [(d, a, False) for d, a in cands], device)
     first = f"{cands[0][0]}+{cands[0][1]}"
     best = min(med, key=med.get)
     if med[best] * MARGIN > med[first]:
         best = first
     flags = [f for f in BF16_FLAGS if f in cpu_info()["cpu_flags"]]
     hardware = f"bf16 instructions: {', '.join(flags)}" if flags else "no bf16 instructions: fp32 only"
-    why = (f"auto, measured ({ROUNDS} steps each on the run's first batch): {best} "
+    why = (f"auto, measured ({ROUNDS} rounds each on the run's first batch): {best} "
            f"{med[first] / med[best]:.2f}x {first}; " + (hardware if precision == "auto" else f"precision {precision} as set"))
     dtype, attn = best.split("+")
-    return Precision(dtype, attn, why, {k: round(v, 6) for k, v in med.items()})
+    return Precision(dtype, attn, why, med)
 
 
-def _step_on_copy(model, batch: tuple, dtype: str, attention: str, device):
+def _compiled(model, batch: tuple, p: Precision, attns: list, compile: str, device) -> Precision:
+    """`p` compiled, its attention the faster compiled one of `attns` (MARGIN faster than p's own); with
+    compile "auto" only if that step is also MARGIN faster than `p`'s eager one."""
+    cands = [(p.dtype, a, True) for a in [p.attention] + [a for a in attns if a != p.attention]]
+    cands += [(p.dtype, p.attention, False)] if compile == "auto" else []
+    if len(cands) == 1:
+        return replace(p, compiled=True, reason=p.reason + "; compiled as set")
+    med = _timed(model, batch, cands, device)
+    first = f"{p.name}+compiled"
+    best = min((k for k in med if k.endswith("+compiled")), key=med.get)
+    best = best if med[best] * MARGIN <= med[first] else first
+    if compile == "auto" and med[best] * MARGIN > med[p.name]:
+        why = f"{p.reason}; compiled {med[p.name] / med[best]:.2f}x eager: eager kept"
+        return replace(p, reason=why, seconds_per_step=p.seconds_per_step | med)
+    why = f"{p.reason}; compiled ({compile}): {best} " + (f"{med[p.name] / med[best]:.2f}x eager" if compile == "auto"
+                                                         else f"{med[first] / med[best]:.2f}x {first}")
+    return Precision(p.dtype, best.split("+")[1], why, p.seconds_per_step | med, compiled=True)
+
+
+def _timed(model, batch: tuple, cands: list, device) -> dict:
+    """name -> median seconds per step of each (dtype, attention, compiled) candidate, run on a copy of
+    `model` in interleaved rounds (torch's RNG left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        steps = {c: _step_on_copy(model, batch, *c, device) for c in cands}
+        per_step = {}
+        for c, step in steps.items():
+            step()                                                  # warm-up: allocations, kernel choice, compiling
+            t0 = time.perf_counter()
+            step()
+            per_step[c] = time.perf_counter() - t0
+        n = max(1, round(ROUND_S / max(min(per_step.values()), 1e-6)))
+        times = {c: [] for c in cands}
+        for _ in range(ROUNDS):
+            for c, step in steps.items():
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    step()
+                times[c].append((time.perf_counter() - t0) / n)
+    return {Precision(*c[:2], "", compiled=c[2]).name: round(statistics.median(t), 6) for c, t in times.items()}
+
+
+RECOMPILE_LIMIT = 64   # graphs kept per compiled function: one per model shape and batch a process trains
+
+
+def compiled_model(model):
+    """torch.compile of `model` for one shape (dynamic=False: a run's kernels do not depend on what the
+    process compiled before) in the default mode (kernels chosen by rule, not by timing: runs repeat);
+    past RECOMPILE_LIMIT shapes in one process it raises rather than fall back to eager unrecorded."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
+    return torch.compile(model, dynamic=False)
+
+
+def _step_on_copy(model, batch: tuple, dtype: str, attention: str, compiled: bool, device):
     """A closure running one optimizer step (forward, backward, clip, AdamW) of a copy of `model`."""
     twin = copy.deepcopy(model)
     set_attention(twin, attention)
     twin.train()
-    opt = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-4)
+    forward = compiled_model(twin) if compiled else twin
+    opt = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-4, fused=compiled or None)
     x, y, mask = batch
     how = Precision(dtype, attention, "")
 
     def step():
         with how.autocast(device):
-            loss = twin(input_ids=x, attention_mask=mask, labels=y).loss
+            loss = forward(input_ids=x, attention_mask=mask, labels=y).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(twin.parameters(), 1.0)
         opt.step()

@@ -6,10 +6,11 @@ batches of kn.batches: pretrain, mixed, finetune full or LoRA), kn.dynamics' con
 the attention's query/key/value projection and rank r' on the embedding, initialised from the
 config's seed. Training length is counted in passes: over every biography (pretrain, mixed) or
 over every train QA (finetune). AdamW, linear warmup then cosine to min_lr_ratio * lr. Device
-placement and data parallel come from `accelerate` (`accelerate launch` works); torch.compile is
-used on GPU. Precision (fp32 or bf16 autocast) and the attention kernel are chosen at the start
-of a run by kn.precision (`precision`, `attention`: auto measures on the machine at hand) and
-recorded in train.json and the checkpoint. With `trim_vocab` a new model (pretrain, mixed) has
+placement and data parallel come from `accelerate` (`accelerate launch` works). Precision (fp32
+or bf16 autocast), the attention kernel and compilation (torch.compile with fused AdamW: on a GPU,
+and on the CPU where a long run measures it faster, compile_setting) are chosen at the start of a
+run by kn.precision (`precision`, `attention`, `compile`: auto measures on the machine at hand)
+and recorded in train.json and the checkpoint. With `trim_vocab` a new model (pretrain, mixed) has
 rows only for the tokens its data use (kn.vocab); its saved models have the tokenizer's rows.
 Every run gets the run folder of kn.checkpoints: a checkpoint every `checkpoint_every` steps and
 on SIGTERM/SIGINT, a lock against a second writer, and a new run refuses a folder that holds a
@@ -42,7 +43,7 @@ from kn.checkpoints import (checkpoint_step, data_fingerprint, load_checkpoint, 
 from kn.curves import curve_every, curve_evaluator, curve_rows
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params, remove_mlp_bias
-from kn.precision import Precision, check_setting, choose, legacy, set_attention
+from kn.precision import Precision, check_setting, choose, compiled_model, legacy, set_attention
 from kn.results import done, folder_path, read_json, write_json
 from kn.tokenize import load_tokenizer
 from kn.train_config import TrainConfig
@@ -106,14 +107,15 @@ def add_lora(model, rank: int, embed_rank: int = 0, seed: int = 0):
         return get_peft_model(model, config)
 
 
-def optimizer_for(model, lr: float, weight_decay: float = 0.1) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and embeddings."""
+def optimizer_for(model, lr: float, weight_decay: float = 0.1, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms and embeddings; the fused kernel if asked (a compiled
+    run, kn.precision) or on a GPU."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+    fused = fused or (torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"]))
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
 
 
@@ -159,10 +161,18 @@ def flops_per_token(cfg: ModelConfig, non_embedding_params: int, context: int) -
     return 6 * non_embedding_params + 12 * cfg.n_layer * cfg.n_embd * context
 
 
-def use_compile(setting: str, device) -> bool:
-    """Whether a run compiles its model: "on", or "auto" on a GPU. On the CPU, compiling the cpu
-    profile's models took 54-100 s for 1.03-1.19x (benchmarks/throughput.py): not by default."""
-    return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
+COMPILE_MIN_STEPS = 20_000   # CPU runs this long measure compiled against eager (compile="auto"): compiling
+                             # costs 3-30 s and gave 1.6-1.9x a step on the capacity models at batch 2
+
+
+def compile_setting(setting: str, device, total_steps: int) -> str:
+    """kn.precision.choose's `compile` for a run: "on"/"off" as set; "auto": on a GPU "on", on the CPU
+    "auto" (measured) for runs of >= COMPILE_MIN_STEPS steps, "off" for shorter ones (and every test)."""
+    if setting != "auto":
+        return setting
+    if torch.device(device).type == "cuda":
+        return "on"
+    return "auto" if total_steps >= COMPILE_MIN_STEPS else "off"
 
 
 @contextmanager
@@ -180,12 +190,11 @@ def cpu_threads(n: int, device):
         torch.set_num_threads(before)
 
 
-def training_step(model, opt, sched, acc, grad_clip: float = 1.0, compile: bool = False,
-                  precision: Precision | None = None):
+def training_step(model, opt, sched, acc, grad_clip: float = 1.0, precision: Precision | None = None):
     """One optimizer step as a function (x, labels, mask) -> detached loss, under `precision`'s
-    autocast (None: fp32); nothing syncs the host."""
-    forward = torch.compile(model) if compile else model
+    autocast (None: fp32), compiled if it says so; nothing syncs the host."""
     precision = precision or Precision("fp32", "sdpa", "")
+    forward = compiled_model(model) if precision.compiled else model
 
     def step(x, y, mask=None):
         with precision.autocast(acc.device):
@@ -210,7 +219,7 @@ class Fit:
     min_lr_ratio: float = 0.1          # 1.0: constant lr after the warmup
     weight_decay: float = 0.1
     grad_clip: float = 1.0             # 0: no clipping
-    compile: str = "auto"              # auto (GPU only) | on | off
+    compile: str = "auto"              # auto (GPU; CPU runs >= COMPILE_MIN_STEPS, measured) | on | off
     threads: int = 1                   # CPU: torch threads for the run (0 = torch's default), then restored
     precision: str = "auto"            # kn.precision: auto | fp32 | bf16
     attention: str = "auto"            # kn.precision: auto | sdpa | eager
@@ -306,26 +315,25 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
     from tqdm.auto import tqdm
 
     model = model.to(acc.device)
-    opt = optimizer_for(model, spec.lr, spec.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
     start, evals, last_loss = 0, {}, None
     rank, world = acc.process_index, acc.num_processes
+    precision = resumed_precision(read_state(checkpoint), spec, acc.device) if checkpoint is not None else \
+        run_precision(model, _tensors(batches(0), rank, world, acc.device, hooks.pad_id), spec, acc)
+    opt = optimizer_for(model, spec.lr, spec.weight_decay, fused=precision.compiled)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
     if checkpoint is not None:
         start, evals = load_checkpoint(checkpoint, model, opt, sched)
         last_loss = read_state(checkpoint).get("loss")
-        precision = resumed_precision(read_state(checkpoint), spec, acc.device)
         if acc.is_main_process:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed %s at step %d", out, start)
-    else:
-        precision = run_precision(model, _tensors(batches(0), rank, world, acc.device, hooks.pad_id), spec, acc)
-        if acc.is_main_process:
-            (out / "metrics.jsonl").write_text("")
+    elif acc.is_main_process:
+        (out / "metrics.jsonl").write_text("")
     set_attention(model, precision.attention)
     log.info("%s: %s (%s)", out, precision.name, precision.reason)
     model, opt = acc.prepare(model, opt)
     raw = acc.unwrap_model(model)
-    step_fn = training_step(model, opt, sched, acc, spec.grad_clip, use_compile(spec.compile, acc.device), precision)
+    step_fn = training_step(model, opt, sched, acc, spec.grad_clip, precision)
     end = min(spec.total_steps, spec.max_steps or spec.total_steps)
 
     model.train()
@@ -395,7 +403,8 @@ def _tensors(batch: tuple, rank: int, world: int, device, pad_id: int | None) ->
 
 def run_precision(model, batch: tuple, spec: Fit, acc) -> Precision:
     """kn.precision.choose on the main process, the same for every process of a data-parallel run."""
-    choice = [choose(model, batch, spec.precision, spec.attention, acc.device) if acc.is_main_process else None]
+    how = compile_setting(spec.compile, acc.device, spec.total_steps)
+    choice = [choose(model, batch, spec.precision, spec.attention, acc.device, how) if acc.is_main_process else None]
     if acc.num_processes > 1:
         from accelerate.utils import broadcast_object_list
         broadcast_object_list(choice)
@@ -403,14 +412,15 @@ def run_precision(model, batch: tuple, spec: Fit, acc) -> Precision:
 
 
 def resumed_precision(state: dict, spec: Fit, device) -> Precision:
-    """The precision a checkpoint's run chose (kn.precision.legacy when it records none); DataError
-    when the run sets another (auto allows any: a resumed run continues in what it ran in)."""
+    """The precision a checkpoint's run chose (kn.precision.legacy when it records none), compiled as
+    `spec.compile` sets it ("auto": as the run was); DataError when the run sets another precision
+    or attention (auto allows any: a resumed run continues in what it ran in)."""
     p = Precision(**state["precision"]) if state.get("precision") else legacy(device)
     if spec.precision not in ("auto", p.dtype) or spec.attention not in ("auto", p.attention):
         raise DataError(f"resume: the checkpoint ran in {p.name}, which precision={spec.precision!r}, "
                         f"attention={spec.attention!r} exclude; resume with settings that allow it, or start "
                         "again with overwrite=True (--overwrite)")
-    return p
+    return p if spec.compile == "auto" else replace(p, compiled=spec.compile == "on")
 
 
 def _evaluate(model, acc, evaluate, precision: Precision):

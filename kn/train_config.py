@@ -42,7 +42,7 @@ class TrainConfig:
     lora_embed_rank: int = 0
     seed: int = 0
     device: str = "auto"               # auto | cpu | cuda
-    compile: str = "auto"              # auto (GPU only) | on | off
+    compile: str = "auto"              # auto (kn.train.compile_setting) | on | off
     threads: int = 1                   # CPU runs: torch threads (0 = torch's default); the count changes the curve
     precision: str = "auto"            # auto (measured: bf16 where the hardware has it, if faster) | fp32 | bf16
     attention: str = "auto"            # auto (measured) | sdpa | eager

@@ -89,3 +89,37 @@ def test_a_checkpoint_from_before_the_choice_refuses_another_precision(data, tmp
     with pytest.raises(DataError, match="^resume: the checkpoint ran in fp32\\+sdpa"):
         train(cfg(data, run, precision="bf16", attention="sdpa"), resume=True, progress=False)
     assert train(cfg(data, run, precision="fp32", attention="sdpa"), resume=True, progress=False)["steps"] > 4
+
+
+def test_compile_setting_compiles_long_cpu_runs_only_when_measured():
+    from kn.train import COMPILE_MIN_STEPS, compile_setting
+    assert compile_setting("auto", "cpu", COMPILE_MIN_STEPS - 1) == "off"           # short runs and tests: eager
+    assert compile_setting("auto", "cpu", COMPILE_MIN_STEPS) == "auto"              # long: measured
+    assert compile_setting("auto", "cuda", 10) == "on" and compile_setting("off", "cuda", 10 ** 6) == "off"
+
+
+def test_compiled_choice_is_measured_and_recorded():
+    """compile "auto": both attentions compiled, the faster against the eager winner; recorded with its timings."""
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=40, context=16), seed=0)
+    x = torch.randint(0, 40, (2, 16))
+    p = choose(model, (x, x, None), "fp32", "auto", "cpu", "auto")
+    assert {"fp32+sdpa+compiled", "fp32+eager+compiled", "fp32+sdpa", "fp32+eager"} <= set(p.seconds_per_step)
+    assert p.name in p.seconds_per_step and "compiled" in p.reason and p.record() in hardware()["precision"]
+    assert p.name.endswith("+compiled") == p.compiled
+    assert choose(model, (x, x, None), "fp32", "sdpa", "cpu", "on").compiled                # as set: not measured
+
+
+def test_compiled_runs_repeat_and_resume_bit_exactly(data, tmp_path):
+    """A compiled run (torch.compile, fused AdamW) gives the same curve twice, records it, and a stopped one
+    resumes compiled (compile "auto" keeps the checkpoint's choice) onto the same curve."""
+    kw = dict(precision="fp32", attention="eager")
+    runs = [train(cfg(data, tmp_path / str(i), compile="on", **kw), progress=False) for i in range(2)]
+    assert [h["loss"] for h in runs[0]["history"]] == [h["loss"] for h in runs[1]["history"]]
+    assert runs[0]["precision"]["compiled"] and runs[0]["precision"]["attention"] == "eager"
+    eager = train(cfg(data, tmp_path / "e", compile="off", **kw), progress=False)
+    assert not eager["precision"]["compiled"] and eager["history"] != runs[0]["history"]
+    train(cfg(data, tmp_path / "c", compile="on", max_steps=7, **kw), progress=False)
+    rest = train(cfg(data, tmp_path / "c", compile="auto", **kw), resume=True, progress=False)
+    assert rest["precision"]["compiled"]
+    later = [h["loss"] for h in runs[0]["history"] if h["step"] > 10]
+    assert later and [h["loss"] for h in rest["history"] if h["step"] > 10] == later
