@@ -25,7 +25,7 @@ from kn.batches import epoch_batches, train_qas
 from kn.checkpoints import can_resume
 from kn.curves import CurveSample, curve_every, curve_rows, curve_sample, curve_values
 from kn.data.bios import parse_augment
-from kn.data.dataset import BiosConfig, load_encoded, make_dataset
+from kn.data.dataset import BiosConfig, load_encoded, run_dataset
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.extraction import ExtractionConfig, from_profile as extraction_profile, person_items
@@ -218,9 +218,7 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path, test: bool = Tr
     signal resumes when run again; a finished one is read back and only scored."""
     out = Path(out)
     t0 = time.perf_counter()
-    data = Path(data) if data is not None else out / "data"
-    if not (data / "meta.json").is_file():
-        make_dataset(cfg.data, data)
+    data = run_dataset(cfg.data, data if data is not None else out / "data")
     tok = load_tokenizer(data / "tokenizer")
     pad, mask = tok.pad_token_id, tok.mask_token_id
     evaluate = masked_curve(curve_sample(data, cfg.curve_people, cfg.seed), pad, mask) if cfg.curve_points else None

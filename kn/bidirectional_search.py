@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kn.bidirectional import BidirectionalConfig, run_bidirectional, twins
-from kn.data.dataset import make_dataset
+from kn.data.dataset import run_dataset
 from kn.errors import DataError
 from kn.extraction import run_suite
 from kn.guards import GUARD_TRAIN_QA
@@ -97,10 +97,7 @@ def _root(profile: str) -> Path:
 
 def _data(profile: str) -> Path:
     """The search's one dataset (every setting sees the same people), made on first use."""
-    data = _root(profile) / "data"
-    if not (data / "meta.json").is_file():
-        make_dataset(recipe_config(next(iter(SETTINGS)), profile).data, data)
-    return data
+    return run_dataset(recipe_config(next(iter(SETTINGS)), profile).data, _root(profile) / "data")
 
 
 def result_path(name: str, profile: str) -> Path:

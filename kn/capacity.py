@@ -25,7 +25,7 @@ import torch
 
 from kn.bound import QUANT_BITS, run_bound, stores_values
 from kn.data.biod import BioDConfig, recorded_config, vocabulary, write_biod
-from kn.data.dataset import BiosConfig, make_dataset
+from kn.data.dataset import BiosConfig, run_dataset
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params
 from kn.profiles import settings
@@ -83,9 +83,7 @@ def _make_data(p: dict, out: Path) -> None:
         if done(out / "meta.json", recorded_config(cfg, p["junk_ratio"])) is None:
             write_biod(cfg, out, p["junk_ratio"], overwrite=True)
     else:
-        cfg = BiosConfig(n=p["n"], augment=p["augment"], seed=p["seed"], vocab_size=p["vocab_size"])
-        if done(out / "meta.json", cfg) is None:
-            make_dataset(cfg, out, overwrite=True)
+        run_dataset(BiosConfig(n=p["n"], augment=p["augment"], seed=p["seed"], vocab_size=p["vocab_size"]), out)
 
 
 def _train_config(p: dict, folder: Path, device: str):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kn.data.bios import parse_augment
-from kn.data.dataset import BiosConfig, load_encoded, make_dataset, read_meta
+from kn.data.dataset import BiosConfig, load_encoded, read_meta, run_dataset
 from kn.data.records import ATTRIBUTES, read_jsonl
 from kn.errors import DataError
 from kn.evaluate import accuracy, memorization, span_scores
@@ -141,9 +141,7 @@ def prepare_dataset(cfg: ExtractionConfig, path: Path) -> None:
         if missing:
             raise DataError(f"data_dir: {str(path)!r} lacks {missing}; make it with `kn data bios` or `kn data import`")
         return
-    if done(path / "meta.json", cfg.data) is not None:
-        return
-    make_dataset(cfg.data, path, overwrite=True)      # the run's own data, made for another config: rebuild
+    run_dataset(cfg.data, path)
 
 
 def evaluate_model(model_dir: Path, data: Path, batch_size: int = 64, splits: tuple = SPLITS,

@@ -7,8 +7,9 @@ one candidate: a few steps of the run's own model, on its first batch, are timed
 A, B, C, ...: load on a shared machine hits all alike) on copies of the model, so that the run
 itself and torch's random state are untouched, and the fastest wins; fp32 with SDPA (what kn ran
 before) unless another is MARGIN faster. Then, where the run leaves compilation open (`compile`
-"auto", kn.train.compile_setting), the winner is timed compiled against eager the same way: a
-compiled step runs torch.compile's forward and backward and AdamW's fused kernel. One measurement
+"auto", kn.train.compile_setting) and the run is expected to last COMPILE_MIN_S eager, the winner
+is timed compiled against eager the same way, both attention kernels compiled: a compiled step runs
+torch.compile's forward and backward and AdamW's fused kernel. One measurement
 per model shape, batch and thread count in a process. On a GPU, auto is bf16 with SDPA (fused
 kernels), not measured. The choice, with its reason and timings, goes into train.json, the
 checkpoint and (kn.results.hardware) the provenance of every result the process writes; a resumed
@@ -34,7 +35,10 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MARGIN = 1.05          # another candidate replaces fp32 + SDPA only when >= 5% faster: not on timing noise
 ROUNDS = 3             # timed rounds per candidate, after one warm-up step
 ROUND_S = 0.05         # a round runs as many steps as fill about this many seconds (one step at least)
-_CHOSEN: dict = {}     # (model shape, batch, device, threads, candidates) -> Precision, for this process
+COMPILE_MIN_S = 600    # compile="auto": runs expected to take this long eager are timed compiled; compiling
+                       # costs 3-60 s here and gave 1.3-1.8x a step at batch 2 on the capacity models and
+                       # 1.4x on Part 3.1's (benchmarks/steps.py)
+_CHOSEN: dict = {}     # (model shape, batch, device, threads, candidates[, compile]) -> Precision, for this process
 
 
 @dataclass(frozen=True)
@@ -92,23 +96,27 @@ def set_attention(model, attention: str) -> None:
 
 
 def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto", device="cpu",
-           compile: str = "off") -> Precision:
+           compile: str = "off", total_steps: int = 0) -> Precision:
     """The run's Precision for `model` on its first batch (ids [B, T], labels [B, T], mask or None),
-    measured where more than one candidate is open (see the module docstring). `compile`: off |
-    on | auto (measured against eager)."""
+    measured where more than one candidate is open (see the module docstring). `compile`: off | on |
+    auto (a run of `total_steps` expected to last COMPILE_MIN_S eager: compiled timed against eager)."""
     cands = candidates(precision, attention, device)
     key = (_shape(model), tuple(tuple(t.shape) for t in batch if t is not None), str(device),
-           torch.get_num_threads(), tuple(cands), compile)
-    if key in _CHOSEN:
-        return _record(_CHOSEN[key])
-    if len(cands) == 1:
-        why = "set" if (precision != "auto" and attention != "auto") else _unmeasured(precision, attention, device)
-        p = Precision(*cands[0], why)
-    else:
-        p = _measured(model, batch, cands, device, precision)
+           torch.get_num_threads(), tuple(cands))
+    if key not in _CHOSEN:
+        if len(cands) == 1:
+            why = "set" if (precision != "auto" and attention != "auto") else _unmeasured(precision, attention, device)
+            _CHOSEN[key] = Precision(*cands[0], why)
+        else:
+            _CHOSEN[key] = _measured(model, batch, cands, device, precision)
+    p = _CHOSEN[key]
     if compile != "off":
-        p = _compiled(model, batch, p, sorted({a for _, a in cands}, key=ATTENTIONS.index), compile, device)
-    _CHOSEN[key] = p
+        ckey = (key, compile, compile == "auto" and _long(model, batch, p, device, total_steps))
+        if ckey not in _CHOSEN:
+            attns = sorted({a for _, a in cands}, key=ATTENTIONS.index)
+            _CHOSEN[ckey] = _compiled(model, batch, _CHOSEN[key], attns, compile, device) if compile == "on" or ckey[2] \
+                else _short(_CHOSEN[key], model, batch, device, total_steps)
+        p = _CHOSEN[ckey]
     return _record(p)
 
 
@@ -146,14 +154,41 @@ def _measured(model, batch: tuple, cands: list, device, precision: str) -> Preci
     return Precision(dtype, attn, why, med)
 
 
+def _eager_s(model, batch: tuple, p: Precision, device) -> float:
+    """Seconds a step of `p` takes eager: measured by _measured, else timed now (once per shape)."""
+    if p.name not in p.seconds_per_step:
+        key = ("eager", _shape(model), tuple(tuple(t.shape) for t in batch if t is not None), p.name, str(device))
+        if key not in _CHOSEN:
+            _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device)[p.name]
+        return _CHOSEN[key]
+    return p.seconds_per_step[p.name]
+
+
+def _long(model, batch: tuple, p: Precision, device, total_steps: int) -> bool:
+    """Whether a run of `total_steps` eager steps of `p` is expected to last COMPILE_MIN_S."""
+    return _eager_s(model, batch, p, device) * total_steps >= COMPILE_MIN_S
+
+
+def _short(p: Precision, model, batch: tuple, device, total_steps: int) -> Precision:
+    minutes = _eager_s(model, batch, p, device) * total_steps / 60
+    return replace(p, reason=f"{p.reason}; eager: a run of about {minutes:.1f} min is too short to compile "
+                             f"(compiled from {COMPILE_MIN_S / 60:.0f} min)")
+
+
 def _compiled(model, batch: tuple, p: Precision, attns: list, compile: str, device) -> Precision:
     """`p` compiled, its attention the faster compiled one of `attns` (MARGIN faster than p's own); with
-    compile "auto" only if that step is also MARGIN faster than `p`'s eager one."""
+    compile "auto" only if that step is also MARGIN faster than `p`'s eager one, and only if compiling
+    works (an error is recorded, the run stays eager)."""
     cands = [(p.dtype, a, True) for a in [p.attention] + [a for a in attns if a != p.attention]]
     cands += [(p.dtype, p.attention, False)] if compile == "auto" else []
     if len(cands) == 1:
         return replace(p, compiled=True, reason=p.reason + "; compiled as set")
-    med = _timed(model, batch, cands, device)
+    try:
+        med = _timed(model, batch, cands, device)
+    except Exception as e:          # torch.compile's errors have no common class; "on" lets them through
+        if compile == "on":
+            raise
+        return replace(p, reason=f"{p.reason}; eager: compiling failed ({type(e).__name__}: {str(e)[:200]})")
     first = f"{p.name}+compiled"
     best = min((k for k in med if k.endswith("+compiled")), key=med.get)
     best = best if med[best] * MARGIN <= med[first] else first

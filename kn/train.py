@@ -8,7 +8,7 @@ config's seed. Training length is counted in passes: over every biography (pretr
 over every train QA (finetune). AdamW, linear warmup then cosine to min_lr_ratio * lr. Device
 placement and data parallel come from `accelerate` (`accelerate launch` works). Precision (fp32
 or bf16 autocast), the attention kernel and compilation (torch.compile with fused AdamW: on a GPU,
-and on the CPU where a long run measures it faster, compile_setting) are chosen at the start of a
+and on the CPU where a long run measures it faster: compile_setting) are chosen at the start of a
 run by kn.precision (`precision`, `attention`, `compile`: auto measures on the machine at hand)
 and recorded in train.json and the checkpoint. With `trim_vocab` a new model (pretrain, mixed) has
 rows only for the tokens its data use (kn.vocab); its saved models have the tokenizer's rows.
@@ -161,13 +161,13 @@ def flops_per_token(cfg: ModelConfig, non_embedding_params: int, context: int) -
     return 6 * non_embedding_params + 12 * cfg.n_layer * cfg.n_embd * context
 
 
-COMPILE_MIN_STEPS = 20_000   # CPU runs this long measure compiled against eager (compile="auto"): compiling
-                             # costs 3-30 s and gave 1.6-1.9x a step on the capacity models at batch 2
+COMPILE_MIN_STEPS = 1_000    # a CPU run this short never gains back the seconds compiling costs
 
 
 def compile_setting(setting: str, device, total_steps: int) -> str:
-    """kn.precision.choose's `compile` for a run: "on"/"off" as set; "auto": on a GPU "on", on the CPU
-    "auto" (measured) for runs of >= COMPILE_MIN_STEPS steps, "off" for shorter ones (and every test)."""
+    """kn.precision.choose's `compile` for a run: "on"/"off" as set; "auto": on a GPU "on"; on the CPU
+    "off" for runs of fewer than COMPILE_MIN_STEPS steps (every test), else "auto" (by the run's
+    expected length, then measured)."""
     if setting != "auto":
         return setting
     if torch.device(device).type == "cuda":
@@ -219,7 +219,7 @@ class Fit:
     min_lr_ratio: float = 0.1          # 1.0: constant lr after the warmup
     weight_decay: float = 0.1
     grad_clip: float = 1.0             # 0: no clipping
-    compile: str = "auto"              # auto (GPU; CPU runs >= COMPILE_MIN_STEPS, measured) | on | off
+    compile: str = "auto"              # auto (GPU; long CPU runs, measured: compile_setting) | on | off
     threads: int = 1                   # CPU: torch threads for the run (0 = torch's default), then restored
     precision: str = "auto"            # kn.precision: auto | fp32 | bf16
     attention: str = "auto"            # kn.precision: auto | sdpa | eager
@@ -404,7 +404,8 @@ def _tensors(batch: tuple, rank: int, world: int, device, pad_id: int | None) ->
 def run_precision(model, batch: tuple, spec: Fit, acc) -> Precision:
     """kn.precision.choose on the main process, the same for every process of a data-parallel run."""
     how = compile_setting(spec.compile, acc.device, spec.total_steps)
-    choice = [choose(model, batch, spec.precision, spec.attention, acc.device, how) if acc.is_main_process else None]
+    choice = [choose(model, batch, spec.precision, spec.attention, acc.device, how, spec.total_steps)
+              if acc.is_main_process else None]
     if acc.num_processes > 1:
         from accelerate.utils import broadcast_object_list
         broadcast_object_list(choice)

@@ -91,18 +91,22 @@ def test_a_checkpoint_from_before_the_choice_refuses_another_precision(data, tmp
     assert train(cfg(data, run, precision="fp32", attention="sdpa"), resume=True, progress=False)["steps"] > 4
 
 
-def test_compile_setting_compiles_long_cpu_runs_only_when_measured():
+def test_compile_setting_leaves_short_cpu_runs_eager():
     from kn.train import COMPILE_MIN_STEPS, compile_setting
     assert compile_setting("auto", "cpu", COMPILE_MIN_STEPS - 1) == "off"           # short runs and tests: eager
-    assert compile_setting("auto", "cpu", COMPILE_MIN_STEPS) == "auto"              # long: measured
+    assert compile_setting("auto", "cpu", COMPILE_MIN_STEPS) == "auto"              # longer: by expected time
     assert compile_setting("auto", "cuda", 10) == "on" and compile_setting("off", "cuda", 10 ** 6) == "off"
 
 
 def test_compiled_choice_is_measured_and_recorded():
-    """compile "auto": both attentions compiled, the faster against the eager winner; recorded with its timings."""
+    """compile "auto": a short run stays eager, unmeasured; a long one gets both attentions compiled, the
+    faster against the eager winner; recorded with its timings."""
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=40, context=16), seed=0)
     x = torch.randint(0, 40, (2, 16))
-    p = choose(model, (x, x, None), "fp32", "auto", "cpu", "auto")
+    short = choose(model, (x, x, None), "fp32", "auto", "cpu", "auto", total_steps=1000)
+    assert not short.compiled and "too short to compile" in short.reason
+    assert not any(k.endswith("+compiled") for k in short.seconds_per_step)
+    p = choose(model, (x, x, None), "fp32", "auto", "cpu", "auto", total_steps=10 ** 9)
     assert {"fp32+sdpa+compiled", "fp32+eager+compiled", "fp32+sdpa", "fp32+eager"} <= set(p.seconds_per_step)
     assert p.name in p.seconds_per_step and "compiled" in p.reason and p.record() in hardware()["precision"]
     assert p.name.endswith("+compiled") == p.compiled

@@ -38,7 +38,7 @@ from kn.data.people import People, populations, sample_people
 from kn.data.qa import make_qa, qa_records, split_people, valid_people
 from kn.data.records import ATTRIBUTES, JsonRecords, write_jsonl
 from kn.errors import DataError, check_count, check_number
-from kn.results import atomic_file, folder_path, write_json
+from kn.results import atomic_file, done, folder_path, write_json
 
 if TYPE_CHECKING:
     from kn.tokenize import Encoded
@@ -297,3 +297,12 @@ def make_dataset(cfg: BiosConfig, out: str | Path, overwrite: bool = False) -> B
     ds = build_bios(cfg)
     write_bios(ds, out, wall_time=time.perf_counter() - t0, overwrite=overwrite)
     return ds
+
+
+def run_dataset(cfg: BiosConfig, out: str | Path) -> Path:
+    """`out`, a run's own data folder, holding cfg's dataset: made there unless its meta.json already
+    records cfg (results.done); one made for another config is made again."""
+    out = Path(out)
+    if done(out / "meta.json", cfg) is None:
+        make_dataset(cfg, out, overwrite=True)
+    return out
