@@ -113,6 +113,16 @@ def paired_gap(a: np.ndarray, b: np.ndarray) -> Interval:
     return bootstrap([np.hstack([a, b])], lambda t: mean_accuracy(t[:, :k]) - mean_accuracy(t[:, k:]))
 
 
+def seed_mean(values: list[float]) -> Interval:
+    """The mean of per-seed values with its 95% Student-t interval over the seeds (at least two)."""
+    from scipy.stats import t
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        raise DataError(f"values: a t interval over seeds needs at least 2; got {len(v)}")
+    half = t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return Interval(float(v.mean()), float(v.mean() - half), float(v.mean() + half))
+
+
 def held_out_accuracy(result: dict) -> Interval:
     """test_people accuracy (%) of a Part 3.1 result with its interval over people."""
     return bootstrap([person_table(result["qa"]["items"])], mean_accuracy)

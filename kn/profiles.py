@@ -24,7 +24,7 @@ KEYS = {
                    "mixed_exposures", "finetune_exposures", "finetune_lr", "finetune_lr_grid", "finetune_batch_size",
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "mixed_training": ("augments", "fractions"),
-    "augmentation": ("augments", "variants"),
+    "augmentation": ("augments", "variants", "variant_seeds"),
     "probing": ("steps", "augments"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search"),
     "celebrity": ("n", "at_r1_choice"),
@@ -89,13 +89,19 @@ TABLES = {
     # and the bioS variants (kn.data.bios.VARIANTS) on which single and multi5+permute run again. At cpu each
     # pretraining is ~15 min on 2 cores (hard's bios are ~1/4 longer): the claims' pair and the LoRA finetune on
     # kn's data, the pair on "hard" (Result 3 on harder bios, issue 22). class runs the pair on each property
-    # alone as well (mid, they, long: which one makes kn's data easier), ~30 min, above class's 10 min.
+    # alone as well (mid, they, long: which one makes kn's data easier), ~30 min, above class's 10 min, and
+    # multi5+permute on kn's data and on each variant again at variant_seeds (other people, other init: the
+    # attribution, kn.augmentation.ATTRIBUTION_RULE; ~2 min a run at class, ~25 min).
     "augmentation": {
-        "smoke": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"]},
-        "class": {"augments": ["single", "multi5+permute"], "variants": ["hard", "mid", "they", "long"]},
-        "cpu": {"augments": ["single", "multi5+permute"], "variants": ["hard"]},
-        "gpu": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"]},
-        "paper": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"]},
+        "smoke": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"],
+                  "variant_seeds": []},
+        "class": {"augments": ["single", "multi5+permute"], "variants": ["hard", "mid", "they", "long"],
+                  "variant_seeds": [1, 2]},
+        "cpu": {"augments": ["single", "multi5+permute"], "variants": ["hard"], "variant_seeds": []},
+        "gpu": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"],
+                "variant_seeds": []},
+        "paper": {"augments": ["single", "multi5+permute", "permute", "multi5", "fullname"], "variants": ["hard"],
+                  "variant_seeds": []},
     },
     # Part 3.1 Results 4-5: optimizer steps of each probe fit (kn.probe_select: a low-rank head chosen on
     # the validation slice; rank-0 full heads and the paper's rank-2/16 embedding updates, fit on a few
