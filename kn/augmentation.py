@@ -9,7 +9,9 @@ ATTRIBUTION_AUGMENT on kn's data and each variant at the table's variant_seeds (
 "<augment> <variant> seed<k>": other people and init, for the attribution).
 `study(profile, seed)`: those runs (kn.extraction.run_suite), what the page shows.
 `variant_table(results)`: per variant, held-out accuracy of the pair with intervals over people.
-`attribution_table(results, seeds)`: per variant, ATTRIBUTION_RULE's verdict over seeds.
+`attribution(profile, seed)`: the attribution's runs, from ATTRIBUTION_PROFILE's committed results where
+the profile runs none (the cpu page shows the class runs); `attribution_table`: per variant, ATTRIBUTION_RULE's
+verdict over seeds.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from kn.data.bios import STYLE, VARIANTS, variant_style
 from kn.extraction import ExtractionConfig, from_profile, run_suite
 from kn.intervals import held_out_accuracy, seed_mean
 from kn.profiles import settings
+from kn.results import done, results_dir
 
+CHAPTER = "augmentation"
 VARIANT_AUGMENTS = ("single", "multi5+permute")      # Result 2's and Result 3's runs
 ATTRIBUTION_AUGMENT = "multi5+permute"               # single sits near 0% on every variant: nothing to attribute
 # Written before the seeded runs (issue 22, item 8). Which bioS property makes kn's data easier: per variant, the
@@ -25,6 +29,7 @@ ATTRIBUTION_AUGMENT = "multi5+permute"               # single sits near 0% on ev
 # mean over the chapter's seed and variant_seeds with its 95% t interval over seeds. The property makes
 # extraction harder (kn's data easier) where the whole interval is below 0; easier where it is above; else the
 # seeds show no difference. With 3 seeds the interval is wide (t = 4.30): it decides large effects only.
+ATTRIBUTION_PROFILE = "class"                        # where it runs (kn.profiles "augmentation" variant_seeds)
 ATTRIBUTION_RULE = "variant - kn, paired by seed: harder if the 95% t interval over seeds is below 0, easier if above"
 LORA = {"lora_rank": 8, "lora_embed_rank": 32, "finetune_lr_grid": [3e-4, 1e-3, 3e-3]}
 
@@ -71,6 +76,17 @@ def seeded(name: str, seed: int, chapter_seed: int = 0) -> str:
     return name if seed == chapter_seed else f"{name} seed{seed}"
 
 
+def attribution(profile: str, seed: int = 0) -> tuple[str, dict, list[int]]:
+    """(the profile of the attribution's runs, name -> result, the seeds beside `seed`): `profile`'s own when
+    its table has variant_seeds (run by `study`), else ATTRIBUTION_PROFILE's published results that record
+    their configs (read, never trained; missing ones left out)."""
+    src = profile if settings("augmentation", profile)["variant_seeds"] else ATTRIBUTION_PROFILE
+    a, configs = ATTRIBUTION_AUGMENT, augmentation_configs(src, seed)
+    names = [n for n in configs if n.split(" seed")[0] in (a, *(f"{a} {v}" for v in VARIANTS))]
+    found = {n: done(results_dir(CHAPTER, src) / f"{n}.json", configs[n]) for n in names}
+    return src, {n: r for n, r in found.items() if r is not None}, settings("augmentation", src)["variant_seeds"]
+
+
 def attribution_table(results: dict, seeds: list[int], chapter_seed: int = 0) -> tuple[list[str], list[list[str]]]:
     """(header, rows) for kn.display.markdown_table: per variant with every seed's run and kn's in `results`,
     multi5+permute's test_people accuracy at each seed, the paired difference from kn's data (mean and 95%
@@ -95,4 +111,4 @@ def attribution_table(results: dict, seeds: list[int], chapter_seed: int = 0) ->
 def study(profile: str, seed: int = 0) -> dict:
     """Run (or read back, kn.extraction.run_suite) the chapter's runs. Returns configs and results (name -> each)."""
     configs = augmentation_configs(profile, seed)
-    return {"configs": configs, "results": run_suite("augmentation", profile, configs, progress=False)}
+    return {"configs": configs, "results": run_suite(CHAPTER, profile, configs, progress=False)}

@@ -33,8 +33,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTIONS = ("auto", "sdpa", "eager")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MARGIN = 1.05          # another candidate replaces fp32 + SDPA only when >= 5% faster: not on timing noise
-ROUNDS = 3             # timed rounds per candidate, after one warm-up step
-ROUND_S = 0.05         # a round runs as many steps as fill about this many seconds (one step at least)
+ROUNDS = 3             # timed rounds per candidate, after one warm-up step: one step a round, but
+ROUND_S = 0.05         # compiled against eager, where a round runs as many steps as fill about this many
+                       # seconds (a small model's few-ms steps are noisy one by one)
 COMPILE_MIN_S = 600    # compile="auto": runs expected to take this long eager are timed compiled; compiling
                        # costs 3-60 s here and gave 1.3-1.8x a step at batch 2 on the capacity models and
                        # 1.4x on Part 3.1's (benchmarks/steps.py)
@@ -148,7 +149,7 @@ def _measured(model, batch: tuple, cands: list, device, precision: str) -> Preci
         best = first
     flags = [f for f in BF16_FLAGS if f in cpu_info()["cpu_flags"]]
     hardware = f"bf16 instructions: {', '.join(flags)}" if flags else "no bf16 instructions: fp32 only"
-    why = (f"auto, measured ({ROUNDS} rounds each on the run's first batch): {best} "
+    why = (f"auto, measured ({ROUNDS} steps each on the run's first batch): {best} "
            f"{med[first] / med[best]:.2f}x {first}; " + (hardware if precision == "auto" else f"precision {precision} as set"))
     dtype, attn = best.split("+")
     return Precision(dtype, attn, why, med)
@@ -184,7 +185,7 @@ def _compiled(model, batch: tuple, p: Precision, attns: list, compile: str, devi
     if len(cands) == 1:
         return replace(p, compiled=True, reason=p.reason + "; compiled as set")
     try:
-        med = _timed(model, batch, cands, device)
+        med = _timed(model, batch, cands, device, ROUND_S)
     except Exception as e:          # torch.compile's errors have no common class; "on" lets them through
         if compile == "on":
             raise
@@ -200,18 +201,19 @@ def _compiled(model, batch: tuple, p: Precision, attns: list, compile: str, devi
     return Precision(p.dtype, best.split("+")[1], why, p.seconds_per_step | med, compiled=True)
 
 
-def _timed(model, batch: tuple, cands: list, device) -> dict:
+def _timed(model, batch: tuple, cands: list, device, fill: float = 0.0) -> dict:
     """name -> median seconds per step of each (dtype, attention, compiled) candidate, run on a copy of
-    `model` in interleaved rounds (torch's RNG left as it was)."""
+    `model` in interleaved rounds of about `fill` seconds (one step at least; torch's RNG left as it was)."""
     with torch.random.fork_rng(devices=[]):
         steps = {c: _step_on_copy(model, batch, *c, device) for c in cands}
-        per_step = {}
+        first = {}
         for c, step in steps.items():
             step()                                                  # warm-up: allocations, kernel choice, compiling
-            t0 = time.perf_counter()
-            step()
-            per_step[c] = time.perf_counter() - t0
-        n = max(1, round(ROUND_S / max(min(per_step.values()), 1e-6)))
+            if fill:
+                t0 = time.perf_counter()
+                step()
+                first[c] = time.perf_counter() - t0
+        n = max(1, round(fill / max(min(first.values()), 1e-6))) if fill else 1
         times = {c: [] for c in cands}
         for _ in range(ROUNDS):
             for c, step in steps.items():

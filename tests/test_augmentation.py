@@ -6,12 +6,14 @@ Run: pytest tests/test_augmentation.py
 import json
 
 import numpy as np
+import pytest
 
-from kn.augmentation import LORA, VARIANT_AUGMENTS, augmentation_configs, variant_table
+from kn.augmentation import LORA, VARIANT_AUGMENTS, attribution_table, augmentation_configs, variant_table
 from kn.claims import claims_table
 from kn.data.bios import STYLE, VARIANTS
 from kn.data.records import ATTRIBUTES
 from kn.extraction import from_profile
+from kn.intervals import seed_mean
 from kn.results import as_recorded, same_config
 
 KN = {k: v[0] for k, v in STYLE.items()}
@@ -37,6 +39,16 @@ def test_class_ablates_one_property_at_a_time():
             assert sum(style[k] != KN[k] for k in STYLE) == 1 and style == KN | VARIANTS[variant]
     assert set(augmentation_configs("cpu")) == {"single", "multi5+permute", "multi5+permute LoRA", "single hard",
                                                "multi5+permute hard"}
+
+
+def test_class_repeats_multi5_permute_at_other_seeds_on_each_data():
+    configs = augmentation_configs("class")
+    for k in (1, 2):
+        assert configs[f"multi5+permute seed{k}"].data.style == KN
+        for variant in ("hard", "mid", "they", "long"):
+            c = configs[f"multi5+permute {variant} seed{k}"]
+            assert (c.seed, c.data.seed, c.data.style) == (k, k, KN | VARIANTS[variant])
+            assert c.model == configs["multi5+permute"].model and c.exposures == configs["multi5+permute"].exposures
 
 
 def result(share, n=200, seed=0, mem=1.0, train=1.0):
@@ -67,3 +79,23 @@ def test_r3_on_the_hard_variant_is_its_own_row(tmp_path, monkeypatch):
     assert next(r for r in claims_table("augmentation") if r["source"] == "Part 3.1, R3")["verdict"] == "reproduced"
     (folder / "multi5+permute hard.json").write_text(json.dumps(result(0.1, train=0.3)))
     assert row()["verdict"] == "inconclusive"                        # its finetune did not fit train_people
+
+
+def test_seed_mean_is_a_t_interval():
+    m = seed_mean([1.0, 2.0, 3.0])
+    assert m.value == 2.0 and m.low == pytest.approx(2.0 - 4.303 / 3 ** 0.5, abs=1e-3) and m.high > 4.4
+
+
+def test_attribution_pairs_each_variant_with_kns_data_by_seed():
+    """mid loses ~30 points at every seed: harder; they moves by noise only: no difference shown."""
+    results = {}
+    for k, name in ((0, "{}"), (1, "{} seed1"), (2, "{} seed2")):
+        results[name.format("multi5+permute")] = result(0.5 + 0.05 * k, seed=10 + k)
+        results[name.format("multi5+permute mid")] = result(0.2 + 0.05 * k, seed=20 + k)
+        results[name.format("multi5+permute they")] = result(0.5 + 0.05 * k, seed=30 + k)
+    header, rows = attribution_table(results, [1, 2])
+    assert [r[0] for r in rows] == ["kn", "mid", "they"] and all(len(r) == len(header) for r in rows)
+    assert rows[1][4] == "harder" and rows[2][4] == "no difference shown"
+    assert attribution_table(results, [])[1] == []                       # one seed: no interval, no rows
+    del results["multi5+permute they seed2"]
+    assert [r[0] for r in attribution_table(results, [1, 2])[1]] == ["kn", "mid"]
