@@ -24,7 +24,7 @@ STOP RULE     the grid first; then, while the chosen setting fits < GUARD_TRAIN_
               and bios memorized (pretraining) each rose by less than FLAT_POINTS over the last
               FLAT_SHARE of their steps.
 TEST PEOPLE   scored once, on the chosen setting's final model (the chapter: `study`).
-Entry points: `SETTINGS`, `LONGER`, `recipe_config`, `run_setting` (`kn search r7 SETTING`),
+Entry points: `SETTINGS`, `LONGER`, `grid` (smoke: SMOKE_GRID), `recipe_config`, `run_setting` (`kn search r7 SETTING`),
 `recipe`, `search_rows`, `selected`, `stop_state`, `next_settings`, `run_search` (`kn search r7 all --jobs N`),
 `study` (the chapter's runs), `search_table`, `expected_minutes`.
 """
@@ -51,11 +51,17 @@ FLAT_CURVES = (("finetune", "train_qa"), ("finetune", "valid_qa"), ("pretrain", 
 CURVE_POINTS = {"smoke": 4, "cpu": 30}
 FINETUNE = {"finetune_exposures": 100, "finetune_lr": 1e-3}
 SMOKE = {"exposure_scale": 0.01, "finetune_exposures": 3}     # every setting's tiny equivalent
+SMOKE_GRID = ("lr3e-3-x500", "lr3e-3-x2000")   # smoke's grid: the search's code paths (one lr: one LONGER) in tests
 # measured: the cpu masked run (book/results/bidirectional/cpu/multi5+permute.json, one thread, a loaded 2-core
 # machine) trained 800 pretraining steps (500 exposures) and 450 finetuning steps (30 passes) in 494.5 s; its
 # GPT-2 twin's 450 finetuning steps took 23.6 s, which leaves 0.589 s a pretraining step
 REFERENCE = {"pretrain_steps_per_exposure": 800 / 500, "pretrain_s_per_step": (494.5 - 23.6) / 800,
              "finetune_steps_per_pass": 450 / 30, "finetune_s_per_step": 23.6 / 450}
+
+
+def grid(profile: str) -> tuple[str, ...]:
+    """The grid the search runs at `profile`: SETTINGS; at smoke, SMOKE_GRID (a test of the code, not a search)."""
+    return SMOKE_GRID if profile == "smoke" else tuple(SETTINGS)
 
 
 def _name(lr: float, exposures: int) -> str:
@@ -154,7 +160,7 @@ def stop_state(profile: str) -> str | None:
     """STOP RULE: why the search ended ("guard met", "flat at the budget", "still rising at the
     budget"), or None while it goes on."""
     rows = {r["setting"]: r for r in search_rows(profile)}
-    if any(n not in rows for n in SETTINGS) or (name := selected(profile)) is None:
+    if any(n not in rows for n in grid(profile)) or (name := selected(profile)) is None:
         return None
     if 100 * rows[name]["train_qa"] >= GUARD_TRAIN_QA:
         return "guard met"
@@ -169,7 +175,7 @@ def next_settings(profile: str) -> list[str]:
     """What the search runs next: the grid's settings not yet run, else the chosen lr's LONGER run
     while the stop rule says go on, else nothing."""
     rows = {r["setting"] for r in search_rows(profile)}
-    if todo := [n for n in SETTINGS if n not in rows]:
+    if todo := [n for n in grid(profile) if n not in rows]:
         return todo
     if stop_state(profile) is not None:
         return []

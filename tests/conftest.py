@@ -1,9 +1,16 @@
-"""Shared fixtures."""
+"""Shared fixtures; heavy tests first."""
 import os
 import signal
 
 import pytest
 import torch
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked heavy (tens of seconds) first, in their order, then the rest: pytest-xdist's workers
+    take tests in this order and steal from each other's queues (--dist worksteal), so no heavy test is
+    left to start last on one worker while the other sits idle."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)

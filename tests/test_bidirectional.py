@@ -61,6 +61,7 @@ def small(**kw):
                                curve_points=2, **kw)
 
 
+@pytest.mark.heavy
 def test_smoke_run(tmp_path):
     cfg = small()
     r = run_bidirectional(cfg, tmp_path)
@@ -87,6 +88,7 @@ def test_needs_bert_and_a_known_device():
         replace(small(), device="tpu")
 
 
+@pytest.mark.heavy
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, sigterm_at_step):
     """A SIGTERM during pretraining stops the run after a checkpoint (kn.train.fit); running it again
     resumes, and losses and exact match equal those of an uninterrupted run."""
@@ -148,6 +150,7 @@ def test_selection_reads_the_validation_slice_only_and_the_stop_rule(roots):
     assert bs.stop_state("cpu") == "guard met"
 
 
+@pytest.mark.heavy
 def test_search_scores_test_people_once_on_the_chosen_run_and_resumes(roots, sigterm_at_step):
     sigterm_at_step(5)
     with pytest.raises(Interrupted):
@@ -156,7 +159,7 @@ def test_search_scores_test_people_once_on_the_chosen_run_and_resumes(roots, sig
     summary = bs.run_search("smoke")                          # resumes the interrupted setting, then the rest
     assert summary["stop"] is not None and summary["selected"] in bs.ALL
     ran = {r["setting"] for r in summary["rows"]}
-    assert set(bs.SETTINGS) <= ran and ran - set(bs.SETTINGS) <= set(bs.LONGER)
+    assert set(bs.grid("smoke")) <= ran and ran - set(bs.grid("smoke")) <= set(bs.LONGER)
     for name in ran:                                          # no setting scored test_people
         assert set(read_json(bs.result_path(name, "smoke"))["qa"]) == {"train", "valid"}
     stamps = {n: bs.result_path(n, "smoke").stat().st_mtime_ns for n in ran}

@@ -23,6 +23,7 @@ def copy_book(tmp_path):
     return root
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("chapter", chapters())
 def test_chapter_runs_at_smoke(chapter, tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
@@ -48,6 +49,7 @@ def test_every_chapter_is_committed_executed():
     assert chapters() and unexecuted() == []
 
 
+@pytest.mark.heavy
 def test_book_builds_with_warnings_as_errors(tmp_path):
     root = copy_book(tmp_path)
     assert build_book(root).is_file()

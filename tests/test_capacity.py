@@ -315,6 +315,7 @@ def test_best_lr_picks_the_most_bits_per_size():
     assert len(grid) == 27 and len({(p["arch"], p["n_embd"]) for p in grid}) == 9 and not any(p["junk_ratio"] for p in grid)
 
 
+@pytest.mark.heavy
 def test_kn_sweep_trains_the_profile_and_refuses_other_chapters(tmp_path, monkeypatch, capsys):
     """`kn sweep capacity` runs the study into the chapter's results folder (a second call trains
     nothing: every point is done); another chapter is one line, exit 2."""

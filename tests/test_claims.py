@@ -91,6 +91,7 @@ def row(source):
     return next(r for r in claims_table() if r["source"] == source)
 
 
+@pytest.mark.heavy
 def test_extraction_claims(tmp_path, monkeypatch):
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path))
     write(tmp_path, "augmentation", "smoke", "single", result(0.9))       # smoke says R2 fails ...

@@ -22,6 +22,7 @@ def mixed(tmp_path_factory):
     return cfg, out, run_extraction(cfg, out, progress=False)
 
 
+@pytest.mark.heavy
 def test_curve_points_are_spread_over_the_run_and_end_at_the_final_model(mixed):
     cfg, out, r = mixed
     curve, steps = r["curves"]["mixed"], r["training"]["mixed"]["steps"]
@@ -36,6 +37,7 @@ def test_curve_points_are_spread_over_the_run_and_end_at_the_final_model(mixed):
     assert curve[-1]["memorized"] > curve[0]["memorized"]
 
 
+@pytest.mark.heavy
 def test_curve_survives_a_resume(mixed, tmp_path, sigterm_at_step):
     """A run stopped by a signal and resumed has the same curve as the uninterrupted one."""
     from kn.extraction import stage_config
@@ -68,6 +70,7 @@ def test_curve_every():
     assert curve_every(1000, 0) == 0 and curve_every(1000, 30) == 33 and curve_every(10, 30) == 1
 
 
+@pytest.mark.heavy
 def test_a_trimmed_vocabulary_scores_its_curve_through_the_tokenizer_ids(mixed, tmp_path):
     """trim_vocab: the curve scores the full-vocabulary copy, so its last point is the saved model's."""
     from transformers import AutoModelForCausalLM

@@ -292,6 +292,7 @@ def test_inject_replaces_the_start_of_its_row():
     assert (stream(3)[0] == 103).all() and stream(3)[1] == []
 
 
+@pytest.mark.heavy
 def test_injections_land_at_the_requested_steps_and_rows(smoke):
     cfg, out, result = smoke
     schedule, steps = result["schedule"], injection_steps(cfg)
@@ -395,6 +396,7 @@ def test_prepared_data_of_the_same_config_is_reused(smoke):
     assert meta.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.heavy
 def test_compare_batch_sizes_at_equal_tokens(smoke):
     cfg, out, _ = smoke
     big = scaled(cfg)

@@ -27,6 +27,7 @@ def site():
     return HTML
 
 
+@pytest.mark.heavy
 def test_built_book_passes_in_a_browser(site):
     problems = check_site(site)
     assert set(problems) == set(toc_pages(ROOT))

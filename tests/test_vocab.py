@@ -53,6 +53,7 @@ def test_trimmed_run_saves_the_tokenizer_rows(data, tmp_path):
         cfg(data, tmp_path / "f", mode="finetune", init=str(tmp_path / "t" / "model"), trim_vocab=True)
 
 
+@pytest.mark.heavy
 def test_trimmed_and_untrimmed_reach_the_same_loss(data, tmp_path):
     """>= 1,000 steps on 3 seeds (a tiny model on the test corpus, 56% of its tokens in use): the mean
     final loss (last 100 steps) of the trimmed runs is within 2 seed standard deviations of the
