@@ -71,10 +71,12 @@ def save_model(model, tokenizer, path: Path) -> None:
 
 
 def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config: dict, evals: dict,
-                    fingerprint: str | None = None, loss: float | None = None, precision: dict | None = None) -> None:
+                    fingerprint: str | None = None, loss: float | None = None, precision: dict | None = None,
+                    train_s: float | None = None) -> None:
     """Model, state.pt (with the evaluations so far), then state.json (the mark of a complete
     checkpoint: the run's settings, the data's fingerprint, the last logged loss, the precision it
-    runs in and the files' checksums) in path.tmp; swapped in."""
+    runs in, its training seconds so far over every part of a resumed run, and the files' checksums)
+    in path.tmp; swapped in."""
     tmp = _aside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -83,7 +85,7 @@ def save_checkpoint(path: Path, model, tokenizer, opt, sched, step: int, config:
     torch.save({"trainable": trainable_state(model), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "rng": rng, "step": step, "evals": {t: v.cpu() for t, v in evals.items()}}, tmp / "state.pt")
     state = {"step": step, "config": config, "data": fingerprint, "loss": loss, "precision": precision,
-             "checksum": checksums(tmp)}
+             "train_s": train_s, "checksum": checksums(tmp)}
     (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
     swap_in(tmp, path)
 

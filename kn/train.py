@@ -286,7 +286,7 @@ def fit(model, batches, spec: Fit, out: str | Path, config: dict, tokenizer, acc
     aside), and the same data when `data` names their folder. A folder holding a checkpoint or a
     model needs resume=True or overwrite=True. Returns steps, total_steps, interrupted, final_loss,
     tokens_per_s, n_params, device, world_size, history (the logged steps of this call), wall_time
-    and evals (step -> tensor, with hooks.evaluate)."""
+    (training seconds over every part of a resumed run) and evals (step -> tensor, with hooks.evaluate)."""
     out = folder_path(out, "out")
     with run_lock(out) if acc.is_main_process else nullcontext(), cpu_threads(spec.threads, acc.device):
         fingerprint = data_fingerprint(data) if data is not None and acc.is_main_process else None
@@ -321,9 +321,11 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
         run_precision(model, _tensors(batches(0), rank, world, acc.device, hooks.pad_id), spec, acc)
     opt = optimizer_for(model, spec.lr, spec.weight_decay, fused=precision.compiled)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
+    before_s = 0.0                                              # training seconds of the parts before a resume
     if checkpoint is not None:
         start, evals = load_checkpoint(checkpoint, model, opt, sched)
         last_loss = read_state(checkpoint).get("loss")
+        before_s = read_state(checkpoint).get("train_s") or 0.0       # none recorded (older checkpoints): 0
         if acc.is_main_process:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed %s at step %d", out, start)
@@ -370,17 +372,17 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
             if acc.is_main_process and spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < end \
                     and not unchecked:
                 save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals, fingerprint,
-                                last_loss, precision.record())
+                                last_loss, precision.record(), before_s + time.perf_counter() - t_start)
         interrupted = stop.set and step < end
     bar.close()
     if unchecked and n_logged:                                  # stopped before the first log after a resume
         check_resumed_loss((loss_sum / n_logged).item(), last_loss, start, step)
     if hooks.evaluate and step == spec.total_steps:
         evals[step] = _evaluate(model, acc, hooks.evaluate, precision)
-    wall = time.perf_counter() - t_start
+    wall = before_s + time.perf_counter() - t_start             # every part of a resumed run
     if acc.is_main_process:
         save_checkpoint(out / "checkpoint", raw, tokenizer, opt, sched, step, config, evals, fingerprint, last_loss,
-                        precision.record())
+                        precision.record(), wall)
         if not interrupted:
             save_model(raw, tokenizer, out / "model")
     if interrupted:

@@ -40,12 +40,17 @@ def test_resume_equals_uninterrupted(data, tmp_path):
     full = train(cfg(data, tmp_path / "a", checkpoint_every=4), progress=False)
     part = train(cfg(data, tmp_path / "b", checkpoint_every=4, max_steps=7), progress=False)
     assert part["steps"] == 7
+    state = tmp_path / "b" / "checkpoint" / "state.json"
+    first_s = json.loads(state.read_text())["train_s"]
     rest = train(cfg(data, tmp_path / "b", checkpoint_every=4), resume=True, progress=False)
     assert rest["steps"] == full["steps"]
     a, b = weights(tmp_path / "a" / "model"), weights(tmp_path / "b" / "model")
     assert all(torch.equal(a[k], b[k]) for k in a)
     c = weights(tmp_path / "b" / "checkpoint" / "model")
     assert all(torch.equal(a[k], c[k]) for k in a)
+    total_s = json.loads(state.read_text())["train_s"]                 # every part of the resumed run counted
+    assert total_s > first_s > 0
+    assert json.loads((tmp_path / "b" / "train.json").read_text())["provenance"]["wall_time_s"] == round(total_s, 3)
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_finishes(data, tmp_path, monkeypatch, sigterm_at_step):
@@ -229,12 +234,13 @@ def test_cpu_run_uses_its_threads_and_restores_them(data, tmp_path, monkeypatch)
 
 
 def test_checkpoint_from_before_checksums_resumes(data, tmp_path):
-    """A checkpoint without checksums, data fingerprint, loss or precision (written before them) is read
-    as it is, and continues in kn's precision of then (fp32 and SDPA on the CPU)."""
+    """A checkpoint without checksums, data fingerprint, loss, precision or training seconds (written before
+    them) is read as it is, and continues in kn's precision of then (fp32 and SDPA on the CPU)."""
     run = tmp_path / "r"
     train(cfg(data, run, max_steps=3, checkpoint_every=2, log_every=1), progress=False)
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert set(state) == {"step", "config", "data", "loss", "precision", "checksum"} and "state.pt" in state["checksum"]
+    assert set(state) == {"step", "config", "data", "loss", "precision", "train_s", "checksum"}
+    assert "state.pt" in state["checksum"]
     (run / "checkpoint" / "state.json").write_text(json.dumps({"step": state["step"], "config": state["config"]}))
     done = train(cfg(data, run, checkpoint_every=2, log_every=1), resume=True, progress=False)
     assert done["history"][0]["step"] == 4 and done["steps"] == done["total_steps"]
