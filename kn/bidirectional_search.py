@@ -50,7 +50,7 @@ FLAT_POINTS, FLAT_SHARE = 2.0, 0.25
 FLAT_CURVES = (("finetune", "train_qa"), ("finetune", "valid_qa"), ("pretrain", "memorized"))
 CURVE_POINTS = {"smoke": 4, "cpu": 30}
 FINETUNE = {"finetune_exposures": 100, "finetune_lr": 1e-3}
-SMOKE = {"exposure_scale": 0.01, "finetune_exposures": 3}     # every setting's tiny equivalent
+SMOKE = {"exposure_scale": 0.005, "finetune_exposures": 3}    # every setting's tiny equivalent
 SMOKE_GRID = ("lr3e-3-x500", "lr3e-3-x2000")   # smoke's grid: the search's code paths (one lr: one LONGER) in tests
 # measured: the cpu masked run (book/results/bidirectional/cpu/multi5+permute.json, one thread, a loaded 2-core
 # machine) trained 800 pretraining steps (500 exposures) and 450 finetuning steps (30 passes) in 494.5 s; its

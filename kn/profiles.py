@@ -114,7 +114,7 @@ TABLES = {
     # profile's model at these people and exposures (a masked model needs ~5x the autoregressive budget);
     # `search`: multi5+permute's twins take the recipe kn.bidirectional_search chose on the validation slice
     "bidirectional": {
-        "smoke": {"n": 60, "exposures": 20, "finetune_exposures": 10, "finetune_lr": 1e-3,
+        "smoke": {"n": 60, "exposures": 10, "finetune_exposures": 3, "finetune_lr": 1e-3,
                   "augments": ["single", "multi5+permute"], "search": True},
         "class": {"n": 60, "exposures": 300, "finetune_exposures": 30, "finetune_lr": 1e-3,
                   "augments": ["multi5+permute"], "search": False},
