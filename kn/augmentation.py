@@ -91,7 +91,7 @@ def attribution_table(results: dict, seeds: list[int], chapter_seed: int = 0) ->
     """(header, rows) for kn.display.markdown_table: per variant with every seed's run and kn's in `results`,
     multi5+permute's test_people accuracy at each seed, the paired difference from kn's data (mean and 95%
     t interval over seeds) and ATTRIBUTION_RULE's verdict."""
-    a, seeds, rows = ATTRIBUTION_AUGMENT, [chapter_seed, *seeds], []
+    a, seeds, rows = ATTRIBUTION_AUGMENT, list(dict.fromkeys([chapter_seed, *seeds])), []
     kn = [results.get(seeded(a, k, chapter_seed)) for k in seeds]
     for variant in [v for v in VARIANTS if v != "kn"]:
         runs = [results.get(seeded(f"{a} {variant}", k, chapter_seed)) for k in seeds]

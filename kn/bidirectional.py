@@ -218,7 +218,12 @@ def run_bidirectional(cfg: BidirectionalConfig, out: str | Path, test: bool = Tr
     signal resumes when run again; a finished one is read back and only scored."""
     out = Path(out)
     t0 = time.perf_counter()
-    data = run_dataset(cfg.data, data if data is not None else out / "data")
+    if data is None:
+        data = run_dataset(cfg.data, out / "data")
+    elif done(Path(data) / "meta.json", cfg.data) is None:
+        raise DataError(f"data: {str(data)!r} does not hold this run's dataset (its meta.json records another "
+                        "config, or none); pass the folder made for it, or none to make one in out/data")
+    data = Path(data)
     tok = load_tokenizer(data / "tokenizer")
     pad, mask = tok.pad_token_id, tok.mask_token_id
     evaluate = masked_curve(curve_sample(data, cfg.curve_people, cfg.seed), pad, mask) if cfg.curve_points else None

@@ -103,7 +103,7 @@ def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto"
     auto (a run of `total_steps` expected to last COMPILE_MIN_S eager: compiled timed against eager)."""
     cands = candidates(precision, attention, device)
     key = (_shape(model), tuple(tuple(t.shape) for t in batch if t is not None), str(device),
-           torch.get_num_threads(), tuple(cands))
+           torch.get_num_threads(), tuple(cands), precision, attention)
     if key not in _CHOSEN:
         if len(cands) == 1:
             why = "set" if (precision != "auto" and attention != "auto") else _unmeasured(precision, attention, device)
@@ -111,12 +111,13 @@ def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto"
         else:
             _CHOSEN[key] = _measured(model, batch, cands, device, precision)
     p = _CHOSEN[key]
-    if compile != "off":
-        ckey = (key, compile, compile == "auto" and _long(model, batch, p, device, total_steps))
+    if compile == "auto" and not _long(model, batch, p, device, total_steps):
+        p = _short(p, model, batch, device, total_steps)
+    elif compile != "off":
+        ckey = (key, compile)
         if ckey not in _CHOSEN:
-            attns = sorted({a for _, a in cands}, key=ATTENTIONS.index)
-            _CHOSEN[ckey] = _compiled(model, batch, _CHOSEN[key], attns, compile, device) if compile == "on" or ckey[2] \
-                else _short(_CHOSEN[key], model, batch, device, total_steps)
+            _CHOSEN[ckey] = _compiled(model, batch, p, sorted({a for _, a in cands}, key=ATTENTIONS.index), compile,
+                                      device)
         p = _CHOSEN[ckey]
     return _record(p)
 
@@ -158,7 +159,8 @@ def _measured(model, batch: tuple, cands: list, device, precision: str) -> Preci
 def _eager_s(model, batch: tuple, p: Precision, device) -> float:
     """Seconds a step of `p` takes eager: measured by _measured, else timed now (once per shape)."""
     if p.name not in p.seconds_per_step:
-        key = ("eager", _shape(model), tuple(tuple(t.shape) for t in batch if t is not None), p.name, str(device))
+        key = ("eager", _shape(model), tuple(tuple(t.shape) for t in batch if t is not None), p.name, str(device),
+               torch.get_num_threads())
         if key not in _CHOSEN:
             _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device)[p.name]
         return _CHOSEN[key]
@@ -231,7 +233,8 @@ def compiled_model(model):
     """torch.compile of `model` for one shape (dynamic=False: a run's kernels do not depend on what the
     process compiled before) in the default mode (kernels chosen by rule, not by timing: runs repeat);
     past RECOMPILE_LIMIT shapes in one process it raises rather than fall back to eager unrecorded."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    for limit in ("recompile_limit", "accumulated_recompile_limit"):
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), RECOMPILE_LIMIT))
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     return torch.compile(model, dynamic=False)
 

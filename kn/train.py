@@ -323,7 +323,10 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
     before_s = 0.0                                              # training seconds of the parts before a resume
     if checkpoint is not None:
+        fused = [g["fused"] for g in opt.param_groups]
         start, evals = load_checkpoint(checkpoint, model, opt, sched)
+        for g, f in zip(opt.param_groups, fused):               # the saved groups carry the old run's kernel choice
+            g["fused"] = f
         last_loss = read_state(checkpoint).get("loss")
         before_s = read_state(checkpoint).get("train_s") or 0.0       # none recorded (older checkpoints): 0
         if acc.is_main_process:
@@ -415,15 +418,21 @@ def run_precision(model, batch: tuple, spec: Fit, acc) -> Precision:
 
 
 def resumed_precision(state: dict, spec: Fit, device) -> Precision:
-    """The precision a checkpoint's run chose (kn.precision.legacy when it records none), compiled as
+    """The precision a checkpoint's run chose (kn.precision.legacy when it records none; compiled by the
+    rule of then where it records no `compiled`: compile "on", or "auto" on a GPU), compiled as
     `spec.compile` sets it ("auto": as the run was); DataError when the run sets another precision
     or attention (auto allows any: a resumed run continues in what it ran in)."""
     p = Precision(**state["precision"]) if state.get("precision") else legacy(device)
+    if "compiled" not in (state.get("precision") or {}):
+        then = (state.get("config") or {}).get("compile", "auto")
+        p = replace(p, compiled=then == "on" or (then == "auto" and torch.device(device).type == "cuda"))
     if spec.precision not in ("auto", p.dtype) or spec.attention not in ("auto", p.attention):
         raise DataError(f"resume: the checkpoint ran in {p.name}, which precision={spec.precision!r}, "
                         f"attention={spec.attention!r} exclude; resume with settings that allow it, or start "
                         "again with overwrite=True (--overwrite)")
-    return p if spec.compile == "auto" else replace(p, compiled=spec.compile == "on")
+    if spec.compile == "auto" or (spec.compile == "on") == p.compiled:
+        return p
+    return replace(p, compiled=spec.compile == "on", reason=f"{p.reason}; compile={spec.compile} set at a resume")
 
 
 def _evaluate(model, acc, evaluate, precision: Precision):

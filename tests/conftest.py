@@ -7,10 +7,12 @@ import torch
 
 
 def pytest_collection_modifyitems(items):
-    """Tests marked heavy (tens of seconds) first, in their order, then the rest: pytest-xdist's workers
-    take tests in this order and steal from each other's queues (--dist worksteal), so no heavy test is
-    left to start last on one worker while the other sits idle."""
-    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+    """Modules holding a test marked heavy (tens of seconds) first, each kept whole (its module fixtures
+    built once), then the rest, in their order: pytest-xdist's workers take tests in this order and
+    steal from each other's queues (--dist worksteal), so no heavy test is left to start last on one
+    worker while the other sits idle."""
+    heavy = {item.module for item in items if item.get_closest_marker("heavy")}
+    items.sort(key=lambda item: item.module not in heavy)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -97,5 +97,6 @@ def test_attribution_pairs_each_variant_with_kns_data_by_seed():
     assert [r[0] for r in rows] == ["kn", "mid", "they"] and all(len(r) == len(header) for r in rows)
     assert rows[1][4] == "harder" and rows[2][4] == "no difference shown"
     assert attribution_table(results, [])[1] == []                       # one seed: no interval, no rows
+    assert attribution_table(results, [0, 1, 2]) == (header, rows)       # the chapter's seed counted once
     del results["multi5+permute they seed2"]
     assert [r[0] for r in attribution_table(results, [1, 2])[1]] == ["kn", "mid"]

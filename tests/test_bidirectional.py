@@ -81,6 +81,15 @@ def test_smoke_run(tmp_path):
     assert (tmp_path / "pretrain" / "pretrain.json").stat().st_mtime_ns != stamp and np.isfinite(other["pretrain_loss"])
 
 
+def test_a_given_data_folder_of_another_config_is_refused_not_rebuilt(tmp_path):
+    from kn.data.dataset import make_dataset
+    make_dataset(replace(small().data, n=20), tmp_path / "theirs")
+    before = (tmp_path / "theirs" / "meta.json").read_text()
+    with pytest.raises(DataError, match="^data: .* does not hold this run's dataset"):
+        run_bidirectional(small(), tmp_path / "run", data=tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "meta.json").read_text() == before and not (tmp_path / "run").exists()
+
+
 def test_needs_bert_and_a_known_device():
     with pytest.raises(DataError, match="^model"):
         BidirectionalConfig(model=ModelConfig(arch="gpt2"))

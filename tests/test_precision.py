@@ -125,5 +125,24 @@ def test_compiled_runs_repeat_and_resume_bit_exactly(data, tmp_path):
     train(cfg(data, tmp_path / "c", compile="on", max_steps=7, **kw), progress=False)
     rest = train(cfg(data, tmp_path / "c", compile="auto", **kw), resume=True, progress=False)
     assert rest["precision"]["compiled"]
+    train(cfg(data, tmp_path / "d", compile="off", max_steps=7, **kw), progress=False)          # eager, then
+    train(cfg(data, tmp_path / "d", compile="on", **kw), resume=True, progress=False)           # compiled:
+    saved = torch.load(tmp_path / "d" / "checkpoint" / "state.pt", weights_only=False)["optimizer"]
+    assert all(g["fused"] for g in saved["param_groups"])               # its AdamW too, not the checkpoint's
     later = [h["loss"] for h in runs[0]["history"] if h["step"] > 10]
     assert later and [h["loss"] for h in rest["history"] if h["step"] > 10] == later
+
+
+def test_resumed_precision_keeps_the_old_compile_rule_and_notes_a_change():
+    """A checkpoint recording no `compiled` ran by the rule of then (compile "on", or "auto" on a GPU);
+    compile set at a resume overrides the record and says so in the reason."""
+    from kn.train import Fit, resumed_precision
+    old = {"precision": {"dtype": "fp32", "attention": "sdpa", "reason": "r", "seconds_per_step": {}}}
+    spec = Fit(total_steps=10, lr=1e-3)
+    assert resumed_precision(old | {"config": {"compile": "on"}}, spec, "cpu").compiled
+    assert not resumed_precision(old | {"config": {"compile": "auto"}}, spec, "cpu").compiled
+    assert resumed_precision({"config": {"compile": "auto"}}, spec, "cuda").compiled          # legacy(): a GPU run
+    now = {"precision": old["precision"] | {"compiled": True}}
+    off = resumed_precision(now, Fit(total_steps=10, lr=1e-3, compile="off"), "cpu")
+    assert not off.compiled and off.reason.endswith("compile=off set at a resume")
+    assert resumed_precision(now, Fit(total_steps=10, lr=1e-3, compile="on"), "cpu").reason == "r"
