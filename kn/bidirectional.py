@@ -255,7 +255,8 @@ def twins(profile: str, augment: str = "multi5+permute", seed: int = 0,
           recipe: dict | None = None) -> tuple[BidirectionalConfig, ExtractionConfig]:
     """The masked model and its autoregressive twin for Result 7: the same people (the extraction
     profile's, at the bidirectional table's n), model size, exposures, windows, batch, lr and QA
-    finetuning (passes and lr), so that their gap is a test of the objective alone. The masked model
+    finetuning (passes and lr), so that their gap is a test of the objective alone; the masked model's
+    learning curve at the table's curve_points. The masked model
     learns only from the ~15% of words it masks: it needed ~5x the autoregressive budget to store
     the biographies, so both get the bidirectional table's exposures. `recipe` (lr, exposures,
     finetune_exposures, finetune_lr: kn.bidirectional_search's choice) replaces them for both."""
@@ -266,5 +267,5 @@ def twins(profile: str, augment: str = "multi5+permute", seed: int = 0,
     model = replace(e.model, arch="bert", mlp_ratio=e.model.mlp_ratio * 2 / 3)   # gated MLP: GPT-2's parameters
     bert = BidirectionalConfig(data=e.data, model=model, exposures=e.exposures, batch_size=e.batch_size,
                                window=e.window, lr=e.lr, finetune_exposures=e.finetune_exposures,
-                               finetune_lr=e.finetune_lr, seed=seed)
+                               finetune_lr=e.finetune_lr, seed=seed, curve_points=s["curve_points"])
     return bert, e

@@ -26,7 +26,7 @@ KEYS = {
     "mixed_training": ("augments", "fractions"),
     "augmentation": ("augments", "variants", "variant_seeds"),
     "probing": ("steps", "augments"),
-    "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search"),
+    "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search", "curve_points"),
     "celebrity": ("n", "at_r1_choice"),
     "capacity": ("data", "window", "min_steps", "weight_decay", "data_bits_per_param", "lr_grid", "grid_exposures",
                  "arms", "seeds", "curve"),
@@ -115,15 +115,15 @@ TABLES = {
     # `search`: multi5+permute's twins take the recipe kn.bidirectional_search chose on the validation slice
     "bidirectional": {
         "smoke": {"n": 60, "exposures": 10, "finetune_exposures": 3, "finetune_lr": 1e-3,
-                  "augments": ["single", "multi5+permute"], "search": True},
+                  "augments": ["single", "multi5+permute"], "search": True, "curve_points": 4},
         "class": {"n": 60, "exposures": 300, "finetune_exposures": 30, "finetune_lr": 1e-3,
-                  "augments": ["multi5+permute"], "search": False},
+                  "augments": ["multi5+permute"], "search": False, "curve_points": 30},
         "cpu": {"n": 100, "exposures": 500, "finetune_exposures": 30, "finetune_lr": 1e-3,
-                "augments": ["multi5+permute"], "search": True},    # the grid ran at cpu (2026-12-04, 75 CPU min)
+                "augments": ["multi5+permute"], "search": True, "curve_points": 30},    # the grid ran at cpu (2026-12-04, 75 CPU min)
         "gpu": {"n": 5000, "exposures": 1000, "finetune_exposures": 30, "finetune_lr": 1e-3,
-                "augments": ["single", "multi5+permute"], "search": False},
+                "augments": ["single", "multi5+permute"], "search": False, "curve_points": 30},
         "paper": {"n": 100000, "exposures": 2700, "finetune_exposures": 30, "finetune_lr": 1e-3,
-                  "augments": ["single", "multi5+permute"], "search": False},
+                  "augments": ["single", "multi5+permute"], "search": False, "curve_points": 30},
     },
     # Part 3.1 Result 6: minority people (the extraction profile's model and budget), as many celebrities;
     # 300 + 300 at cpu: every minority person is tested, +-4 points. `at_r1_choice`: the two runs at R1's
