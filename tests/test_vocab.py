@@ -62,8 +62,8 @@ def test_trimmed_and_untrimmed_reach_the_same_loss(data, tmp_path):
     for trim_vocab in (False, True):
         final[trim_vocab] = []
         for seed in (0, 1, 2):
-            s = train(cfg(data, tmp_path / f"{trim_vocab}{seed}", seed=seed, passes=34, trim_vocab=trim_vocab),
-                      progress=False)
+            s = train(cfg(data, tmp_path / f"{trim_vocab}{seed}", seed=seed, passes=9, batch_size=4, window=32,
+                          trim_vocab=trim_vocab), progress=False)        # small steps: the count is what matters
             assert s["total_steps"] >= 1000
             final[trim_vocab].append(np.mean([h["loss"] for h in s["history"][-2:]]))
     spread = np.sqrt((np.var(final[False], ddof=1) + np.var(final[True], ddof=1)) / 2)
