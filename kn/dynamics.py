@@ -84,7 +84,7 @@ from kn.data.records import ATTRIBUTES
 from kn.dynamics_claims import claim_intervals
 from kn.dynamics_config import (STAGES, DynamicsConfig, assign_scenarios, groups, injection_config, injection_steps,
                                 run_index, seed_records, seeds)
-from kn.dynamics_summary import N_BOOT, differences, duplicated_vs_paraphrased, early_vs_late, make_pools, summarize
+from kn.dynamics_summary import differences, duplicated_vs_paraphrased, early_vs_late, make_pools, summarize
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
@@ -337,12 +337,12 @@ def _prepare(cfgs: tuple, out: Path, progress: bool) -> tuple[list[dict], dict]:
     return records, pretrain_base(cfgs[0], out / "data", out / "base", progress)
 
 
-def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True, n_boot: int = N_BOOT) -> dict:
+def run_dynamics(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Data -> base (early, late) -> one continued run per stage in cfg.stages and seed (run folders
     out_dir/continued_<stage>_batch<B>_seed<s>, resumed after an interruption). Writes
     out_dir/trajectories_<stage>_seed<s>.csv, dynamics.json and curves.json (module docstring); returns
     dynamics.json's content plus "curves", "trajectories" (stage -> seed -> Trajectories) and "bases"."""
-    out, t_start = Path(out_dir), time.perf_counter()
+    out, t_start, n_boot = Path(out_dir), time.perf_counter(), cfg.n_boot
     records, bases = _prepare((cfg,), out, progress)
     trajs, schedule = {}, []
     for stage in cfg.stages:
@@ -377,11 +377,11 @@ def scaled(cfg: DynamicsConfig) -> DynamicsConfig:
                    **{n: getattr(cfg, n) // f for n in fields_})
 
 
-def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True, n_boot: int = N_BOOT) -> dict:
+def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Continued pretraining from the late base with batch B and batch_factor x B at equal tokens, every
     seed (Chang et al.: larger batches forget more slowly); batch B's runs are run_dynamics' late runs,
     resumed if finished. Writes out_dir/batch_sizes.json (module docstring) and returns its content."""
-    out, t_start, big = Path(out_dir), time.perf_counter(), scaled(cfg)
+    out, t_start, big, n_boot = Path(out_dir), time.perf_counter(), scaled(cfg), cfg.n_boot
     records, bases = _prepare((cfg, big), out, progress)
     pools = {}
     for c in (cfg, big):

@@ -29,6 +29,9 @@ CONTROL = "control"              # paragraphs probed like the injected ones, nev
 STAGES = ("early", "late")
 
 
+N_BOOT = 1000                    # bootstrap resamples (kn.dynamics_summary)
+
+
 @dataclass(frozen=True)
 class DynamicsConfig:
     data: BiosConfig = field(default_factory=lambda: BiosConfig(n=10000, vocab_size=4096))  # background
@@ -51,6 +54,7 @@ class DynamicsConfig:
     gap: int = 100                   # steps between their injections (paper: 100)
     eval_every: int = 1              # steps between measurements of l (paper: 1)
     lam_window: int = 50             # steps searched for t_LAM (paper: 50)
+    n_boot: int = N_BOOT             # bootstrap resamples of every interval the runs report
     device: str = "auto"             # auto | cpu | cuda
     compile: str = "auto"            # auto (kn.train.compile_setting) | on | off
     seed: int = 0                    # background, base and the first run
@@ -76,7 +80,8 @@ def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
 def _check_numbers(cfg: DynamicsConfig) -> None:
     check_count("n_paragraphs", cfg.n_paragraphs, 1)
     check_count("n_probes", cfg.n_probes, 1, MAX_PROBES)
-    for name in ("n_seeds", "batch_factor", "batch_size", "n_steps", "n_injections", "gap", "eval_every", "lam_window"):
+    for name in ("n_seeds", "batch_factor", "batch_size", "n_steps", "n_injections", "gap", "eval_every", "lam_window",
+                 "n_boot"):
         check_count(name, getattr(cfg, name), 1)
     check_count("window", cfg.window, 8, cfg.model.context)
     check_count("t0", cfg.t0)

@@ -26,12 +26,11 @@ import numpy as np
 
 from kn.data.injection import PROBE_KINDS
 from kn.display import markdown_table
-from kn.dynamics_config import CONTROL, SCENARIOS, DynamicsConfig, injection_steps
+from kn.dynamics_config import CONTROL, N_BOOT, SCENARIOS, DynamicsConfig, injection_steps
 from kn.errors import DataError
 from kn.forgetting import LAWS, MIN_POINTS, effectivity, fit_forgetting, fit_log, local_max, retainability
 from kn.trajectories import Trajectories, common_steps
 
-N_BOOT = 1000                    # bootstrap resamples
 
 
 # ----------------------------------------------------------------------------- pooled paragraphs and intervals

@@ -32,7 +32,7 @@ KEYS = {
                  "arms", "seeds", "curve"),
     "dynamics": (*_PEOPLE, "model", "scenarios", "n_paragraphs", "n_probes", "n_seeds", "pretrain_exposures",
                  "pretrain_lr", "early_fraction", "stages", "batch_size", "batch_factor", "window", "lr", "n_steps", "t0",
-                 "n_injections", "gap", "eval_every", "lam_window", "device", "compile", "seed"),
+                 "n_injections", "gap", "eval_every", "lam_window", "n_boot", "device", "compile", "seed"),
     "onelayer": ("arch", "multiplicity", "train_fraction", "finetune", "augment_extra", "n", "n_embd", "n_head",
                  "vocab_size", "window", "batch_size", "lr", "exposures", "curve", "finetune_exposures", "finetune_lr",
                  "finetune_batch_size", "lora_lr", "valid_fraction", "finetune_lr_grid", "lora_lr_grid",
@@ -182,7 +182,7 @@ TABLES = {
         "smoke": {"n": 200, "vocab_size": 1000, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
                   "n_paragraphs": 2, "n_probes": 3, "n_seeds": 2, "pretrain_exposures": 4, "pretrain_lr": 3e-3,
                   "batch_size": 8, "window": 320, "lr": 1e-2, "n_steps": 40, "t0": 4, "n_injections": 3, "gap": 4,
-                  "lam_window": 4},
+                  "lam_window": 4, "n_boot": 200},   # intervals of a code test: fewer resamples
         "class": {"n": 3000, "vocab_size": 2048, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 320},
                   "n_paragraphs": 2, "n_probes": 5, "pretrain_exposures": 2, "pretrain_lr": 3e-3, "batch_size": 16,
                   "window": 320, "lr": 1e-3, "n_steps": 52, "t0": 8, "n_injections": 3, "gap": 8, "lam_window": 8,

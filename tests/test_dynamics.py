@@ -34,15 +34,15 @@ TINY = ModelConfig(n_layer=2, n_head=2, n_embd=64, context=320)
 # Paragraphs are 12 sentences, ~230-280 tokens at this vocabulary: the window must hold one plus EOS.
 SMOKE = dict(data=BiosConfig(n=200, vocab_size=1000), model=TINY, n_paragraphs=2, n_probes=3, n_seeds=2,
              pretrain_exposures=4, pretrain_lr=3e-3, batch_size=8, window=320, lr=1e-2, n_steps=40, t0=4,
-             n_injections=3, gap=4, lam_window=4, stages=("late",), device="cpu")
-N_BOOT = 200
+             n_injections=3, gap=4, lam_window=4, stages=("late",), device="cpu", n_boot=200)
+N_BOOT = SMOKE["n_boot"]
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("dynamics")
     cfg = DynamicsConfig(**SMOKE)
-    return cfg, out, run_dynamics(cfg, out, progress=False, n_boot=N_BOOT)
+    return cfg, out, run_dynamics(cfg, out, progress=False)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -402,7 +402,7 @@ def test_compare_batch_sizes_at_equal_tokens(smoke):
     big = scaled(cfg)
     assert (big.batch_size, big.n_steps, big.t0, big.gap, big.lam_window) == (32, 10, 1, 1, 1)
     assert big.batch_size * big.n_steps == cfg.batch_size * cfg.n_steps
-    res = compare_batch_sizes(cfg, out, progress=False, n_boot=N_BOOT)   # reuses the smoke run's data, base, late runs
+    res = compare_batch_sizes(cfg, out, progress=False)   # reuses the smoke run's data, base, late runs
     assert res["batch_sizes"] == [8, 32] and set(res["batches"]) == {"8", "32"}
     saved = json.loads((out / "batch_sizes.json").read_text())
     for s in SCENARIOS:
