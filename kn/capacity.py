@@ -88,7 +88,9 @@ def _make_data(p: dict, out: Path) -> None:
 
 def _train_config(p: dict, folder: Path, device: str):
     """The kn.train config of a point. On the CPU pinned to fp32 with SDPA attention, what the
-    sweep ran in: bf16 ran these tiny models at 0.52-0.68x fp32's speed (issue 27)."""
+    sweep ran in: bf16 ran these tiny models at 0.52-0.68x fp32's speed (issue 27). Compilation is
+    left to the run (compile "auto": a point's >= 50K steps measure compiled against eager, which
+    gave 1.27-1.57x at batch 2; the committed sweep's points ran eager, before it existed)."""
     model = ModelConfig(arch=p["arch"], n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
                         mlp_ratio=p["mlp_ratio"], context=p["window"])
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
