@@ -55,7 +55,7 @@ TABLES = {
     "extraction": {
         "smoke": {"n": 60, "vocab_size": 600, "model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "context": 128},
                   "window": 128, "batch_size": 8, "exposures": 4, "lr": 3e-3, "finetune_exposures": 2,
-                  "valid_fraction": 0.2, "finetune_lr_grid": [1e-3, 3e-3]},
+                  "valid_fraction": 0.2, "finetune_lr_grid": [1e-3, 3e-3], "curve_points": 4},   # 4: a curve's code
         # class and cpu: windows of 256 hold whole biographies (kn.data.summary: ~60-90 tokens); a fifth
         # of train_people is the validation slice that picks the finetune lr; QA fraction 0.8 (paper)
         # class: 100 people at batch 8, enough optimizer steps to memorize (200 people at 60 exposures and batch
