@@ -80,11 +80,11 @@ def attribution(profile: str, seed: int = 0) -> tuple[str, dict, list[int]]:
     """(the profile of the attribution's runs, name -> result, the seeds beside `seed`): `profile`'s own when
     its table has variant_seeds (run by `study`), else ATTRIBUTION_PROFILE's published results that record
     their configs (read, never trained; missing ones left out)."""
-    src = profile if settings("augmentation", profile)["variant_seeds"] else ATTRIBUTION_PROFILE
+    src = profile if settings(CHAPTER, profile)["variant_seeds"] else ATTRIBUTION_PROFILE
     a, configs = ATTRIBUTION_AUGMENT, augmentation_configs(src, seed)
     names = [n for n in configs if n.split(" seed")[0] in (a, *(f"{a} {v}" for v in VARIANTS))]
     found = {n: done(results_dir(CHAPTER, src) / f"{n}.json", configs[n]) for n in names}
-    return src, {n: r for n, r in found.items() if r is not None}, settings("augmentation", src)["variant_seeds"]
+    return src, {n: r for n, r in found.items() if r is not None}, settings(CHAPTER, src)["variant_seeds"]
 
 
 def attribution_table(results: dict, seeds: list[int], chapter_seed: int = 0) -> tuple[list[str], list[list[str]]]:

@@ -256,9 +256,9 @@ def twins(profile: str, augment: str = "multi5+permute", seed: int = 0,
     """The masked model and its autoregressive twin for Result 7: the same people (the extraction
     profile's, at the bidirectional table's n), model size, exposures, windows, batch, lr and QA
     finetuning (passes and lr), so that their gap is a test of the objective alone; the masked model's
-    learning curve at the table's curve_points. The masked model
-    learns only from the ~15% of words it masks: it needed ~5x the autoregressive budget to store
-    the biographies, so both get the bidirectional table's exposures. `recipe` (lr, exposures,
+    learning curve at the table's curve_points. The masked model learns only from the ~15% of words
+    it masks: it needed ~5x the autoregressive budget to store the biographies, so both get the
+    bidirectional table's exposures. `recipe` (lr, exposures,
     finetune_exposures, finetune_lr: kn.bidirectional_search's choice) replaces them for both."""
     s = settings("bidirectional", profile)
     r = {"exposures": s["exposures"], "finetune_exposures": s["finetune_exposures"], "finetune_lr": s["finetune_lr"]}

@@ -172,7 +172,8 @@ def recover_checkpoint(path: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, opt, sched) -> tuple[int, dict]:
     """Weights, optimizer, scheduler and RNG from a checkpoint whose files match their checksums;
-    returns (step, evaluations so far)."""
+    returns (step, evaluations so far). The optimizer keeps its own kernel (fused or not, chosen for
+    this run): the saved param groups carry the old run's."""
     try:
         state = torch.load(path / "state.pt", weights_only=False)
     except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
@@ -183,7 +184,10 @@ def load_checkpoint(path: Path, model, opt, sched) -> tuple[int, dict]:
     with torch.no_grad():
         for name, value in state["trainable"].items():
             params[name].copy_(value)
+    fused = [g.get("fused") for g in opt.param_groups]
     opt.load_state_dict(state["optimizer"])
+    for g, f in zip(opt.param_groups, fused):
+        g["fused"] = f
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():

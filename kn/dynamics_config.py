@@ -27,9 +27,7 @@ from kn.models import ModelConfig
 SCENARIOS = ("once", "duplicated", "paraphrased")
 CONTROL = "control"              # paragraphs probed like the injected ones, never injected
 STAGES = ("early", "late")
-
-
-N_BOOT = 1000                    # bootstrap resamples (kn.dynamics_summary)
+N_BOOT = 1000                    # bootstrap resamples of an interval (kn.dynamics_summary)
 
 
 @dataclass(frozen=True)

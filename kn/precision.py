@@ -39,7 +39,7 @@ ROUND_S = 0.05         # compiled against eager, where a round runs as many step
 COMPILE_MIN_S = 600    # compile="auto": runs expected to take this long eager are timed compiled; compiling
                        # costs 3-60 s here and gave 1.3-1.8x a step at batch 2 on the capacity models and
                        # 1.4x on Part 3.1's (benchmarks/steps.py)
-_CHOSEN: dict = {}     # (model shape, batch, device, threads, candidates[, compile]) -> Precision, for this process
+_CHOSEN: dict = {}     # _where() + candidates and settings [+ compile] -> Precision; ("eager", ...) -> s/step
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,7 @@ def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto"
     measured where more than one candidate is open (see the module docstring). `compile`: off | on |
     auto (a run of `total_steps` expected to last COMPILE_MIN_S eager: compiled timed against eager)."""
     cands = candidates(precision, attention, device)
-    key = (_shape(model), tuple(tuple(t.shape) for t in batch if t is not None), str(device),
-           torch.get_num_threads(), tuple(cands), precision, attention)
+    key = (*_where(model, batch, device), tuple(cands), precision, attention)
     if key not in _CHOSEN:
         if len(cands) == 1:
             why = "set" if (precision != "auto" and attention != "auto") else _unmeasured(precision, attention, device)
@@ -111,8 +110,9 @@ def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto"
         else:
             _CHOSEN[key] = _measured(model, batch, cands, device, precision)
     p = _CHOSEN[key]
-    if compile == "auto" and not _long(model, batch, p, device, total_steps):
-        p = _short(p, model, batch, device, total_steps)
+    if compile == "auto" and (expected := _eager_s(model, batch, p, device) * total_steps) < COMPILE_MIN_S:
+        p = replace(p, reason=f"{p.reason}; eager: a run of about {expected / 60:.1f} min is too short to compile "
+                              f"(compiled from {COMPILE_MIN_S / 60:.0f} min)")
     elif compile != "off":
         ckey = (key, compile)
         if ckey not in _CHOSEN:
@@ -156,26 +156,19 @@ def _measured(model, batch: tuple, cands: list, device, precision: str) -> Preci
     return Precision(dtype, attn, why, med)
 
 
+def _where(model, batch: tuple, device) -> tuple:
+    """What a measurement depends on besides the candidates: model shape, batch shapes, device, threads."""
+    return (_shape(model), tuple(tuple(t.shape) for t in batch if t is not None), str(device), torch.get_num_threads())
+
+
 def _eager_s(model, batch: tuple, p: Precision, device) -> float:
     """Seconds a step of `p` takes eager: measured by _measured, else timed now (once per shape)."""
-    if p.name not in p.seconds_per_step:
-        key = ("eager", _shape(model), tuple(tuple(t.shape) for t in batch if t is not None), p.name, str(device),
-               torch.get_num_threads())
-        if key not in _CHOSEN:
-            _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device)[p.name]
-        return _CHOSEN[key]
-    return p.seconds_per_step[p.name]
-
-
-def _long(model, batch: tuple, p: Precision, device, total_steps: int) -> bool:
-    """Whether a run of `total_steps` eager steps of `p` is expected to last COMPILE_MIN_S."""
-    return _eager_s(model, batch, p, device) * total_steps >= COMPILE_MIN_S
-
-
-def _short(p: Precision, model, batch: tuple, device, total_steps: int) -> Precision:
-    minutes = _eager_s(model, batch, p, device) * total_steps / 60
-    return replace(p, reason=f"{p.reason}; eager: a run of about {minutes:.1f} min is too short to compile "
-                             f"(compiled from {COMPILE_MIN_S / 60:.0f} min)")
+    if p.name in p.seconds_per_step:
+        return p.seconds_per_step[p.name]
+    key = ("eager", p.name, *_where(model, batch, device))
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device)[p.name]
+    return _CHOSEN[key]
 
 
 def _compiled(model, batch: tuple, p: Precision, attns: list, compile: str, device) -> Precision:

@@ -317,18 +317,16 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
     model = model.to(acc.device)
     start, evals, last_loss = 0, {}, None
     rank, world = acc.process_index, acc.num_processes
-    precision = resumed_precision(read_state(checkpoint), spec, acc.device) if checkpoint is not None else \
+    state = read_state(checkpoint) if checkpoint is not None else None
+    precision = resumed_precision(state, spec, acc.device) if state is not None else \
         run_precision(model, _tensors(batches(0), rank, world, acc.device, hooks.pad_id), spec, acc)
     opt = optimizer_for(model, spec.lr, spec.weight_decay, fused=precision.compiled)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
     before_s = 0.0                                              # training seconds of the parts before a resume
-    if checkpoint is not None:
-        fused = [g["fused"] for g in opt.param_groups]
+    if state is not None:
         start, evals = load_checkpoint(checkpoint, model, opt, sched)
-        for g, f in zip(opt.param_groups, fused):               # the saved groups carry the old run's kernel choice
-            g["fused"] = f
-        last_loss = read_state(checkpoint).get("loss")
-        before_s = read_state(checkpoint).get("train_s") or 0.0       # none recorded (older checkpoints): 0
+        last_loss = state.get("loss")
+        before_s = state.get("train_s") or 0.0                   # none recorded (older checkpoints): 0
         if acc.is_main_process:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed %s at step %d", out, start)
