@@ -2,9 +2,9 @@
 model's cached hidden states, its rank and weight decay chosen on a validation slice of people.
 
 At a few hundred people a full linear head (d x C weights, C up to one class per person) fits its
-training people and reads nothing on new ones (kn.probing at rank 0, the cpu profile's 300
-train_people: ~97% of them, chance on test_people). Here each head is LayerNorm, then x @ U @ V + b with U [d, r] and V [r, C]: rank r
-caps what it can memorize, weight decay shrinks it further. Pre-registered, before any run they govern:
+training people and reads nothing on new ones (kn.probing at rank 0 on 300 train_people: ~97% of
+them, chance on test_people). Here each head is LayerNorm, then x @ U @ V + b with U [d, r] and
+V [r, C]: rank r caps what it can memorize, weight decay shrinks it further. Pre-registered, before any run they govern:
 
   grid        RANKS x WEIGHT_DECAYS (AdamW, decoupled decay on U and V; LR, BATCH_SIZE, `steps` a fit)
   criterion   per (probe, kind): the mean over its heads of the accuracy on the validation slice,

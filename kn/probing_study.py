@@ -3,11 +3,13 @@ of pretrained models trained as the augmentation chapter trains its own (kn.augm
 configs), in this chapter's folders.
 
 `study(profile, seed)`: the profile's "probing" table (kn.profiles) names the models (`augments`,
-each one of the augmentation chapter's configs at that profile) and each probe fit's `steps`; each
-model is run or read back (kn.extraction.run_suite: runs/probing/<profile>/<augment> model/, its QA
+each one of the augmentation chapter's configs at that profile, at `n` people where it says) and each
+probe fit's `steps`; each model is run or read back (kn.extraction.run_suite: runs/probing/<profile>/<augment> model/, its QA
 result results/probing/<profile>/<augment> model.json), then probed: results/probing/<profile>/<augment>.json.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 from kn.augmentation import augmentation_configs
 from kn.errors import DataError
@@ -25,12 +27,14 @@ def model_name(augment: str) -> str:
 
 
 def probed_configs(profile: str, seed: int = 0) -> dict:
-    """augment -> the augmentation chapter's ExtractionConfig of each model the table probes."""
-    every, augments = augmentation_configs(profile, seed), settings(CHAPTER, profile)["augments"]
-    if missing := [a for a in augments if a not in every]:
+    """augment -> the augmentation chapter's ExtractionConfig of each model the table probes, at the
+    table's people `n` where it names them."""
+    every, s = augmentation_configs(profile, seed), settings(CHAPTER, profile)
+    if missing := [a for a in s["augments"] if a not in every]:
         raise DataError(f"augments: {missing} not run by the augmentation chapter at {profile}; allowed: "
                         f"{', '.join(every)}")
-    return {a: every[a] for a in augments}
+    people = lambda cfg: cfg if s["n"] is None else replace(cfg, data=replace(cfg.data, n=s["n"]))  # noqa: E731
+    return {a: people(every[a]) for a in s["augments"]}
 
 
 def study(profile: str, seed: int = 0) -> dict:

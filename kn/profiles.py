@@ -25,7 +25,7 @@ KEYS = {
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "mixed_training": ("augments", "fractions"),
     "augmentation": ("augments", "variants", "variant_seeds"),
-    "probing": ("steps", "augments"),
+    "probing": ("steps", "augments", "n"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search", "curve_points"),
     "celebrity": ("n", "at_r1_choice"),
     "capacity": ("data", "window", "min_steps", "weight_decay", "data_bits_per_param", "lr_grid", "grid_exposures",
@@ -103,13 +103,16 @@ TABLES = {
                   "variant_seeds": []},
     },
     # Part 3.1 Results 4-5: optimizer steps of each probe fit (kn.probe_select: a low-rank head chosen on
-    # the validation slice; rank-0 full heads and the paper's rank-2/16 embedding updates, fit on a few
-    # hundred people, memorized them: 97% of their own people, chance on test_people, at cpu), and which
-    # of the augmentation chapter's configs it trains (kn.probing_study, its own runs) and probes: below gpu
-    # the claims' two
-    "probing": {"smoke": {"steps": 20, "augments": _CLAIMS}, "class": {"steps": 300, "augments": _CLAIMS},
-                "cpu": {"steps": 300, "augments": _CLAIMS}, "gpu": {"steps": 1000, "augments": _PROBED},
-                "paper": {"steps": 1000, "augments": _PROBED}},
+    # the validation slice), which of the augmentation chapter's configs it trains (kn.probing_study, its own
+    # runs) and probes (below gpu the claims' two), and `n`, the people of those models where they differ from
+    # the augmentation chapter's (None: its own). At cpu the probes read 2,500 people: at 600 (300
+    # train_people) every head, rank 0 or low-rank, fit its own people and read chance on test_people (issue
+    # 22); 2,500 leave 1,000 train_people to fit on and 250 to choose with, ~60 min a model on one core
+    "probing": {"smoke": {"steps": 20, "augments": _CLAIMS, "n": None},
+                "class": {"steps": 300, "augments": _CLAIMS, "n": None},
+                "cpu": {"steps": 300, "augments": _CLAIMS, "n": 2500},
+                "gpu": {"steps": 1000, "augments": _PROBED, "n": None},
+                "paper": {"steps": 1000, "augments": _PROBED, "n": None}},
     # Part 3.1 Result 7: the masked model and its GPT-2 twin (kn.bidirectional.twins), on the extraction
     # profile's model at these people and exposures (a masked model needs ~5x the autoregressive budget);
     # `search`: multi5+permute's twins take the recipe kn.bidirectional_search chose on the validation slice

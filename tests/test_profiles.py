@@ -65,7 +65,7 @@ def test_misspelt_override_names_itself_and_the_allowed_keys():
 def test_misspelt_table_key_is_named(monkeypatch):
     table = {**TABLES["probing"], "cpu": {**TABLES["probing"]["cpu"], "epoch": 3}}
     monkeypatch.setitem(profiles.TABLES, "probing", table)
-    with pytest.raises(DataError, match=r"^epoch: unknown setting for probing; allowed: steps, augments$"):
+    with pytest.raises(DataError, match=r"^epoch: unknown setting for probing; allowed: steps, augments, n$"):
         settings("probing", "cpu")
     assert settings("probing", "smoke") == TABLES["probing"]["smoke"]
 
