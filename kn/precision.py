@@ -4,14 +4,15 @@ A run's `precision` is auto | fp32 | bf16 and its `attention` auto | sdpa | eage
 every candidate the machine can run: bf16 autocast only where the CPU has bf16 instructions
 (avx512_bf16 or amx_bf16, kn.results.cpu_info) or on a GPU, and both attention kernels. More than
 one candidate: a few steps of the run's own model, on its first batch, are timed in turn (A, B, C,
-A, B, C, ...: load on a shared machine hits all alike) on copies of the model, so that the run
-itself and torch's random state are untouched, and the fastest wins; fp32 with SDPA (what kn ran
-before) unless another is MARGIN faster. Then, where the run leaves compilation open (`compile`
-"auto", kn.train.compile_setting) and the run is expected to last COMPILE_MIN_S eager, the winner
-is timed compiled against eager the same way, both attention kernels compiled: a compiled step runs
-torch.compile's forward and backward and AdamW's fused kernel. One measurement
-per model shape, batch and thread count in a process. On a GPU, auto is bf16 with SDPA (fused
-kernels), not measured. The choice, with its reason and timings, goes into train.json, the
+A, B, C, ...: load on a shared machine hits all alike; rounds of ROUND_S at least, as a few-ms step
+is noisy one by one) on copies of the model, so that the run itself and torch's random state are
+untouched, and the fastest wins; fp32 with SDPA (what kn ran before) unless another is MARGIN
+faster. Then, where the run leaves compilation open (`compile` "auto", kn.train.compile_setting) and
+the run is expected to last COMPILE_MIN_S eager, every candidate is timed compiled against the eager
+winner the same way (the eager winner need not win compiled: bf16 steps of the capacity models, a
+few ms each, ran 1.2-2.7x slower than fp32 compiled): a compiled step runs torch.compile's forward
+and backward and AdamW's fused kernel. One measurement per model shape, batch and thread count in a
+process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with its reason and timings, goes into train.json, the
 checkpoint and (kn.results.hardware) the provenance of every result the process writes; a resumed
 run keeps its checkpoint's choice, so it continues bit-exactly. Curves are deterministic per
 precision (and compilation), not across them.
@@ -33,9 +34,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTIONS = ("auto", "sdpa", "eager")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MARGIN = 1.05          # another candidate replaces fp32 + SDPA only when >= 5% faster: not on timing noise
-ROUNDS = 3             # timed rounds per candidate, after one warm-up step: one step a round, but
-ROUND_S = 0.05         # compiled against eager, where a round runs as many steps as fill about this many
-                       # seconds (a small model's few-ms steps are noisy one by one)
+ROUNDS = 3             # timed rounds per candidate, after one warm-up step; a round runs as many steps as
+ROUND_S = 0.05         # fill about this many seconds (one at least: a small model's few-ms steps are noisy)
 COMPILE_MIN_S = 600    # compile="auto": runs expected to take this long eager are timed compiled; compiling
                        # costs 3-60 s here and gave 1.3-1.8x a step at batch 2 on the capacity models and
                        # 1.4x on Part 3.1's (benchmarks/steps.py)
@@ -116,8 +116,7 @@ def choose(model, batch: tuple, precision: str = "auto", attention: str = "auto"
     elif compile != "off":
         ckey = (key, compile)
         if ckey not in _CHOSEN:
-            _CHOSEN[ckey] = _compiled(model, batch, p, sorted({a for _, a in cands}, key=ATTENTIONS.index), compile,
-                                      device)
+            _CHOSEN[ckey] = _compiled(model, batch, p, cands, compile, device)
         p = _CHOSEN[ckey]
     return _record(p)
 
@@ -143,14 +142,14 @@ def _shape(model) -> tuple:
 
 def _measured(model, batch: tuple, cands: list, device, precision: str) -> Precision:
     """Time each candidate on a copy of `model`; the fastest wins (fp32 + SDPA unless another is MARGIN faster)."""
-    med = _timed(model, batch, [(d, a, False) for d, a in cands], device)
+    med = _timed(model, batch, [(d, a, False) for d, a in cands], device, ROUND_S)
     first = f"{cands[0][0]}+{cands[0][1]}"
     best = min(med, key=med.get)
     if med[best] * MARGIN > med[first]:
         best = first
     flags = [f for f in BF16_FLAGS if f in cpu_info()["cpu_flags"]]
     hardware = f"bf16 instructions: {', '.join(flags)}" if flags else "no bf16 instructions: fp32 only"
-    why = (f"auto, measured ({ROUNDS} steps each on the run's first batch): {best} "
+    why = (f"auto, measured ({ROUNDS} rounds of >= {ROUND_S} s each on the run's first batch): {best} "
            f"{med[first] / med[best]:.2f}x {first}; " + (hardware if precision == "auto" else f"precision {precision} as set"))
     dtype, attn = best.split("+")
     return Precision(dtype, attn, why, med)
@@ -171,11 +170,11 @@ def _eager_s(model, batch: tuple, p: Precision, device) -> float:
     return _CHOSEN[key]
 
 
-def _compiled(model, batch: tuple, p: Precision, attns: list, compile: str, device) -> Precision:
-    """`p` compiled, its attention the faster compiled one of `attns` (MARGIN faster than p's own); with
-    compile "auto" only if that step is also MARGIN faster than `p`'s eager one, and only if compiling
-    works (an error is recorded, the run stays eager)."""
-    cands = [(p.dtype, a, True) for a in [p.attention] + [a for a in attns if a != p.attention]]
+def _compiled(model, batch: tuple, p: Precision, open_: list, compile: str, device) -> Precision:
+    """The fastest of the (dtype, attention) pairs `open_` compiled (`p`'s own unless another is MARGIN
+    faster); with compile "auto" only if that step is also MARGIN faster than `p`'s eager one, and only
+    if compiling works (an error is recorded, the run stays eager)."""
+    cands = [(p.dtype, p.attention, True)] + [(d, a, True) for d, a in open_ if (d, a) != (p.dtype, p.attention)]
     cands += [(p.dtype, p.attention, False)] if compile == "auto" else []
     if len(cands) == 1:
         return replace(p, compiled=True, reason=p.reason + "; compiled as set")
@@ -193,7 +192,7 @@ def _compiled(model, batch: tuple, p: Precision, attns: list, compile: str, devi
         return replace(p, reason=why, seconds_per_step=p.seconds_per_step | med)
     why = f"{p.reason}; compiled ({compile}): {best} " + (f"{med[p.name] / med[best]:.2f}x eager" if compile == "auto"
                                                          else f"{med[first] / med[best]:.2f}x {first}")
-    return Precision(p.dtype, best.split("+")[1], why, p.seconds_per_step | med, compiled=True)
+    return Precision(*best.split("+")[:2], why, p.seconds_per_step | med, compiled=True)
 
 
 def _timed(model, batch: tuple, cands: list, device, fill: float = 0.0) -> dict:
