@@ -32,7 +32,10 @@ The settings and schedule are kn.dynamics_config's, the probes and trajectories 
 measures (t_LAM, effectivity, retainability, forgetting laws) kn.forgetting's, and the pooled paragraphs,
 bootstrap intervals and summaries kn.dynamics_summary's (each module's docstring defines its part).
 
-Result files, in the run folder (a chapter publishes them with kn.results.publish):
+The chapter's one call is `study(profile, seed)`: the runs in runs/dynamics/<profile>/ and their
+files published, or, with no run folder, the published files read back.
+
+Result files, in the run folder (study publishes them to results/dynamics/<profile>/):
   dynamics.json     {"seeds": [...], "n_boot", "scale": {people, steps_per_pass, pretrain_steps, early_step,
                      tokens_per_step, pretrain_tokens, continued_steps, continued_tokens, runs,
                      paragraphs_per_scenario, controls},
@@ -88,7 +91,7 @@ from kn.dynamics_summary import differences, duplicated_vs_paraphrased, early_vs
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
-from kn.results import done, read_json, write_json
+from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
 from kn.tokenize import encode_records, load_tokenizer, train_tokenizer
 from kn.train import Fit, Hooks, accelerator, fit, stop_if_interrupted, train
 from kn.train_config import TrainConfig
@@ -395,3 +398,25 @@ def compare_batch_sizes(cfg: DynamicsConfig, out_dir: str | Path, progress: bool
     write_json(out / "batch_sizes.json", config=asdict(cfg), seed=cfg.seed, wall_time=time.perf_counter() - t_start,
                **result)
     return result
+
+
+CHAPTER = "dynamics"
+PUBLISHED = ("dynamics", "batch_sizes", "curves")
+
+
+def study(profile: str, seed: int = 0) -> dict:
+    """The chapter's runs at `profile`: run_dynamics and compare_batch_sizes in runs/dynamics/<profile>/,
+    their files published to results/dynamics/<profile>/; with no run folder, published files that record
+    the same config are read back (a page re-rendered from its committed files, not retrained). Returns
+    config, dynamics (dynamics.json's content plus "curves") and batch (batch_sizes.json's content);
+    run here, dynamics also holds run_dynamics' trajectories and bases."""
+    cfg, out, folder = from_profile(profile, seed=seed), runs_dir(CHAPTER, profile), results_dir(CHAPTER, profile)
+    records = {} if out.exists() else {n: done(folder / f"{n}.json", cfg) for n in PUBLISHED}
+    if records and None not in records.values():
+        return {"config": cfg, "dynamics": records["dynamics"] | {"curves": records["curves"]["curves"]},
+                "batch": records["batch_sizes"]}
+    res, batch = run_dynamics(cfg, out, progress=False), compare_batch_sizes(cfg, out, progress=False)
+    for name in PUBLISHED:
+        publish(out / f"{name}.json", CHAPTER, profile, name)
+    return {"config": cfg, "dynamics": res, "batch": batch}
+

@@ -12,14 +12,16 @@ to the same trajectories:
 """
 import csv
 import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
+import kn.dynamics
 from kn.data.dataset import BiosConfig
 from kn.data.injection import PROBE_KINDS, load_injection
 from kn.dynamics import (InjectedStream, Injection, background, compare_batch_sizes, make_stream, prepare_data,
-                         run_dynamics, scaled, stream_start)
+                         run_dynamics, scaled, stream_start, study)
 from kn.dynamics_config import CONTROL, SCENARIOS, DynamicsConfig, injection_steps, seed_records
 from kn.dynamics_claims import claim_intervals
 from kn.dynamics_summary import (Pool, bootstrap, bootstrap_draws, edge_peaks, effectivity_table, forgetting_table, interval,
@@ -27,6 +29,7 @@ from kn.dynamics_summary import (Pool, bootstrap, bootstrap_draws, edge_peaks, e
 from kn.errors import DataError
 from kn.forgetting import effectivity, fit_forgetting, fit_log, local_max, predict, retainability
 from kn.models import ModelConfig
+from kn.results import publish, results_dir, write_json
 from kn.tokenize import load_tokenizer
 from kn.trajectories import COLUMNS, Trajectories, load_trajectories, mean_curves
 
@@ -412,6 +415,29 @@ def test_compare_batch_sizes_at_equal_tokens(smoke):
             assert diff["value"] == pytest.approx(small["decay_b"]["value"] - large["decay_b"]["value"])
     with pytest.raises(DataError, match="^batch_factor: got 1"):
         scaled(DynamicsConfig(**(SMOKE | dict(batch_factor=1))))
+
+
+def test_study_reads_back_published_files_without_a_run_folder(smoke, tmp_path, monkeypatch):
+    """A page re-rendered from committed files: with no run folder, study returns the published results
+    of the same config and trains nothing; files of another config are not read back."""
+    cfg, out, res = smoke
+    monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
+    for name in ("dynamics", "curves"):
+        publish(out / f"{name}.json", "dynamics", "smoke", name)
+    write_json(results_dir("dynamics", "smoke") / "batch_sizes.json", config=asdict(cfg), seed=cfg.seed, factor=4)
+
+    def trains(*args, **kwargs):
+        raise AssertionError("trained")
+    monkeypatch.setattr(kn.dynamics, "run_dynamics", trains)
+    monkeypatch.setattr(kn.dynamics, "from_profile", lambda profile, seed=0: cfg)
+    r = study("smoke")
+    assert r["config"] == cfg and r["batch"]["factor"] == 4
+    assert r["dynamics"]["stages"] == json.loads(json.dumps(res["stages"]))
+    assert r["dynamics"]["curves"] == json.loads(json.dumps(res["curves"]))
+    monkeypatch.setattr(kn.dynamics, "from_profile", lambda profile, seed=0: replace(cfg, n_boot=100))
+    with pytest.raises(AssertionError, match="trained"):
+        study("smoke")
 
 
 def test_mean_curves_average_each_group_and_kind_over_runs():
