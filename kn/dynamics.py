@@ -62,7 +62,7 @@ Result files, in the run folder (study publishes them to results/dynamics/<profi
       "aic"}}, "best", "delta_aic", "power_law", "n", "decay_b": I (b of the log law), "valid" (share of
       resamples with a fit), "t": [...], "R": [...]}
   I = {"value", "low", "high"} (None where undefined)
-Entry points: `from_profile`, `run_dynamics`, `compare_batch_sizes`, `scaled`, `prepare_data`, `pretrain_base`,
+Entry points: `study`, `from_profile`, `run_dynamics`, `compare_batch_sizes`, `scaled`, `prepare_data`, `pretrain_base`,
 `background`, `scale`, `injection_plan`, `make_stream`, `stream_start`, `continue_pretraining`.
 """
 from __future__ import annotations
@@ -419,4 +419,3 @@ def study(profile: str, seed: int = 0) -> dict:
     for name in PUBLISHED:
         publish(out / f"{name}.json", CHAPTER, profile, name)
     return {"config": cfg, "dynamics": res, "batch": batch}
-

@@ -12,15 +12,16 @@ the run is expected to last COMPILE_MIN_S eager, every candidate is timed compil
 winner the same way (the eager winner need not win compiled: bf16 steps of the capacity models, a
 few ms each, ran 1.2-2.7x slower than fp32 compiled): a compiled step runs torch.compile's forward
 and backward and AdamW's fused kernel. One measurement per model shape, batch and thread count in a
-process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with its reason and timings, goes into train.json, the
-checkpoint and (kn.results.hardware) the provenance of every result the process writes; a resumed
-run keeps its checkpoint's choice, so it continues bit-exactly. Curves are deterministic per
+process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with its reason
+and timings, goes into train.json, the checkpoint and (kn.results.hardware) the provenance of every
+result the process writes; a resumed run keeps its checkpoint's choice, so it continues bit-exactly. Curves are deterministic per
 precision (and compilation), not across them.
 Entry points: `Precision`, `choose`, `check_setting`, `set_attention`, `compiled_model`.
 """
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -35,10 +36,10 @@ ATTENTIONS = ("auto", "sdpa", "eager")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MARGIN = 1.05          # another candidate replaces fp32 + SDPA only when >= 5% faster: not on timing noise
 ROUNDS = 3             # timed rounds per candidate, after one warm-up step; a round runs as many steps as
-ROUND_S = 0.05         # fill about this many seconds (one at least: a small model's few-ms steps are noisy)
-COMPILE_MIN_S = 600    # compile="auto": runs expected to take this long eager are timed compiled; compiling
-                       # costs 3-60 s here and gave 1.3-1.8x a step at batch 2 on the capacity models and
-                       # 1.4x on Part 3.1's (benchmarks/steps.py)
+ROUND_S = 0.05         # fill this many seconds (one at least: a small model's few-ms steps are noisy)
+COMPILE_MIN_S = 600    # compile="auto": runs expected to take this long eager are timed compiled; compiling a
+                       # candidate costs 3-60 s here (up to four: fp32/bf16 x sdpa/eager) and gave 1.3-1.8x a
+                       # step at batch 2 on the capacity models and 1.4x on Part 3.1's (benchmarks/steps.py)
 _CHOSEN: dict = {}     # _where() + candidates and settings [+ compile] -> Precision; ("eager", ...) -> s/step
 
 
@@ -166,14 +167,15 @@ def _eager_s(model, batch: tuple, p: Precision, device) -> float:
         return p.seconds_per_step[p.name]
     key = ("eager", p.name, *_where(model, batch, device))
     if key not in _CHOSEN:
-        _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device)[p.name]
+        _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device, ROUND_S)[p.name]
     return _CHOSEN[key]
 
 
 def _compiled(model, batch: tuple, p: Precision, open_: list, compile: str, device) -> Precision:
-    """The fastest of the (dtype, attention) pairs `open_` compiled (`p`'s own unless another is MARGIN
-    faster); with compile "auto" only if that step is also MARGIN faster than `p`'s eager one, and only
-    if compiling works (an error is recorded, the run stays eager)."""
+    """The fastest of the (dtype, attention) pairs `open_` compiled, or `p`'s own compiled where it is
+    within MARGIN of that (and, with compile "auto", itself MARGIN faster than `p` eager); with compile
+    "auto" only if the fastest is MARGIN faster than `p`'s eager step, and only if compiling works (an
+    error is recorded, the run stays eager)."""
     cands = [(p.dtype, p.attention, True)] + [(d, a, True) for d, a in open_ if (d, a) != (p.dtype, p.attention)]
     cands += [(p.dtype, p.attention, False)] if compile == "auto" else []
     if len(cands) == 1:
@@ -184,14 +186,14 @@ def _compiled(model, batch: tuple, p: Precision, open_: list, compile: str, devi
         if compile == "on":
             raise
         return replace(p, reason=f"{p.reason}; eager: compiling failed ({type(e).__name__}: {str(e)[:200]})")
-    first = f"{p.name}+compiled"
-    best = min((k for k in med if k.endswith("+compiled")), key=med.get)
-    best = best if med[best] * MARGIN <= med[first] else first
-    if compile == "auto" and med[best] * MARGIN > med[p.name]:
-        why = f"{p.reason}; compiled {med[p.name] / med[best]:.2f}x eager: eager kept"
+    own, auto = f"{p.name}+compiled", compile == "auto"
+    base = p.name if auto else own
+    fastest = min((k for k in med if k.endswith("+compiled")), key=med.get)
+    if auto and med[fastest] * MARGIN > med[p.name]:
+        why = f"{p.reason}; compiled at best {fastest} {med[p.name] / med[fastest]:.2f}x {p.name}: eager kept"
         return replace(p, reason=why, seconds_per_step=p.seconds_per_step | med)
-    why = f"{p.reason}; compiled ({compile}): {best} " + (f"{med[p.name] / med[best]:.2f}x eager" if compile == "auto"
-                                                         else f"{med[first] / med[best]:.2f}x {first}")
+    best = own if med[own] <= med[fastest] * MARGIN and (not auto or med[own] * MARGIN <= med[p.name]) else fastest
+    why = f"{p.reason}; compiled ({compile}): {best} {med[base] / med[best]:.2f}x {base}"
     return Precision(*best.split("+")[:2], why, p.seconds_per_step | med, compiled=True)
 
 
@@ -207,7 +209,7 @@ def _timed(model, batch: tuple, cands: list, device, fill: float = 0.0) -> dict:
                 t0 = time.perf_counter()
                 step()
                 first[c] = time.perf_counter() - t0
-        n = max(1, round(fill / max(min(first.values()), 1e-6))) if fill else 1
+        n = max(1, math.ceil(fill / max(min(first.values()), 1e-6))) if fill else 1
         times = {c: [] for c in cands}
         for _ in range(ROUNDS):
             for c, step in steps.items():
@@ -218,7 +220,8 @@ def _timed(model, batch: tuple, cands: list, device, fill: float = 0.0) -> dict:
     return {Precision(*c[:2], "", compiled=c[2]).name: round(statistics.median(t), 6) for c, t in times.items()}
 
 
-RECOMPILE_LIMIT = 64   # graphs kept per compiled function: one per model shape and batch a process trains
+RECOMPILE_LIMIT = 256  # graphs kept per compiled function: up to four per model shape and batch a process
+                       # trains (the candidates fp32/bf16 x sdpa/eager), however many models share them
 
 
 def compiled_model(model):

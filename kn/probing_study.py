@@ -1,11 +1,12 @@
 """The probing chapter's runs (papers.md, Part 3.1, Results 4-5): P- and Q-probes (kn.probe_select)
 of pretrained models trained as the augmentation chapter trains its own (kn.augmentation: the same
-configs), in this chapter's folders.
+configs, at the probing table's people `n` where it names them), in this chapter's folders.
 
-`study(profile, seed)`: the profile's "probing" table (kn.profiles) names the models (`augments`,
-each one of the augmentation chapter's configs at that profile, at `n` people where it says) and each
-probe fit's `steps`; each model is run or read back (kn.extraction.run_suite: runs/probing/<profile>/<augment> model/, its QA
-result results/probing/<profile>/<augment> model.json), then probed: results/probing/<profile>/<augment>.json.
+`study(profile, seed)`: the profile's "probing" table (kn.profiles) names the models (`augments`, each
+one of the augmentation chapter's configs at that profile), their people (`n`) and each probe fit's
+`steps`; each model is run or read back (kn.extraction.run_suite: runs/probing/<profile>/<augment>
+model/, its QA result results/probing/<profile>/<augment> model.json), then probed:
+results/probing/<profile>/<augment>.json.
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def probed_configs(profile: str, seed: int = 0) -> dict:
     if missing := [a for a in s["augments"] if a not in every]:
         raise DataError(f"augments: {missing} not run by the augmentation chapter at {profile}; allowed: "
                         f"{', '.join(every)}")
-    people = lambda cfg: cfg if s["n"] is None else replace(cfg, data=replace(cfg.data, n=s["n"]))  # noqa: E731
-    return {a: people(every[a]) for a in s["augments"]}
+    if s["n"] is None:
+        return {a: every[a] for a in s["augments"]}
+    return {a: replace(every[a], data=replace(every[a].data, n=s["n"])) for a in s["augments"]}
 
 
 def study(profile: str, seed: int = 0) -> dict:

@@ -2,11 +2,12 @@
 (checked both ways), and a wrong key, in a table or an override, is a DataError naming the key and
 the allowed ones.   Run: pytest tests/test_profiles.py
 """
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
 from kn import profiles
+from kn.augmentation import augmentation_configs
 from kn.dynamics_config import DynamicsConfig
 from kn.errors import DataError
 from kn.extraction import DATA_KEYS, ExtractionConfig, from_profile
@@ -36,6 +37,15 @@ def test_chapter_tables_name_runs_their_chapters_build(profile):
         for a in settings(chapter, profile)["augments"]:
             assert from_profile(profile, augment=a).data.augment == a
     assert list(probed_configs(profile)) == settings("probing", profile)["augments"]
+
+
+def test_probing_models_are_the_augmentation_chapters_at_the_tables_people():
+    """Probing's models are the augmentation chapter's configs, at its table's `n` people where it names them."""
+    for profile in PROFILES:
+        n, every = settings("probing", profile)["n"], augmentation_configs(profile)
+        for a, cfg in probed_configs(profile).items():
+            assert cfg.data.n == (n or every[a].data.n)
+            assert replace(cfg, data=replace(cfg.data, n=every[a].data.n)) == every[a]
 
 
 def test_probing_a_model_the_augmentation_chapter_lacks(monkeypatch):
