@@ -87,17 +87,18 @@ def _make_data(p: dict, out: Path) -> None:
 
 
 def _train_config(p: dict, folder: Path, device: str):
-    """The kn.train config of a point. On the CPU pinned to fp32 with SDPA attention, what the
-    sweep ran in: bf16 ran these tiny models at 0.52-0.68x fp32's speed (issue 27). Compilation is
-    left to the run (compile "auto": a point's >= 50K steps measure compiled against eager, which
-    gave 1.27-1.57x at batch 2; the committed sweep's points ran eager, before it existed)."""
+    """The kn.train config of a point. On the CPU pinned to fp32: bf16 ran these tiny models at
+    0.52-0.68x fp32's speed (issue 27). Attention and compilation are the run's measured choice
+    (kn.precision: a point's >= 50K steps time compiled against eager, which gave 1.27-1.57x at batch
+    2, and compiled eager attention ran 1.1-1.2x compiled SDPA at width 16); the committed cpu sweep's
+    points ran eager with SDPA, before the choice existed."""
     model = ModelConfig(arch=p["arch"], n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"],
                         mlp_ratio=p["mlp_ratio"], context=p["window"])
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     return TrainConfig(data=str(folder / "data"), out=str(folder / "run"), model=model, passes=p["exposures"],
                        batch_size=p["batch_size"], window=p["window"], lr=p["lr"], weight_decay=p["weight_decay"],
                        warmup=p["warmup"], seed=p["seed"], device=device,
-                       **({"precision": "fp32", "attention": "sdpa"} if on_cpu else {}))
+                       **({"precision": "fp32"} if on_cpu else {}))
 
 
 def _measure(folder: Path, p: dict, device: str, batch_size: int) -> dict:
