@@ -6,7 +6,10 @@ training people and reads nothing on new ones (kn.probing at rank 0 on 300 train
 them, chance on test_people). Here each head is LayerNorm, then x @ U @ V + b with U [d, r] and
 V [r, C]: rank r caps what it can memorize, weight decay shrinks it further. Pre-registered, before any run they govern:
 
-  grid        RANKS x WEIGHT_DECAYS (AdamW, decoupled decay on U and V; LR, BATCH_SIZE, `steps` a fit)
+  grid        ranks x WEIGHT_DECAYS (AdamW, decoupled decay on U and V; LR, BATCH_SIZE, `steps` a fit);
+              ranks: RANKS, or a profile's own (kn.profiles "probing"): at cpu 2-128, written after its
+              2,500-person fit on 2-32 chose rank 32, the grid's edge, for every P-probe (its files kept,
+              "ranks-to-32 <augment>.json": R4 not reproduced, R5 inconclusive, ceiling 18.5 points)
   criterion   per (probe, kind): the mean over its heads of the accuracy on the validation slice,
               probes fit on the other train_people; ties go to the smaller rank, then the larger decay
   final fit   the chosen setting refit on train_people + the validation slice; test_people are scored
@@ -25,7 +28,7 @@ V [r, C]: rank r caps what it can memorize, weight decay shrinks it further. Pre
 The model is frozen and has no embedding update (kn.probing's rank-2/16 update is the paper's), so
 hidden states are computed once and a grid point costs `steps` small matrix products.
 Entry points: `probe` (P or Q on a model), `run_probes` (both, on a kn.extraction run), `selection_table`,
-`select_probe`, `probe_people`, `hidden_features`, `fit_heads`; the constants below.
+`select_probe`, `probe_people`, `hidden_features`, `fit_heads`, `method`; the constants below.
 """
 from __future__ import annotations
 
@@ -47,8 +50,12 @@ WEIGHT_DECAYS = (1.0, 0.1, 0.01, 0.0)      # strongest first: ties go to it
 LR = 3e-3
 BATCH_SIZE = 128
 VALID_FRACTION = 0.2
-METHOD = (f"low-rank head, rank in {list(RANKS)}, weight decay in {list(WEIGHT_DECAYS)}, chosen on validation-slice "
-          "accuracy, refit on train_people + validation slice, test_people scored once")
+
+
+def method(ranks=RANKS) -> str:
+    """The method's name in a result's config: what a result file is read back by."""
+    return (f"low-rank head, rank in {list(ranks)}, weight decay in {list(WEIGHT_DECAYS)}, chosen on validation-slice "
+            "accuracy, refit on train_people + validation slice, test_people scored once")
 
 
 def probe_people(data: ProbeData, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -158,14 +165,14 @@ def _valid_score(pred: np.ndarray, labels: np.ndarray) -> float:
 
 def select_probe(feats: torch.Tensor, cols: np.ndarray, labels: np.ndarray, n_classes: list[int], groups: dict,
                  fit: np.ndarray, valid: np.ndarray, steps: int, seed: int = 0,
-                 progress: bool = False) -> tuple[np.ndarray, dict]:
+                 progress: bool = False, ranks=RANKS) -> tuple[np.ndarray, dict]:
     """Choose (rank, weight decay) per group of heads (name -> head indices) on the validation slice,
     refit each chosen setting on fit + valid and predict every person with it.
 
     Returns (predictions [n, H], {group: {"rank", "weight_decay", "valid": its validation score,
     "grid": [[rank, weight decay, validation score], ...]}}). Only the validation people are read
     while choosing; the others (test) are predicted once, by the refit."""
-    grid = [(r, wd) for r in RANKS for wd in WEIGHT_DECAYS]
+    grid = [(r, wd) for r in ranks for wd in WEIGHT_DECAYS]
     vidx = np.flatnonzero(valid)
     scores = {g: [] for g in groups}
     for r, wd in tqdm(grid, desc="probe grid", disable=not progress):
@@ -184,7 +191,7 @@ def select_probe(feats: torch.Tensor, cols: np.ndarray, labels: np.ndarray, n_cl
     return out, info
 
 
-def _probe(model, data: ProbeData, which: str, steps: int, seed: int, device, progress: bool) -> dict:
+def _probe(model, data: ProbeData, which: str, steps: int, seed: int, device, progress: bool, ranks=RANKS) -> dict:
     """P- or Q-probing with select_probe per kind; the record of kn.probing's p_probe / q_probe plus
     "selection": {kind: select_probe's info}, "n_fit", "n_valid" and "method"."""
     fit, valid = probe_people(data, seed)
@@ -195,24 +202,25 @@ def _probe(model, data: ProbeData, which: str, steps: int, seed: int, device, pr
     labels = np.stack([np.where(pos[:, j] >= 0, data.labels[kind][:, k], -1) for kind, j, k in heads], 1)
     n_classes = [int(data.labels[kind][:, k].max()) + 1 for kind, _, k in heads]
     groups = {kind: np.array([i for i, h in enumerate(heads) if h[0] == kind]) for kind in KINDS}
-    pred, info = select_probe(feats, cols, labels, n_classes, groups, fit, valid, steps, seed, progress)
+    pred, info = select_probe(feats, cols, labels, n_classes, groups, fit, valid, steps, seed, progress, ranks)
     sc = {h: head_scores(pred[:, i], labels[:, i], data.is_train) for i, h in enumerate(heads)}
     record = (p_record if which == "P" else q_record)(data, ProbeConfig(rank=0, steps=steps, seed=seed), 0, steps, sc)
-    config = {"steps": steps, "lr": LR, "batch_size": BATCH_SIZE, "ranks": RANKS, "weight_decays": WEIGHT_DECAYS,
+    config = {"steps": steps, "lr": LR, "batch_size": BATCH_SIZE, "ranks": tuple(ranks), "weight_decays": WEIGHT_DECAYS,
               "seed": seed}
     return {**record, "config": config, "selection": info, "n_fit": int(fit.sum()), "n_valid": int(valid.sum()),
-            "method": METHOD}
+            "method": method(ranks)}
 
 
-def run_probes(run_dir: str | Path, out_file: str | Path, steps: int, seed: int = 0, progress: bool = False) -> dict:
-    """P- and Q-probes (select_probe) of the pretrained model run_dir/pretrain/model on the dataset
-    run_dir/data (a kn.extraction run), on the GPU when there is one; writes {"p": ..., "q": ...} to
-    out_file with write_json and returns the record. A finished out_file of the same config (run name,
-    model's training time, method, steps, seed) is returned as it is; so is one of the same run,
+def run_probes(run_dir: str | Path, out_file: str | Path, steps: int, seed: int = 0, progress: bool = False,
+               ranks=RANKS) -> dict:
+    """P- and Q-probes (select_probe over `ranks`) of the pretrained model run_dir/pretrain/model on the
+    dataset run_dir/data (a kn.extraction run), on the GPU when there is one; writes {"p": ..., "q": ...}
+    to out_file with write_json and returns the record. A finished out_file of the same config (run
+    name, model's training time, method, steps, seed) is returned as it is; so is one of the same run,
     method, steps and seed when run_dir is gone (a page re-rendered from its committed files)."""
     check_count("steps", steps, 1)
     run_dir = Path(run_dir)
-    same = {"run": run_dir.name, "method": METHOD, "steps": steps, "seed": seed}
+    same = {"run": run_dir.name, "method": method(ranks), "steps": steps, "seed": seed}
     if not run_dir.exists() and Path(out_file).is_file():
         record = read_json(out_file)
         if {k: record["provenance"]["config"].get(k) for k in same} == same:
@@ -229,11 +237,12 @@ def run_probes(run_dir: str | Path, out_file: str | Path, steps: int, seed: int 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(str(run_dir / "pretrain" / "model")).to(device)
     data, start = load_probe_data(run_dir / "data"), time.perf_counter()
-    p, q = (_probe(model, data, which, steps, seed, device, progress) for which in ("P", "Q"))
+    p, q = (_probe(model, data, which, steps, seed, device, progress, ranks) for which in ("P", "Q"))
     return read_json(write_json(out_file, config=config, seed=seed, wall_time=time.perf_counter() - start, p=p, q=q))
 
 
-def probe(model, data, which: str, steps: int, seed: int = 0, device=None, progress: bool = False) -> dict:
+def probe(model, data, which: str, steps: int, seed: int = 0, device=None, progress: bool = False,
+          ranks=RANKS) -> dict:
     """select_probe's P-probing (which="P") or Q-probing ("Q") of a model on data (ProbeData, a
     BiosDataset or a dataset folder)."""
     if which not in ("P", "Q"):
@@ -242,7 +251,7 @@ def probe(model, data, which: str, steps: int, seed: int = 0, device=None, progr
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    return _probe(model, as_data(data), which, steps, seed, torch.device(device), progress)
+    return _probe(model, as_data(data), which, steps, seed, torch.device(device), progress, ranks)
 
 
 def selection_table(results: dict) -> tuple[list[str], list[list]]:

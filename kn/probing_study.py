@@ -3,10 +3,10 @@ of pretrained models trained as the augmentation chapter trains its own (kn.augm
 configs, at the probing table's people `n` where it names them), in this chapter's folders.
 
 `study(profile, seed)`: the profile's "probing" table (kn.profiles) names the models (`augments`, each
-one of the augmentation chapter's configs at that profile), their people (`n`) and each probe fit's
-`steps`; each model is run or read back (kn.extraction.run_suite: runs/probing/<profile>/<augment>
-model/, its QA result results/probing/<profile>/<augment> model.json), then probed:
-results/probing/<profile>/<augment>.json.
+one of the augmentation chapter's configs at that profile), their people (`n`), each probe fit's
+`steps` and the heads' rank grid (`ranks`); each model is run or read back (kn.extraction.run_suite:
+runs/probing/<profile>/<augment> model/, its QA result results/probing/<profile>/<augment> model.json),
+then probed: results/probing/<profile>/<augment>.json.
 """
 from __future__ import annotations
 
@@ -45,5 +45,5 @@ def study(profile: str, seed: int = 0) -> dict:
     s, configs = settings(CHAPTER, profile), probed_configs(profile, seed)
     runs = run_suite(CHAPTER, profile, {model_name(a): c for a, c in configs.items()}, progress=False)
     probes = {a: run_probes(runs_dir(CHAPTER, profile) / model_name(a), results_dir(CHAPTER, profile) / f"{a}.json",
-                            steps=s["steps"], seed=seed) for a in configs}   # skipped where the result file is finished
+                            steps=s["steps"], seed=seed, ranks=s["ranks"]) for a in configs}   # skipped where the result file is finished
     return {"configs": configs, "qa": {a: runs[model_name(a)] for a in configs}, "probes": probes} | s

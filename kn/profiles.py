@@ -25,7 +25,7 @@ KEYS = {
                    "lora_rank", "lora_embed_rank", "seed", "data_dir"),
     "mixed_training": ("augments", "fractions"),
     "augmentation": ("augments", "variants", "variant_seeds"),
-    "probing": ("steps", "augments", "n"),
+    "probing": ("steps", "augments", "n", "ranks"),
     "bidirectional": ("n", "exposures", "finetune_exposures", "finetune_lr", "augments", "search", "curve_points"),
     "celebrity": ("n", "at_r1_choice"),
     "capacity": ("data", "window", "min_steps", "weight_decay", "data_bits_per_param", "lr_grid", "grid_exposures",
@@ -41,6 +41,7 @@ KEYS = {
 
 _CLAIMS = ["single", "multi5+permute"]                                   # Results 2-3's pair
 _PROBED = ["single", "fullname", "permute", "multi5", "multi5+permute"]   # Results 4-5's order: the pair at its ends
+_RANKS = [2, 4, 8, 16, 32]                                               # kn.probe_select.RANKS
 
 TABLES = {
     # the data chapter: how many people to generate and show
@@ -107,12 +108,14 @@ TABLES = {
     # runs) and probes (below gpu the claims' two), and `n`, the people of those models where they differ from
     # the augmentation chapter's (None: its own). At cpu the probes read 2,500 people: at 600 (300
     # train_people) every head, rank 0 or low-rank, fit its own people and read chance on test_people (issue
-    # 22); 2,500 leave 1,000 train_people to fit on and 250 to choose with, ~60 min a model on one core
-    "probing": {"smoke": {"steps": 20, "augments": _CLAIMS, "n": None},
-                "class": {"steps": 300, "augments": _CLAIMS, "n": None},
-                "cpu": {"steps": 300, "augments": _CLAIMS, "n": 2500},
-                "gpu": {"steps": 1000, "augments": _PROBED, "n": None},
-                "paper": {"steps": 1000, "augments": _PROBED, "n": None}},
+    # 22); 2,500 leave 1,000 train_people to fit on and 250 to choose with, ~60 min a model on one core (the
+    # two side by side: ~60 min on 2 cores). `ranks`: the probe heads' rank grid (kn.probe_select); at cpu
+    # up to 128 (full), since the fit on 2-32 chose 32, the grid's edge, for every P-probe
+    "probing": {"smoke": {"steps": 20, "augments": _CLAIMS, "n": None, "ranks": _RANKS},
+                "class": {"steps": 300, "augments": _CLAIMS, "n": None, "ranks": _RANKS},
+                "cpu": {"steps": 300, "augments": _CLAIMS, "n": 2500, "ranks": [*_RANKS, 64, 128]},
+                "gpu": {"steps": 1000, "augments": _PROBED, "n": None, "ranks": _RANKS},
+                "paper": {"steps": 1000, "augments": _PROBED, "n": None, "ranks": _RANKS}},
     # Part 3.1 Result 7: the masked model and its GPT-2 twin (kn.bidirectional.twins), on the extraction
     # profile's model at these people and exposures (a masked model needs ~5x the autoregressive budget);
     # `search`: multi5+permute's twins take the recipe kn.bidirectional_search chose on the validation slice

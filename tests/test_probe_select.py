@@ -64,9 +64,13 @@ def test_grid_reads_validation_people_and_test_people_are_predicted_once(monkeyp
     test = np.flatnonzero(~(fit | valid))
     grid, final = calls[:-1], calls[-1]
     assert len(grid) == len(RANKS) * len(WEIGHT_DECAYS)
+    assert [[r, wd] for r, wd, _ in info["all"]["grid"]] == [[r, wd] for r in RANKS for wd in WEIGHT_DECAYS]
     assert all(set(idx) == set(np.flatnonzero(valid)) and (f == fit).all() for idx, f in grid)
     assert sum(np.isin(test, idx).all() for idx, _ in calls) == 1 and np.isin(test, final[0]).all()
     assert (final[1] == (fit | valid)).all()                                  # the refit: train + validation
+    _, other = select_probe(feats, np.array([0]), labels, [int(labels.max()) + 1], {"all": np.array([0])}, fit, valid,
+                            5, ranks=(3, 64))
+    assert [r for r, _, _ in other["all"]["grid"]] == [r for r in (3, 64) for _ in WEIGHT_DECAYS]
 
 
 def test_choice_ignores_test_labels_and_follows_validation_labels():
@@ -131,8 +135,9 @@ def test_probes_end_to_end_write_skip_and_re_render(run_dir, tmp_path, monkeypat
         raise AssertionError("probed again")
     monkeypatch.setattr(probe_select, "_probe", refuse)
     np.testing.assert_equal(run_probes(run_dir, out, steps=3), rec)
-    with pytest.raises(AssertionError, match="probed again"):              # another config: computed again
-        run_probes(run_dir, out, steps=4)
+    for other in ({"steps": 4}, {"steps": 3, "ranks": (2, 64)}):            # another config: computed again
+        with pytest.raises(AssertionError, match="probed again"):
+            run_probes(run_dir, out, **other)
     assert run_probes(tmp_path / "gone" / run_dir.name, out, steps=3)["q"] == rec["q"]   # page re-rendered
     with pytest.raises(DataError, match="^run_dir:"):
         run_probes(tmp_path / "gone" / run_dir.name, out, steps=4)

@@ -13,6 +13,7 @@ from kn.errors import DataError
 from kn.extraction import DATA_KEYS, ExtractionConfig, from_profile
 from kn.models import ModelConfig
 from kn.onelayer import DEFAULTS, onelayer_points
+from kn.probe_select import RANKS
 from kn.probing_study import probed_configs
 from kn.profiles import KEYS, MODEL_KEYS, PROFILES, TABLES, settings
 
@@ -46,6 +47,7 @@ def test_probing_models_are_the_augmentation_chapters_at_the_tables_people():
         for a, cfg in probed_configs(profile).items():
             assert cfg.data.n == (n or every[a].data.n)
             assert replace(cfg, data=replace(cfg.data, n=every[a].data.n)) == every[a]
+        assert set(RANKS) <= set(settings("probing", profile)["ranks"])      # a profile's grid extends kn's
 
 
 def test_probing_a_model_the_augmentation_chapter_lacks(monkeypatch):
@@ -75,7 +77,7 @@ def test_misspelt_override_names_itself_and_the_allowed_keys():
 def test_misspelt_table_key_is_named(monkeypatch):
     table = {**TABLES["probing"], "cpu": {**TABLES["probing"]["cpu"], "epoch": 3}}
     monkeypatch.setitem(profiles.TABLES, "probing", table)
-    with pytest.raises(DataError, match=r"^epoch: unknown setting for probing; allowed: steps, augments, n$"):
+    with pytest.raises(DataError, match=r"^epoch: unknown setting for probing; allowed: steps, augments, n, ranks$"):
         settings("probing", "cpu")
     assert settings("probing", "smoke") == TABLES["probing"]["smoke"]
 
