@@ -29,7 +29,7 @@ from kn.dynamics_summary import (Pool, bootstrap, bootstrap_draws, edge_peaks, e
 from kn.errors import DataError
 from kn.forgetting import effectivity, fit_forgetting, fit_log, local_max, predict, retainability
 from kn.models import ModelConfig
-from kn.results import publish, results_dir, write_json
+from kn.results import results_dir, write_json
 from kn.tokenize import load_tokenizer
 from kn.trajectories import COLUMNS, Trajectories, load_trajectories, mean_curves
 
@@ -417,15 +417,16 @@ def test_compare_batch_sizes_at_equal_tokens(smoke):
         scaled(DynamicsConfig(**(SMOKE | dict(batch_factor=1))))
 
 
-def test_study_reads_back_published_files_without_a_run_folder(smoke, tmp_path, monkeypatch):
+def test_study_reads_back_published_files_without_a_run_folder(tmp_path, monkeypatch):
     """A page re-rendered from committed files: with no run folder, study returns the published results
     of the same config and trains nothing; files of another config are not read back."""
-    cfg, out, res = smoke
+    cfg = DynamicsConfig(**SMOKE)
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
     monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
-    for name in ("dynamics", "curves"):
-        publish(out / f"{name}.json", "dynamics", "smoke", name)
-    write_json(results_dir("dynamics", "smoke") / "batch_sizes.json", config=asdict(cfg), seed=cfg.seed, factor=4)
+    folder = results_dir("dynamics", "smoke")
+    for name, content in (("dynamics", {"stages": {"late": {"once": 1}}}), ("curves", {"curves": {"late": [1, 2]}}),
+                          ("batch_sizes", {"factor": 4})):
+        write_json(folder / f"{name}.json", config=asdict(cfg), seed=cfg.seed, **content)
 
     def trains(*args, **kwargs):
         raise AssertionError("trained")
@@ -433,8 +434,7 @@ def test_study_reads_back_published_files_without_a_run_folder(smoke, tmp_path, 
     monkeypatch.setattr(kn.dynamics, "from_profile", lambda profile, seed=0: cfg)
     r = study("smoke")
     assert r["config"] == cfg and r["batch"]["factor"] == 4
-    assert r["dynamics"]["stages"] == json.loads(json.dumps(res["stages"]))
-    assert r["dynamics"]["curves"] == json.loads(json.dumps(res["curves"]))
+    assert r["dynamics"]["stages"] == {"late": {"once": 1}} and r["dynamics"]["curves"] == {"late": [1, 2]}
     monkeypatch.setattr(kn.dynamics, "from_profile", lambda profile, seed=0: replace(cfg, n_boot=100))
     with pytest.raises(AssertionError, match="trained"):
         study("smoke")
