@@ -4,14 +4,14 @@ A run's `precision` is auto | fp32 | bf16 and its `attention` auto | sdpa | eage
 every candidate the machine can run: bf16 autocast only where the CPU has bf16 instructions
 (avx512_bf16 or amx_bf16, kn.results.cpu_info) or on a GPU, and both attention kernels. More than
 one candidate: a few steps of the run's own model, on its first batch, are timed in turn (A, B, C,
-A, B, C, ...: load on a shared machine hits all alike; rounds of ROUND_S at least, as a few-ms step
-is noisy one by one) on copies of the model, so that the run itself and torch's random state are
-untouched, and the fastest wins; fp32 with SDPA (what kn ran before) unless another is MARGIN
-faster. Then, where the run leaves compilation open (`compile` "auto", kn.train.compile_setting) and
-the run is expected to last COMPILE_MIN_S eager, every candidate is timed compiled against the eager
-winner the same way (the eager winner need not win compiled: bf16 steps of the capacity models, a
-few ms each, ran 1.2-2.7x slower than fp32 compiled): a compiled step runs torch.compile's forward
-and backward and AdamW's fused kernel. One measurement per model shape, batch and thread count in a
+A, B, C, ...: load on a shared machine hits all alike) on copies of the model, so that the run
+itself and torch's random state are untouched, and the fastest wins; fp32 with SDPA (what kn ran
+before) unless another is MARGIN faster. Then, where the run leaves compilation open (`compile`
+"auto", kn.train.compile_setting) and the run is expected to last COMPILE_MIN_S eager, every
+candidate is timed compiled against the eager winner the same way, in rounds of ROUND_S (a few-ms
+step is noisy one by one, and the eager winner need not win compiled: bf16 steps of the capacity
+models, a few ms each, ran 1.2-2.7x slower than fp32 compiled): a compiled step runs torch.compile's
+forward and backward and AdamW's fused kernel. One measurement per model shape, batch and thread count in a
 process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with its reason
 and timings, goes into train.json, the checkpoint and (kn.results.hardware) the provenance of every
 result the process writes; a resumed run keeps its checkpoint's choice, so it continues bit-exactly. Curves are deterministic per
@@ -35,8 +35,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTIONS = ("auto", "sdpa", "eager")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MARGIN = 1.05          # another candidate replaces fp32 + SDPA only when >= 5% faster: not on timing noise
-ROUNDS = 3             # timed rounds per candidate, after one warm-up step; a round runs as many steps as
-ROUND_S = 0.05         # fill this many seconds (one at least: a small model's few-ms steps are noisy)
+ROUNDS = 3             # timed rounds per candidate, after one warm-up step: one step a round, but
+ROUND_S = 0.05         # compiled, as many steps as fill this many seconds (a small model's few-ms steps
+                       # are noisy one by one)
 COMPILE_MIN_S = 600    # compile="auto": runs expected to take this long eager are timed compiled; compiling a
                        # candidate costs 3-60 s here (up to four: fp32/bf16 x sdpa/eager) and gave 1.3-1.8x a
                        # step at batch 2 on the capacity models and 1.4x on Part 3.1's (benchmarks/steps.py)
@@ -143,14 +144,14 @@ def _shape(model) -> tuple:
 
 def _measured(model, batch: tuple, cands: list, device, precision: str) -> Precision:
     """Time each candidate on a copy of `model`; the fastest wins (fp32 + SDPA unless another is MARGIN faster)."""
-    med = _timed(model, batch, [(d, a, False) for d, a in cands], device, ROUND_S)
+    med = _timed(model, batch, [(d, a, False) for d, a in cands], device)
     first = f"{cands[0][0]}+{cands[0][1]}"
     best = min(med, key=med.get)
     if med[best] * MARGIN > med[first]:
         best = first
     flags = [f for f in BF16_FLAGS if f in cpu_info()["cpu_flags"]]
     hardware = f"bf16 instructions: {', '.join(flags)}" if flags else "no bf16 instructions: fp32 only"
-    why = (f"auto, measured ({ROUNDS} rounds of >= {ROUND_S} s each on the run's first batch): {best} "
+    why = (f"auto, measured ({ROUNDS} steps each on the run's first batch): {best} "
            f"{med[first] / med[best]:.2f}x {first}; " + (hardware if precision == "auto" else f"precision {precision} as set"))
     dtype, attn = best.split("+")
     return Precision(dtype, attn, why, med)
@@ -167,7 +168,7 @@ def _eager_s(model, batch: tuple, p: Precision, device) -> float:
         return p.seconds_per_step[p.name]
     key = ("eager", p.name, *_where(model, batch, device))
     if key not in _CHOSEN:
-        _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device, ROUND_S)[p.name]
+        _CHOSEN[key] = _timed(model, batch, [(p.dtype, p.attention, False)], device)[p.name]
     return _CHOSEN[key]
 
 
