@@ -2,9 +2,10 @@
 chapter's study. The bound each point is measured with is kn.bound (Theorem 3.2, Result 8).
 
 - Runs: `kn.data.biod.write_biod(cfg, out, junk_ratio)` writes a folder that kn.batches re-renders every
-  epoch (junk re-drawn, Results 10-11; BioDConfig.domain_token, Result 12); `capacity_point(point)`
-  builds the data, trains and measures one point (kn.bound.run_bound, also at int8 and int4 with
-  quantize); `capacity_sweep` runs points via kn.sweep.
+  epoch (junk re-drawn, Results 10-11; BioDConfig.domain_token, Result 12); a point is a
+  `CapacityPoint` (carried as its dict, `normalise_point`); `capacity_point(point)` builds the data,
+  trains and measures one point (kn.bound.run_bound, also at int8 and int4 with quantize);
+  `capacity_sweep` runs points via kn.sweep.
 - The law: `fit_capacity(rows, exposures)` fits bits = ratio * params through the origin over the
   capacity-bound rows, with a t-interval on the slope.
 - The profile's recipe: `grid_points`, `profile_points`, and `capacity_study(profile, results)`,
@@ -17,6 +18,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 
@@ -36,35 +38,60 @@ from kn.train_config import TrainConfig
 
 # ----------------------------------------------------------------------------- sweep points
 
-POINT_DEFAULTS = {
-    "data": "bioD",                                          # bioD | bioS
-    "n": 1000, "k": 4, "c": 1, "d": 100, "l": 2, "t": 100,  # bioD(N, K, C, D, L, T); bioS uses n only
-    "n_first": 400, "n_middle": 400, "n_last": 1000,         # bioD name pools, N0 = their product
-    "junk_ratio": 0.0, "domain_token": False,                # Results 10-12 (bioD)
-    "augment": "multi5+permute", "vocab_size": 4096,         # bioS only
-    "arch": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 64, "mlp_ratio": None,  # None: 4 (gpt2), 8/3 (gated)
-    "exposures": 100, "batch_size": 32, "window": 512, "lr": 1e-3, "weight_decay": 0.1, "warmup": 0.05,
-    "seed": 0,                                               # data and training
-    "quantize": False,                                       # also measure int8 and int4 (Result 8)
-    "curve": 0,                                              # also measure bits at this many log-spaced steps
-}
+@dataclass(frozen=True, kw_only=True)
+class CapacityPoint:
+    """One point of the sweep: its data, model and training. A sweep carries it as a dict
+    (normalise_point: its fields in this order, the CSV row's key)."""
+    data: str = "bioD"                                       # bioD | bioS
+    n: int = 1000                                            # bioD(N, K, C, D, L, T); bioS uses n only
+    k: int = 4
+    c: int = 1
+    d: int = 100
+    l: int = 2  # noqa: E741
+    t: int = 100
+    n_first: int = 400                                       # bioD name pools, N0 = their product
+    n_middle: int = 400
+    n_last: int = 1000
+    junk_ratio: float = 0.0                                  # Results 10-12 (bioD)
+    domain_token: bool = False
+    augment: str = "multi5+permute"                          # bioS only
+    vocab_size: int = 4096
+    arch: str = "gpt2"
+    n_layer: int = 2
+    n_head: int = 2
+    n_embd: int = 64
+    mlp_ratio: float | None = None                           # None: 4 (gpt2), 8/3 (gated)
+    exposures: float = 100
+    batch_size: int = 32
+    window: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.05
+    seed: int = 0                                            # data and training
+    quantize: bool = False                                   # also measure int8 and int4 (Result 8)
+    curve: int = 0                                           # also measure bits at this many log-spaced steps
+
+    def __post_init__(self):
+        if self.data not in ("bioD", "bioS"):
+            raise DataError(f"data: got {self.data!r}; allowed: bioD, bioS")
+        if self.data == "bioS" and (self.junk_ratio or self.domain_token):
+            raise DataError("junk_ratio: junk and the domain token are bioD options; use data='bioD'")
+        if self.mlp_ratio is None:
+            object.__setattr__(self, "mlp_ratio", 8 / 3 if self.arch in ("llama", "mistral") else 4.0)
+
+
+POINT_KEYS = tuple(f.name for f in fields(CapacityPoint))
 MEASURE_ONLY = ("quantize",)                                 # changes what is measured, not the model (a curve
                                                              # point trains in segments: a folder of its own)
 
 
 def normalise_point(point: dict) -> dict:
-    """`point` over POINT_DEFAULTS, checked, mlp_ratio resolved: every point has the same keys."""
-    unknown = set(point) - set(POINT_DEFAULTS)
+    """`point` as a checked CapacityPoint, as a dict (mlp_ratio resolved): every point has the same
+    keys."""
+    unknown = set(point) - set(POINT_KEYS)
     if unknown:
-        raise DataError(f"point: unknown keys {sorted(unknown)}; allowed: {sorted(POINT_DEFAULTS)}")
-    p = POINT_DEFAULTS | point
-    if p["data"] not in ("bioD", "bioS"):
-        raise DataError(f"data: got {p['data']!r}; allowed: bioD, bioS")
-    if p["data"] == "bioS" and (p["junk_ratio"] or p["domain_token"]):
-        raise DataError("junk_ratio: junk and the domain token are bioD options; use data='bioD'")
-    if p["mlp_ratio"] is None:
-        p["mlp_ratio"] = 8 / 3 if p["arch"] in ("llama", "mistral") else 4.0
-    return p
+        raise DataError(f"point: unknown keys {sorted(unknown)}; allowed: {sorted(POINT_KEYS)}")
+    return asdict(CapacityPoint(**point))
 
 
 def run_folder(point: dict, runs_dir: str | Path) -> Path:
@@ -121,7 +148,7 @@ def _curve(folder: Path, tcfg, p: dict, device: str, batch_size: int) -> list:
 def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str = "auto",
                    eval_batch_size: int = 256) -> dict:
     """One point of the law: build its data, train (resuming an interrupted run), measure the
-    bound. Keys: POINT_DEFAULTS. Returns flat numbers: losses, bits and terms, max_bits, n_params
+    bound. Keys: CapacityPoint's fields. Returns flat numbers: losses, bits and terms, max_bits, n_params
     (all, non-embedding), ratios (also int8/int4 with quantize), steps, final_loss, tokens_per_s,
     train_s, wall_s, and curve ([[step, bits], ...] ending at the last step; with curve > 0 the run
     is trained in segments, bit-identical to one run). runs_dir=None trains in a temporary folder

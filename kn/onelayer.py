@@ -23,8 +23,9 @@ QAs, whatever their split) do not depend on it. `onelayer_point` checks that the
 tokens and tokenizer equal the shared ones before it links.
 
 Entry points: `study` (the chapter: the sweep, its rows by point, results/onelayer/<profile>/summary.json),
-`onelayer_point` (one point -> flat dict), `onelayer_points`, `onelayer_sweep`, `update_spectrum`,
-`rank1_share`, `matrix_shares`; kn.profiles' "onelayer" table sizes the grid.
+`OnelayerPoint` (a point's fields; `check_point` gives its dict), `onelayer_point` (one point -> flat
+dict), `onelayer_points`, `onelayer_sweep`, `update_spectrum`, `rank1_share`, `matrix_shares`;
+kn.profiles' "onelayer" table sizes the grid.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import os
 import re
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from itertools import product
 from pathlib import Path
 
@@ -56,19 +57,51 @@ ARCHS = {"attn_mlp": 4.0, "attn_only": 0.0}        # arch -> mlp_ratio of the on
 _FINETUNE = re.compile(r"^(full|lora([1-9]\d*))$")
 AXES = ("train_fraction", "finetune", "arch", "multiplicity")   # grid axes, outermost first
 
-# A point: these keys, each optional but runs_dir (kn.profiles' "onelayer" table sets them per profile).
-DEFAULTS = {
-    "arch": "attn_mlp", "multiplicity": 1, "train_fraction": 0.5, "finetune": "full",
-    "augment_extra": "",                      # more bioS augmentations: "permute", "fullname", joined by '+'
-    "n": 100, "n_embd": 128, "n_head": 4, "vocab_size": 2048, "window": 128,
-    "batch_size": 16, "lr": 3e-3, "exposures": 100.0,                       # pretraining
-    "curve": 0,                               # also measure memorization at this many log-spaced pretraining steps
-    "finetune_exposures": 30.0, "finetune_lr": 1e-3, "finetune_batch_size": 16,
-    "lora_lr": 1e-2,                          # finetune_lr of loraR points: a rank-1 update needs a larger step
-    "valid_fraction": 0.0,                    # share of train_people held out as the validation slice
-    "finetune_lr_grid": [], "lora_lr_grid": [],   # lrs chosen on the validation slice (kn.extraction.finetune)
-    "seed": 0, "runs_dir": None,
-}
+@dataclass(frozen=True, kw_only=True)
+class OnelayerPoint:
+    """One point of the sweep: each field optional but runs_dir (kn.profiles' "onelayer" table sets them per
+    profile). A sweep carries it as a dict (check_point: its fields in this order, the CSV row's key)."""
+    arch: str = "attn_mlp"                    # ARCHS
+    multiplicity: int = 1
+    train_fraction: float = 0.5
+    finetune: str = "full"                    # full | loraR
+    augment_extra: str = ""                   # more bioS augmentations: "permute", "fullname", joined by '+'
+    n: int = 100
+    n_embd: int = 128
+    n_head: int = 4
+    vocab_size: int = 2048
+    window: int = 128
+    batch_size: int = 16                      # pretraining
+    lr: float = 3e-3
+    exposures: float = 100.0
+    curve: int = 0                            # also measure memorization at this many log-spaced pretraining steps
+    finetune_exposures: float = 30.0
+    finetune_lr: float = 1e-3
+    finetune_batch_size: int = 16
+    lora_lr: float = 1e-2                     # finetune_lr of loraR points: a rank-1 update needs a larger step
+    valid_fraction: float = 0.0               # share of train_people held out as the validation slice
+    finetune_lr_grid: list = field(default_factory=list)   # lrs chosen on the validation slice
+    lora_lr_grid: list = field(default_factory=list)       # (kn.extraction.finetune)
+    seed: int = 0
+    runs_dir: str | None = None
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise DataError(f"arch: got {self.arch!r}; allowed: {', '.join(ARCHS)}")
+        if not isinstance(self.finetune, str) or not _FINETUNE.match(self.finetune):
+            raise DataError(f"finetune: got {self.finetune!r}; allowed: 'full' or 'loraR' with R >= 1 (lora1, lora8)")
+        check_count("multiplicity", self.multiplicity, 1)
+        check_count("curve", self.curve)
+        for key in ("finetune_lr_grid", "lora_lr_grid"):
+            if not isinstance(getattr(self, key), (list, tuple)):
+                raise DataError(f"{key}: got {getattr(self, key)!r}; allowed: a list of learning rates (empty: "
+                                "finetune_lr or lora_lr alone)")
+        if not isinstance(self.runs_dir, (str, os.PathLike)):
+            raise DataError(f"runs_dir: got {self.runs_dir!r}; allowed: a folder path (string)")
+
+
+DEFAULTS = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(OnelayerPoint)}
+
 # Point keys that do not change the pretraining (so points differing only in these share it)
 FINETUNE_KEYS = ("train_fraction", "valid_fraction", "finetune", "finetune_exposures", "finetune_lr", "lora_lr",
                  "finetune_lr_grid", "lora_lr_grid", "finetune_batch_size", "runs_dir")
@@ -82,23 +115,12 @@ MATRICES = {"qkv": "attention.query_key_value", "attn_out": "attention.dense", "
 
 
 def check_point(point: dict) -> dict:
-    """The point with defaults filled in; DataError naming the key for unknown keys or bad values."""
+    """The point as a checked OnelayerPoint, as a dict (defaults filled in); DataError naming the key
+    for unknown keys or bad values."""
     unknown = set(point) - set(DEFAULTS)
     if unknown:
         raise DataError(f"point: unknown keys {sorted(unknown)}; allowed: {', '.join(DEFAULTS)}")
-    p = DEFAULTS | point
-    if p["arch"] not in ARCHS:
-        raise DataError(f"arch: got {p['arch']!r}; allowed: {', '.join(ARCHS)}")
-    if not isinstance(p["finetune"], str) or not _FINETUNE.match(p["finetune"]):
-        raise DataError(f"finetune: got {p['finetune']!r}; allowed: 'full' or 'loraR' with R >= 1 (lora1, lora8)")
-    check_count("multiplicity", p["multiplicity"], 1)
-    check_count("curve", p["curve"])
-    for key in ("finetune_lr_grid", "lora_lr_grid"):
-        if not isinstance(p[key], (list, tuple)):
-            raise DataError(f"{key}: got {p[key]!r}; allowed: a list of learning rates (empty: finetune_lr or lora_lr alone)")
-    if not isinstance(p["runs_dir"], (str, os.PathLike)):
-        raise DataError(f"runs_dir: got {p['runs_dir']!r}; allowed: a folder path (string)")
-    return p
+    return asdict(OnelayerPoint(**point))
 
 
 def lora_rank(finetune: str) -> int:
