@@ -28,23 +28,13 @@ from kn.errors import DataError
 from kn.profiles import check_profile
 from kn.results import ROOT, results_dir, runs_dir  # noqa: F401 - chapters import them from here
 from kn.signals import signals_handled
+from kn.times import render
+from kn.toc import chapters
 
 BOOK = ROOT / "book"
 log = logging.getLogger(__name__)
 # Keep library progress bars and a widget warning out of the book's pages (kn's own bars are off there).
 CHAPTER_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore:IProgress not found"}
-
-
-def chapters(root: Path = ROOT) -> list[str]:
-    """Notebook chapters named in _toc.yml, in order."""
-    names = []
-    for line in (root / "_toc.yml").read_text().splitlines():
-        line = line.strip()
-        if line.startswith(("- file:", "root:")):
-            name = line.split(":", 1)[1].strip()
-            if (root / f"{name}.ipynb").is_file():
-                names.append(Path(name).name)
-    return names
 
 
 LOCAL_RESULTS = "book/results-local"   # under the root: result files of runs at another profile than the book's
@@ -173,7 +163,6 @@ def profile_problems(root: Path = ROOT) -> list[str]:
 def build_book(root: Path = ROOT, warnings_as_errors: bool = True) -> Path:
     """Build _build/html from the committed notebooks (the measured times rendered first, kn.times);
     fails if any chapter is unexecuted."""
-    from kn.times import render
     render(root)
     bad = unexecuted(root)
     if bad:

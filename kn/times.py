@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kn.profiles import PROFILES
 from kn.results import ROOT
+from kn.toc import chapters
 
 MARKERS = ("<!-- times: written by kn.times (kn book); do not edit -->", "<!-- /times -->")
 HOW = ("Compute recorded in the committed result files (one thread per run on a 2-core CPU, often beside "
@@ -43,7 +44,6 @@ def _finite(v) -> bool:
 
 def chapter_times(root: Path = ROOT) -> dict[str, dict[str, float | None]]:
     """{chapter: {profile: seconds or None}} for every chapter of the book."""
-    from kn.book import chapters
     results = root / "book" / "results"
     return {ch: {p: _seconds(results / ch / p) if (results / ch / p).is_dir() else None for p in PROFILES}
             for ch in chapters(root)}
