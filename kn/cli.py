@@ -84,7 +84,7 @@ def data_import(file: str = typer.Argument(..., help="biography JSONL: name, six
     SIGINT stops it with exit code 75 and no temporary file left."""
     import atexit
     import gc
-    from kn.data.dataset import check_dataset_out
+    from kn.data.folder import check_dataset_out
     check_dataset_out(out, overwrite, inputs=(file,))       # before kn.data.importer imports transformers
     from kn.data.importer import EXIT_STOPPED, ImportConfig, Stopped, import_bios, signals_stop
     atexit.unregister(gc.freeze)
@@ -109,7 +109,7 @@ def data_biod(n: int = 1000, k: int = 4, c: int = 2, d: int = 100, l: int = 2, t
               out: str = typer.Option(..., help="output folder"),
               overwrite: bool = typer.Option(False, help="replace the dataset already in --out")):
     """bioD(N, K, C, D, L, T) of Part 3.3: a folder `kn train` pretrains on (re-rendered every epoch)."""
-    from kn.data.dataset import check_dataset_out
+    from kn.data.folder import check_dataset_out
     check_dataset_out(out, overwrite)                        # before kn.data.biod imports transformers
     from kn.data.biod import BioDConfig, write_biod
     cfg = BioDConfig(n=n, k=k, c=c, d=d, l=l, t=t, seed=seed, domain_token=domain_token)

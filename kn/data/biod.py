@@ -27,7 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from kn.data.dataset import dataset_folder, save_tokenizer
+from kn.data.folder import dataset_folder, save_tokenizer
 from kn.data.records import write_jsonl
 from kn.errors import DataError, check_count, check_number
 from kn.results import atomic_file, write_json

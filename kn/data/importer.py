@@ -29,7 +29,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from kn.data.dataset import DATASET_FILES, BiosDataset, check_dataset_out, write_bios
+from kn.data.dataset import BiosDataset, write_bios
+from kn.data.folder import DATASET_FILES, check_dataset_out
 from kn.data.qa import qa_documents, qa_records_of, split_people, valid_people
 from kn.data.records import ATTRIBUTES, Biographies
 from kn.errors import check_count
