@@ -11,11 +11,9 @@ import statistics
 
 import pytest
 
-from kn.data.bior import (
-    PROMPT, generate_bior, keep_rewrite, load_abbreviations, load_templates, rewrite_prompt,
-    rewrite_with_model, surface_forms,
-)
+from kn.data.bior import PROMPT, generate_bior, keep_rewrite, load_templates, rewrite_prompt, rewrite_with_model
 from kn.data.bios import bio_records, make_bios
+from kn.data.forms import load_abbreviations, surface_forms
 from kn.data.people import sample_people
 from kn.data.pools import load_pools
 from kn.data.records import ATTRIBUTES, find_spans

@@ -14,7 +14,7 @@ ways to get such data here:
                                     (kept records, number dropped).
 
 Records follow kn.data.records; `spans[attr]` marks the surface form written, which is one of
-`surface_forms(attr, canonical_value)`; `spans["name"]` marks every occurrence of the full name.
+`kn.data.forms.surface_forms(attr, canonical_value)`; `spans["name"]` marks every occurrence of the full name.
 Templates live in pools/bior_templates.json.
 """
 from __future__ import annotations
@@ -25,8 +25,9 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+from kn.data.forms import date_forms, load_abbreviations
 from kn.data.people import PRONOUNS, People
-from kn.data.pools import MONTHS, POOL_DIR, Pools, load_pools
+from kn.data.pools import POOL_DIR, Pools, load_pools
 from kn.data.records import ATTRIBUTES, find_spans
 from kn.errors import DataError, check_count
 
@@ -43,44 +44,6 @@ REFERENCE = (("pronoun", "first", "title", "full"), (0.55, 0.2, 0.15, 0.1))  # l
 DATE_WEIGHTS = (0.55, 0.15, 0.15, 0.15)   # October 2, 1996 | 2 October 1996 | 2nd October 1996 | October 2nd, 1996
 P_SHORT = 0.35                        # chance a university or employer with a short form uses it
 _SLOT = re.compile(r"\{(\w+)\}")
-_DATE = re.compile(r"^(\w+) (\d{1,2}), (\d{4})$")
-
-
-# ---- surface forms -------------------------------------------------------------------------
-
-def ordinal(day: int) -> str:
-    """2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
-    suffix = "th" if 10 <= day % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
-    return f"{day}{suffix}"
-
-
-def date_forms(month: int, day: int, year: int) -> list[str]:
-    """The four ways a birth date is written; index 0 is the canonical bioS form."""
-    m = MONTHS[month]
-    return [f"{m} {day}, {year}", f"{day} {m} {year}", f"{ordinal(day)} {m} {year}", f"{m} {ordinal(day)}, {year}"]
-
-
-@lru_cache(maxsize=1)
-def load_abbreviations() -> dict:
-    """attribute -> {canonical value: [short forms]} from pools/abbreviations.tsv."""
-    out: dict = {}
-    for line in (POOL_DIR / "abbreviations.tsv").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            attr, value, short = line.split("\t")
-            out.setdefault(attr, {}).setdefault(value, []).append(short)
-    return out
-
-
-def surface_forms(attribute: str, value: str) -> list[str]:
-    """Every way bioR may write the canonical `value` of `attribute`; the canonical form first."""
-    if attribute not in ATTRIBUTES:
-        raise DataError(f"attribute: got {attribute!r}; allowed: {ATTRIBUTES}")
-    if attribute == "birth_date":
-        m = _DATE.match(value)
-        if not m or m.group(1) not in MONTHS:
-            raise DataError(f"birth_date: {value!r} is not a canonical date like 'October 2, 1996'")
-        return date_forms(MONTHS.index(m.group(1)), int(m.group(2)), int(m.group(3)))
-    return [value] + load_abbreviations().get(attribute, {}).get(value, [])
 
 
 # ---- templates -----------------------------------------------------------------------------

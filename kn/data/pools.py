@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 POOL_DIR = Path(__file__).parent / "pools"
+ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company_name", "company_city")   # a person's six
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
 YEARS = range(1900, 2100)

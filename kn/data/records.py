@@ -42,11 +42,11 @@ from json.encoder import encode_basestring as json_string  # a str as JSON, as `
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from kn.data.forms import surface_forms
+from kn.data.pools import ATTRIBUTES
 from kn.errors import DataError
 
 log = logging.getLogger(__name__)
-
-ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "company_name", "company_city")
 
 # Keys used by other generators for the same six attributes (e.g. the authors' public code). An alias
 # is read only when the attribute is not given under its own name (otherwise it is kept in "extra").
@@ -328,12 +328,11 @@ def _norm(s: str) -> str:
 
 def _written_as(covered: str, key: str, value: str) -> bool:
     """Whether a span's text writes `value`: the same up to case, runs of whitespace and a final '.',
-    or one of its bioR surface forms (another date format, a short name: kn.data.bior.surface_forms)."""
+    or one of its bioR surface forms (another date format, a short name: kn.data.forms.surface_forms)."""
     if covered in (value, value.rstrip(".")) or _norm(covered) == _norm(value):
         return True
     if key not in ATTRIBUTES:
         return False
-    from kn.data.bior import surface_forms   # kn.data.bior imports this module
     try:
         return any(_norm(covered) == _norm(form) for form in surface_forms(key, value))
     except DataError:                        # a birth date not written like 'October 2, 1996'
