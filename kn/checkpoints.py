@@ -202,6 +202,7 @@ def load_checkpoint(path: Path, model, opt, sched) -> tuple[int, dict]:
 RUN_FILES = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "model", "model.tmp", "model.old", "metrics.jsonl",
              "train.json", "train.diff")
 BOOKKEEPING = ("out", "max_steps", "log_every", "checkpoint_every", "device", "compile")   # may change on resume
+CHOSEN = ("precision", "attention")   # may become "auto" on resume: the checkpoint's choice is kept (kn.precision)
 
 
 def run_lock(out: Path):
@@ -218,12 +219,14 @@ def _flat(config: dict) -> dict:
 
 
 def check_same_settings(checkpoint: Path, config: dict) -> None:
-    """DataError naming the settings that differ from the checkpoint's (BOOKKEEPING may differ). A
-    TrainConfig's setting renamed since the checkpoint was written is compared under its new name."""
+    """DataError naming the settings that differ from the checkpoint's (BOOKKEEPING may differ, CHOSEN
+    may become "auto"). A TrainConfig's setting renamed since the checkpoint was written is compared
+    under its new name."""
     renames = {old: new for old, new in TrainConfig.RENAMED.items() if new in config and old not in config}
     saved = _flat(renamed(read_state(checkpoint)["config"], renames))
     now = _flat(config)
-    changed = [k for k in saved if k.split(".")[0] not in BOOKKEEPING and saved[k] != now.get(k)]
+    changed = [k for k in saved if k.split(".")[0] not in BOOKKEEPING and saved[k] != now.get(k)
+               and not (k in CHOSEN and now.get(k) == "auto")]
     if changed:
         diff = ", ".join(f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in changed)
         raise DataError(f"resume: the settings differ from the checkpoint's in {changed} ({diff}); resume with "

@@ -91,6 +91,17 @@ def test_a_checkpoint_from_before_the_choice_refuses_another_precision(data, tmp
     assert train(cfg(data, run, precision="fp32", attention="sdpa"), resume=True, progress=False)["steps"] > 4
 
 
+def test_a_resume_may_leave_precision_and_attention_to_the_checkpoint(data, tmp_path):
+    """A run set to fp32 + SDPA resumes under "auto" (kn.capacity's points changed so), keeping the
+    checkpoint's choice; another explicit kernel is refused."""
+    run = tmp_path / "r"
+    train(cfg(data, run, precision="fp32", attention="sdpa", max_steps=4), progress=False)
+    with pytest.raises(DataError, match="^resume: "):
+        train(cfg(data, run, precision="fp32", attention="eager"), resume=True, progress=False)
+    rest = train(cfg(data, run, precision="fp32", attention="auto"), resume=True, progress=False)
+    assert rest["steps"] > 4 and (rest["precision"]["dtype"], rest["precision"]["attention"]) == ("fp32", "sdpa")
+
+
 def test_compile_setting_leaves_short_cpu_runs_eager():
     from kn.train import COMPILE_MIN_STEPS, compile_setting
     assert compile_setting("auto", "cpu", COMPILE_MIN_STEPS - 1) == "off"           # short runs and tests: eager

@@ -2,7 +2,7 @@
 their defaults),
 `publish` (a run's result file into its chapter's results folder, with its patch), the chapters'
 folders, and the layering it allows (experiments do not import the papermill runner kn.book;
-kn.tokenize does not import kn.data; no import cycle between kn's modules but the noted ones, so that
+kn.tokenize does not import kn.data; no import cycle between kn's modules, so that
 no lower layer imports a higher one).   Run: pytest tests/test_results.py
 """
 import ast

@@ -166,7 +166,7 @@ def _gone(pid: int) -> bool:
 
 def remove_stale_temporaries(out: str | Path) -> list[Path]:
     """Delete the temporary dataset files and folders (.<name>.tmp-<pid>: kn.results.atomic_file,
-    kn.data.dataset.save_tokenizer) in `out` whose process is gone: left by a run killed where no
+    kn.data.folder.save_tokenizer) in `out` whose process is gone: left by a run killed where no
     handler runs (SIGKILL, power loss)."""
     out, stale = Path(out), []
     if not out.is_dir():
