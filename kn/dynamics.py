@@ -91,7 +91,7 @@ from kn.dynamics_summary import differences, duplicated_vs_paraphrased, early_vs
 from kn.errors import DataError
 from kn.models import ModelConfig
 from kn.profiles import settings
-from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
+from kn.results import done, publish, read_back, read_json, results_dir, runs_dir, write_json
 from kn.tokenize import encode_records, load_tokenizer, train_tokenizer
 from kn.train import Fit, Hooks, accelerator, fit, stop_if_interrupted, train
 from kn.train_config import TrainConfig
@@ -411,8 +411,8 @@ def study(profile: str, seed: int = 0) -> dict:
     config, dynamics (dynamics.json's content plus "curves") and batch (batch_sizes.json's content);
     run here, dynamics also holds run_dynamics' trajectories and bases."""
     cfg, out, folder = from_profile(profile, seed=seed), runs_dir(CHAPTER, profile), results_dir(CHAPTER, profile)
-    records = {} if out.exists() else {n: done(folder / f"{n}.json", cfg) for n in PUBLISHED}
-    if records and None not in records.values():
+    records = {n: read_back(out, folder / f"{n}.json", cfg) for n in PUBLISHED}
+    if None not in records.values():
         return {"config": cfg, "dynamics": records["dynamics"] | {"curves": records["curves"]["curves"]},
                 "batch": records["batch_sizes"]}
     res, batch = run_dynamics(cfg, out, progress=False), compare_batch_sizes(cfg, out, progress=False)

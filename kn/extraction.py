@@ -33,7 +33,7 @@ from kn.guards import GUARD_TRAIN_QA
 from kn.intervals import held_out_accuracy
 from kn.models import ModelConfig
 from kn.profiles import settings
-from kn.results import done, publish, read_json, results_dir, runs_dir, write_json
+from kn.results import done, publish, read_back, read_json, results_dir, runs_dir, write_json
 from kn.tokenize import load_tokenizer
 from kn.train import stop_if_interrupted, train
 from kn.train_config import TrainConfig
@@ -342,7 +342,7 @@ def run_suite(chapter: str, profile: str, configs: dict, progress: bool = True) 
     for name, cfg in configs.items():
         key = json.dumps(pretraining_key(cfg), sort_keys=True, default=str)
         run = runs_dir(chapter, profile) / name
-        if not run.exists() and (record := done(results_dir(chapter, profile) / f"{name}.json", cfg)) is not None:
+        if (record := read_back(run, results_dir(chapter, profile) / f"{name}.json", cfg)) is not None:
             out[name] = record
             continue
         run_extraction(cfg, run, progress=progress, pretrained=pretrained.get(key))

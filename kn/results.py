@@ -17,7 +17,7 @@ Where results live: a chapter's result files in `results_dir(chapter, profile)` 
 committed), its runs (datasets, checkpoints, models) in `runs_dir(chapter, profile)` (runs/, not
 committed). An experiment skips a stage whose result file is `done` (finished, and recording the
 same config), and `publish`es a run's result file into its chapter's results folder.
-Entry points: `provenance`, `write_json`, `read_json`, `checksum`, `done`, `publish`, `results_dir`,
+Entry points: `provenance`, `write_json`, `read_json`, `checksum`, `done`, `read_back`, `publish`, `results_dir`,
 `runs_dir`, `append_csv`, `read_csv`, `folder_path`, `atomic_file`.
 """
 from __future__ import annotations
@@ -222,6 +222,12 @@ def done(path: str | Path, config, after=()) -> dict | None:
     if not isinstance(record, dict) or record.get("interrupted") or "provenance" not in record:
         return None
     return record if same_config(record["provenance"].get("config"), config) else None
+
+
+def read_back(run: str | Path, path: str | Path, config) -> dict | None:
+    """A page re-rendered from its committed files: the published result at `path` when the run's
+    folder `run` is gone and the result records `config` (done), else None (the run goes ahead)."""
+    return None if Path(run).exists() else done(path, config)
 
 
 def same_config(recorded, config) -> bool:
