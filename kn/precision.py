@@ -11,11 +11,11 @@ before) unless another is MARGIN faster. Then, where the run leaves compilation 
 candidate is timed compiled against the eager winner the same way, in rounds of ROUND_S (a few-ms
 step is noisy one by one, and the eager winner need not win compiled: bf16 steps of the capacity
 models, a few ms each, ran 1.2-2.7x slower than fp32 compiled): a compiled step runs torch.compile's
-forward and backward and AdamW's fused kernel. One measurement per model shape, batch and thread count in a
-process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with its reason
-and timings, goes into train.json, the checkpoint and (kn.results.hardware) the provenance of every
-result the process writes; a resumed run keeps its checkpoint's choice, so it continues bit-exactly. Curves are deterministic per
-precision (and compilation), not across them.
+forward and backward and AdamW's fused kernel. One measurement per model shape, batch and thread
+count in a process. On a GPU, auto is bf16 with SDPA (fused kernels), not measured. The choice, with
+its reason and timings, goes into train.json, the checkpoint and (kn.results.hardware) the provenance
+of every result the process writes; a resumed run keeps its checkpoint's choice, so it continues
+bit-exactly. Curves are deterministic per precision (and compilation), not across them.
 Entry points: `Precision`, `choose`, `check_setting`, `set_attention`, `compiled_model`.
 """
 from __future__ import annotations
