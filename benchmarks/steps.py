@@ -10,6 +10,9 @@ other load on the machine hits all of them alike:
   kn trimmed   the same with trim_vocab (kn.vocab): rows only for the tokens the data use
   kn compiled  kn's step in kn.precision's choice, compiled (torch.compile, fused AdamW): what a
                long CPU run takes where it measures faster (kn.train.compile_setting)
+  kn grouped   capacity models only: kn.group's step, the cpu lr grid's K models (one per lr) as one
+               vmapped model, compiled, fp32 and eager attention as the capacity grid runs on the CPU; its steps/s count
+               model-steps (K per step), its wall and CPU seconds are per model-step
 Models: "part3.1", the extraction cpu profile (2 layers, 4 heads, 128 wide, 2048 tokens, 600
 people multi5+permute, batch 16 x 256), and "capacity-16" / "capacity-48", the capacity cpu
 profile's smallest and largest GPT-2 (2 layers, 2 heads, bioD, batch 2 x 128, issue 27's batch).
@@ -37,6 +40,7 @@ import torch
 from kn.batches import Batches
 from kn.models import ModelConfig, build_model, hf_config, n_params
 from kn.precision import choose, set_attention
+from kn.profiles import settings
 from kn.results import cpu_info, write_json
 from kn.train import accelerator, flops_per_token, lr_lambda, optimizer_for, training_step
 from kn.train_config import TrainConfig
@@ -48,7 +52,8 @@ MODELS = {   # name -> (model, batch, window, data, timed steps per engine per r
     "capacity-16": (ModelConfig(n_layer=2, n_head=2, n_embd=16, vocab_size=209, context=128), 2, 128, "biod", 300),
     "capacity-48": (ModelConfig(n_layer=2, n_head=2, n_embd=48, vocab_size=209, context=128), 2, 128, "biod", 200),
 }
-ENGINES = ("neox eager", "hf gpt2", "kn fp32", "kn", "kn trimmed", "kn compiled")
+ENGINES = ("neox eager", "hf gpt2", "kn fp32", "kn", "kn trimmed", "kn compiled", "kn grouped")
+GROUP = len(settings("capacity", "cpu")["lr_grid"])   # kn grouped: models per step
 BASELINES = ("neox eager", "hf gpt2")
 
 
@@ -101,10 +106,27 @@ def kn_engine(cfg: ModelConfig, which: str, x0: torch.Tensor, vocab: VocabMap, t
     return (lambda x: fn(x, x)), precision
 
 
+def grouped_engine(cfg: ModelConfig, x0: torch.Tensor, total_steps: int, seed: int = 0):
+    """(x -> summed loss, kn.precision choice) of kn.group's step over GROUP models, one per lr of the
+    cpu grid, as kn.group.train_lrs builds it for the capacity grid (fp32 and eager attention on the CPU,
+    compiled)."""
+    from kn.group import Stacked, group_step
+    lrs = settings("capacity", "cpu")["lr_grid"]
+    stacked = Stacked([build_model(cfg, seed=seed) for _ in lrs])
+    precision = choose(stacked, (x0, x0, None), "fp32", "eager", "cpu", "on")
+    set_attention(stacked, precision.attention)
+    opt = optimizer_for(stacked, 1.0, fused=precision.compiled)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps))
+    fn = group_step(stacked, opt, sched, torch.tensor(lrs), 1.0, precision, "cpu")
+    return (lambda x: fn(x, x).sum()), precision
+
+
 def make(engine: str, cfg: ModelConfig, x0: torch.Tensor, vocab: VocabMap, total_steps: int = 10_000, seed: int = 0):
     """(step, precision or None, token map or None) of one engine."""
     if engine in BASELINES:
         return *baseline(cfg, engine, seed), None
+    if engine == "kn grouped":
+        return *grouped_engine(cfg, x0, total_steps, seed), None
     table = torch.from_numpy(vocab.to_model) if engine == "kn trimmed" else None
     x0 = table[x0] if table is not None else x0
     return *kn_engine(cfg, engine, x0, vocab, total_steps, seed), table
@@ -134,7 +156,10 @@ def measure_model(name: str, data: str, engines: list, repeats: int, scale: floa
     """Interleaved timing of every engine on one model (its timed steps x scale per repeat); one row per engine."""
     cfg, batch, window, kind, steps = MODELS[name]
     steps = max(1, round(steps * scale))
-    engines = [e for e in engines if not (e == "kn trimmed" and kind == "biod")]    # kn.train trims no bioD run
+    engines = [e for e in engines if not (e == "kn trimmed" and kind == "biod") and not (e == "kn grouped" and
+                                                                                      kind != "biod")]
+    per = {e: GROUP if e == "kn grouped" else 1 for e in engines}  # models a step trains: kn.train trims no
+                                                                   # bioD run, kn.group trains only the capacity grid
     source, vocab = batches(data, cfg, batch, window)
     rows = [torch.from_numpy(source(i)[0]).long() for i in range(4)]
     made = {e: make(e, cfg, rows[0], vocab) for e in engines}
@@ -145,15 +170,16 @@ def measure_model(name: str, data: str, engines: list, repeats: int, scale: floa
     for _ in range(repeats):
         for e in engines:
             w, c = run_steps(made[e][0], xs[e], steps)
-            wall[e].append(w / steps)
-            cpu[e].append(c / steps)
+            wall[e].append(w / steps / per[e])
+            cpu[e].append(c / steps / per[e])
     base = n_params(build_model(cfg), trainable_only=False)["non_embedding"]
     fpt = flops_per_token(cfg, base + cfg.vocab_size * cfg.n_embd, cfg.context)    # + the full output head
     out = []
     for e in engines:
         s = statistics.median(wall[e])
         dtype = made[e][1].dtype if made[e][1] is not None else "fp32"
-        row = {"model": name, "engine": e, "batch": batch, "window": window, "wall_s_per_step": s,
+        row = {"model": name, "engine": e, "batch": batch, "window": window, "models_per_step": per[e],
+               "wall_s_per_step": s,
                "cpu_s_per_step": statistics.median(cpu[e]), "steps_per_s": 1 / s, "wall_s_repeats": wall[e],
                "precision": made[e][1].record() if made[e][1] is not None else None,
                "vocab_rows": vocab.rows if e == "kn trimmed" else cfg.vocab_size, "flops_per_token": fpt,
@@ -171,7 +197,7 @@ def equal_loss(data: str, engines: list, n_steps: int) -> dict:
     cfg, batch, window, _, _ = MODELS["part3.1"]
     source, vocab = batches(data, cfg, batch, window)
     out = {}
-    for e in [e for e in engines if e.startswith("kn")]:
+    for e in [e for e in engines if e.startswith("kn") and e != "kn grouped"]:   # kn.group: tests/test_group.py
         finals = []
         for seed in (0, 1, 2):
             step, _, table = make(e, cfg, torch.from_numpy(source(0)[0]).long(), vocab, n_steps, seed)

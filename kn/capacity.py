@@ -9,7 +9,9 @@ chapter's study. The bound each point is measured with is kn.bound (Theorem 3.2,
 - The law: `fit_capacity(rows, exposures)` fits bits = ratio * params through the origin over the
   capacity-bound rows, with a t-interval on the slope.
 - The profile's recipe: `grid_points`, `profile_points`, and `capacity_study(profile, results)`,
-  the chapter's one call; tables for the chapter (`model_table`, `grid_table`, `fit_table`).
+  the chapter's one call (with a runs folder it trains each size's lr grid as one group, kn.group:
+  about 2-3x the model-steps a second of single runs at batch 2, benchmarks/steps.py); tables for
+  the chapter (`model_table`, `grid_table`, `fit_table`).
 """
 from __future__ import annotations
 
@@ -31,8 +33,10 @@ from kn.data.dataset import BiosConfig, run_dataset
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model, n_params
 from kn.profiles import settings
+from kn.checkpoints import checkpoint_step
+from kn.group import train_lrs
 from kn.results import done, write_json
-from kn.sweep import point_key, read_rows, run_sweep
+from kn.sweep import holding, point_key, read_rows, run_sweep
 from kn.train import measured_curve, train_to
 from kn.train_config import TrainConfig
 
@@ -167,6 +171,26 @@ def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str 
     return {**out, "steps": summary["steps"], "final_loss": summary["final_loss"],
             "tokens_per_s": summary["tokens_per_s"], "train_s": train_s, "wall_s": time.perf_counter() - t0,
             "curve": json.dumps(curve + [[summary["steps"], out["bits"]]])}
+
+
+def train_grid(points: list[dict], results: str | Path, runs_dir: str | Path, device: str = "auto") -> None:
+    """Each size's lr-grid runs trained together (kn.group.train_lrs) ahead of the grid's sweep, which then
+    finds them trained and measures them: per size, the points with no row in `results` that no other
+    sweep holds, whose runs are unfinished and stand at one step (a size left with one run, or with runs
+    stopped at different steps, trains them one by one in the sweep)."""
+    with holding([normalise_point(p) for p in points], results) as free:
+        sizes = {}
+        for p in free:
+            sizes.setdefault(point_key({k: v for k, v in p.items() if k != "lr"}), []).append(p)
+        for members in sizes.values():
+            cfgs = []
+            for p in members:
+                folder = run_folder(p, runs_dir)
+                _make_data(p, folder / "data")
+                cfgs.append(_train_config(p, folder, device))
+            cfgs = [c for c in cfgs if done(Path(c.out) / "train.json", c) is None]
+            if len(cfgs) > 1 and len({checkpoint_step(Path(c.out) / "checkpoint") for c in cfgs}) == 1:
+                train_lrs(cfgs)
 
 
 def capacity_sweep(points: list[dict], results_csv: str | Path, workers: int = 1, executor: str = "local",
@@ -385,11 +409,14 @@ def capacity_study(profile: str, results: str | Path, runs_dir: str | Path | Non
     (results/sweep.csv, in `training_order`), then every fit (results/fit.json). Finished points are
     skipped, so a stopped study continues, and two studies started side by side share the points;
     train=False trains nothing and fits the points already finished (a sweep still running
-    elsewhere). Returns grid, lrs, points, rows (the finished points), missing (the points not
-    finished, with the sizes whose grid is not) and fits."""
+    elsewhere). With `runs_dir`, each size's grid trains as one group (train_grid). Returns grid, lrs,
+    points, rows (the finished points), missing (the points not finished, with the sizes whose grid
+    is not) and fits."""
     t0, results = time.perf_counter(), Path(results)
     grid = grid_points(profile, seed)
     for arch in dict.fromkeys(p["arch"] for p in grid) if train else ():
+        if runs_dir is not None:
+            train_grid([p for p in grid if p["arch"] == arch], results / "grid.csv", runs_dir)
         capacity_sweep([p for p in grid if p["arch"] == arch], results / "grid.csv", runs_dir=runs_dir, workers=workers)
         mine = [p for p in profile_points(profile, _lrs(grid, results)[1], seed, quantize=True) if p["arch"] == arch]
         capacity_sweep(training_order(mine, seed), results / "sweep.csv", runs_dir=runs_dir, workers=workers)

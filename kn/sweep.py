@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -121,6 +122,19 @@ def _unlock(lock: tuple[Path, int]) -> None:
         lock[0].parent.rmdir()                              # the last lock gone: no folder left behind
     except OSError:
         pass
+
+
+@contextmanager
+def holding(points: list[dict], results: str | Path):
+    """The points without a row in `results` that no other sweep holds, locked for the body as run_sweep
+    locks a point: work done on them ahead of the sweep (kn.capacity's grid, trained in groups) is then
+    not done twice by a second sweep beside this one."""
+    held, _ = _lock_points(points, Path(results), wait=False)
+    try:
+        yield [p for p, _ in held.values()]
+    finally:
+        for _, lock in held.values():
+            _unlock(lock)
 
 
 def _lock_points(points: list[dict], results: Path, wait: bool) -> tuple[dict, list[dict]]:

@@ -3,6 +3,7 @@ full bound at zero loss and ~0 bits at chance, quantization round-trips, a bioD 
 per epoch (no double EOS, junk ratio, bit-exact resume), a two-point sweep end to end and the law's
 fit with its interval.   Run: OMP_NUM_THREADS=1 pytest tests/test_capacity.py
 """
+import json
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from kn.capacity import (batch_for, best_lr, capacity_point, capacity_sweep, fit
 from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render, write_biod
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
+from kn.profiles import settings
 from kn.sweep import read_rows
 from kn.train import curve_stops, train
 from kn.train_config import TrainConfig
@@ -317,14 +319,18 @@ def test_best_lr_picks_the_most_bits_per_size():
 
 @pytest.mark.heavy
 def test_kn_sweep_trains_the_profile_and_refuses_other_chapters(tmp_path, monkeypatch, capsys):
-    """`kn sweep capacity` runs the study into the chapter's results folder (a second call trains
-    nothing: every point is done); another chapter is one line, exit 2."""
+    """`kn sweep capacity` runs the study into the chapter's results folder, each size's lr grid trained as
+    one group (kn.group; a second call trains nothing: every point is done); another chapter is one line, exit 2."""
     from kn.cli import main
     monkeypatch.setenv("KN_RESULTS_ROOT", str(tmp_path / "results"))
     monkeypatch.setenv("KN_RUNS_ROOT", str(tmp_path / "runs"))
     assert main(["sweep", "capacity", "--profile", "smoke"]) == 0
     rows = read_rows(tmp_path / "results" / "capacity" / "smoke" / "sweep.csv")
     assert len(rows) == 2 and all(r["steps"] >= 40 for r in rows)
+    grid = read_rows(tmp_path / "results" / "capacity" / "smoke" / "grid.csv")
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("train.json")]
+    lrs = settings("capacity", "smoke")["lr_grid"]
+    assert len(grid) == 2 * len(lrs) and sum(r.get("group", {}).get("lrs") == lrs for r in runs) == len(grid)
     mtime = (tmp_path / "results" / "capacity" / "smoke" / "sweep.csv").stat().st_mtime_ns
     assert main(["sweep", "capacity", "--profile", "smoke"]) == 0
     assert (tmp_path / "results" / "capacity" / "smoke" / "sweep.csv").stat().st_mtime_ns == mtime

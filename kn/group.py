@@ -1,0 +1,297 @@
+"""Runs of one model that differ only in learning rate, trained together as one batched model (issue 27).
+
+The capacity chapter's lr grid trains each size at several learning rates on the same data, the
+same batches and the same initial weights. At batch 2 such a step is a few tiny matmuls and many
+tiny kernels: `Stacked` holds the K members' weights stacked along a new first dimension and runs
+them through torch.func.vmap, so each matmul becomes one batched matmul and each kernel one over K
+times the elements; one step trains all K (benchmarks/steps.py, "kn grouped").
+Each member stays an ordinary kn.train run. Its folder gets what `kn.train.train` writes (train.json
+with the member's own config, metrics.jsonl, checkpoint/, model/), so `kn.train.train_to` finds it
+finished and a stopped group resumes from its members' checkpoints (a member can also be resumed
+alone). On the CPU attention "auto" is eager: SDPA has no batching rule there and runs member by
+member. Per member, as alone: its own loss, gradient clipping by its own norm, and AdamW at its own
+lr: an AdamW step is linear in lr (p - lr (u + wd p)), so the stacked step runs at the schedule's
+multiplier and each member's change is scaled by its lr. A member's curve matches the run trained
+alone up to float rounding (batched and single matmuls sum in other orders); a group's curves are
+deterministic per machine and precision like any run.
+Entry points: `train_lrs`, `Stacked`, `group_step`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from kn.batches import Batches, check_vocab
+from kn.checkpoints import (checkpoint_step, data_fingerprint, load_checkpoint, prepare_run, read_state, run_lock,
+                            save_checkpoint, save_model, truncate_metrics)
+from kn.errors import DataError
+from kn.models import n_params
+from kn.precision import Precision, set_attention
+from kn.results import write_json
+from kn.tokenize import load_tokenizer
+from kn.train import (Fit, Interrupted, StopFlag, accelerator, check_resumed_loss, cpu_threads, flops_per_token, lr_lambda,
+                      make_model, mfu, optimizer_for, resumed_precision, run_precision, _config_of, _tensors)
+from kn.train_config import TrainConfig
+
+SEP = "__"   # stands for "." in a stacked weight's name (a module attribute cannot hold a dot)
+
+
+class Stacked(torch.nn.Module):
+    """K models of one architecture as one module: weights stacked on a leading dimension, the same
+    batch through every member (vmap). forward(input_ids, attention_mask, labels) -> .loss (the sum
+    over members, to backpropagate) and .losses ([K]). kn.precision times and compiles it as a model."""
+    lead_dims = 1                                                # kn.train.optimizer_for: weights are [K, ...]
+
+    def __init__(self, models: list):
+        super().__init__()
+        params, _ = stack_module_state(models)
+        train = {n: p.requires_grad for n, p in models[0].named_parameters()}
+        self.w = torch.nn.ParameterDict({n.replace(".", SEP): torch.nn.Parameter(p.detach().clone(), train[n])
+                                         for n, p in params.items()})
+        self.base = copy.deepcopy(models[0]).requires_grad_(False)   # the architecture and its buffers
+        self.size = len(models)
+
+    @property
+    def config(self):
+        return self.base.config
+
+    def set_attn_implementation(self, attention: str) -> None:
+        self.base.set_attn_implementation(attention)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        def one(weights, x, y):
+            named = {n.replace(SEP, "."): w for n, w in weights.items()}
+            return functional_call(self.base, named, (), {"input_ids": x, "attention_mask": attention_mask,
+                                                          "labels": y}).loss
+        losses = vmap(one, in_dims=(0, None, None))(dict(self.w), input_ids, labels)
+        return SimpleNamespace(loss=losses.sum(), losses=losses)
+
+    def member(self, k: int, into) -> None:
+        """Copy member k's weights into `into`, a model of the members' architecture."""
+        params = dict(into.named_parameters())
+        with torch.no_grad():
+            for n, w in self.w.items():
+                params[n.replace(SEP, ".")].copy_(w[k])
+
+    def load_member(self, k: int, model) -> None:
+        """Set member k's weights from `model`."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, w in self.w.items():
+                w[k].copy_(params[n.replace(SEP, ".")])
+
+
+def _check_group(cfgs: list[TrainConfig]) -> None:
+    """DataError unless the configs differ only in lr and out (data: in folder, not in content) and train a
+    new model without extras."""
+    first, free = cfgs[0], ("lr", "out", "data")
+    for c in cfgs[1:]:
+        if replace(c, lr=first.lr, out=first.out, data=first.data) != first:
+            diff = [f.name for f in fields(c) if f.name not in free and getattr(c, f.name) != getattr(first, f.name)]
+            raise DataError(f"train_lrs: the runs may differ only in lr and out; {Path(c.out).name!r} also differs in "
+                            f"{', '.join(diff)}")
+    if first.mode != "pretrain" or first.curve_points or first.trim_vocab:
+        raise DataError("train_lrs: grouped runs pretrain a new model without learning curves or a trimmed vocabulary "
+                        f"(got mode={first.mode!r}, curve_points={first.curve_points}, trim_vocab={first.trim_vocab})")
+    if len({c.out for c in cfgs}) < len(cfgs):
+        raise DataError("train_lrs: each run needs its own out folder")
+
+
+def train_lrs(cfgs: list[TrainConfig], progress: bool = False) -> list[dict]:
+    """Train the runs `cfgs` (kn.train configs equal but for lr, out and the folder of the same data) as
+    one group, resuming their checkpoints; returns each run's train.json summary. Interrupted (checkpoints
+    written) if a signal stops it."""
+    if not cfgs:
+        raise DataError("train_lrs: got no runs; allowed: one or more kn.train configs")
+    _check_group(cfgs)
+    cfg = cfgs[0]
+    acc = accelerator(cfg.device)
+    device = acc.device
+    tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
+    batches = Batches(cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    check_vocab(batches, len(tokenizer))
+    spec = Fit(total_steps=batches.total_steps,
+               **{f.name: getattr(cfg, f.name) for f in fields(Fit) if f.name != "total_steps"})
+    if device.type == "cpu" and spec.attention == "auto":
+        spec = replace(spec, attention="eager")     # SDPA has no vmap rule on the CPU: it loops over the members
+    outs = [Path(c.out) for c in cfgs]
+    with ExitStack() as stack, cpu_threads(spec.threads, device):
+        for out in outs:
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(out))
+        fingerprint = data_fingerprint(cfg.data)
+        if any(data_fingerprint(c.data) != fingerprint for c in cfgs[1:]):
+            raise DataError("train_lrs: the runs' data folders hold different data; a group trains on one")
+        for c, out in zip(cfgs, outs):
+            prepare_run(out, asdict(c), True, False, fingerprint, cfg.data)
+        steps = {checkpoint_step(out / "checkpoint") for out in outs}
+        if len(steps) > 1:
+            raise DataError(f"train_lrs: the runs' checkpoints are at different steps ({sorted(steps, key=str)}); "
+                            "resume each alone with kn.train")
+        return _train(cfgs, batches, spec, tokenizer, acc, fingerprint, steps.pop() is not None, progress)
+
+
+def _train(cfgs, batches, spec: Fit, tokenizer, acc, fingerprint, resume: bool, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    device = acc.device
+    outs, k_lrs = [Path(c.out) for c in cfgs], [c.lr for c in cfgs]
+    members = [make_model(cfgs[0], len(tokenizer)).to(device) for _ in cfgs]   # one seed: one initial model
+    opts = [optimizer_for(m, c.lr, c.weight_decay) for m, c in zip(members, cfgs)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
+              for o in opts]
+    start = 0
+    for m, o, s, out in zip(members, opts, scheds, outs) if resume else ():
+        start, _ = load_checkpoint(out / "checkpoint", m, o, s)
+        truncate_metrics(out / "metrics.jsonl", start)
+    stacked = Stacked(members).to(device)
+    if resume:
+        states = [read_state(out / "checkpoint") for out in outs]
+        precision = resumed_precision(states[0], spec, device)
+        last, before_s = [s.get("loss") for s in states], states[0].get("train_s") or 0.0
+    else:
+        precision = run_precision(stacked, _tensors(batches(0), 0, 1, device, None), spec, acc)
+        last, before_s = [None] * len(cfgs), 0.0
+        for out in outs:
+            (out / "metrics.jsonl").write_text("")
+    set_attention(stacked, precision.attention)
+    opt = optimizer_for(stacked, 1.0, spec.weight_decay, fused=precision.compiled)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
+    theirs = _order(opts[0], dict(members[0].named_parameters()))
+    index = [theirs.index(n) for n in _order(opt, {n.replace(SEP, "."): w for n, w in stacked.w.items()})]
+    if resume:
+        _stack_optimizer(opt, opts, index)
+        sched.last_epoch, sched._step_count = start - 1, start
+        sched.step()
+    step_fn = group_step(stacked, opt, sched, torch.tensor(k_lrs, device=device), spec.grad_clip, precision, device)
+    end = min(spec.total_steps, spec.max_steps or spec.total_steps)
+    stacked.train()
+    t0 = time.perf_counter()
+    loss_sum, n_logged, window_t0, unchecked = torch.zeros(len(cfgs), device=device), 0, time.perf_counter(), resume
+    histories = [[] for _ in cfgs]
+    bar = tqdm(total=end, initial=start, disable=not progress, desc=f"{len(cfgs)} lrs", unit="step")
+
+    def save(step: int, final: bool) -> None:
+        for k, (m, o, s, out) in enumerate(zip(members, opts, scheds, outs)):
+            stacked.member(k, m)
+            _unstack_optimizer(opt, o, s, k, k_lrs[k], sched, index)
+            save_checkpoint(out / "checkpoint", m, tokenizer, o, s, step, asdict(cfgs[k]), {}, fingerprint, last[k],
+                            precision.record(), before_s + time.perf_counter() - t0)
+            if final:
+                save_model(m, tokenizer, out / "model")
+
+    with StopFlag() as stop:
+        step = start
+        while step < end and not stop.set:
+            x, y, _ = _tensors(batches(step), 0, 1, device, None)
+            loss_sum += step_fn(x, y)
+            n_logged += 1
+            step += 1
+            if step % spec.log_every == 0 or step == end:
+                means = (loss_sum / n_logged).tolist()
+                if unchecked:
+                    for k, v in enumerate(means):
+                        check_resumed_loss(v, last[k], start, step)
+                    unchecked = False
+                last, dt = means, time.perf_counter() - window_t0
+                for k, out in enumerate(outs):
+                    rec = {"step": step, "loss": means[k], "lr": k_lrs[k] * sched.get_last_lr()[0],
+                           "tokens_per_s": n_logged * x.numel() / dt, "elapsed_s": time.perf_counter() - t0}
+                    histories[k].append(rec)
+                    _append_line(out / "metrics.jsonl", rec)
+                bar.set_postfix(loss=f"{min(means):.3f}")
+                loss_sum.zero_(); n_logged, window_t0 = 0, time.perf_counter()
+            bar.update(1)
+            if spec.checkpoint_every and step % spec.checkpoint_every == 0 and step < end and not unchecked:
+                save(step, False)
+        interrupted = stop.set and step < end
+    bar.close()
+    save(step, not interrupted)
+    if interrupted:
+        raise Interrupted(f"stopped by a signal at step {step} of {spec.total_steps}; run again to resume from the "
+                          f"checkpoints in {', '.join(repr(str(o)) for o in outs)}")
+    return [_summary(c, m, h, step, spec, precision, device, len(tokenizer), before_s + time.perf_counter() - t0,
+                     k_lrs) for c, m, h in zip(cfgs, members, histories)]
+
+
+def group_step(stacked: Stacked, opt, sched, lrs: torch.Tensor, grad_clip: float, precision: Precision, device):
+    """One optimizer step of every member: x, y -> detached losses [K]."""
+    from kn.precision import compiled_model
+    forward = compiled_model(stacked) if precision.compiled else stacked
+    params = [p for p in stacked.parameters() if p.requires_grad]
+    rows = [lrs.view(-1, *[1] * (p.dim() - 1)) for p in params]       # member k's lr on row k of each weight
+
+    def step(x, y):
+        with precision.autocast(device):
+            out = forward(input_ids=x, labels=y)
+        out.loss.backward()
+        with torch.no_grad():
+            grads = [p.grad for p in params]
+            if grad_clip:                       # each member by its own norm, as torch.nn.utils.clip_grad_norm_
+                coef = (grad_clip / (torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1) + 1e-6)).clamp(max=1.0)
+                torch._foreach_mul_(grads, [coef.view(r.shape) for r in rows])
+            before = torch._foreach_mul(params, 1.0)
+            opt.step()                          # at lr = the schedule's multiplier
+            torch._foreach_sub_(params, before)
+            torch._foreach_mul_(params, rows)   # each member's change at its own lr
+            torch._foreach_add_(params, before)
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        return out.losses.detach().clone()
+    return step
+
+
+def _order(opt, named: dict) -> list[str]:
+    """The names of `opt`'s parameters in its own order (named: name -> parameter)."""
+    names = {id(p): n for n, p in named.items()}
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
+def _stack_optimizer(opt, opts: list, index: list[int]) -> None:
+    """Fill the group's AdamW state from the members' (group parameter i is member parameter index[i])."""
+    states = [o.state_dict()["state"] for o in opts]
+    state = {i: {"step": states[0][j]["step"], **{k: torch.stack([s[j][k] for s in states])
+                                                  for k in ("exp_avg", "exp_avg_sq")}}
+             for i, j in enumerate(index) if j in states[0]}
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def _unstack_optimizer(opt, o, s, k: int, lr: float, sched, index: list[int]) -> None:
+    """Member k's AdamW and schedule state from the group's: the optimizer a run of it alone would hold."""
+    state = {index[i]: {"step": st["step"], "exp_avg": st["exp_avg"][k], "exp_avg_sq": st["exp_avg_sq"][k]}
+             for i, st in opt.state_dict()["state"].items()}
+    o.load_state_dict({"state": state, "param_groups": o.state_dict()["param_groups"]})
+    s.last_epoch, s._step_count = sched.last_epoch, sched._step_count
+    s._last_lr = [lr * v for v in sched.get_last_lr()]
+    for g, v in zip(o.param_groups, s._last_lr):
+        g["lr"] = v
+
+
+def _append_line(path: Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _summary(cfg: TrainConfig, model, history: list, step: int, spec: Fit, precision: Precision, device, vocab: int,
+             wall: float, lrs: list) -> dict:
+    """The member's train.json, as kn.train.train writes it, plus the group it trained in."""
+    fpt = flops_per_token(_config_of(model), n_params(model, trainable_only=False)["non_embedding"], cfg.window)
+    tok_s = [h["tokens_per_s"] for h in history]
+    tok_s = float(np.mean(tok_s[1:] or tok_s or [0.0]))
+    summary = {"mode": cfg.mode, "steps": step, "total_steps": spec.total_steps, "interrupted": False,
+               "final_loss": history[-1]["loss"] if history else None, "tokens_per_s": tok_s,
+               "n_params": n_params(model), "vocab": {"tokenizer": vocab, "trimmed": False}, "flops_per_token": fpt,
+               "mfu": mfu(tok_s * fpt, device),
+               "precision": precision.record(), "device": str(device), "world_size": 1, "history": history,
+               "group": {"lrs": lrs, "how": "kn.group: trained as one vmapped model with the other lrs"}}
+    write_json(Path(cfg.out) / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=wall, **summary)
+    return summary
