@@ -175,16 +175,17 @@ def capacity_point(point: dict, runs_dir: str | Path | None = None, device: str 
 
 def train_grid(points: list[dict], results: str | Path, runs_dir: str | Path, device: str = "auto") -> None:
     """Each size's lr-grid runs trained together (kn.group.train_lrs) ahead of the grid's sweep, which then
-    finds them trained and measures them: per size, the points with no row in `results` that no other
-    sweep holds, whose runs are unfinished and stand at one step (a size left with one run, or with runs
-    stopped at different steps, trains them one by one in the sweep)."""
-    with holding([normalise_point(p) for p in points], results) as free:
-        sizes = {}
-        for p in free:
-            sizes.setdefault(point_key({k: v for k, v in p.items() if k != "lr"}), []).append(p)
-        for members in sizes.values():
+    finds them trained and measures them. Size by size (a second study beside this one takes the next
+    size): the points with no row in `results` that no other sweep holds, locked while they train,
+    whose runs are unfinished and stand at one step (a size left with one run, or with runs stopped at
+    different steps, trains them one by one in the sweep)."""
+    sizes = {}
+    for p in map(normalise_point, points):
+        sizes.setdefault(point_key({k: v for k, v in p.items() if k != "lr"}), []).append(p)
+    for members in sizes.values():
+        with holding(members, results) as free:
             cfgs = []
-            for p in members:
+            for p in free:
                 folder = run_folder(p, runs_dir)
                 _make_data(p, folder / "data")
                 cfgs.append(_train_config(p, folder, device))

@@ -15,12 +15,12 @@ from kn.batches import Batches
 from kn.bound import (N0_BIOS, S0_BIOS, attribute_of_tokens, biod_bound, bios_bound, bios_max_bits, dequantize,
                       max_bits, quantize_model, quantize_tensor, run_bound, stores_values)
 from kn.capacity import (batch_for, best_lr, capacity_point, capacity_sweep, fit_all, fit_capacity, grid_points,
-                         model_params, normalise_point, profile_points, run_folder)
+                         model_params, normalise_point, profile_points, run_folder, train_grid)
 from kn.data.biod import ATTR0, DOMAIN, EOS, JUNK_PERSON, BioDConfig, bound_inputs, generate_biod, render, write_biod
 from kn.errors import DataError
 from kn.models import ModelConfig, build_model
 from kn.profiles import settings
-from kn.sweep import read_rows
+from kn.sweep import holding, read_rows
 from kn.train import curve_stops, train
 from kn.train_config import TrainConfig
 
@@ -195,6 +195,22 @@ def test_two_point_sweep_and_fit(tmp_path):
     planted = [dict(r, bits=r["n_params"] / 1e3, bits_value=r["n_params"] / 1e3) for r in table]   # the fit alone
     fit = fit_capacity(planted, exposures=3, max_fraction=1.0)
     assert fit["n_points"] == 2 and fit["ci_low"] <= fit["ratio"] <= fit["ci_high"]
+
+
+def test_train_grid_groups_each_size_and_leaves_held_points(tmp_path):
+    """Each size's lrs train as one group (kn.group) ahead of the sweep, which measures them; a size another
+    sweep holds is left to the sweep, which trains its runs one by one."""
+    base = dict(TINY_BIOD, n_layer=1, n_head=2, exposures=3, window=32, batch_size=4)
+    points = [dict(base, n_embd=w, lr=lr) for w in (16, 32) for lr in (3e-3, 1e-2)]
+    csv, runs = tmp_path / "grid.csv", tmp_path / "runs"
+    with holding([normalise_point(p) for p in points[2:]], csv):            # another sweep holds width 32
+        train_grid(points, csv, runs)
+    record = {i: run_folder(p, runs) / "run" / "train.json" for i, p in enumerate(points)}
+    assert [i for i, r in record.items() if r.is_file()] == [0, 1]
+    assert all(json.loads(record[i].read_text())["group"]["lrs"] == [3e-3, 1e-2] for i in (0, 1))
+    mtime = record[0].stat().st_mtime_ns
+    assert len(capacity_sweep(points, csv, runs_dir=runs)) == 4
+    assert record[0].stat().st_mtime_ns == mtime and "group" not in json.loads(record[2].read_text())
 
 
 def test_bios_point(tmp_path):
