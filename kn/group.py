@@ -115,6 +115,9 @@ def train_lrs(cfgs: list[TrainConfig], progress: bool = False) -> list[dict]:
     _check_group(cfgs)
     cfg = cfgs[0]
     acc = accelerator(cfg.device)
+    if acc.num_processes > 1:
+        raise DataError(f"train_lrs: a group trains in one process; got {acc.num_processes} (accelerate launch): "
+                        "run it with plain python")
     device = acc.device
     tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
     batches = Batches(cfg, tokenizer.eos_token_id, tokenizer.pad_token_id)
