@@ -38,8 +38,8 @@ from kn.models import n_params
 from kn.precision import Precision, set_attention
 from kn.results import write_json
 from kn.tokenize import load_tokenizer
-from kn.train import (Fit, Interrupted, StopFlag, accelerator, check_resumed_loss, cpu_threads, flops_per_token, lr_lambda,
-                      make_model, mfu, optimizer_for, resumed_precision, run_precision, _config_of, _tensors)
+from kn.train import (Fit, Interrupted, StopFlag, _config_of, _tensors, accelerator, check_resumed_loss, cpu_threads,
+                      flops_per_token, lr_lambda, make_model, mfu, optimizer_for, resumed_precision, run_precision)
 from kn.train_config import TrainConfig
 
 SEP = "__"   # stands for "." in a stacked weight's name (a module attribute cannot hold a dot)
@@ -58,7 +58,6 @@ class Stacked(torch.nn.Module):
         self.w = torch.nn.ParameterDict({n.replace(".", SEP): torch.nn.Parameter(p.detach().clone(), train[n])
                                          for n, p in params.items()})
         self.base = copy.deepcopy(models[0]).requires_grad_(False)   # the architecture and its buffers
-        self.size = len(models)
 
     @property
     def config(self):
@@ -81,13 +80,6 @@ class Stacked(torch.nn.Module):
         with torch.no_grad():
             for n, w in self.w.items():
                 params[n.replace(SEP, ".")].copy_(w[k])
-
-    def load_member(self, k: int, model) -> None:
-        """Set member k's weights from `model`."""
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for n, w in self.w.items():
-                w[k].copy_(params[n.replace(SEP, ".")])
 
 
 def _check_group(cfgs: list[TrainConfig]) -> None:
