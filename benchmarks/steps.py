@@ -110,15 +110,14 @@ def grouped_engine(cfg: ModelConfig, x0: torch.Tensor, total_steps: int, seed: i
     """(x -> summed loss, kn.precision choice) of kn.group's step over GROUP models, one per lr of the
     cpu grid, as kn.group.train_lrs builds it for the capacity grid (fp32 and eager attention on the CPU,
     compiled)."""
-    from kn.group import Stacked, group_step
+    from kn.group import GroupAdamW, Stacked, group_step
     lrs = settings("capacity", "cpu")["lr_grid"]
     stacked = Stacked([build_model(cfg, seed=seed) for _ in lrs])
     precision = choose(stacked, (x0, x0, None), "fp32", "eager", "cpu", "on")
     set_attention(stacked, precision.attention)
-    opt = optimizer_for(stacked, 1.0, fused=precision.compiled)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps))
-    fn = group_step(stacked, opt, sched, torch.tensor(lrs), 1.0, precision, "cpu")
-    return (lambda x: fn(x, x).sum()), precision
+    fn = group_step(stacked, GroupAdamW(stacked, lrs, 0.1, 1.0, precision.compiled), precision, "cpu")
+    lam, step = lr_lambda(total_steps), iter(range(10 ** 9))
+    return (lambda x: fn(x, x, lam(next(step))).sum()), precision
 
 
 def make(engine: str, cfg: ModelConfig, x0: torch.Tensor, vocab: VocabMap, total_steps: int = 10_000, seed: int = 0):

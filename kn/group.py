@@ -10,11 +10,11 @@ with the member's own config, metrics.jsonl, checkpoint/, model/), so `kn.train.
 finished and a stopped group resumes from its members' checkpoints (a member can also be resumed
 alone). On the CPU attention "auto" is eager: SDPA has no batching rule there and runs member by
 member. Per member, as alone: its own loss, gradient clipping by its own norm, and AdamW at its own
-lr: an AdamW step is linear in lr (p - lr (u + wd p)), so the stacked step runs at the schedule's
-multiplier and each member's change is scaled by its lr. A member's curve matches the run trained
+lr (`GroupAdamW`: torch.optim.AdamW's arithmetic with a learning rate per member, compiled with the
+model, its state read and written as each member's own AdamW). A member's curve matches the run trained
 alone up to float rounding (batched and single matmuls sum in other orders); a group's curves are
 deterministic per machine and precision like any run.
-Entry points: `train_lrs`, `Stacked`, `group_step`.
+Entry points: `train_lrs`, `Stacked`, `GroupAdamW`, `group_step`.
 """
 from __future__ import annotations
 
@@ -35,11 +35,12 @@ from kn.checkpoints import (checkpoint_step, data_fingerprint, load_checkpoint, 
                             save_checkpoint, save_model, truncate_metrics)
 from kn.errors import DataError
 from kn.models import n_params
-from kn.precision import Precision, set_attention
+from kn.precision import Precision, compiled_model, set_attention
 from kn.results import write_json
 from kn.tokenize import load_tokenizer
-from kn.train import (Fit, Interrupted, StopFlag, _config_of, _tensors, accelerator, check_resumed_loss, cpu_threads,
-                      flops_per_token, lr_lambda, make_model, mfu, optimizer_for, resumed_precision, run_precision)
+from kn.train import (BETAS, EPS, Fit, Interrupted, StopFlag, _config_of, _tensors, accelerator, check_resumed_loss,
+                      cpu_threads, decayed, flops_per_token, lr_lambda, make_model, mfu, optimizer_for,
+                      resumed_precision, run_precision)
 from kn.train_config import TrainConfig
 
 SEP = "__"   # stands for "." in a stacked weight's name (a module attribute cannot hold a dot)
@@ -49,8 +50,6 @@ class Stacked(torch.nn.Module):
     """K models of one architecture as one module: weights stacked on a leading dimension, the same
     batch through every member (vmap). forward(input_ids, attention_mask, labels) -> .loss (the sum
     over members, to backpropagate) and .losses ([K]). kn.precision times and compiles it as a model."""
-    lead_dims = 1                                                # kn.train.optimizer_for: weights are [K, ...]
-
     def __init__(self, models: list):
         super().__init__()
         params, _ = stack_module_state(models)
@@ -159,15 +158,11 @@ def _train(cfgs, batches, spec: Fit, tokenizer, acc, fingerprint, resume: bool, 
         for out in outs:
             (out / "metrics.jsonl").write_text("")
     set_attention(stacked, precision.attention)
-    opt = optimizer_for(stacked, 1.0, spec.weight_decay, fused=precision.compiled)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio))
-    theirs = _order(opts[0], dict(members[0].named_parameters()))
-    index = [theirs.index(n) for n in _order(opt, {n.replace(SEP, "."): w for n, w in stacked.w.items()})]
+    opt = GroupAdamW(stacked, k_lrs, spec.weight_decay, spec.grad_clip, precision.compiled)
     if resume:
-        _stack_optimizer(opt, opts, index)
-        sched.last_epoch, sched._step_count = start - 1, start
-        sched.step()
-    step_fn = group_step(stacked, opt, sched, torch.tensor(k_lrs, device=device), spec.grad_clip, precision, device)
+        opt.load(members, opts)
+    lam = lr_lambda(spec.total_steps, spec.warmup, spec.min_lr_ratio)
+    step_fn = group_step(stacked, opt, precision, device)
     end = min(spec.total_steps, spec.max_steps or spec.total_steps)
     stacked.train()
     t0 = time.perf_counter()
@@ -178,7 +173,7 @@ def _train(cfgs, batches, spec: Fit, tokenizer, acc, fingerprint, resume: bool, 
     def save(step: int, final: bool) -> None:
         for k, (m, o, s, out) in enumerate(zip(members, opts, scheds, outs)):
             stacked.member(k, m)
-            _unstack_optimizer(opt, o, s, k, k_lrs[k], sched, index)
+            opt.member(k, m, o, s, step)
             save_checkpoint(out / "checkpoint", m, tokenizer, o, s, step, asdict(cfgs[k]), {}, fingerprint, last[k],
                             precision.record(), before_s + time.perf_counter() - t0)
             if final:
@@ -188,7 +183,7 @@ def _train(cfgs, batches, spec: Fit, tokenizer, acc, fingerprint, resume: bool, 
         step = start
         while step < end and not stop.set:
             x, y, _ = _tensors(batches(step), 0, 1, device, None)
-            loss_sum += step_fn(x, y)
+            loss_sum += step_fn(x, y, lam(step))
             n_logged += 1
             step += 1
             if step % spec.log_every == 0 or step == end:
@@ -199,7 +194,7 @@ def _train(cfgs, batches, spec: Fit, tokenizer, acc, fingerprint, resume: bool, 
                     unchecked = False
                 last, dt = means, time.perf_counter() - window_t0
                 for k, out in enumerate(outs):
-                    rec = {"step": step, "loss": means[k], "lr": k_lrs[k] * sched.get_last_lr()[0],
+                    rec = {"step": step, "loss": means[k], "lr": k_lrs[k] * lam(step),
                            "tokens_per_s": n_logged * x.numel() / dt, "elapsed_s": time.perf_counter() - t0}
                     histories[k].append(rec)
                     _append_line(out / "metrics.jsonl", rec)
@@ -218,57 +213,93 @@ def _train(cfgs, batches, spec: Fit, tokenizer, acc, fingerprint, resume: bool, 
                      k_lrs) for c, m, h in zip(cfgs, members, histories)]
 
 
-def group_step(stacked: Stacked, opt, sched, lrs: torch.Tensor, grad_clip: float, precision: Precision, device):
-    """One optimizer step of every member: x, y -> detached losses [K]."""
-    from kn.precision import compiled_model
+def group_step(stacked: Stacked, opt: GroupAdamW, precision: Precision, device):
+    """One optimizer step of every member: (x, y, the schedule's lr multiplier) -> detached losses [K]."""
     forward = compiled_model(stacked) if precision.compiled else stacked
-    params = [p for p in stacked.parameters() if p.requires_grad]
-    rows = [lrs.view(-1, *[1] * (p.dim() - 1)) for p in params]       # member k's lr on row k of each weight
 
-    def step(x, y):
+    def step(x, y, multiplier: float):
         with precision.autocast(device):
             out = forward(input_ids=x, labels=y)
         out.loss.backward()
-        with torch.no_grad():
-            grads = [p.grad for p in params]
-            if grad_clip:                       # each member by its own norm, as torch.nn.utils.clip_grad_norm_
-                coef = (grad_clip / (torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1) + 1e-6)).clamp(max=1.0)
-                torch._foreach_mul_(grads, [coef.view(r.shape) for r in rows])
-            before = torch._foreach_mul(params, 1.0)
-            opt.step()                          # at lr = the schedule's multiplier
-            torch._foreach_sub_(params, before)
-            torch._foreach_mul_(params, rows)   # each member's change at its own lr
-            torch._foreach_add_(params, before)
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        opt.step(multiplier)
         return out.losses.detach().clone()
     return step
 
 
-def _order(opt, named: dict) -> list[str]:
-    """The names of `opt`'s parameters in its own order (named: name -> parameter)."""
-    names = {id(p): n for n, p in named.items()}
-    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+class GroupAdamW:
+    """kn.train's AdamW (its betas, eps and decay split) over a Stacked model's weights, member k at lr
+    lrs[k] times the schedule's multiplier, each member's gradients first clipped by their own norm
+    (as torch.nn.utils.clip_grad_norm_). One step is one function, compiled with the model: at these
+    sizes torch's AdamW and clipping, a few kernels per weight, cost a sixth of the step. Member k's
+    state reads and writes as the torch.optim.AdamW a run of it alone holds (`member`, `load`)."""
+
+    def __init__(self, stacked: Stacked, lrs: list[float], weight_decay: float, grad_clip: float, compiled: bool):
+        named = [(n.replace(SEP, "."), w) for n, w in stacked.w.items() if w.requires_grad]
+        self.names, self.params = [n for n, _ in named], [w for _, w in named]
+        self.decay = [weight_decay if decayed(n, w, lead=1) else 0.0 for n, w in named]
+        lr = torch.tensor(lrs, device=self.params[0].device)
+        self.rows = [lr.view(-1, *[1] * (w.dim() - 1)) for w in self.params]     # member k's lr on row k
+        self.m = [torch.zeros_like(w) for w in self.params]
+        self.v = [torch.zeros_like(w) for w in self.params]
+        self.t, self.multiplier = torch.zeros((), device=lr.device), torch.zeros((), device=lr.device)
+        self.grad_clip = grad_clip
+        self.update = torch.compile(_adamw, dynamic=False) if compiled else _adamw
+
+    def step(self, multiplier: float) -> None:
+        grads = [w.grad for w in self.params]
+        if any(g is None for g in grads):
+            raise RuntimeError("kn.group: a trainable weight got no gradient; torch's AdamW would skip it, this one "
+                               "steps every weight")
+        self.multiplier.fill_(multiplier)
+        with torch.no_grad():
+            self.update(self.params, grads, self.m, self.v, self.t, self.multiplier, self.rows, self.decay,
+                        self.grad_clip)
+        for w in self.params:
+            w.grad = None
+
+    def member(self, k: int, model, opt, sched, step: int) -> None:
+        """Member k's AdamW state and schedule, after `step` steps, into `opt` (kn.train.optimizer_for of
+        `model`) and `sched` (its LambdaLR)."""
+        index = _order(opt, model)
+        state = {index[n]: {"step": self.t.detach().cpu().clone(), "exp_avg": m[k], "exp_avg_sq": v[k]}
+                 for n, m, v in zip(self.names, self.m, self.v)}
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+        sched.last_epoch, sched._step_count = step, step + 1
+        sched._last_lr = [g["initial_lr"] * sched.lr_lambdas[i](step) for i, g in enumerate(opt.param_groups)]
+        for g, lr in zip(opt.param_groups, sched._last_lr):
+            g["lr"] = lr
+
+    def load(self, models: list, opts: list) -> None:
+        """The state of the members' optimizers (loaded from their checkpoints), stacked."""
+        states = [(o.state_dict()["state"], _order(o, m)) for m, o in zip(models, opts)]
+        with torch.no_grad():
+            for i, n in enumerate(self.names):
+                self.m[i].copy_(torch.stack([s[ix[n]]["exp_avg"] for s, ix in states]))
+                self.v[i].copy_(torch.stack([s[ix[n]]["exp_avg_sq"] for s, ix in states]))
+            self.t.fill_(float(states[0][0][states[0][1][self.names[0]]]["step"]))
 
 
-def _stack_optimizer(opt, opts: list, index: list[int]) -> None:
-    """Fill the group's AdamW state from the members' (group parameter i is member parameter index[i])."""
-    states = [o.state_dict()["state"] for o in opts]
-    state = {i: {"step": states[0][j]["step"], **{k: torch.stack([s[j][k] for s in states])
-                                                  for k in ("exp_avg", "exp_avg_sq")}}
-             for i, j in enumerate(index) if j in states[0]}
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+def _adamw(params, grads, m, v, t, multiplier, rows, decay, grad_clip: float) -> None:
+    """One AdamW step of stacked weights in place (torch.optim.AdamW's arithmetic, member k at lr
+    rows[.][k] * multiplier), after clipping each member's gradients by its own norm."""
+    if grad_clip:
+        norm = torch.cat([g.flatten(1) for g in grads], 1).norm(dim=1)
+        coef = (grad_clip / (norm + 1e-6)).clamp(max=1.0)
+        grads = [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+    t.add_(1)
+    (beta1, beta2), correction1, correction2 = BETAS, 1 - BETAS[0] ** t, (1 - BETAS[1] ** t).sqrt()
+    for w, g, m_, v_, r, wd in zip(params, grads, m, v, rows, decay):
+        lr = r * multiplier
+        w.mul_(1 - lr * wd)
+        m_.lerp_(g, 1 - beta1)
+        v_.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        w.sub_(lr / correction1 * m_ / (v_.sqrt() / correction2 + EPS))
 
 
-def _unstack_optimizer(opt, o, s, k: int, lr: float, sched, index: list[int]) -> None:
-    """Member k's AdamW and schedule state from the group's: the optimizer a run of it alone would hold."""
-    state = {index[i]: {"step": st["step"], "exp_avg": st["exp_avg"][k], "exp_avg_sq": st["exp_avg_sq"][k]}
-             for i, st in opt.state_dict()["state"].items()}
-    o.load_state_dict({"state": state, "param_groups": o.state_dict()["param_groups"]})
-    s.last_epoch, s._step_count = sched.last_epoch, sched._step_count
-    s._last_lr = [lr * v for v in sched.get_last_lr()]
-    for g, v in zip(o.param_groups, s._last_lr):
-        g["lr"] = v
+def _order(opt, model) -> dict:
+    """name -> index of each of `model`'s weights in `opt`'s state (its parameter order)."""
+    ids = {id(p): n for n, p in model.named_parameters()}
+    return {ids[id(p)]: i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
 
 
 def _append_line(path: Path, rec: dict) -> None:

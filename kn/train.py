@@ -107,17 +107,25 @@ def add_lora(model, rank: int, embed_rank: int = 0, seed: int = 0):
         return get_peft_model(model, config)
 
 
+BETAS, EPS = (0.9, 0.98), 1e-6     # AdamW's
+
+
+def decayed(name: str, p, lead: int = 0) -> bool:
+    """Whether AdamW decays weight `name`: matrices, not biases, norms or embeddings (`lead`: leading
+    dimensions that stack models, kn.group)."""
+    return p.ndim - lead >= 2 and "embed" not in name
+
+
 def optimizer_for(model, lr: float, weight_decay: float = 0.1, fused: bool = False) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms and embeddings; the fused kernel if asked (a compiled
-    run, kn.precision) or on a GPU. A model whose weights carry `lead_dims` leading dimensions
-    (kn.group.Stacked) is split by the weights' own dimensions."""
-    decay, no_decay, lead = [], [], getattr(model, "lead_dims", 0)
+    run, kn.precision) or on a GPU."""
+    decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim - lead >= 2 and "embed" not in name else no_decay).append(p)
+            (decay if decayed(name, p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = fused or (torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"]))
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=fused or None)
 
 
 def accelerator(device: str = "auto"):
