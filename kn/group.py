@@ -230,7 +230,7 @@ class GroupAdamW:
     """kn.train's AdamW (its betas, eps and decay split) over a Stacked model's weights, member k at lr
     lrs[k] times the schedule's multiplier, each member's gradients first clipped by their own norm
     (as torch.nn.utils.clip_grad_norm_). One step is one function, compiled with the model: at these
-    sizes torch's AdamW and clipping, a few kernels per weight, cost a sixth of the step. Member k's
+    sizes torch's AdamW and clipping run a few tiny kernels per weight, a large share of the step. Member k's
     state reads and writes as the torch.optim.AdamW a run of it alone holds (`member`, `load`)."""
 
     def __init__(self, stacked: Stacked, lrs: list[float], weight_decay: float, grad_clip: float, compiled: bool):
