@@ -10,7 +10,7 @@ chapter's study. The bound each point is measured with is kn.bound (Theorem 3.2,
   capacity-bound rows, with a t-interval on the slope.
 - The profile's recipe: `grid_points`, `profile_points`, and `capacity_study(profile, results)`,
   the chapter's one call (with a runs folder it trains each size's lr grid as one group, kn.group:
-  at batch 2 on one core 2.6x / 1.7x the baseline's model-steps a second at width 16 / 48,
+  at batch 2 on one core 2.7x / 1.7x the baseline's model-steps a second at width 16 / 48,
   benchmarks/steps.py); tables for the chapter (`model_table`, `grid_table`, `fit_table`).
 """
 from __future__ import annotations
