@@ -11,8 +11,8 @@ other load on the machine hits all of them alike:
   kn compiled  kn's step in kn.precision's choice, compiled (torch.compile, fused AdamW): what a
                long CPU run takes where it measures faster (kn.train.compile_setting)
   kn grouped   capacity models only: kn.group's step, the cpu lr grid's K models (one per lr) as one
-               vmapped model, compiled, fp32 and eager attention as the capacity grid runs on the CPU; its steps/s count
-               model-steps (K per step), its wall and CPU seconds are per model-step
+               vmapped model, compiled, fp32 and eager attention as the capacity grid runs on the CPU; its
+               steps/s count model-steps (K per step), its wall and CPU seconds are per model-step
 Models: "part3.1", the extraction cpu profile (2 layers, 4 heads, 128 wide, 2048 tokens, 600
 people multi5+permute, batch 16 x 256), and "capacity-16" / "capacity-48", the capacity cpu
 profile's smallest and largest GPT-2 (2 layers, 2 heads, bioD, batch 2 x 128, issue 27's batch).
@@ -111,11 +111,12 @@ def grouped_engine(cfg: ModelConfig, x0: torch.Tensor, total_steps: int, seed: i
     cpu grid, as kn.group.train_lrs builds it for the capacity grid (fp32 and eager attention on the CPU,
     compiled)."""
     from kn.group import GroupAdamW, Stacked, group_step
-    lrs = settings("capacity", "cpu")["lr_grid"]
+    s = settings("capacity", "cpu")
+    lrs = s["lr_grid"]
     stacked = Stacked([build_model(cfg, seed=seed) for _ in lrs])
     precision = choose(stacked, (x0, x0, None), "fp32", "eager", "cpu", "on")
     set_attention(stacked, precision.attention)
-    fn = group_step(stacked, GroupAdamW(stacked, lrs, 0.1, 1.0, precision.compiled), precision, "cpu")
+    fn = group_step(stacked, GroupAdamW(stacked, lrs, s["weight_decay"], 1.0, precision.compiled), precision, "cpu")
     lam, step = lr_lambda(total_steps), iter(range(10 ** 9))
     return (lambda x: fn(x, x, lam(next(step))).sum()), precision
 
@@ -155,10 +156,9 @@ def measure_model(name: str, data: str, engines: list, repeats: int, scale: floa
     """Interleaved timing of every engine on one model (its timed steps x scale per repeat); one row per engine."""
     cfg, batch, window, kind, steps = MODELS[name]
     steps = max(1, round(steps * scale))
-    engines = [e for e in engines if not (e == "kn trimmed" and kind == "biod") and not (e == "kn grouped" and
-                                                                                      kind != "biod")]
-    per = {e: GROUP if e == "kn grouped" else 1 for e in engines}  # models a step trains: kn.train trims no
-                                                                   # bioD run, kn.group trains only the capacity grid
+    skip = "kn trimmed" if kind == "biod" else "kn grouped"   # kn.train trims no bioD run; kn.group: capacity only
+    engines = [e for e in engines if e != skip]
+    per = {e: GROUP if e == "kn grouped" else 1 for e in engines}                    # models a step trains
     source, vocab = batches(data, cfg, batch, window)
     rows = [torch.from_numpy(source(i)[0]).long() for i in range(4)]
     made = {e: make(e, cfg, rows[0], vocab) for e in engines}

@@ -19,14 +19,12 @@ Entry points: `train_lrs`, `Stacked`, `GroupAdamW`, `group_step`.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -39,8 +37,8 @@ from kn.precision import Precision, compiled_model, set_attention
 from kn.results import write_json
 from kn.tokenize import load_tokenizer
 from kn.train import (BETAS, EPS, Fit, Interrupted, StopFlag, _config_of, _tensors, accelerator, check_resumed_loss,
-                      cpu_threads, decayed, flops_per_token, lr_lambda, make_model, mfu, optimizer_for,
-                      resumed_precision, run_precision)
+                      cpu_threads, decayed, flops_per_token, log_metrics, lr_lambda, make_model, mean_rate,
+                      optimizer_for, resumed_precision, run_precision, run_summary)
 from kn.train_config import TrainConfig
 
 SEP = "__"   # stands for "." in a stacked weight's name (a module attribute cannot hold a dot)
@@ -54,8 +52,9 @@ class Stacked(torch.nn.Module):
         super().__init__()
         params, _ = stack_module_state(models)
         train = {n: p.requires_grad for n, p in models[0].named_parameters()}
-        self.w = torch.nn.ParameterDict({n.replace(".", SEP): torch.nn.Parameter(p.detach().clone(), train[n])
-                                         for n, p in params.items()})
+        self.names = {n.replace(".", SEP): n for n in params}          # stacked weight -> the members' name
+        self.w = torch.nn.ParameterDict({k: torch.nn.Parameter(params[n].detach().clone(), train[n])
+                                         for k, n in self.names.items()})
         self.base = copy.deepcopy(models[0]).requires_grad_(False)   # the architecture and its buffers
 
     @property
@@ -67,7 +66,7 @@ class Stacked(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None):
         def one(weights, x, y):
-            named = {n.replace(SEP, "."): w for n, w in weights.items()}
+            named = {self.names[k]: w for k, w in weights.items()}
             return functional_call(self.base, named, (), {"input_ids": x, "attention_mask": attention_mask,
                                                           "labels": y}).loss
         losses = vmap(one, in_dims=(0, None, None))(dict(self.w), input_ids, labels)
@@ -77,8 +76,8 @@ class Stacked(torch.nn.Module):
         """Copy member k's weights into `into`, a model of the members' architecture."""
         params = dict(into.named_parameters())
         with torch.no_grad():
-            for n, w in self.w.items():
-                params[n.replace(SEP, ".")].copy_(w[k])
+            for key, w in self.w.items():
+                params[self.names[key]].copy_(w[k])
 
 
 def _check_group(cfgs: list[TrainConfig]) -> None:
@@ -197,7 +196,7 @@ def _train(cfgs, batches, spec: Fit, tokenizer, acc, fingerprint, resume: bool, 
                     rec = {"step": step, "loss": means[k], "lr": k_lrs[k] * lam(step),
                            "tokens_per_s": n_logged * x.numel() / dt, "elapsed_s": time.perf_counter() - t0}
                     histories[k].append(rec)
-                    _append_line(out / "metrics.jsonl", rec)
+                    log_metrics(out / "metrics.jsonl", rec)
                 bar.set_postfix(loss=f"{min(means):.3f}")
                 loss_sum.zero_(); n_logged, window_t0 = 0, time.perf_counter()
             bar.update(1)
@@ -234,7 +233,7 @@ class GroupAdamW:
     state reads and writes as the torch.optim.AdamW a run of it alone holds (`member`, `load`)."""
 
     def __init__(self, stacked: Stacked, lrs: list[float], weight_decay: float, grad_clip: float, compiled: bool):
-        named = [(n.replace(SEP, "."), w) for n, w in stacked.w.items() if w.requires_grad]
+        named = [(stacked.names[k], w) for k, w in stacked.w.items() if w.requires_grad]
         self.names, self.params = [n for n, _ in named], [w for _, w in named]
         self.decay = [weight_decay if decayed(n, w, lead=1) else 0.0 for n, w in named]
         lr = torch.tensor(lrs, device=self.params[0].device)
@@ -276,7 +275,8 @@ class GroupAdamW:
             for i, n in enumerate(self.names):
                 self.m[i].copy_(torch.stack([s[ix[n]]["exp_avg"] for s, ix in states]))
                 self.v[i].copy_(torch.stack([s[ix[n]]["exp_avg_sq"] for s, ix in states]))
-            self.t.fill_(float(states[0][0][states[0][1][self.names[0]]]["step"]))
+            first, index = states[0]
+            self.t.fill_(float(first[index[self.names[0]]]["step"]))
 
 
 def _adamw(params, grads, m, v, t, multiplier, rows, decay, grad_clip: float) -> None:
@@ -302,22 +302,14 @@ def _order(opt, model) -> dict:
     return {ids[id(p)]: i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
 
 
-def _append_line(path: Path, rec: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
 def _summary(cfg: TrainConfig, model, history: list, step: int, spec: Fit, precision: Precision, device, vocab: int,
              wall: float, lrs: list) -> dict:
     """The member's train.json, as kn.train.train writes it, plus the group it trained in."""
     fpt = flops_per_token(_config_of(model), n_params(model, trainable_only=False)["non_embedding"], cfg.window)
-    tok_s = [h["tokens_per_s"] for h in history]
-    tok_s = float(np.mean(tok_s[1:] or tok_s or [0.0]))
-    summary = {"mode": cfg.mode, "steps": step, "total_steps": spec.total_steps, "interrupted": False,
-               "final_loss": history[-1]["loss"] if history else None, "tokens_per_s": tok_s,
-               "n_params": n_params(model), "vocab": {"tokenizer": vocab, "trimmed": False}, "flops_per_token": fpt,
-               "mfu": mfu(tok_s * fpt, device),
-               "precision": precision.record(), "device": str(device), "world_size": 1, "history": history,
-               "group": {"lrs": lrs, "how": "kn.group: trained as one vmapped model with the other lrs"}}
+    s = {"steps": step, "total_steps": spec.total_steps, "interrupted": False, "tokens_per_s": mean_rate(history),
+         "final_loss": history[-1]["loss"] if history else None, "precision": precision.record(),
+         "device": str(device), "world_size": 1, "history": history}
+    summary = run_summary(cfg.mode, s, n_params(model), {"tokenizer": vocab, "trimmed": False}, fpt) | \
+        {"group": {"lrs": lrs, "how": "kn.group: trained as one vmapped model with the other lrs"}}
     write_json(Path(cfg.out) / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=wall, **summary)
     return summary

@@ -274,17 +274,35 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, overwri
         hooks = replace(hooks, evaluate=(lambda m: evaluate(expand(m))) if vocab else evaluate, eval_every=every)
     s = fit(model, vocab.batches(batches) if vocab else batches, spec, cfg.out, asdict(cfg), tokenizer, acc, hooks,
             resume, overwrite, progress, cfg.mode, data=cfg.data)
-    summary = {"mode": cfg.mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss",
-                                                      "tokens_per_s")},
-               "n_params": n_params(expand(model)) if vocab else s["n_params"],     # as saved: the tokenizer's rows
-               "vocab": vocab.record() if vocab else {"tokenizer": len(tokenizer), "trimmed": False},
-               "flops_per_token": fpt, "mfu": mfu(s["tokens_per_s"] * fpt, acc.device),
-               **{k: s[k] for k in ("precision", "device", "world_size", "history")}}
+    params = n_params(expand(model)) if vocab else s["n_params"]         # as saved: the tokenizer's rows
+    summary = run_summary(cfg.mode, s, params, vocab.record() if vocab else {"tokenizer": len(tokenizer),
+                                                                             "trimmed": False}, fpt)
     if every:
         summary["curve"] = curve_rows(s["evals"])
     if acc.is_main_process:
         write_json(Path(cfg.out) / "train.json", config=asdict(cfg), seed=cfg.seed, wall_time=s["wall_time"], **summary)
     return summary
+
+
+def run_summary(mode: str, s: dict, params: dict, vocab: dict, fpt: float) -> dict:
+    """train.json's fields (but a curve) of a run in `mode` whose fit returned `s`: its parameter counts
+    `params` (kn.models.n_params), vocabulary record, FLOPs per token and MFU."""
+    return {"mode": mode, **{k: s[k] for k in ("steps", "total_steps", "interrupted", "final_loss", "tokens_per_s")},
+            "n_params": params, "vocab": vocab, "flops_per_token": fpt,
+            "mfu": mfu(s["tokens_per_s"] * fpt, s["device"]),
+            **{k: s[k] for k in ("precision", "device", "world_size", "history")}}
+
+
+def mean_rate(history: list) -> float:
+    """Mean tokens/s of the logged windows, the first (warm-up, compiling) left out where there are others."""
+    rates = [h["tokens_per_s"] for h in history]
+    return float(np.mean(rates[1:] or rates or [0.0]))
+
+
+def log_metrics(path: Path, rec: dict) -> None:
+    """Append one logged step to a run's metrics.jsonl."""
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
 
 
 def fit(model, batches, spec: Fit, out: str | Path, config: dict, tokenizer, acc, hooks: Hooks = Hooks(),
@@ -374,8 +392,7 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
                        "elapsed_s": time.perf_counter() - t_start}
                 history.append(rec)
                 if acc.is_main_process:
-                    with open(out / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                    log_metrics(out / "metrics.jsonl", rec)
                 bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
                 loss_sum.zero_(); tokens_done, n_logged, window_t0 = 0, 0, time.perf_counter()
             bar.update(1)
@@ -397,7 +414,7 @@ def _fit(model, batches, spec: Fit, out: Path, config: dict, tokenizer, acc, hoo
             save_model(raw, tokenizer, out / "model")
     if interrupted:
         log.info("stopped by signal at step %d; resume with resume=True", step)
-    tok_s = float(np.mean([h["tokens_per_s"] for h in history[1:]] or [h["tokens_per_s"] for h in history] or [0.0]))
+    tok_s = mean_rate(history)
     summary = {"steps": step, "total_steps": spec.total_steps, "interrupted": interrupted,
                "final_loss": history[-1]["loss"] if history else None, "tokens_per_s": tok_s,
                "n_params": n_params(raw), "precision": precision.record(), "device": str(acc.device),
